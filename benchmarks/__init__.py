@@ -1,0 +1,1 @@
+"""Aisle benchmarks: latency, recall-vs-speed, retrieval quality and throughput."""

@@ -1,0 +1,265 @@
+"""Thin gRPC servicers: proto → validated domain query → service call → proto."""
+
+from __future__ import annotations
+
+import math
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aisle.v1 import (
+    events_pb2_grpc,
+    index_admin_pb2,
+    index_admin_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+    types_pb2,
+)
+from engine import validation
+from engine.errors import InvalidArgument, Unavailable, Unimplemented
+from engine.paging import PageToken, encode_token, request_digest
+from engine.service import IndexSummary, SearchResult, SearchService
+from indexer.layout import IndexRoot
+
+
+def _server_version() -> str:
+    try:
+        return version("aisle")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def index_info(summary: IndexSummary) -> types_pb2.IndexInfo:
+    return types_pb2.IndexInfo(
+        version=summary.version,
+        model_fingerprint=summary.model_fingerprint,
+        item_count=summary.item_count,
+        shard_count=summary.shard_count,
+        factory=summary.factory,
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    """Struct holds JSON values only: NaN/inf become null, numpy scalars plain numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        return _json_safe(value.item())
+    return value
+
+
+def _fill(
+    response: Any,
+    result: SearchResult,
+    service: SearchService,
+    request: Any,
+    started: float,
+    *,
+    include_fields: bool,
+    field_names: tuple[str, ...] = (),
+    offset: int = 0,
+    k: int = 0,
+) -> None:
+    for hit in result.hits:
+        out = response.hits.add(item_id=hit.item_id, score=hit.score, similarity=hit.similarity)
+        if include_fields:
+            fields = service.record(hit.row, field_names)
+            out.fields.update({key: _json_safe(v) for key, v in fields.items()})
+    if result.has_more:
+        response.next_page_token = encode_token(
+            PageToken(offset + k, result.index.version, request_digest(request))
+        )
+    response.index.CopyFrom(index_info(result.index))
+    timings = result.timings_ms
+    response.timings.CopyFrom(
+        types_pb2.Timings(
+            encode_ms=timings.get("encode_ms", 0.0),
+            search_ms=timings.get("search_ms", 0.0),
+            rerank_ms=timings.get("rerank_ms", 0.0),
+            total_ms=(time.perf_counter() - started) * 1e3,
+        )
+    )
+
+
+class ServiceSlot:
+    """Where servicers find the search service; empty while the server is still loading."""
+
+    def __init__(self) -> None:
+        self.service: SearchService | None = None
+
+    def get(self) -> SearchService:
+        service = self.service
+        if service is None:
+            raise Unavailable("the server is still loading its model and index; retry shortly")
+        return service
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
+    def __init__(self, slot: ServiceSlot) -> None:
+        self._slot = slot
+
+    @property
+    def _service(self) -> SearchService:
+        return self._slot.get()
+
+    def Search(self, request, context):  # noqa: N802 (gRPC method names)
+        started = time.perf_counter()
+        query = validation.search_query(request, self._service.snapshot.summary.version)
+        result = self._service.search(query)
+        response = retrieval_pb2.SearchResponse(personalized=result.personalized)
+        _fill(
+            response,
+            result,
+            self._service,
+            request,
+            started,
+            include_fields=request.include_fields,
+            field_names=tuple(request.field_names),
+            offset=query.offset,
+            k=query.k,
+        )
+        return response
+
+    def BatchSearch(self, request, context):  # noqa: N802
+        started = time.perf_counter()
+        if not 1 <= len(request.requests) <= validation.MAX_BATCH:
+            raise InvalidArgument.field(
+                "requests",
+                f"give 1 to {validation.MAX_BATCH} requests, got {len(request.requests)}",
+            )
+        version = self._service.snapshot.summary.version
+        queries = [
+            validation.search_query(r, version, prefix=f"requests[{i}].")
+            for i, r in enumerate(request.requests)
+        ]
+        results = self._service.search_batch(queries)
+        response = retrieval_pb2.BatchSearchResponse()
+        for sub, query, result in zip(request.requests, queries, results, strict=True):
+            out = response.responses.add(personalized=result.personalized)
+            _fill(
+                out,
+                result,
+                self._service,
+                sub,
+                started,
+                include_fields=sub.include_fields,
+                field_names=tuple(sub.field_names),
+                offset=query.offset,
+                k=query.k,
+            )
+        return response
+
+    def Recommend(self, request, context):  # noqa: N802
+        started = time.perf_counter()
+        validation.check_k(request.k)
+        if request.user_id:
+            raise Unimplemented(
+                "user_id: this server keeps no user state yet; send history_item_ids instead"
+            )
+        if request.HasField("filter"):
+            raise Unimplemented("filter: this server does not serve filters yet")
+        if not request.history_item_ids:
+            raise InvalidArgument.field("history_item_ids", "give user_id or history_item_ids")
+        if len(request.history_item_ids) > validation.MAX_RECENT_ITEMS:
+            raise InvalidArgument.field(
+                "history_item_ids", f"at most {validation.MAX_RECENT_ITEMS} ids"
+            )
+        version = self._service.snapshot.summary.version
+        offset = validation.page_offset(request, version, request.k)
+        result = self._service.recommend_from_history(
+            tuple(request.history_item_ids),
+            request.k,
+            include_seen=request.include_seen,
+            offset=offset,
+            expected_version=version if offset else None,
+        )
+        response = retrieval_pb2.RecommendResponse()
+        _fill(
+            response,
+            result,
+            self._service,
+            request,
+            started,
+            include_fields=request.include_fields,
+            offset=offset,
+            k=request.k,
+        )
+        return response
+
+    def SimilarItems(self, request, context):  # noqa: N802
+        started = time.perf_counter()
+        validation.check_k(request.k)
+        if not request.item_id:
+            raise InvalidArgument.field("item_id", "must not be empty")
+        if request.HasField("filter"):
+            raise Unimplemented("filter: this server does not serve filters yet")
+        version = self._service.snapshot.summary.version
+        offset = validation.page_offset(request, version, request.k)
+        result = self._service.similar_items(request.item_id, request.k, offset)
+        response = retrieval_pb2.SimilarItemsResponse()
+        _fill(
+            response,
+            result,
+            self._service,
+            request,
+            started,
+            include_fields=request.include_fields,
+            offset=offset,
+            k=request.k,
+        )
+        return response
+
+    def Embed(self, request, context):  # noqa: N802
+        texts = validation.embed_texts(request)
+        vectors, snap = self._service.embed(
+            texts, items=request.kind == retrieval_pb2.EMBED_KIND_ITEM
+        )
+        return retrieval_pb2.EmbedResponse(
+            embeddings=[retrieval_pb2.Embedding(values=v.tolist()) for v in vectors],
+            dim=int(vectors.shape[1]),
+            model_fingerprint=snap.summary.model_fingerprint,
+        )
+
+
+class IndexAdminServicer(index_admin_pb2_grpc.IndexAdminServicer):
+    def __init__(self, slot: ServiceSlot, index_path: str) -> None:
+        self._slot = slot
+        self._index_path = index_path
+
+    @property
+    def _service(self) -> SearchService:
+        return self._slot.get()
+
+    def Upsert(self, request, context):  # noqa: N802
+        raise Unimplemented("Upsert: live updates are not served yet; rebuild and Reload instead")
+
+    def Delete(self, request, context):  # noqa: N802
+        raise Unimplemented("Delete: live updates are not served yet; rebuild and Reload instead")
+
+    def Reload(self, request, context):  # noqa: N802
+        if request.version < 0:
+            raise InvalidArgument.field("version", "must be 0 (CURRENT) or a published version")
+        previous, summary = self._service.reload(request.version)
+        return index_admin_pb2.ReloadResponse(previous_version=previous, index=index_info(summary))
+
+    def Status(self, request, context):  # noqa: N802
+        snap = self._service.snapshot
+        response = index_admin_pb2.StatusResponse(
+            index=index_info(snap.summary),
+            uptime_s=time.time() - self._service.started_at,
+            server_version=_server_version(),
+        )
+        for shard in snap.index.manifest.shards:
+            response.shards.add(shard=shard.shard, item_count=shard.count, location="local")
+        try:
+            response.available_versions.extend(IndexRoot(self._index_path).versions())
+        except (OSError, ValueError):
+            pass  # served from a bare version dir: there is no root to list
+        return response
+
+
+class EventsServicer(events_pb2_grpc.EventsServicer):
+    def Record(self, request, context):  # noqa: N802
+        raise Unimplemented("Record: the event log is not served yet")

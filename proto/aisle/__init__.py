@@ -1,0 +1,1 @@
+"""Aisle public API: generated protobuf and gRPC stubs (package aisle.v1)."""

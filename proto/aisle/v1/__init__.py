@@ -1,0 +1,1 @@
+"""aisle.v1: generated stubs; regenerate with `python proto/generate.py`."""

@@ -1,0 +1,1 @@
+"""Aisle trainer: data schema and readers, the encoder, the two-tower model and its training."""
