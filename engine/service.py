@@ -11,9 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import FailedPrecondition, NotFound, Unavailable
+from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from indexer.layout import resolve_version_dir
 from indexer.manifest import IndexFormatError
+from indexer.rerank import (
+    BoostSpec,
+    CompiledFilter,
+    DiversitySpec,
+    FilterSpec,
+    ItemColumns,
+    VectorStore,
+    compile_filter,
+    search_and_rerank,
+)
 from indexer.store import IndexVersion
 from trainer.encoder import Encoder, load_encoder, model_fingerprint
 from trainer.text import query_text
@@ -31,8 +41,15 @@ class SearchQuery:
     recent_item_ids: tuple[str, ...] = ()
     personalization_weight: float = 0.3
     search_params: dict[str, int] = field(default_factory=dict)
-    fetch_depth: int = 0  # candidates to fetch; 0 → offset + k + 1
+    fetch_depth: int = 0  # ANN candidates when no filter is set; 0 → the default
     expected_version: int | None = None  # from a page token
+    filter: FilterSpec | None = None
+    exclude_item_ids: tuple[str, ...] = ()
+    boost: BoostSpec | None = None
+    diversity: DiversitySpec | None = None
+    sort_attribute: str = ""
+    sort_descending: bool = False
+    facets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,15 +76,45 @@ class SearchResult:
     index: IndexSummary
     timings_ms: dict[str, float]
     personalized: bool = False
+    facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+# Sorting by an attribute reorders this many of the most relevant hits (the "relevant set").
+SORT_RELEVANT_SET = 200
+# Facets count values over this many of the most relevant candidates that pass the filter.
+FACET_CANDIDATES = 1000
+FACET_VALUES = 100
+DEFAULT_CANDIDATES = 100  # ANN candidates re-scored exactly when no filter is set
+MAX_COMPILED_FILTERS = 256
+
+
+@dataclass
 class Snapshot:
-    """One model and the index built with it; swapped as a whole on reload."""
+    """One model and the index built with it, with what re-ranking needs; swapped as a whole."""
 
     encoder: Encoder
     index: IndexVersion
     summary: IndexSummary
+    columns: ItemColumns
+    vectors: VectorStore
+    _filters: dict[FilterSpec, CompiledFilter] = field(default_factory=dict)
+    _filters_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def compiled(self, spec: FilterSpec) -> CompiledFilter:
+        """The compiled filter for `spec`, cached: its full-catalog selectivity pass runs once."""
+        with self._filters_lock:
+            hit = self._filters.get(spec)
+        if hit is not None:
+            return hit
+        try:
+            compiled = compile_filter(spec, self.columns)
+        except ValueError as error:
+            raise InvalidArgument.field("filter", str(error)) from error
+        with self._filters_lock:
+            if len(self._filters) >= MAX_COMPILED_FILTERS:
+                self._filters.pop(next(iter(self._filters)))  # oldest first
+            self._filters[spec] = compiled
+        return compiled
 
 
 def load_snapshot(index_path: str | Path, model_dir: str | Path | None = None) -> Snapshot:
@@ -97,7 +144,9 @@ def load_snapshot(index_path: str | Path, model_dir: str | Path | None = None) -
         shard_count=index.manifest.n_shards,
         factory=index.manifest.factory,
     )
-    return Snapshot(encoder=encoder, index=index, summary=summary)
+    columns = ItemColumns.from_table(index.items)
+    vectors = VectorStore.from_index(index)
+    return Snapshot(encoder=encoder, index=index, summary=summary, columns=columns, vectors=vectors)
 
 
 class SearchService:
@@ -153,8 +202,49 @@ class SearchService:
                 f"{snap.summary.version}: start again from the first page"
             )
 
+    def _retrieve(
+        self,
+        snap: Snapshot,
+        xq: np.ndarray,
+        need: int,
+        *,
+        spec: FilterSpec | None = None,
+        boost: BoostSpec | None = None,
+        diversity: DiversitySpec | None = None,
+        params: dict[str, int] | None = None,
+        base_depth: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Top `need` (D, I, sim) for one (dim,) query vector, and the ms spent in ANN search.
+
+        ANN candidates are re-scored exactly against the stored vectors, filtered and boosted
+        (indexer.rerank); a selective filter widens the candidate set or scores every matching
+        item, so `need` results come back whenever that many items match.
+        """
+        compiled = snap.compiled(spec) if spec is not None else None
+        search_s = 0.0
+
+        def ann(depth: int) -> np.ndarray:
+            nonlocal search_s
+            t = time.perf_counter()
+            _, I = snap.index.search(xq[None, :], depth, params=params or None)
+            search_s += time.perf_counter() - t
+            return I[0]
+
+        D, I, sim = search_and_rerank(
+            xq,
+            need,
+            ann,
+            snap.vectors,
+            snap.columns,
+            compiled,
+            boost,
+            diversity,
+            base_depth=max(base_depth or DEFAULT_CANDIDATES, need),
+        )
+        return D, I, sim, search_s * 1e3
+
     def search_batch(self, queries: list[SearchQuery]) -> list[SearchResult]:
-        """Answer several searches with one encoder call and one batched index search."""
+        """Answer several searches with one encoder call, then search and re-rank each."""
         snap = self._snapshot  # one snapshot for the whole request, even across a reload
         for q in queries:
             self._check_version(snap, q.expected_version)
@@ -164,57 +254,92 @@ class SearchService:
         for i, q in enumerate(queries):
             if q.recent_item_ids:
                 rows = self._rows_of(snap.index, q.recent_item_ids, "recent_item_ids")
-                user = snap.index.vectors(rows).mean(axis=0)  # (dim,)
+                user = snap.vectors.gather(rows).mean(axis=0)  # (dim,)
                 xq[i] = _blend(xq[i], user, q.personalization_weight)
                 personalized[i] = True
-        t1 = time.perf_counter()
-        results = []
-        # Queries with different effort settings cannot share one FAISS call; group them.
-        for params_key, members in _group_by_params(queries).items():
-            depth = max(_depth(queries[i]) for i in members)
-            D, I = snap.index.search(xq[members], depth, params=dict(params_key) or None)
-            for j, i in enumerate(members):
-                results.append((i, D[j], I[j]))
-        t2 = time.perf_counter()
-        out: list[SearchResult | None] = [None] * len(queries)
-        for i, scores, rows in sorted(results, key=lambda r: r[0]):
-            q = queries[i]
-            out[i] = self._page(snap, scores, rows, q.offset, q.k, personalized[i])
-        t3 = time.perf_counter()
-        timings = {
-            "encode_ms": (t1 - t0) * 1e3,
-            "search_ms": (t2 - t1) * 1e3,
-            "rerank_ms": (t3 - t2) * 1e3,
-        }
+        encode_ms = (time.perf_counter() - t0) * 1e3 / len(queries)
         return [
-            SearchResult(r.hits, r.has_more, r.index, dict(timings), r.personalized)
-            for r in out
-            if r is not None
+            self._search_one(snap, q, xq[i], personalized[i], encode_ms)
+            for i, q in enumerate(queries)
         ]
+
+    def _search_one(
+        self,
+        snap: Snapshot,
+        q: SearchQuery,
+        xq: np.ndarray,
+        personalized: bool,
+        encode_ms: float,
+    ) -> SearchResult:
+        t0 = time.perf_counter()
+        if q.sort_attribute and q.sort_attribute not in snap.columns.attr_names:
+            raise InvalidArgument.field(
+                "sort.attribute",
+                f"{q.sort_attribute!r} is not a numeric attribute of this index; "
+                f"known: {', '.join(snap.columns.attr_names) or 'none'}",
+            )
+        spec = q.filter
+        if q.exclude_item_ids:
+            known = [snap.index.row_of(i) for i in q.exclude_item_ids if _known(snap, i)]
+            spec = _with_excluded(spec, known)
+        need = q.offset + q.k + 1  # one more than the page tells whether a next page exists
+        if q.sort_attribute or q.facets:
+            need = max(need, SORT_RELEVANT_SET if q.sort_attribute else 0)
+            need = max(need, FACET_CANDIDATES if q.facets else 0)
+        D, I, sim, search_ms = self._retrieve(
+            snap,
+            xq,
+            need,
+            spec=spec,
+            boost=q.boost,
+            diversity=q.diversity,
+            params=q.search_params,
+            base_depth=q.fetch_depth,
+        )
+        valid = I >= 0
+        D, I, sim = D[valid], I[valid], sim[valid]
+        facets = _facet_counts(snap.columns, I, q.facets) if q.facets else {}
+        if q.sort_attribute:
+            D, I, sim = _sort_by_attribute(
+                snap.columns,
+                D[:SORT_RELEVANT_SET],
+                I[:SORT_RELEVANT_SET],
+                sim[:SORT_RELEVANT_SET],
+                q.sort_attribute,
+                q.sort_descending,
+            )
+        result = self._page(snap, D, I, sim, q.offset, q.k, personalized)
+        rerank_ms = (time.perf_counter() - t0) * 1e3 - search_ms
+        timings = {"encode_ms": encode_ms, "search_ms": search_ms, "rerank_ms": rerank_ms}
+        return SearchResult(
+            result.hits, result.has_more, result.index, timings, personalized, facets
+        )
 
     def search(self, query: SearchQuery) -> SearchResult:
         return self.search_batch([query])[0]
 
     def similar_items(
-        self, item_id: str, k: int, offset: int = 0, expected_version: int | None = None
+        self,
+        item_id: str,
+        k: int,
+        offset: int = 0,
+        expected_version: int | None = None,
+        spec: FilterSpec | None = None,
     ) -> SearchResult:
         """Neighbours of a catalog item by its stored vector; the item itself is left out."""
         snap = self._snapshot
         self._check_version(snap, expected_version)
         t0 = time.perf_counter()
         row = self._rows_of(snap.index, (item_id,), "item_id")
-        xq = snap.index.vectors(row).astype(np.float32, copy=True)  # (1, dim)
+        xq = snap.vectors.gather(row)[0].astype(np.float32, copy=True)  # (dim,)
         t1 = time.perf_counter()
-        D, I = snap.index.search(xq, offset + k + 2)
-        t2 = time.perf_counter()
-        keep = I[0] != row[0]
-        result = self._page(snap, D[0][keep], I[0][keep], offset, k, False)
-        t3 = time.perf_counter()
-        timings = {
-            "encode_ms": (t1 - t0) * 1e3,
-            "search_ms": (t2 - t1) * 1e3,
-            "rerank_ms": (t3 - t2) * 1e3,
-        }
+        D, I, sim, search_ms = self._retrieve(
+            snap, xq, offset + k + 1, spec=_with_excluded(spec, [int(row[0])])
+        )
+        keep = I >= 0
+        result = self._page(snap, D[keep], I[keep], sim[keep], offset, k, False)
+        rerank_ms = (time.perf_counter() - t1) * 1e3 - search_ms
+        timings = {"encode_ms": (t1 - t0) * 1e3, "search_ms": search_ms, "rerank_ms": rerank_ms}
         return SearchResult(result.hits, result.has_more, result.index, timings)
 
     def recommend_from_history(
@@ -225,27 +350,24 @@ class SearchService:
         include_seen: bool,
         offset: int = 0,
         expected_version: int | None = None,
+        spec: FilterSpec | None = None,
     ) -> SearchResult:
         """Items closest to the mean vector of a history (most recent last)."""
         snap = self._snapshot
         self._check_version(snap, expected_version)
         t0 = time.perf_counter()
         rows = self._rows_of(snap.index, history, "history_item_ids")
-        user = snap.index.vectors(rows).mean(axis=0)
+        user = snap.vectors.gather(rows).mean(axis=0)
         norm = float(np.linalg.norm(user))
-        xq = (user / norm if norm > 0 else user).astype(np.float32)[None, :]  # (1, dim)
+        xq = (user / norm if norm > 0 else user).astype(np.float32)  # (dim,)
         t1 = time.perf_counter()
-        depth = offset + k + 1 + (0 if include_seen else len(rows))
-        D, I = snap.index.search(xq, depth)
-        t2 = time.perf_counter()
-        keep = np.ones(I.shape[1], dtype=bool) if include_seen else ~np.isin(I[0], rows)
-        result = self._page(snap, D[0][keep], I[0][keep], offset, k, True)
-        t3 = time.perf_counter()
-        timings = {
-            "encode_ms": (t1 - t0) * 1e3,
-            "search_ms": (t2 - t1) * 1e3,
-            "rerank_ms": (t3 - t2) * 1e3,
-        }
+        if not include_seen:
+            spec = _with_excluded(spec, [int(r) for r in rows])
+        D, I, sim, search_ms = self._retrieve(snap, xq, offset + k + 1, spec=spec)
+        keep = I >= 0
+        result = self._page(snap, D[keep], I[keep], sim[keep], offset, k, True)
+        rerank_ms = (time.perf_counter() - t1) * 1e3 - search_ms
+        timings = {"encode_ms": (t1 - t0) * 1e3, "search_ms": search_ms, "rerank_ms": rerank_ms}
         return SearchResult(result.hits, result.has_more, result.index, timings, True)
 
     def _page(
@@ -253,20 +375,27 @@ class SearchService:
         snap: Snapshot,
         scores: np.ndarray,
         rows: np.ndarray,
+        sims: np.ndarray,
         offset: int,
         k: int,
         personalized: bool,
     ) -> SearchResult:
-        valid = rows >= 0
-        scores, rows = scores[valid], rows[valid]
-        page_rows = rows[offset : offset + k]
-        page_scores = scores[offset : offset + k]
         hits = [
-            Hit(int(r), str(snap.index.item_ids[r]), float(s), float(s))
-            for r, s in zip(page_rows, page_scores, strict=True)
+            Hit(int(r), str(snap.index.item_ids[r]), float(s), float(m))
+            for r, s, m in zip(
+                rows[offset : offset + k],
+                scores[offset : offset + k],
+                sims[offset : offset + k],
+                strict=True,
+            )
         ]
         has_more = len(rows) > offset + k
         return SearchResult(hits, has_more, snap.summary, {}, personalized)
+
+    def exclude(self, spec: FilterSpec | None, item_ids: tuple[str, ...]) -> FilterSpec | None:
+        """`spec` that also excludes these item ids (unknown ids are ignored)."""
+        snap = self._snapshot
+        return _with_excluded(spec, [snap.index.row_of(i) for i in item_ids if _known(snap, i)])
 
     def record(self, row: int, field_names: tuple[str, ...] = ()) -> dict[str, Any]:
         fields = self._snapshot.index.record(row)
@@ -313,12 +442,58 @@ def _blend(xq: np.ndarray, user: np.ndarray, weight: float) -> np.ndarray:
     return (mixed / norm if norm > 0 else mixed).astype(np.float32)
 
 
-def _depth(q: SearchQuery) -> int:
-    return max(q.fetch_depth, q.offset + q.k + 1)
+def _known(snap: Snapshot, item_id: str) -> bool:
+    try:
+        snap.index.row_of(item_id)
+    except KeyError:
+        return False
+    return True
 
 
-def _group_by_params(queries: list[SearchQuery]) -> dict[tuple, list[int]]:
-    groups: dict[tuple, list[int]] = {}
-    for i, q in enumerate(queries):
-        groups.setdefault(tuple(sorted(q.search_params.items())), []).append(i)
-    return groups
+def _with_excluded(spec: FilterSpec | None, rows: list[int]) -> FilterSpec | None:
+    """`spec` that also excludes `rows` (global rows)."""
+    if not rows:
+        return spec
+    spec = spec or FilterSpec()
+    merged = tuple(sorted(set(spec.exclude_rows) | set(rows)))
+    return FilterSpec(
+        category_prefix=spec.category_prefix,
+        brands=spec.brands,
+        price_min=spec.price_min,
+        price_max=spec.price_max,
+        attribute_ranges=spec.attribute_ranges,
+        in_stock=spec.in_stock,
+        exclude_rows=merged,
+    )
+
+
+def _facet_counts(
+    columns: ItemColumns, rows: np.ndarray, names: tuple[str, ...]
+) -> dict[str, list[tuple[str, int]]]:
+    """Value counts of category / brand over `rows`, most frequent first (ties by value)."""
+    out = {}
+    for name in names:
+        codes = columns.category_codes if name == "category" else columns.brand_codes
+        values = columns.category_values if name == "category" else columns.brand_values
+        picked = codes[rows]
+        picked = picked[picked >= 0]
+        counts = np.bincount(picked, minlength=len(values)) if len(picked) else np.zeros(0, int)
+        order = sorted(np.flatnonzero(counts), key=lambda c: (-counts[c], values[c]))
+        out[name] = [(values[c], int(counts[c])) for c in order[:FACET_VALUES]]
+    return out
+
+
+def _sort_by_attribute(
+    columns: ItemColumns,
+    D: np.ndarray,
+    I: np.ndarray,
+    sim: np.ndarray,
+    attribute: str,
+    descending: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The relevant set reordered by a numeric attribute; items missing it go last, and ties
+    keep their relevance order."""
+    values = columns.attrs[I, columns.attr_names.index(attribute)]  # (m,) float64, NaN missing
+    key = -values if descending else values
+    order = np.lexsort((np.arange(len(I)), np.where(np.isnan(key), 0.0, key), np.isnan(key)))
+    return D[order], I[order], sim[order]

@@ -83,6 +83,24 @@ def _fill(
     )
 
 
+def _fill_facets(response: retrieval_pb2.SearchResponse, result: SearchResult) -> None:
+    for name, values in result.facets.items():
+        facet = response.facets.add(field=name)
+        for value, count in values:
+            facet.values.add(value=value, count=count)
+
+
+def _filter_of(request: Any) -> Any:
+    """FilterSpec of a Recommend/SimilarItems request (item ids excluded via their rows)."""
+    violations: list = []
+    spec, excluded = validation.filter_spec(request.filter, "", violations)
+    if violations:
+        raise InvalidArgument(
+            "; ".join(f"{v.field}: {v.description}" for v in violations), violations
+        )
+    return spec, excluded
+
+
 class ServiceSlot:
     """Where servicers find the search service; empty while the server is still loading."""
 
@@ -109,6 +127,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         query = validation.search_query(request, self._service.snapshot.summary.version)
         result = self._service.search(query)
         response = retrieval_pb2.SearchResponse(personalized=result.personalized)
+        _fill_facets(response, result)
         _fill(
             response,
             result,
@@ -138,6 +157,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         response = retrieval_pb2.BatchSearchResponse()
         for sub, query, result in zip(request.requests, queries, results, strict=True):
             out = response.responses.add(personalized=result.personalized)
+            _fill_facets(out, result)
             _fill(
                 out,
                 result,
@@ -158,8 +178,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise Unimplemented(
                 "user_id: this server keeps no user state yet; send history_item_ids instead"
             )
-        if request.HasField("filter"):
-            raise Unimplemented("filter: this server does not serve filters yet")
+        spec, excluded = _filter_of(request)
         if not request.history_item_ids:
             raise InvalidArgument.field("history_item_ids", "give user_id or history_item_ids")
         if len(request.history_item_ids) > validation.MAX_RECENT_ITEMS:
@@ -193,11 +212,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         validation.check_k(request.k)
         if not request.item_id:
             raise InvalidArgument.field("item_id", "must not be empty")
-        if request.HasField("filter"):
-            raise Unimplemented("filter: this server does not serve filters yet")
+        spec, excluded = _filter_of(request)
         version = self._service.snapshot.summary.version
         offset = validation.page_offset(request, version, request.k)
-        result = self._service.similar_items(request.item_id, request.k, offset)
+        result = self._service.similar_items(
+            request.item_id, request.k, offset, spec=self._service.exclude(spec, excluded)
+        )
         response = retrieval_pb2.SimilarItemsResponse()
         _fill(
             response,

@@ -8,6 +8,7 @@ from aisle.v1 import retrieval_pb2
 from engine.errors import FieldViolation, InvalidArgument, Unimplemented
 from engine.paging import MAX_DEPTH, decode_token, request_digest
 from engine.service import SearchQuery
+from indexer.rerank import BoostSpec, DiversitySpec, FilterSpec
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
@@ -18,6 +19,11 @@ MAX_EMBED_CHARS = 10_000
 MAX_EFFORT = 65_536
 MAX_CANDIDATES = 10_000
 DEFAULT_PERSONALIZATION_WEIGHT = 0.3
+MAX_BRANDS = 1000
+MAX_ATTRIBUTE_RANGES = 32
+MAX_EXCLUDED = 10_000
+MAX_BOOST_WEIGHT = 10.0
+FACET_FIELDS = ("category", "brand")
 
 
 def check_k(k: int, field: str = "k") -> None:
@@ -37,19 +43,88 @@ def page_offset(request, index_version: int, k: int, prefix: str = "") -> int:
     return offset
 
 
+def _range(
+    message, field: str, violations: list[FieldViolation]
+) -> tuple[float | None, float | None]:
+    lo = message.min if message.HasField("min") else None
+    hi = message.max if message.HasField("max") else None
+    for name, value in (("min", lo), ("max", hi)):
+        if value is not None and not math.isfinite(value):
+            violations.append(FieldViolation(f"{field}.{name}", f"must be finite, got {value}"))
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) and lo > hi:
+        violations.append(FieldViolation(field, f"min {lo} is above max {hi}"))
+    return lo, hi
+
+
+def filter_spec(
+    message, prefix: str, violations: list[FieldViolation]
+) -> tuple[FilterSpec | None, tuple[str, ...]]:
+    """A proto Filter as a FilterSpec (None when unset) and the item ids it excludes."""
+    field = f"{prefix}filter"
+    if len(message.brands) > MAX_BRANDS:
+        violations.append(FieldViolation(f"{field}.brands", f"at most {MAX_BRANDS} brands"))
+    if len(message.attributes) > MAX_ATTRIBUTE_RANGES:
+        violations.append(
+            FieldViolation(f"{field}.attributes", f"at most {MAX_ATTRIBUTE_RANGES} ranges")
+        )
+    if len(message.exclude_item_ids) > MAX_EXCLUDED:
+        violations.append(
+            FieldViolation(f"{field}.exclude_item_ids", f"at most {MAX_EXCLUDED} ids")
+        )
+    price_min, price_max = _range(message.price, f"{field}.price", violations)
+    ranges = []
+    for i, attribute in enumerate(message.attributes):
+        if not attribute.name:
+            violations.append(FieldViolation(f"{field}.attributes[{i}].name", "must be set"))
+        lo, hi = _range(attribute.range, f"{field}.attributes[{i}].range", violations)
+        ranges.append((attribute.name, lo, hi))
+    if violations:
+        return None, ()
+    try:
+        spec = FilterSpec(
+            category_prefix=message.category_prefix.strip(),
+            brands=tuple(b for b in message.brands if b),
+            price_min=price_min,
+            price_max=price_max,
+            attribute_ranges=tuple(ranges),
+            in_stock=message.in_stock if message.HasField("in_stock") else None,
+        )
+    except ValueError as error:
+        violations.append(FieldViolation(field, str(error)))
+        return None, ()
+    excluded = tuple(i for i in message.exclude_item_ids if i)
+    return (None if spec == FilterSpec() else spec), excluded
+
+
+def _boost(message, prefix: str, violations: list[FieldViolation]) -> BoostSpec | None:
+    weights = {"popularity": message.popularity, "rating": message.rating, "margin": message.margin}
+    for name, value in weights.items():
+        if not math.isfinite(value) or abs(value) > MAX_BOOST_WEIGHT:
+            violations.append(
+                FieldViolation(
+                    f"{prefix}boost.{name}", f"must be in [-{MAX_BOOST_WEIGHT}, {MAX_BOOST_WEIGHT}]"
+                )
+            )
+    if violations or not any(weights.values()):
+        return None
+    return BoostSpec(**weights)
+
+
+def _diversity(message, prefix: str, violations: list[FieldViolation]) -> DiversitySpec | None:
+    if not 0 <= message.max_per_category <= MAX_K:
+        violations.append(
+            FieldViolation(f"{prefix}diversity.max_per_category", f"must be 0..{MAX_K}")
+        )
+    if not (math.isfinite(message.mmr_lambda) and 0.0 <= message.mmr_lambda <= 1.0):
+        violations.append(FieldViolation(f"{prefix}diversity.mmr_lambda", "must be in [0, 1]"))
+    if violations or not (message.max_per_category or message.mmr_lambda):
+        return None
+    return DiversitySpec(max_per_category=message.max_per_category, mmr_lambda=message.mmr_lambda)
+
+
 def _unsupported(request: retrieval_pb2.SearchRequest) -> list[str]:
     """Published fields of SearchRequest that this server does not serve yet."""
     names = []
-    if request.HasField("filter"):
-        names.append("filter")
-    if request.HasField("boost"):
-        names.append("boost")
-    if request.HasField("sort"):
-        names.append("sort")
-    if request.facets:
-        names.append("facets")
-    if request.HasField("diversity"):
-        names.append("diversity")
     if request.user_id:
         names.append("user_id")
     if request.mode in (retrieval_pb2.SEARCH_MODE_LEXICAL, retrieval_pb2.SEARCH_MODE_HYBRID):
@@ -106,6 +181,16 @@ def search_query(
         violations.append(
             FieldViolation(f"{prefix}field_names", "only meaningful with include_fields")
         )
+    spec, excluded = filter_spec(request.filter, prefix, violations)
+    boost = _boost(request.boost, prefix, violations)
+    diversity = _diversity(request.diversity, prefix, violations)
+    for i, name in enumerate(request.facets):
+        if name not in FACET_FIELDS:
+            violations.append(
+                FieldViolation(f"{prefix}facets[{i}]", f"must be one of {', '.join(FACET_FIELDS)}")
+            )
+    if request.HasField("sort") and not request.sort.attribute:
+        violations.append(FieldViolation(f"{prefix}sort.attribute", "must be set"))
     if violations:
         raise InvalidArgument(
             "; ".join(f"{v.field}: {v.description}" for v in violations), violations
@@ -125,6 +210,13 @@ def search_query(
         personalization_weight=weight or DEFAULT_PERSONALIZATION_WEIGHT,
         search_params=params,
         fetch_depth=effort.candidates,
+        filter=spec,
+        exclude_item_ids=excluded,
+        boost=boost,
+        diversity=diversity,
+        sort_attribute=request.sort.attribute,
+        sort_descending=request.sort.descending,
+        facets=tuple(dict.fromkeys(request.facets)),
     )
 
 

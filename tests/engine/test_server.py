@@ -104,11 +104,9 @@ def test_bad_search_requests_are_invalid_argument(client, kwargs, field) -> None
 
 
 def test_features_not_served_yet_are_unimplemented_not_faked(client) -> None:
-    error = rpc_error(
-        lambda: client.search("sofa", 5, filter=types_pb2.Filter(category_prefix="Home"))
-    )
+    error = rpc_error(lambda: client.search("sofa", 5, mode=retrieval_pb2.SEARCH_MODE_LEXICAL))
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "filter" in error.details()
+    assert "mode" in error.details()
     with grpc.insecure_channel(client.address) as channel:
         admin = index_admin_pb2_grpc.IndexAdminStub(channel)
         error = rpc_error(lambda: admin.Upsert(index_admin_pb2.UpsertRequest(), timeout=5))
