@@ -1,0 +1,99 @@
+"""Shared test helpers: a tiny, randomly initialised BERT model dir that loads like a real one."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+# Common English and shop words, so test texts mostly tokenise to whole words (more realistic
+# vectors than letter-by-letter pieces); anything else falls back to single characters.
+_WORDS = """
+the a an and or of to in on for with without by from at as is are be it this that these those
+new best top good great small large big mini extra set pack kit pair piece pieces one two three
+four five six ten dozen inch inches ft foot feet cm mm oz lb lbs pound gallon gal ml liter watt
+volt amp v w mah gb tb hz pro plus max ultra lite premium classic deluxe original series model
+size color black white red blue green yellow orange purple pink brown gray grey silver gold
+clear beige navy dark light bright matte glossy crimson velvet leather cotton wool silk linen
+polyester nylon plastic metal steel stainless aluminum wood wooden oak pine bamboo glass ceramic
+rubber foam paper cardboard stone marble concrete vinyl sofa couch chair table desk bed mattress
+pillow blanket sheet lamp light bulb led rug carpet curtain shelf cabinet drawer door window
+mirror frame clock vase candle kitchen bath bathroom bedroom living room office outdoor indoor
+garden patio home house wall floor ceiling roof deck fence yard tool tools drill cordless saw
+hammer screwdriver wrench pliers tape measure level sander grinder blade bit bits battery
+charger cable cord wire plug switch outlet adapter power electric electrical solar hose nozzle
+sprinkler mower trimmer paint primer stain brush roller spray coating sealant glue adhesive
+screw screws nail nails bolt bolts nut washer hinge lock key phone case cover screen protector
+laptop computer tablet keyboard mouse monitor headphones earbuds speaker wireless bluetooth
+usb camera lens tripod tv remote game console controller book books kids children baby toy
+toys doll puzzle board card cards shirt pants dress shoes boots socks jacket coat hat cap bag
+backpack wallet watch ring necklace earrings women men girls boys unisex adult running sports
+fitness yoga water bottle cup mug plate bowl knife fork spoon pan pot cooker blender coffee tea
+maker filter vacuum cleaner soap shampoo towel toothbrush cream oil vitamin dog cat pet food
+treats bird fish toilet sink faucet shower tub tile grout pipe valve fitting gauge grit
+sanding roll heavy duty portable adjustable foldable waterproof rechargeable replacement
+compatible gift soft hard warm cool fast quick easy safe natural organic free
+""".split()
+
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_vocab() -> list[str]:
+    """Special tokens, then single characters and their "##" forms, then whole words."""
+    chars = string.ascii_lowercase + string.digits
+    vocab = list(_SPECIAL)
+    vocab += list(chars) + [f"##{c}" for c in chars] + list(string.punctuation)
+    seen = set(vocab)
+    for word in _WORDS:
+        if word not in seen:
+            seen.add(word)
+            vocab.append(word)
+    return vocab
+
+
+def make_tiny_model(out_dir: str | Path, *, hidden_size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny random 2-layer BERT + WordPiece tokenizer in HF format (safetensors).
+
+    Deterministic for a seed (same weights → same ``model_fingerprint``) and fast (well under a
+    second once transformers is imported). ``trainer.encoder.load_encoder(out_dir)`` loads it.
+
+    Args:
+        out_dir: created if missing.
+        hidden_size: vector dim; must be even (2 attention heads).
+        seed: weight initialisation seed; the global torch RNG is left untouched.
+
+    Returns:
+        ``Path(out_dir)``.
+    """
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = tiny_vocab()
+    # transformers 5 ignores `vocab_file=` (the tokenizer silently ends up with only the special
+    # tokens), so pass the vocab as a dict.
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    tokenizer.save_pretrained(out)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=512,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    # transformers 5 draws a "Writing model shards" bar per save; keep test output clean.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)  # safetensors: the only format transformers 5 writes
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return out
