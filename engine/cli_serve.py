@@ -46,7 +46,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
-    parser.add_argument("--workers", type=int, default=8, help="request threads (default 8)")
+    parser.add_argument("--workers", type=int, default=16, help="request threads (default 16)")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=64,
+        help="requests handled at once; more are refused with RESOURCE_EXHAUSTED (default 64)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        help="requests/s per client (metadata x-aisle-client, else peer address); 0 = off",
+    )
+    parser.add_argument("--rate-burst", type=int, default=0, help="rate-limit bucket size")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (0 = a free port; off if unset)",
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM): enables TLS")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument(
+        "--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to (mTLS)"
+    )
+    parser.add_argument(
+        "--protect-reads",
+        action="store_true",
+        help="Retrieval and Events need the admin token too (default: only IndexAdmin does)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="most query texts per encoder call (default 32)"
+    )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=0.0,
+        help="extra wait for more queries once one is queued (default 0: batch only under load)",
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        default=10_000,
+        help="query embeddings cached (LRU); 0 disables the cache (default 10000)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -69,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from engine.server import ServerConfig, create_server
+    from engine.server import ServerConfig, TlsConfig, create_server
+    from engine.service import EncodingConfig
 
     token = os.environ.get("AISLE_ADMIN_TOKEN")
     if args.admin_token_file is not None:
@@ -77,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         _set_threads(args.threads)
     try:
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        tls = (
+            TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+            if args.tls_cert is not None
+            else None
+        )
         config = ServerConfig(
             index=args.index,
             model=args.model,
@@ -84,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             workers=args.workers,
             admin_token=token or None,
+            protect_reads=args.protect_reads,
+            max_in_flight=args.max_in_flight,
+            rate_limit=args.rate_limit,
+            rate_burst=args.rate_burst,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            tls=tls,
+            encoding=EncodingConfig(
+                max_batch=args.batch_size,
+                window_ms=args.batch_window_ms,
+                cache_size=args.cache_size,
+            ),
         )
         server = create_server(config)
     except (IndexFormatError, ValueError, OSError) as error:

@@ -21,14 +21,41 @@ class AisleClient:
     `admin_token` is sent as `authorization: Bearer <token>` on IndexAdmin calls.
     """
 
-    def __init__(self, address: str, *, admin_token: str | None = None, timeout_s: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        *,
+        admin_token: str | None = None,
+        timeout_s: float = 10.0,
+        client_id: str | None = None,
+        tls_ca: bytes | None = None,
+        tls_client_cert: tuple[bytes, bytes] | None = None,
+        tls_server_name: str | None = None,
+    ):
+        """`tls_ca` (PEM bytes) turns TLS on; `tls_client_cert` is (key, cert) PEM for mutual
+        TLS; `client_id` is sent as x-aisle-client (the server rate-limits per client)."""
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        if tls_ca is not None:
+            key, cert = tls_client_cert or (None, None)
+            credentials = grpc.ssl_channel_credentials(tls_ca, key, cert)
+            options = (
+                [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+            )
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address)
+        self._read_metadata: tuple[tuple[str, str], ...] = (
+            (("x-aisle-client", client_id),) if client_id else ()
+        )
         self._retrieval = retrieval_pb2_grpc.RetrievalStub(self._channel)
         self._admin = index_admin_pb2_grpc.IndexAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._admin_metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        self._admin_metadata = self._read_metadata + (
+            (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        )
+        if admin_token:  # a server with --protect-reads wants the token on every call
+            self._read_metadata = self._admin_metadata
 
     def __enter__(self) -> AisleClient:
         return self
@@ -74,13 +101,15 @@ class AisleClient:
             recent_item_ids=list(recent_item_ids),
             **fields,
         )
-        return self._retrieval.Search(request, timeout=self.timeout_s)
+        return self._retrieval.Search(request, timeout=self.timeout_s, metadata=self._read_metadata)
 
     def batch_search(
         self, requests: Sequence[retrieval_pb2.SearchRequest]
     ) -> retrieval_pb2.BatchSearchResponse:
         return self._retrieval.BatchSearch(
-            retrieval_pb2.BatchSearchRequest(requests=list(requests)), timeout=self.timeout_s
+            retrieval_pb2.BatchSearchRequest(requests=list(requests)),
+            timeout=self.timeout_s,
+            metadata=self._read_metadata,
         )
 
     def similar_items(self, item_id: str, k: int = 10, **fields: object):
@@ -93,12 +122,15 @@ class AisleClient:
         return self._retrieval.Recommend(
             retrieval_pb2.RecommendRequest(history_item_ids=list(history_item_ids), k=k, **fields),
             timeout=self.timeout_s,
+            metadata=self._read_metadata,
         )
 
     def embed(self, texts: Sequence[str], *, items: bool = False) -> retrieval_pb2.EmbedResponse:
         kind = retrieval_pb2.EMBED_KIND_ITEM if items else retrieval_pb2.EMBED_KIND_QUERY
         return self._retrieval.Embed(
-            retrieval_pb2.EmbedRequest(texts=list(texts), kind=kind), timeout=self.timeout_s
+            retrieval_pb2.EmbedRequest(texts=list(texts), kind=kind),
+            timeout=self.timeout_s,
+            metadata=self._read_metadata,
         )
 
     def status(self) -> index_admin_pb2.StatusResponse:

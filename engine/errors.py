@@ -73,3 +73,9 @@ class Unimplemented(AisleError):
     """A method or option of the published API that this server does not serve yet."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class DeadlineExceeded(AisleError):
+    """The caller's deadline passed before the work could be done."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

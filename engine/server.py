@@ -1,11 +1,11 @@
-"""Builds the gRPC server: services, health, reflection, the error interceptor, lifecycle."""
+"""Builds the gRPC server: services, health, reflection, interceptor, TLS, metrics, lifecycle."""
 
 from __future__ import annotations
 
 import logging
 import os
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -20,8 +20,10 @@ from aisle.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
-from engine.interceptor import ErrorMappingInterceptor
-from engine.service import SearchService, load_snapshot
+from engine.interceptor import ServingInterceptor
+from engine.limits import AdmissionControl, RateLimiter
+from engine.metrics import ServerMetrics
+from engine.service import EncodingConfig, SearchService, load_snapshot
 from engine.servicer import EventsServicer, IndexAdminServicer, RetrievalServicer, ServiceSlot
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,30 @@ SERVICE_NAMES = (
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate files (PEM); with `client_ca`, clients must present a certificate
+    signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS {name} file {path} does not exist")
+
+    def credentials(self) -> grpc.ServerCredentials:
+        pair = [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())]
+        if self.client_ca is None:
+            return grpc.ssl_server_credentials(pair)
+        return grpc.ssl_server_credentials(
+            pair, root_certificates=Path(self.client_ca).read_bytes(), require_client_auth=True
+        )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How to serve. `index` is an index root (follows CURRENT) or one version dir."""
 
@@ -42,9 +68,17 @@ class ServerConfig:
     model: Path | None = None  # None: the model the manifest names
     host: str = "127.0.0.1"
     port: int = 50051  # 0 binds a free port
-    workers: int = 8
+    workers: int = 16  # gRPC handler threads
     admin_token: str | None = None
-    grace_s: float = 5.0
+    protect_reads: bool = False  # Retrieval/Events need the token too
+    max_in_flight: int = 64  # more concurrent requests are refused (RESOURCE_EXHAUSTED)
+    rate_limit: float = 0.0  # requests/s per client (x-aisle-client metadata or peer); 0: off
+    rate_burst: int = 0  # bucket size; 0: max(1, rate_limit)
+    metrics_port: int | None = None  # Prometheus /metrics on HTTP; None: off, 0: a free port
+    metrics_host: str = "127.0.0.1"
+    tls: TlsConfig | None = None
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    grace_s: float = 5.0  # shutdown waits this long for in-flight requests
 
     def __post_init__(self) -> None:
         if not Path(self.index).exists():
@@ -55,25 +89,45 @@ class ServerConfig:
             raise ValueError(f"model {self.model} is not a directory")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics port must be 0..65535, got {self.metrics_port}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.rate_limit < 0 or self.rate_burst < 0:
+            raise ValueError("rate_limit and rate_burst must be >= 0")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ValueError("admin token must be at least 16 characters")
+        if self.protect_reads and self.admin_token is None:
+            raise ValueError("protect_reads needs an admin token (AISLE_ADMIN_TOKEN)")
         if self.grace_s < 0:
             raise ValueError("grace_s must be >= 0")
 
 
 class AisleServer:
-    """A started server: `port` is the bound port; `stop()` drains in-flight requests."""
+    """A bound server: `port` is the gRPC port, `metrics_port` the HTTP one (or None)."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self.metrics = ServerMetrics()
         self._health = health.HealthServicer()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        interceptor = ServingInterceptor(
+            admin_token=config.admin_token,
+            protect_reads=config.protect_reads,
+            metrics=self.metrics,
+            admission=AdmissionControl(config.max_in_flight),
+            rate_limiter=(
+                RateLimiter(config.rate_limit, config.rate_burst or None)
+                if config.rate_limit > 0
+                else None
+            ),
+        )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aisle-rpc"),
-            interceptors=[ErrorMappingInterceptor(config.admin_token)],
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -85,7 +139,7 @@ class AisleServer:
         )
         # Services are registered up front and answer UNAVAILABLE until load() fills the slot,
         # so health checks can reach a loading server and see NOT_SERVING.
-        self._slot = ServiceSlot()
+        self._slot = ServiceSlot(self.metrics)
         retrieval_pb2_grpc.add_RetrievalServicer_to_server(
             RetrievalServicer(self._slot), self._server
         )
@@ -94,9 +148,13 @@ class AisleServer:
         )
         events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(), self._server)
         address = f"{config.host}:{config.port}"
-        self.port = self._server.add_insecure_port(address)
+        if config.tls is not None:
+            self.port = self._server.add_secure_port(address, config.tls.credentials())
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
+        self.metrics_port: int | None = None
 
     @property
     def service(self) -> SearchService | None:
@@ -105,9 +163,25 @@ class AisleServer:
     def load(self) -> None:
         """Load model and index; health turns SERVING only after this."""
         snapshot = load_snapshot(self.config.index, self.config.model)
-        self._slot.service = SearchService(
-            snapshot, index_path=self.config.index, model_dir=self.config.model
+
+        def on_batch(n_texts: int) -> None:
+            self.metrics.encoder_batches.inc()
+            self.metrics.encoder_batch_texts.inc(n_texts)
+
+        service = SearchService(
+            snapshot,
+            index_path=self.config.index,
+            model_dir=self.config.model,
+            encoding=self.config.encoding,
+            on_batch=on_batch,
         )
+        m = self.metrics
+        m.queue_depth.set_function(lambda: service.batcher.queue_depth)
+        m.cache_hits.set_function(lambda: service.batcher.cache.hits)
+        m.cache_misses.set_function(lambda: service.batcher.cache.misses)
+        m.index_version.set_function(lambda: service.snapshot.summary.version)
+        m.index_items.set_function(lambda: service.snapshot.summary.item_count)
+        self._slot.service = service
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         summary = snapshot.summary
@@ -123,14 +197,27 @@ class AisleServer:
     def start(self) -> None:
         """Accept connections (health answers NOT_SERVING until load() has finished)."""
         self._server.start()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(
+                self.config.metrics_host, self.config.metrics_port
+            )
         if self.config.admin_token is None:
             log.warning("no admin token set: IndexAdmin methods are open to every caller")
-        log.info("serving on %s:%d (pid %d)", self.config.host, self.port, os.getpid())
+        log.info(
+            "serving on %s:%d%s (pid %d)",
+            self.config.host,
+            self.port,
+            " with TLS" if self.config.tls else "",
+            os.getpid(),
+        )
 
     def stop(self, grace_s: float | None = None) -> None:
         """Stop taking requests, let in-flight ones finish within the grace period."""
         self._health.enter_graceful_shutdown()
         self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        if self._slot.service is not None:
+            self._slot.service.close()
+        self.metrics.close()
 
     def wait(self) -> None:
         self._server.wait_for_termination()

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.batcher import MicroBatcher
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from indexer.layout import resolve_version_dir
 from indexer.manifest import IndexFormatError
@@ -149,30 +150,83 @@ def load_snapshot(index_path: str | Path, model_dir: str | Path | None = None) -
     return Snapshot(encoder=encoder, index=index, summary=summary, columns=columns, vectors=vectors)
 
 
+@dataclass(frozen=True)
+class EncodingConfig:
+    """Query encoding under concurrency: micro-batching and the embedding cache."""
+
+    max_batch: int = 32  # texts per encoder call
+    window_ms: float = 0.0  # extra wait for more texts once one is queued (0: none)
+    max_queue: int = 1024  # queued texts before requests are refused (RESOURCE_EXHAUSTED)
+    cache_size: int = 10_000  # query embeddings kept (LRU); 0 disables the cache
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1:
+            raise ValueError("max_batch and max_queue must be >= 1")
+        if self.window_ms < 0 or self.window_ms > 100:
+            raise ValueError(f"window_ms must be in [0, 100], got {self.window_ms}")
+        if self.cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {self.cache_size}")
+
+
 class SearchService:
     """Pure search logic over the current snapshot; no gRPC types here."""
 
     def __init__(
-        self, snapshot: Snapshot, *, index_path: str | Path, model_dir: Path | None
+        self,
+        snapshot: Snapshot,
+        *,
+        index_path: str | Path,
+        model_dir: Path | None,
+        encoding: EncodingConfig | None = None,
+        on_batch: Any = None,
     ) -> None:
-        self._snapshot = snapshot
         self._index_path = Path(index_path)
         self._model_dir = model_dir
+        self._encoding = encoding or EncodingConfig()
+        self._on_batch = on_batch
         self._swap_lock = threading.Lock()  # one reload at a time
         # Fast tokenizers refuse concurrent calls with different settings ("Already borrowed"),
         # and torch already uses every core per call, so encodes run one at a time.
         self._encode_lock = threading.Lock()
         self.started_at = time.time()
+        self._snapshot = snapshot
+        self._batcher = self._new_batcher(snapshot)
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self._batcher
+
+    def close(self) -> None:
+        self._batcher.close()
+
     # -- encoding -------------------------------------------------------------------------------
 
-    def _encode_queries(self, encoder: Encoder, texts: list[str]) -> np.ndarray:
-        with self._encode_lock:
-            return encoder.encode_queries([query_text(t) for t in texts])  # (n, dim)
+    def _new_batcher(self, snapshot: Snapshot) -> MicroBatcher:
+        encoder = snapshot.encoder
+
+        def encode(texts: list[str]) -> np.ndarray:
+            with self._encode_lock:
+                return encoder.encode_queries(texts)  # (n, dim)
+
+        e = self._encoding
+        return MicroBatcher(
+            encode,
+            max_batch=e.max_batch,
+            window_ms=e.window_ms,
+            max_queue=e.max_queue,
+            cache_size=e.cache_size,
+            on_batch=self._on_batch,
+        )
+
+    def _encode_queries(
+        self, batcher: MicroBatcher, texts: list[str], timeout_s: float | None = None
+    ) -> np.ndarray:
+        # Copy: cached vectors are shared, and personalisation edits rows in place.
+        return batcher.encode([query_text(t) for t in texts], timeout_s).copy()  # (n, dim)
 
     def embed(self, texts: list[str], *, items: bool) -> tuple[np.ndarray, Snapshot]:
         """(n, dim) float32 unit vectors from the serving model, and the snapshot used."""
@@ -243,13 +297,15 @@ class SearchService:
         )
         return D, I, sim, search_s * 1e3
 
-    def search_batch(self, queries: list[SearchQuery]) -> list[SearchResult]:
+    def search_batch(
+        self, queries: list[SearchQuery], timeout_s: float | None = None
+    ) -> list[SearchResult]:
         """Answer several searches with one encoder call, then search and re-rank each."""
-        snap = self._snapshot  # one snapshot for the whole request, even across a reload
+        snap, batcher = self._snapshot, self._batcher  # one snapshot for the whole request
         for q in queries:
             self._check_version(snap, q.expected_version)
         t0 = time.perf_counter()
-        xq = self._encode_queries(snap.encoder, [q.text for q in queries])  # (nq, dim)
+        xq = self._encode_queries(batcher, [q.text for q in queries], timeout_s)  # (nq, dim)
         personalized = [False] * len(queries)
         for i, q in enumerate(queries):
             if q.recent_item_ids:
@@ -315,8 +371,8 @@ class SearchService:
             result.hits, result.has_more, result.index, timings, personalized, facets
         )
 
-    def search(self, query: SearchQuery) -> SearchResult:
-        return self.search_batch([query])[0]
+    def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
+        return self.search_batch([query], timeout_s)[0]
 
     def similar_items(
         self,
@@ -428,7 +484,12 @@ class SearchService:
                 raise FailedPrecondition(f"cannot load index version: {error}") from error
             except (OSError, ValueError) as error:
                 raise Unavailable(f"cannot load index version: {error}") from error
+            old_batcher = self._batcher
+            self._batcher = self._new_batcher(snapshot)
             self._snapshot = snapshot
+            # Requests still holding the old snapshot finish on it; its batcher drains its queue
+            # and then encodes directly for them.
+            old_batcher.close()
             log.info("now serving index version %d (was %d)", snapshot.summary.version, previous)
             return previous, snapshot.summary
 

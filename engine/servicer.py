@@ -17,6 +17,7 @@ from aisle.v1 import (
 )
 from engine import validation
 from engine.errors import InvalidArgument, Unavailable, Unimplemented
+from engine.metrics import ServerMetrics
 from engine.paging import PageToken, encode_token, request_digest
 from engine.service import IndexSummary, SearchResult, SearchService
 from indexer.layout import IndexRoot
@@ -104,8 +105,13 @@ def _filter_of(request: Any) -> Any:
 class ServiceSlot:
     """Where servicers find the search service; empty while the server is still loading."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: ServerMetrics | None = None) -> None:
         self.service: SearchService | None = None
+        self.metrics = metrics
+
+    def observe(self, result: SearchResult) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_stages(result.timings_ms)
 
     def get(self) -> SearchService:
         service = self.service
@@ -125,7 +131,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     def Search(self, request, context):  # noqa: N802 (gRPC method names)
         started = time.perf_counter()
         query = validation.search_query(request, self._service.snapshot.summary.version)
-        result = self._service.search(query)
+        result = self._service.search(query, timeout_s=context.time_remaining())
+        self._slot.observe(result)
         response = retrieval_pb2.SearchResponse(personalized=result.personalized)
         _fill_facets(response, result)
         _fill(
@@ -153,7 +160,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             validation.search_query(r, version, prefix=f"requests[{i}].")
             for i, r in enumerate(request.requests)
         ]
-        results = self._service.search_batch(queries)
+        results = self._service.search_batch(queries, timeout_s=context.time_remaining())
+        for result in results:
+            self._slot.observe(result)
         response = retrieval_pb2.BatchSearchResponse()
         for sub, query, result in zip(request.requests, queries, results, strict=True):
             out = response.responses.add(personalized=result.personalized)

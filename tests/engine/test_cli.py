@@ -47,9 +47,20 @@ def test_serve_cli_refuses_a_missing_index(tmp_path, capsys) -> None:
 def test_serve_cli_runs_until_sigterm(index_root, tmp_path) -> None:
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli_serve", "--index", str(index_root), "--port", "0",
-         "--port-file", str(port_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "engine.cli_serve",
+            "--index",
+            str(index_root),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60

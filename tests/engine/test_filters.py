@@ -68,11 +68,13 @@ def test_category_brand_price_stock_filters(client, records) -> None:
     )
     expected = matching(
         records,
-        lambda r: r["category"].startswith("Home > Furniture")
-        and r["brand"] in ("Acme", "Initech")
-        and "price" in r
-        and 20 <= r["price"] <= 150
-        and r["in_stock"],
+        lambda r: (
+            r["category"].startswith("Home > Furniture")
+            and r["brand"] in ("Acme", "Initech")
+            and "price" in r
+            and 20 <= r["price"] <= 150
+            and r["in_stock"]
+        ),
     )
     assert expected  # the test data must have matches
     response = client.search("sofa", 1000, filter=f)

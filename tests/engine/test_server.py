@@ -133,7 +133,10 @@ def test_batch_search_equals_single_searches(client) -> None:
         )
     error = rpc_error(
         lambda: client.batch_search(
-            [retrieval_pb2.SearchRequest(query="a", k=3), retrieval_pb2.SearchRequest(query="", k=3)]
+            [
+                retrieval_pb2.SearchRequest(query="a", k=3),
+                retrieval_pb2.SearchRequest(query="", k=3),
+            ]
         )
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
