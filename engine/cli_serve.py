@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to (mTLS)"
     )
     parser.add_argument(
+        "--events-dir",
+        type=Path,
+        help="where Events.Record appends its durable log (default: ROOT/events for an index "
+        "root; a bare version dir has none unless given)",
+    )
+    parser.add_argument(
         "--protect-reads",
         action="store_true",
         help="Retrieval and Events need the admin token too (default: only IndexAdmin does)",
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             tls=tls,
+            events_dir=args.events_dir,
             encoding=EncodingConfig(
                 max_batch=args.batch_size,
                 window_ms=args.batch_window_ms,

@@ -77,6 +77,7 @@ class ServerConfig:
     metrics_port: int | None = None  # Prometheus /metrics on HTTP; None: off, 0: a free port
     metrics_host: str = "127.0.0.1"
     tls: TlsConfig | None = None
+    events_dir: Path | None = None  # event log; None: ROOT/events when serving an index root
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     grace_s: float = 5.0  # shutdown waits this long for in-flight requests
 
@@ -146,7 +147,7 @@ class AisleServer:
         index_admin_pb2_grpc.add_IndexAdminServicer_to_server(
             IndexAdminServicer(self._slot, str(config.index)), self._server
         )
-        events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(), self._server)
+        events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self._slot), self._server)
         address = f"{config.host}:{config.port}"
         if config.tls is not None:
             self.port = self._server.add_secure_port(address, config.tls.credentials())
@@ -159,6 +160,14 @@ class AisleServer:
     @property
     def service(self) -> SearchService | None:
         return self._slot.service
+
+    def _events_dir(self) -> Path | None:
+        if self.config.events_dir is not None:
+            return Path(self.config.events_dir)
+        index = Path(self.config.index)
+        if (index / "CURRENT").exists() or (index / "versions").is_dir():
+            return index / "events"  # an index root: its events live beside its versions
+        return None  # a bare version dir: no event log unless one is named
 
     def load(self) -> None:
         """Load model and index; health turns SERVING only after this."""
@@ -174,6 +183,7 @@ class AisleServer:
             model_dir=self.config.model,
             encoding=self.config.encoding,
             on_batch=on_batch,
+            events_dir=self._events_dir(),
         )
         m = self.metrics
         m.queue_depth.set_function(lambda: service.batcher.queue_depth)

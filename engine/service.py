@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from engine.batcher import MicroBatcher
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from engine.events import Event, EventLog, UserState
 from indexer.layout import resolve_version_dir
 from indexer.manifest import IndexFormatError
 from indexer.rerank import (
@@ -23,9 +25,11 @@ from indexer.rerank import (
     ItemColumns,
     VectorStore,
     compile_filter,
+    matching_rows,
     search_and_rerank,
 )
 from indexer.store import IndexVersion
+from indexer.users import read_users
 from trainer.encoder import Encoder, load_encoder, model_fingerprint
 from trainer.text import query_text
 
@@ -40,6 +44,7 @@ class SearchQuery:
     k: int
     offset: int = 0
     recent_item_ids: tuple[str, ...] = ()
+    user_id: str = ""
     personalization_weight: float = 0.3
     search_params: dict[str, int] = field(default_factory=dict)
     fetch_depth: int = 0  # ANN candidates when no filter is set; 0 → the default
@@ -78,6 +83,7 @@ class SearchResult:
     timings_ms: dict[str, float]
     personalized: bool = False
     facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    popularity_fallback: bool = False
 
 
 # Sorting by an attribute reorders this many of the most relevant hits (the "relevant set").
@@ -179,8 +185,11 @@ class SearchService:
         model_dir: Path | None,
         encoding: EncodingConfig | None = None,
         on_batch: Any = None,
+        events_dir: Path | None = None,
     ) -> None:
         self._index_path = Path(index_path)
+        self._event_log = EventLog(events_dir) if events_dir is not None else None
+        self._events_lock = threading.Lock()
         self._model_dir = model_dir
         self._encoding = encoding or EncodingConfig()
         self._on_batch = on_batch
@@ -191,6 +200,22 @@ class SearchService:
         self.started_at = time.time()
         self._snapshot = snapshot
         self._batcher = self._new_batcher(snapshot)
+        self.users = self._load_users(snapshot)
+
+    def _load_users(self, snapshot: Snapshot) -> UserState:
+        """The version's users' recent items, plus events logged since the version was built."""
+        users = UserState(read_users(snapshot.index.path))
+        if self._event_log is not None:
+            built = datetime.fromisoformat(snapshot.index.manifest.created_at)
+            if built.tzinfo is None:
+                built = built.replace(tzinfo=UTC)
+            replayed = 0
+            for event in self._event_log.read():
+                if event.time >= built:
+                    users.record(event.user_id, event.item_id)
+                    replayed += 1
+            log.info("user state: %d users, %d events replayed from the log", len(users), replayed)
+        return users
 
     @property
     def snapshot(self) -> Snapshot:
@@ -308,8 +333,13 @@ class SearchService:
         xq = self._encode_queries(batcher, [q.text for q in queries], timeout_s)  # (nq, dim)
         personalized = [False] * len(queries)
         for i, q in enumerate(queries):
-            if q.recent_item_ids:
-                rows = self._rows_of(snap.index, q.recent_item_ids, "recent_item_ids")
+            # An unknown user (no recent items) simply gets unpersonalised results.
+            known = (
+                [i for i in self.users.recent(q.user_id) if _known(snap, i)] if q.user_id else []
+            )
+            explicit = self._rows_of(snap.index, q.recent_item_ids, "recent_item_ids")
+            rows = np.asarray([snap.index.row_of(i) for i in known] + list(explicit), np.int64)
+            if len(rows):
                 user = snap.vectors.gather(rows).mean(axis=0)  # (dim,)
                 xq[i] = _blend(xq[i], user, q.personalization_weight)
                 personalized[i] = True
@@ -398,33 +428,84 @@ class SearchService:
         timings = {"encode_ms": (t1 - t0) * 1e3, "search_ms": search_ms, "rerank_ms": rerank_ms}
         return SearchResult(result.hits, result.has_more, result.index, timings)
 
-    def recommend_from_history(
+    def recommend(
         self,
-        history: tuple[str, ...],
         k: int,
         *,
-        include_seen: bool,
+        user_id: str = "",
+        history: tuple[str, ...] = (),
+        include_seen: bool = False,
         offset: int = 0,
         expected_version: int | None = None,
         spec: FilterSpec | None = None,
     ) -> SearchResult:
-        """Items closest to the mean vector of a history (most recent last)."""
+        """Items for a user: closest to the mean vector of their history (the user's recent
+        items, then `history`, most recent last). With no history at all (an unknown user) the
+        most popular items come back instead, flagged as the popularity fallback."""
         snap = self._snapshot
         self._check_version(snap, expected_version)
         t0 = time.perf_counter()
-        rows = self._rows_of(snap.index, history, "history_item_ids")
-        user = snap.vectors.gather(rows).mean(axis=0)
+        known = tuple(i for i in self.users.recent(user_id) if _known(snap, i)) if user_id else ()
+        explicit = tuple(self._rows_of(snap.index, history, "history_item_ids"))
+        rows = np.asarray(
+            [snap.index.row_of(i) for i in known] + [int(r) for r in explicit], dtype=np.int64
+        )
+        if not include_seen and len(rows):
+            spec = _with_excluded(spec, [int(r) for r in rows])
+        if not len(rows):
+            return self._popular(snap, k, offset, spec, t0)
+        user = snap.vectors.gather(rows).mean(axis=0)  # (dim,)
         norm = float(np.linalg.norm(user))
         xq = (user / norm if norm > 0 else user).astype(np.float32)  # (dim,)
         t1 = time.perf_counter()
-        if not include_seen:
-            spec = _with_excluded(spec, [int(r) for r in rows])
         D, I, sim, search_ms = self._retrieve(snap, xq, offset + k + 1, spec=spec)
         keep = I >= 0
         result = self._page(snap, D[keep], I[keep], sim[keep], offset, k, True)
         rerank_ms = (time.perf_counter() - t1) * 1e3 - search_ms
         timings = {"encode_ms": (t1 - t0) * 1e3, "search_ms": search_ms, "rerank_ms": rerank_ms}
         return SearchResult(result.hits, result.has_more, result.index, timings, True)
+
+    def _popular(
+        self, snap: Snapshot, k: int, offset: int, spec: FilterSpec | None, t0: float
+    ) -> SearchResult:
+        """The popularity fallback: items by their popularity signal (log rating count,
+        scaled to [0, 1]; it is also the hits' score), filter applied, ties by row."""
+        compiled = snap.compiled(spec) if spec is not None else None
+        rows = (
+            matching_rows(compiled, snap.columns)
+            if compiled is not None and compiled.has_conditions
+            else np.arange(snap.columns.n_items, dtype=np.int64)
+        )
+        popularity = snap.columns.signals[rows, 0]  # (m,) float32 in [0, 1]
+        order = np.lexsort((rows, -popularity))[: offset + k + 1]
+        D = popularity[order].astype(np.float32)
+        I = rows[order]
+        result = self._page(snap, D, I, np.full_like(D, np.nan), offset, k, False)
+        timings = {
+            "encode_ms": 0.0,
+            "search_ms": 0.0,
+            "rerank_ms": (time.perf_counter() - t0) * 1e3,
+        }
+        return SearchResult(
+            result.hits, result.has_more, result.index, timings, False, popularity_fallback=True
+        )
+
+    def record_events(self, events: list[Event]) -> int:
+        """Append events to the durable log (fsynced), then update the users' recent items."""
+        if self._event_log is None:
+            raise FailedPrecondition(
+                "this server keeps no event log: start it with --events-dir DIR "
+                "(or serve an index root, whose events/ dir is the default)"
+            )
+        snap = self._snapshot
+        for i, event in enumerate(events):
+            if not _known(snap, event.item_id):
+                raise NotFound(f"events[{i}].item_id: unknown item id {event.item_id!r}")
+        with self._events_lock:  # a reload rebuilding user state waits for this append
+            recorded = self._event_log.append(events)
+            for event in events:
+                self.users.record(event.user_id, event.item_id)
+        return recorded
 
     def _page(
         self,
@@ -485,8 +566,10 @@ class SearchService:
             except (OSError, ValueError) as error:
                 raise Unavailable(f"cannot load index version: {error}") from error
             old_batcher = self._batcher
-            self._batcher = self._new_batcher(snapshot)
-            self._snapshot = snapshot
+            with self._events_lock:  # no event can slip between the replay and the swap
+                users = self._load_users(snapshot)
+                self._batcher = self._new_batcher(snapshot)
+                self._snapshot, self.users = snapshot, users
             # Requests still holding the old snapshot finish on it; its batcher drains its queue
             # and then encodes directly for them.
             old_batcher.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aisle.v1 import (
+    events_pb2,
     events_pb2_grpc,
     index_admin_pb2,
     index_admin_pb2_grpc,
@@ -16,7 +18,8 @@ from aisle.v1 import (
     types_pb2,
 )
 from engine import validation
-from engine.errors import InvalidArgument, Unavailable, Unimplemented
+from engine.errors import FieldViolation, InvalidArgument, Unavailable, Unimplemented
+from engine.events import Event, now_utc
 from engine.metrics import ServerMetrics
 from engine.paging import PageToken, encode_token, request_digest
 from engine.service import IndexSummary, SearchResult, SearchService
@@ -183,27 +186,28 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     def Recommend(self, request, context):  # noqa: N802
         started = time.perf_counter()
         validation.check_k(request.k)
-        if request.user_id:
-            raise Unimplemented(
-                "user_id: this server keeps no user state yet; send history_item_ids instead"
-            )
         spec, excluded = _filter_of(request)
-        if not request.history_item_ids:
-            raise InvalidArgument.field("history_item_ids", "give user_id or history_item_ids")
+        if not request.user_id and not request.history_item_ids:
+            raise InvalidArgument.field("user_id", "give user_id or history_item_ids")
+        if len(request.user_id) > 256:
+            raise InvalidArgument.field("user_id", "at most 256 characters")
         if len(request.history_item_ids) > validation.MAX_RECENT_ITEMS:
             raise InvalidArgument.field(
                 "history_item_ids", f"at most {validation.MAX_RECENT_ITEMS} ids"
             )
         version = self._service.snapshot.summary.version
         offset = validation.page_offset(request, version, request.k)
-        result = self._service.recommend_from_history(
-            tuple(request.history_item_ids),
+        result = self._service.recommend(
             request.k,
+            user_id=request.user_id,
+            history=tuple(request.history_item_ids),
             include_seen=request.include_seen,
             offset=offset,
             expected_version=version if offset else None,
+            spec=self._service.exclude(spec, excluded),
         )
-        response = retrieval_pb2.RecommendResponse()
+        self._slot.observe(result)
+        response = retrieval_pb2.RecommendResponse(popularity_fallback=result.popularity_fallback)
         _fill(
             response,
             result,
@@ -289,6 +293,47 @@ class IndexAdminServicer(index_admin_pb2_grpc.IndexAdminServicer):
         return response
 
 
+EVENT_TYPE_NAMES = {
+    events_pb2.EVENT_TYPE_VIEW: "view",
+    events_pb2.EVENT_TYPE_CLICK: "click",
+    events_pb2.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
+    events_pb2.EVENT_TYPE_PURCHASE: "purchase",
+}
+MAX_EVENTS = 1000
+
+
 class EventsServicer(events_pb2_grpc.EventsServicer):
+    def __init__(self, slot: ServiceSlot) -> None:
+        self._slot = slot
+
     def Record(self, request, context):  # noqa: N802
-        raise Unimplemented("Record: the event log is not served yet")
+        if not 1 <= len(request.events) <= MAX_EVENTS:
+            raise InvalidArgument.field(
+                "events", f"give 1 to {MAX_EVENTS} events, got {len(request.events)}"
+            )
+        violations = []
+        events = []
+        received = now_utc()
+        for i, e in enumerate(request.events):
+            if not 1 <= len(e.user_id) <= 256:
+                violations.append(FieldViolation(f"events[{i}].user_id", "1 to 256 characters"))
+            if not e.item_id:
+                violations.append(FieldViolation(f"events[{i}].item_id", "must be set"))
+            if e.type not in EVENT_TYPE_NAMES:
+                violations.append(
+                    FieldViolation(
+                        f"events[{i}].type", "must be VIEW, CLICK, ADD_TO_CART or PURCHASE"
+                    )
+                )
+            if len(e.query) > validation.MAX_QUERY_CHARS:
+                violations.append(FieldViolation(f"events[{i}].query", "at most 1000 characters"))
+            when = e.time.ToDatetime(tzinfo=UTC) if e.HasField("time") else received
+            events.append(
+                Event(e.user_id, e.item_id, EVENT_TYPE_NAMES.get(e.type, ""), e.query, when)
+            )
+        if violations:
+            raise InvalidArgument(
+                "; ".join(f"{v.field}: {v.description}" for v in violations), violations
+            )
+        recorded = self._slot.get().record_events(events)
+        return events_pb2.RecordResponse(recorded=recorded)

@@ -125,8 +125,6 @@ def _diversity(message, prefix: str, violations: list[FieldViolation]) -> Divers
 def _unsupported(request: retrieval_pb2.SearchRequest) -> list[str]:
     """Published fields of SearchRequest that this server does not serve yet."""
     names = []
-    if request.user_id:
-        names.append("user_id")
     if request.mode in (retrieval_pb2.SEARCH_MODE_LEXICAL, retrieval_pb2.SEARCH_MODE_HYBRID):
         names.append("mode (only dense retrieval is served)")
     return names
@@ -154,6 +152,8 @@ def search_query(
         violations.append(
             FieldViolation(f"{prefix}recent_item_ids", f"at most {MAX_RECENT_ITEMS} ids")
         )
+    if len(request.user_id) > 256:
+        violations.append(FieldViolation(f"{prefix}user_id", "at most 256 characters"))
     if any(not i for i in request.recent_item_ids):
         violations.append(FieldViolation(f"{prefix}recent_item_ids", "contains an empty id"))
     weight = request.personalization_weight
@@ -207,6 +207,7 @@ def search_query(
         k=request.k,
         offset=offset,
         recent_item_ids=tuple(request.recent_item_ids),
+        user_id=request.user_id,
         personalization_weight=weight or DEFAULT_PERSONALIZATION_WEIGHT,
         search_params=params,
         fetch_depth=effort.candidates,

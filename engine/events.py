@@ -1,0 +1,132 @@
+"""Shopper events: a durable append-only log, and each user's recent items kept current from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
+MAX_RECENT = 50  # the recommendation protocol feeds at most the 50 most recent items
+LOG_NAME = "events.jsonl"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One shopper event. `time` is an aware UTC datetime."""
+
+    user_id: str
+    item_id: str
+    type: str
+    query: str
+    time: datetime
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "user_id": self.user_id,
+                "item_id": self.item_id,
+                "type": self.type,
+                "query": self.query,
+                "time": self.time.isoformat(),
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+
+class EventLog:
+    """Append-only JSON lines in `directory/events.jsonl`, fsynced before append() returns.
+
+    The same file is the interactions input of the next training run (user_id, item_id, and the
+    order of lines as the position). A torn last line (a crash mid-append) is skipped on read.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / LOG_NAME
+        self._lock = threading.Lock()
+        self._drop_torn_tail()
+
+    def _drop_torn_tail(self) -> None:
+        """A crash mid-append can leave a partial last line; cut it so the next append does
+        not glue a new record onto it. Only the unacknowledged record is lost."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                keep = data.rfind(b"\n") + 1
+                log.warning(
+                    "%s: dropping a torn last record (%d bytes)", self.path, len(data) - keep
+                )
+                f.truncate(keep)
+                os.fsync(f.fileno())
+
+    def append(self, events: Iterable[Event]) -> int:
+        lines = "".join(e.to_json() + "\n" for e in events)
+        if not lines:
+            return 0
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())  # durable before the caller is acknowledged
+        return lines.count("\n")
+
+    def read(self) -> Iterator[Event]:
+        """Every complete event in the log, in append order."""
+        if not self.path.exists():
+            return
+        with open(self.path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.endswith("\n"):
+                    log.warning("%s:%d: skipping a torn last line", self.path, number)
+                    return
+                try:
+                    raw = json.loads(line)
+                    yield Event(
+                        raw["user_id"],
+                        raw["item_id"],
+                        raw["type"],
+                        raw.get("query", ""),
+                        datetime.fromisoformat(raw["time"]),
+                    )
+                except (ValueError, KeyError, TypeError) as error:
+                    raise ValueError(f"{self.path}:{number}: bad event record ({error})") from error
+
+
+class UserState:
+    """Each known user's most recent item ids (oldest first), at most MAX_RECENT. Thread-safe."""
+
+    def __init__(self, histories: Mapping[str, list[str]] | None = None) -> None:
+        self._recent: dict[str, deque[str]] = {}
+        self._lock = threading.Lock()
+        for user, items in (histories or {}).items():
+            self._recent[user] = deque(items[-MAX_RECENT:], maxlen=MAX_RECENT)
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def record(self, user_id: str, item_id: str) -> None:
+        with self._lock:
+            recent = self._recent.setdefault(user_id, deque(maxlen=MAX_RECENT))
+            if recent and recent[-1] == item_id:
+                return  # a repeated view of the same item adds nothing to the history
+            recent.append(item_id)
+
+    def recent(self, user_id: str) -> list[str]:
+        with self._lock:
+            return list(self._recent.get(user_id, ()))
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
