@@ -20,7 +20,7 @@ import posixpath
 import re
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +57,28 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # applied to the pooled vector before normalisation. Being *.safetensors, it is in the
 # fingerprint.
 PROJECTION_FILE = "projection.safetensors"
+# The query tower exported by trainer.onnx_export: one self-contained ONNX file in the query
+# tower's dir (token ids in, the pooled/projected/normalised vector out, the tokenizer in its
+# metadata). Derived from the fingerprinted files, so not fingerprinted itself; it records the
+# fingerprint it was exported from instead, which tells a stale export.
+QUERY_ONNX_FILE = "query_tower.onnx"
+ONNX_OUTPUT_NAME = "sentence_embedding"
+ONNX_META_KEYS = {
+    name: f"aisle.{name}"
+    for name in (
+        "fingerprint",
+        "tokenizer",
+        "pad_token",
+        "pad_token_id",
+        "pad_token_type_id",
+        "padding_side",
+        "truncation_side",
+        "max_positions",
+        "pooling",
+        "normalize",
+    )
+}
+BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -436,6 +458,8 @@ def load_projection(tower_dir: str | Path, hidden_size: int) -> dict[str, Any] |
 class _TorchTower:
     """One tower on torch: HF tokenizer + AutoModel + pooling."""
 
+    backend = "torch"
+
     def __init__(self, tower_dir: Path, *, pooling: str, device: str) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -483,6 +507,120 @@ class _TorchTower:
         return pooled.to(torch.float32).cpu().numpy()
 
 
+def query_onnx_path(model_dir: str | Path, info: ModelInfo | None = None) -> Path:
+    """Where ``trainer.onnx_export`` puts the query tower's ONNX file in a model dir."""
+    path = Path(model_dir)
+    info = read_model_info(path) if info is None else info
+    return path / _norm_tower(info.query_tower) / QUERY_ONNX_FILE
+
+
+# ONNX graph input → the tokenizers.Encoding attribute that feeds it.
+_ONNX_INPUT_FIELDS = {
+    "input_ids": "ids",
+    "attention_mask": "attention_mask",
+    "token_type_ids": "type_ids",
+}
+
+
+class _OnnxTower:
+    """The exported query tower on ONNX Runtime + the ``tokenizers`` fast tokenizer.
+
+    Imports neither torch nor transformers: the graph does the model, pooling, projection and
+    normalisation, and the tokenizer (with the pad and truncation settings transformers used at
+    export) comes from the file's metadata. ``fingerprint`` is the model's at export time.
+    """
+
+    backend = "onnx"
+
+    def __init__(self, onnx_path: Path, *, num_threads: int | None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        options.inter_op_num_threads = 1  # the graph is one chain; parallelism is intra-op
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+        try:
+            self.session = ort.InferenceSession(
+                str(onnx_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+            raise ValueError(
+                f"cannot load the ONNX query tower {str(onnx_path)!r}: {exc}; re-export it "
+                "with python -m trainer.onnx_export MODEL_DIR"
+            ) from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.fingerprint = meta[ONNX_META_KEYS["fingerprint"]]
+            self.max_positions = int(meta[ONNX_META_KEYS["max_positions"]])
+            tokenizer = Tokenizer.from_str(meta[ONNX_META_KEYS["tokenizer"]])
+            tokenizer.no_truncation()
+            tokenizer.enable_padding(
+                direction=meta[ONNX_META_KEYS["padding_side"]],
+                pad_id=int(meta[ONNX_META_KEYS["pad_token_id"]]),
+                pad_type_id=int(meta[ONNX_META_KEYS["pad_token_type_id"]]),
+                pad_token=meta[ONNX_META_KEYS["pad_token"]],
+            )
+            self._truncation_side = meta[ONNX_META_KEYS["truncation_side"]]
+        except Exception as exc:  # KeyError, int(), tokenizers' own Exception
+            raise ValueError(
+                f"{str(onnx_path)!r} lacks valid Aisle metadata ({type(exc).__name__}: {exc}); "
+                "it was not written by trainer.onnx_export, re-export it"
+            ) from exc
+        self._tokenizer = tokenizer
+        self._inputs = [node.name for node in self.session.get_inputs()]
+        unknown = sorted(set(self._inputs) - set(_ONNX_INPUT_FIELDS))
+        outputs = self.session.get_outputs()
+        if unknown or len(outputs) != 1 or not isinstance(outputs[0].shape[-1], int):
+            raise ValueError(
+                f"{str(onnx_path)!r} is not an Aisle query tower (inputs {self._inputs}, outputs "
+                f"{[(o.name, o.shape) for o in outputs]}); re-export it"
+            )
+        self._output = outputs[0].name
+        self.dim = int(outputs[0].shape[-1])
+        self._max_length: int | None = None
+        # The tokenizer's truncation setting is state shared by threads: set and use it under
+        # one lock. ORT sessions are thread-safe, so inference runs outside it.
+        self._tokenizer_lock = threading.Lock()
+
+    def encode(self, texts: list[str], max_length: int) -> np.ndarray:
+        with self._tokenizer_lock:
+            if max_length != self._max_length:
+                self._tokenizer.enable_truncation(max_length, direction=self._truncation_side)
+                self._max_length = max_length
+            encodings = self._tokenizer.encode_batch(texts)
+        feeds = {
+            name: np.array(
+                [getattr(e, _ONNX_INPUT_FIELDS[name]) for e in encodings], dtype=np.int64
+            )  # (b, seq)
+            for name in self._inputs
+        }
+        (out,) = self.session.run([self._output], feeds)  # (b, dim)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class _LazyTower:
+    """A tower loaded on first use: the torch item tower beside an ONNX query tower, so a
+    process that only encodes queries never imports torch."""
+
+    backend = "torch"
+
+    def __init__(self, load: Callable[[], _Tower], *, dim: int, max_positions: int) -> None:
+        self.dim = dim
+        self.max_positions = max_positions
+        self._load = load
+        self._tower: _Tower | None = None
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str], max_length: int) -> np.ndarray:
+        if self._tower is None:
+            with self._lock:
+                if self._tower is None:
+                    self._tower = self._load()
+        return self._tower.encode(texts, max_length)
+
+
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     """Row-normalise (n, dim) float32 in place; all-zero rows stay zero (no NaN)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)  # (n, 1)
@@ -519,6 +657,11 @@ class Encoder:
         self.fingerprint = info.fingerprint
         self._query_tower = query_tower
         self._item_tower = item_tower
+
+    @property
+    def query_backend(self) -> str:
+        """What encodes queries: "onnx" (ONNX Runtime) or "torch"."""
+        return getattr(self._query_tower, "backend", "torch")
 
     def encode_queries(
         self, texts: Sequence[str], *, batch_size: int = 64, max_length: int | None = None
@@ -601,19 +744,32 @@ class Encoder:
 
 
 def load_encoder(
-    model_dir: str | Path | None = None, *, device: str = "cpu", num_threads: int | None = None
+    model_dir: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    backend: str = "auto",
 ) -> Encoder:
     """Load a model dir's towers for inference, offline (nothing is downloaded).
 
     Args:
         model_dir: a plain Hugging Face dir or an Aisle model dir; None → ``default_model_dir()``.
         device: torch device, e.g. "cpu" or "cuda:0".
-        num_threads: if given, ``torch.set_num_threads`` (process-wide) for CPU inference.
+        num_threads: if given, CPU threads for inference: ``torch.set_num_threads``
+            (process-wide) and ONNX Runtime's intra-op threads.
+        backend: "torch"; "onnx": queries on ONNX Runtime from the export
+            (``trainer.onnx_export``), which must exist, be current and the device be "cpu";
+            "auto": "onnx" when it can, else "torch". With ONNX queries, the item tower is
+            loaded on torch at the first ``encode_items`` call, so a process that only encodes
+            queries never imports torch.
 
     Raises:
         ValueError: the dir is missing or not a model dir, the towers disagree with
-            aisle_model.json, or device / num_threads is invalid.
+            aisle_model.json, device / num_threads / backend is invalid, or backend="onnx" and
+            the export is missing, stale or unloadable.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = default_model_dir() if model_dir is None else Path(model_dir)
     info = read_model_info(path)
     for tower in _tower_dirs(info):
@@ -634,11 +790,61 @@ def load_encoder(
         )
     info = replace(info, fingerprint=fingerprint)
 
+    query_tower, item_tower = _norm_tower(info.query_tower), _norm_tower(info.item_tower)
+    onnx_tower = None
+    if backend != "torch":
+        onnx_tower = _load_onnx_query_tower(
+            path, info, device=device, num_threads=num_threads, required=backend == "onnx"
+        )
+    if onnx_tower is None:
+        towers = _load_torch_towers(path, info, _tower_dirs(info), device, num_threads)
+        query_backend: _Tower = towers[query_tower]
+        item_backend: _Tower = towers[item_tower]
+    else:
+        query_backend = onnx_tower
+        item_backend = _LazyTower(
+            lambda: _load_torch_towers(path, info, [item_tower], device, num_threads)[item_tower],
+            dim=info.dim,
+            max_positions=_config_max_positions(path / item_tower),
+        )
+    for name, length, tower_backend in (
+        ("max_query_length", info.max_query_length, query_backend),
+        ("max_item_length", info.max_item_length, item_backend),
+    ):
+        if tower_backend.max_positions and length > tower_backend.max_positions:
+            raise ValueError(
+                f"{name}={length} in the model info of {str(path)!r} exceeds the tower's "
+                f"{tower_backend.max_positions} positions; lower it"
+            )
+    encoder = Encoder(path, info, query_tower=query_backend, item_tower=item_backend)
+    logger.info(
+        "loaded encoder %s (%s, dim %d, %s towers) on %s, queries on %s, fingerprint %s",
+        path,
+        info.base_model,
+        info.dim,
+        "shared" if info.shared_towers else "separate",
+        device,
+        encoder.query_backend,
+        fingerprint[:12],
+    )
+    return encoder
+
+
+def _load_torch_towers(
+    path: Path, info: ModelInfo, tower_dirs: list[str], device: str, num_threads: int | None
+) -> dict[str, _TorchTower]:
+    """Load the named towers (normalised tower paths) on torch; checks device and dims."""
     # Offline first, before transformers reads its environment; local_files_only below is the
     # guarantee, these stop any hub lookups by code that ignores it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        raise ValueError(
+            f"loading the torch tower(s) {tower_dirs} of {str(path)!r} needs torch, which "
+            f"cannot be imported ({exc}); only the query tower has an ONNX export"
+        ) from exc
 
     try:
         torch_device = torch.device(device)
@@ -650,33 +856,60 @@ def load_encoder(
         torch.set_num_threads(num_threads)
 
     towers: dict[str, _TorchTower] = {}
-    for tower in _tower_dirs(info):
+    for tower in tower_dirs:
         towers[tower] = _TorchTower(path / tower, pooling=info.pooling, device=device)
-    query_backend = towers[_norm_tower(info.query_tower)]
-    item_backend = towers[_norm_tower(info.item_tower)]
     for tower, backend in towers.items():
         if backend.dim != info.dim:
             raise ValueError(
                 f"tower {tower!r} of {str(path)!r} outputs {backend.dim} dims but "
                 f"{MODEL_INFO_NAME} says dim={info.dim}; fix the file or the tower"
             )
-    for name, length, backend in (
-        ("max_query_length", info.max_query_length, query_backend),
-        ("max_item_length", info.max_item_length, item_backend),
-    ):
-        if backend.max_positions and length > backend.max_positions:
-            raise ValueError(
-                f"{name}={length} in the model info of {str(path)!r} exceeds the tower's "
-                f"{backend.max_positions} positions; lower it"
-            )
-    encoder = Encoder(path, info, query_tower=query_backend, item_tower=item_backend)
-    logger.info(
-        "loaded encoder %s (%s, dim %d, %s towers) on %s, fingerprint %s",
-        path,
-        info.base_model,
-        info.dim,
-        "shared" if info.shared_towers else "separate",
-        device,
-        fingerprint[:12],
-    )
-    return encoder
+    return towers
+
+
+def _load_onnx_query_tower(
+    path: Path, info: ModelInfo, *, device: str, num_threads: int | None, required: bool
+) -> _OnnxTower | None:
+    """The ONNX query tower, or None (logged) when it cannot serve; ``required`` → raise."""
+    onnx_path = query_onnx_path(path, info)
+    export_hint = f"python -m trainer.onnx_export {path}"
+
+    def unusable(reason: str, level: int) -> None:
+        if required:
+            raise ValueError(f"backend='onnx': {reason}")
+        logger.log(level, "%s; encoding queries with torch", reason)
+
+    if str(device).split(":")[0] != "cpu":
+        return unusable(f"the ONNX query tower runs on the CPU, not {device!r}", logging.DEBUG)
+    if not onnx_path.is_file():
+        return unusable(
+            f"{str(path)!r} has no ONNX query tower ({onnx_path.name}); export it with "
+            f"{export_hint}",
+            logging.DEBUG,
+        )
+    try:
+        tower = _OnnxTower(onnx_path, num_threads=num_threads)
+    except ImportError as exc:
+        return unusable(f"onnxruntime/tokenizers cannot be imported ({exc})", logging.INFO)
+    except ValueError as exc:
+        return unusable(str(exc), logging.WARNING)
+    if tower.fingerprint != info.fingerprint:
+        return unusable(
+            f"the ONNX query tower {str(onnx_path)!r} is stale: exported from model "
+            f"{tower.fingerprint[:12]}, the files are now {info.fingerprint[:12]}; re-export it "
+            f"with {export_hint}",
+            logging.WARNING,
+        )
+    if tower.dim != info.dim:
+        return unusable(
+            f"the ONNX query tower {str(onnx_path)!r} outputs {tower.dim} dims but "
+            f"{MODEL_INFO_NAME} says dim={info.dim}; re-export it with {export_hint}",
+            logging.WARNING,
+        )
+    return tower
+
+
+def _config_max_positions(tower_dir: Path) -> int:
+    """config.json's ``max_position_embeddings`` (0 when absent), read without transformers."""
+    value = _read_json_object(tower_dir / "config.json").get("max_position_embeddings")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
