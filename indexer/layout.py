@@ -6,6 +6,10 @@
       CURRENT            the live version number, e.g. "3\\n" (replaced atomically)
       versions/<n>/      complete, published versions (never modified after publish)
       staging/<n>/       a version being built; invisible to readers until published
+      updates/           the durable log of live updates (indexer.updates)
+
+Publishing keeps the newest ``DEFAULT_KEEP_VERSIONS`` versions (and always CURRENT); ``rollback``
+points CURRENT back at an older kept version.
 """
 
 from __future__ import annotations
@@ -19,10 +23,19 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexer.manifest import MANIFEST_NAME, IndexFormatError, fsync_dir, write_atomic
+from indexer.faults import fault_point
+from indexer.manifest import (
+    MANIFEST_NAME,
+    IndexFormatError,
+    fsync_dir,
+    load_manifest,
+    verify_files,
+    write_atomic,
+)
 
 __all__ = [
     "CURRENT_NAME",
+    "DEFAULT_KEEP_VERSIONS",
     "ITEMS_FILE",
     "IndexRoot",
     "index_file_name",
@@ -34,7 +47,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CURRENT_NAME = "CURRENT"
+DEFAULT_KEEP_VERSIONS = 3  # enough to roll back twice; each version is a full copy on disk
 _LOCK_NAME = ".build.lock"
+_PRUNING_PREFIX = ".pruning-"  # a version being deleted: renamed first, so it is never half-listed
 
 # Files of a version dir, besides manifest.json.
 ITEMS_FILE = "items.parquet"  # catalog columns; row order = global row
@@ -127,11 +142,15 @@ class IndexRoot:
         with contextlib.suppress(OSError):
             self.staging_root.rmdir()  # only succeeds when empty
 
-    def publish(self, n: int) -> Path:
+    def publish(self, n: int, *, keep: int | None = DEFAULT_KEEP_VERSIONS) -> Path:
         """Make staged version ``n`` live: rename staging → versions, then replace CURRENT.
 
         Each step is atomic, so a reader sees either the old version or the new one. A crash
         between the two leaves a complete version that is simply not current yet.
+
+        Args:
+            n: the staged version.
+            keep: versions to keep afterwards (``prune``); None keeps them all.
 
         Returns:
             The published version dir.
@@ -146,14 +165,92 @@ class IndexRoot:
             # os.rename would silently replace an *empty* dir; a version is never overwritten.
             raise FileExistsError(errno.EEXIST, "index version already exists", str(target))
         self.versions_dir.mkdir(parents=True, exist_ok=True)
+        fault_point("before-rename")
         os.rename(staging, target)
         fsync_dir(self.versions_dir)
         fsync_dir(self.staging_root)
         with contextlib.suppress(OSError):
             self.staging_root.rmdir()  # only succeeds when empty: leave no clutter behind
+        fault_point("after-rename-before-current")
         write_atomic(self.root / CURRENT_NAME, f"{n}\n".encode())
+        fault_point("after-current")
         logger.info("published version %d at %s", n, target)
+        if keep is not None:
+            self.prune(keep)
         return target
+
+    def prune(self, keep: int = DEFAULT_KEEP_VERSIONS) -> list[int]:
+        """Delete all but the newest ``keep`` versions, never the CURRENT one, then the update
+        log segments no kept version needs (``indexer.updates.truncate_applied``).
+
+        Callers outside a build should hold ``build_lock``. A crash halfway leaves a renamed
+        ``versions/.pruning-<n>`` dir that the next prune removes; it is never listed.
+
+        Returns:
+            The version numbers deleted, ascending.
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be an integer >= 1 (versions to keep), got {keep!r}")
+        versions = self.versions()
+        current = self.current()
+        kept = set(versions[-keep:]) | ({current} if current is not None else set())
+        removed = [v for v in versions if v not in kept]
+        for v in removed:
+            doomed = self.versions_dir / f"{_PRUNING_PREFIX}{v}"
+            os.rename(self.version_dir(v), doomed)  # atomic: gone from versions() at once
+        if removed:
+            fsync_dir(self.versions_dir)
+            logger.info("pruned version(s) %s (keeping %s)", removed, sorted(kept))
+        if self.versions_dir.is_dir():
+            for leftover in self.versions_dir.glob(f"{_PRUNING_PREFIX}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        # Imported here: indexer.updates itself reads this layout.
+        from indexer.updates import truncate_applied
+
+        truncate_applied(self.root)
+        return removed
+
+    def rollback(self, to: int | None = None, *, verify: bool = True) -> int:
+        """Point CURRENT at an older kept version (the one before CURRENT by default).
+
+        Callers should hold ``build_lock`` so that no build publishes at the same time.
+
+        Args:
+            to: the version to switch to (any kept version, newer ones too); None = the newest
+                version older than CURRENT.
+            verify: check the target's files against its manifest checksums first.
+
+        Returns:
+            The version CURRENT now names.
+
+        Raises:
+            ValueError: nothing published, no older version, or ``to`` is not a kept version.
+            IndexFormatError: the target version is incomplete or corrupt.
+        """
+        current = self.current()
+        versions = self.versions()
+        if current is None:
+            raise ValueError(f"{self.root}: nothing is published yet, so nothing to roll back")
+        if to is None:
+            older = [v for v in versions if v < current]
+            if not older:
+                raise ValueError(
+                    f"{self.root}: no version older than the current {current} is kept "
+                    f"(kept: {versions}); pass --to with one of them"
+                )
+            to = older[-1]
+        elif to not in versions:
+            raise ValueError(f"{self.root}: version {to} is not kept; kept versions: {versions}")
+        target = self.version_dir(to)
+        manifest = load_manifest(target / MANIFEST_NAME)
+        if verify:
+            verify_files(target, manifest)
+        if to == current:
+            logger.info("version %d is already current", to)
+            return to
+        write_atomic(self.root / CURRENT_NAME, f"{to}\n".encode())
+        logger.info("rolled back: CURRENT %d -> %d (%s)", current, to, target)
+        return to
 
     @contextlib.contextmanager
     def build_lock(self) -> Iterator[None]:

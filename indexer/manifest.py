@@ -72,6 +72,9 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # relative name -> sha256 hex
     build: dict[str, Any] = field(default_factory=dict)
     search_defaults: dict[str, Any] = field(default_factory=dict)
+    # Highest update-log seq folded into this version (indexer.updates); a live index replays
+    # only newer records. Manifests written before live updates existed load as 0.
+    applied_seq: int = 0
 
     def to_json_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON-able data (shards as a list of objects)."""
@@ -214,6 +217,7 @@ def load_manifest(path: str | Path) -> Manifest:
         files=dict(files),
         build=dict(_require(data, "build", dict, where)),
         search_defaults=dict(_require(data, "search_defaults", dict, where)),
+        applied_seq=_require(data, "applied_seq", int, where) if "applied_seq" in data else 0,
     )
     _check_consistent(manifest, where)
     return manifest
@@ -222,6 +226,8 @@ def load_manifest(path: str | Path) -> Manifest:
 def _check_consistent(m: Manifest, where: str) -> None:
     if m.dim < 1:
         raise IndexFormatError(f"{where}: dim must be >= 1, got {m.dim}")
+    if m.applied_seq < 0:
+        raise IndexFormatError(f"{where}: applied_seq must be >= 0, got {m.applied_seq}")
     if m.metric != "inner_product":
         raise IndexFormatError(f"{where}: unknown metric '{m.metric}' (expected 'inner_product')")
     if m.n_shards != len(m.shards) or m.n_shards < 1:
