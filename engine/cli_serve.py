@@ -17,6 +17,10 @@ EPILOG = """examples:
   aisle-serve --index ./index --port 0 --port-file /tmp/port   # any free port, written to a file
   AISLE_ADMIN_TOKEN=... aisle-serve --index ./index --host 0.0.0.0
 
+scale-out: one server per shard (replicas are just more servers of the same shard), and a router
+  aisle-serve --index ./index --shard 0/2 --port 7001      # and 7011 (a replica), 7002 (shard 1)
+  aisle-serve --index ./index --router --shard-addrs '127.0.0.1:7001,127.0.0.1:7011;127.0.0.1:7002'
+
 The server refuses an index whose files fail their checksums, or a --model that is not the model the
 index was built with. Health (grpc.health.v1) says SERVING once model and index are loaded.
 """
@@ -93,6 +97,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra wait for more queries once one is queued (default 0: batch only under load)",
     )
     parser.add_argument(
+        "--encoder-backend", choices=("auto", "torch", "onnx"), default="auto",
+        help="query encoder: auto = ONNX Runtime when the model dir has the export "
+        "(python -m trainer.onnx_export), else torch",
+    )
+    parser.add_argument(
+        "--encoder-threads", type=int, default=1,
+        help="intra-op threads of the query encoder (default 1: measured faster on 2 cores)",
+    )
+    parser.add_argument(
         "--cache-size",
         type=int,
         default=10_000,
@@ -101,14 +114,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch/FAISS compute threads (default: all cores)",
+        default=1,
+        help="FAISS (and torch, if loaded) threads per call (default 1: requests already run in "
+        "parallel on the request threads, and OpenMP inside one query fights them for cores)",
     )
     parser.add_argument(
         "--admin-token-file",
         type=Path,
         help="file holding the token IndexAdmin calls must send (else env AISLE_ADMIN_TOKEN; "
         "without either, admin methods are open)",
+    )
+    scale = parser.add_argument_group("scale-out")
+    scale.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="serve only shard I of the N shards (the internal shard API a router calls)",
+    )
+    scale.add_argument(
+        "--router",
+        action="store_true",
+        help="serve the public API by fanning out to shard servers (needs --shard-addrs)",
+    )
+    scale.add_argument(
+        "--shard-addrs",
+        metavar="ADDRS",
+        help="shard servers, in shard order: ';' separates shards, ',' replicas of one shard "
+        "(e.g. 'h1:7001,h2:7001;h1:7002')",
+    )
+    scale.add_argument(
+        "--shard-timeout-ms",
+        type=float,
+        default=500.0,
+        help="deadline of one shard call, within the request's own (default 500)",
+    )
+    scale.add_argument(
+        "--partial-ok",
+        dest="partial_ok",
+        action="store_true",
+        default=True,
+        help="a shard with no replica answering leaves it out, flagged (default)",
+    )
+    scale.add_argument(
+        "--no-partial",
+        dest="partial_ok",
+        action="store_false",
+        help="a shard with no replica answering fails the search with UNAVAILABLE",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
@@ -120,20 +170,40 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Measured on the router: two OpenMP threads spun at 100 % between requests (~30 ms CPU
+    # per query against ~5 ms passive, same latency), starving other processes on the host; and
+    # a single server spinning between requests slows its own request threads the same way.
+    # Set before torch / FAISS load their OpenMP runtimes; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from engine.router import RouterConfig
     from engine.server import ServerConfig, TlsConfig, create_server
     from engine.service import EncodingConfig
+    from engine.shard import ShardSpec
 
     token = os.environ.get("AISLE_ADMIN_TOKEN")
     if args.admin_token_file is not None:
         token = args.admin_token_file.read_text().strip()
-    if args.threads is not None:
-        _set_threads(args.threads)
+    if args.threads < 1:
+        print("aisle-serve: --threads must be >= 1", file=sys.stderr)
+        return 2
+    _set_threads(args.threads)
     try:
         if (args.tls_cert is None) != (args.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         tls = (
             TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
             if args.tls_cert is not None
+            else None
+        )
+        if args.router != (args.shard_addrs is not None):
+            raise ValueError("--router and --shard-addrs go together")
+        router = (
+            RouterConfig.parse(
+                args.shard_addrs,
+                shard_timeout_ms=args.shard_timeout_ms,
+                partial_ok=args.partial_ok,
+            )
+            if args.router
             else None
         )
         config = ServerConfig(
@@ -151,10 +221,14 @@ def main(argv: list[str] | None = None) -> int:
             metrics_host=args.metrics_host,
             tls=tls,
             events_dir=args.events_dir,
+            shard=ShardSpec.parse(args.shard) if args.shard is not None else None,
+            router=router,
             encoding=EncodingConfig(
                 max_batch=args.batch_size,
                 window_ms=args.batch_window_ms,
                 cache_size=args.cache_size,
+                backend=args.encoder_backend,
+                encoder_threads=args.encoder_threads,
             ),
         )
         server = create_server(config)
@@ -182,12 +256,8 @@ def _set_threads(n: int) -> None:
     import faiss
 
     faiss.omp_set_num_threads(n)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
+    if "torch" in sys.modules:  # never import torch just to configure it (ONNX serving)
+        sys.modules["torch"].set_num_threads(n)
 
 
 if __name__ == "__main__":

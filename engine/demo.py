@@ -55,15 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     from engine.cli_search import format_table
     from engine.client import AisleClient
     from indexer.build import BuildConfig, build_index
+    from trainer.encoder import default_model_dir
     from trainer.synthetic import write_synthetic_dataset
 
     args.out.mkdir(parents=True, exist_ok=True)
     data = write_synthetic_dataset(args.out / "data", n_items=args.items, n_queries=50, seed=0)
     catalog = data["products"]
     log.info("catalog: %s", catalog)
+    model = args.out / "model"
+    if not model.exists():
+        # The packaged all-MiniLM-L6-v2 plus its query tower exported to ONNX: the server then
+        # encodes queries with ONNX Runtime (about 3x faster than torch at batch 1 on a CPU).
+        try:
+            from trainer.onnx_export import export_query_tower
+
+            export_query_tower(default_model_dir(), model)
+        except ImportError as error:  # onnx/onnxscript are the `train` extra
+            log.warning("no ONNX export (%s): serving with the torch encoder", error)
+            model = default_model_dir()
     started = time.perf_counter()
     version_dir = build_index(
-        BuildConfig(catalog=catalog, out=args.out / "index", shards=args.shards)
+        BuildConfig(catalog=catalog, out=args.out / "index", model=model, shards=args.shards)
     )
     log.info("built %s in %.1f s", version_dir, time.perf_counter() - started)
 
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         p95 = latencies[int(0.95 * (len(latencies) - 1))]
         print(
             f"\nsearch latency through gRPC over {len(latencies)} requests (k={args.k}, "
-            f"{args.items} items, torch encoder): p50 {statistics.median(latencies):.1f} ms, "
+            f"{args.items} items): p50 {statistics.median(latencies):.1f} ms, "
             f"p95 {p95:.1f} ms"
         )
     finally:

@@ -23,8 +23,15 @@ from aisle.v1 import (
 from engine.interceptor import ServingInterceptor
 from engine.limits import AdmissionControl, RateLimiter
 from engine.metrics import ServerMetrics
+from engine.router import (
+    RouterConfig,
+    RouterIndexAdminServicer,
+    RouterRetrievalServicer,
+    create_router_service,
+)
 from engine.service import EncodingConfig, SearchService, load_snapshot
 from engine.servicer import EventsServicer, IndexAdminServicer, RetrievalServicer, ServiceSlot
+from engine.shard import SHARD_SERVICE_NAMES, ShardSpec, add_shard_services, load_shard_service
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,8 @@ class ServerConfig:
     events_dir: Path | None = None  # event log; None: ROOT/events when serving an index root
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     grace_s: float = 5.0  # shutdown waits this long for in-flight requests
+    shard: ShardSpec | None = None  # serve only this shard, to a router (--shard I/N)
+    router: RouterConfig | None = None  # fan out to shard servers (--router --shard-addrs)
 
     def __post_init__(self) -> None:
         if not Path(self.index).exists():
@@ -104,6 +113,10 @@ class ServerConfig:
             raise ValueError("protect_reads needs an admin token (AISLE_ADMIN_TOKEN)")
         if self.grace_s < 0:
             raise ValueError("grace_s must be >= 0")
+        if self.shard is not None and self.router is not None:
+            raise ValueError(
+                "a server is a shard server (--shard) or a router (--router), not both"
+            )
 
 
 class AisleServer:
@@ -113,7 +126,9 @@ class AisleServer:
         self.config = config
         self.metrics = ServerMetrics()
         self._health = health.HealthServicer()
-        for name in ("", *SERVICE_NAMES):
+        # A shard server serves the internal shard API (engine.shard) instead of the public one.
+        self._service_names = SERVICE_NAMES if config.shard is None else SHARD_SERVICE_NAMES
+        for name in ("", *self._service_names):
             self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         interceptor = ServingInterceptor(
             admin_token=config.admin_token,
@@ -136,18 +151,26 @@ class AisleServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         # Services are registered up front and answer UNAVAILABLE until load() fills the slot,
         # so health checks can reach a loading server and see NOT_SERVING.
         self._slot = ServiceSlot(self.metrics)
-        retrieval_pb2_grpc.add_RetrievalServicer_to_server(
-            RetrievalServicer(self._slot), self._server
-        )
-        index_admin_pb2_grpc.add_IndexAdminServicer_to_server(
-            IndexAdminServicer(self._slot, str(config.index)), self._server
-        )
-        events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self._slot), self._server)
+        if config.shard is not None:
+            add_shard_services(self._server, self._slot, str(config.index))
+        else:
+            routed = config.router is not None
+            retrieval_pb2_grpc.add_RetrievalServicer_to_server(
+                (RouterRetrievalServicer if routed else RetrievalServicer)(self._slot),
+                self._server,
+            )
+            index_admin_pb2_grpc.add_IndexAdminServicer_to_server(
+                (RouterIndexAdminServicer if routed else IndexAdminServicer)(
+                    self._slot, str(config.index)
+                ),
+                self._server,
+            )
+            events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self._slot), self._server)
         address = f"{config.host}:{config.port}"
         if config.tls is not None:
             self.port = self._server.add_secure_port(address, config.tls.credentials())
@@ -171,30 +194,43 @@ class AisleServer:
 
     def load(self) -> None:
         """Load model and index; health turns SERVING only after this."""
-        snapshot = load_snapshot(self.config.index, self.config.model)
 
         def on_batch(n_texts: int) -> None:
             self.metrics.encoder_batches.inc()
             self.metrics.encoder_batch_texts.inc(n_texts)
 
-        service = SearchService(
-            snapshot,
-            index_path=self.config.index,
-            model_dir=self.config.model,
-            encoding=self.config.encoding,
-            on_batch=on_batch,
-            events_dir=self._events_dir(),
-        )
+        if self.config.shard is not None:  # one shard's index and vectors, no model
+            service = load_shard_service(self.config.index, self.config.shard)
+        elif self.config.router is not None:  # the model and catalog; shards are remote
+            service = create_router_service(
+                self.config.index,
+                self.config.model,
+                self.config.router,
+                token=self.config.admin_token,
+                encoding=self.config.encoding,
+                on_batch=on_batch,
+                events_dir=self._events_dir(),
+            )
+        else:
+            service = SearchService(
+                load_snapshot(self.config.index, self.config.model, encoding=self.config.encoding),
+                index_path=self.config.index,
+                model_dir=self.config.model,
+                encoding=self.config.encoding,
+                on_batch=on_batch,
+                events_dir=self._events_dir(),
+            )
         m = self.metrics
-        m.queue_depth.set_function(lambda: service.batcher.queue_depth)
-        m.cache_hits.set_function(lambda: service.batcher.cache.hits)
-        m.cache_misses.set_function(lambda: service.batcher.cache.misses)
+        if isinstance(service, SearchService):  # a shard server encodes nothing
+            m.queue_depth.set_function(lambda: service.batcher.queue_depth)
+            m.cache_hits.set_function(lambda: service.batcher.cache.hits)
+            m.cache_misses.set_function(lambda: service.batcher.cache.misses)
         m.index_version.set_function(lambda: service.snapshot.summary.version)
         m.index_items.set_function(lambda: service.snapshot.summary.item_count)
         self._slot.service = service
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *self._service_names):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        summary = snapshot.summary
+        summary = service.snapshot.summary
         log.info(
             "loaded index version %d: %d items in %d shards (%s), model %s",
             summary.version,

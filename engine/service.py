@@ -16,7 +16,8 @@ from engine.batcher import MicroBatcher
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from engine.events import Event, EventLog, UserState
 from indexer.layout import resolve_version_dir
-from indexer.manifest import IndexFormatError
+from indexer.live import LiveIndex, LiveView, UnknownItemError
+from indexer.manifest import IndexFormatError, ModelMismatchError
 from indexer.rerank import (
     BoostSpec,
     CompiledFilter,
@@ -31,7 +32,7 @@ from indexer.rerank import (
 from indexer.store import IndexVersion
 from indexer.users import read_users
 from trainer.encoder import Encoder, load_encoder, model_fingerprint
-from trainer.text import query_text
+from trainer.text import item_text, query_text
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,20 @@ MAX_COMPILED_FILTERS = 256
 
 @dataclass
 class Snapshot:
-    """One model and the index built with it, with what re-ranking needs; swapped as a whole."""
+    """One model and the index built with it, with what re-ranking needs; swapped as a whole.
+
+    `index` is an IndexVersion, or a LiveView (one consistent state of a live index: a version
+    plus the upserts and deletes since) when `live` is set; every request works on one snapshot.
+    """
 
     encoder: Encoder
-    index: IndexVersion
+    index: IndexVersion | LiveView
     summary: IndexSummary
     columns: ItemColumns
     vectors: VectorStore
+    live: LiveIndex | None = None
+    version_dir: Path | None = None
+    dead_rows: tuple[int, ...] = ()  # rows deleted or replaced since the version was built
     _filters: dict[FilterSpec, CompiledFilter] = field(default_factory=dict)
     _filters_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -124,12 +132,20 @@ class Snapshot:
         return compiled
 
 
-def load_snapshot(index_path: str | Path, model_dir: str | Path | None = None) -> Snapshot:
+def load_snapshot(
+    index_path: str | Path,
+    model_dir: str | Path | None = None,
+    *,
+    encoding: EncodingConfig | None = None,
+) -> Snapshot:
     """Open an index (root or version dir) and the model that embedded it.
 
     Without `model_dir` the manifest's model path is used. Raises IndexFormatError when the index
-    is corrupt, or when the model does not match the one the index was built with.
+    is corrupt, or when the model does not match the one the index was built with. The query
+    encoder backend and threads come from `encoding` (ONNX Runtime when the model dir has the
+    export: no torch in the serving process until an item text must be encoded).
     """
+    encoding = encoding or EncodingConfig()
     version_dir = resolve_version_dir(index_path)
     from indexer.manifest import load_manifest
 
@@ -142,8 +158,18 @@ def load_snapshot(index_path: str | Path, model_dir: str | Path | None = None) -
                 "pass --model DIR with a copy of that model"
             )
     fingerprint = model_fingerprint(model_dir)
+    encoder = load_encoder(
+        model_dir, backend=encoding.backend, num_threads=encoding.encoder_threads
+    )
+    log.info("query encoder: %s backend", encoder.query_backend)
+    if version_dir.parent.name == "versions":
+        # Inside an index root: live updates (Upsert/Delete) go through its update log, and
+        # the updates logged since this version was built are replayed now.
+        live = LiveIndex.open(
+            version_dir, verify=True, expected_fingerprint=fingerprint, encoder=encoder
+        )
+        return live_snapshot(encoder, live, version_dir)
     index = IndexVersion.open(version_dir, verify=True, expected_fingerprint=fingerprint)
-    encoder = load_encoder(model_dir)
     summary = IndexSummary(
         version=index.version,
         model_fingerprint=index.manifest.model_fingerprint,
@@ -153,7 +179,33 @@ def load_snapshot(index_path: str | Path, model_dir: str | Path | None = None) -
     )
     columns = ItemColumns.from_table(index.items)
     vectors = VectorStore.from_index(index)
-    return Snapshot(encoder=encoder, index=index, summary=summary, columns=columns, vectors=vectors)
+    return Snapshot(
+        encoder=encoder, index=index, summary=summary, columns=columns, vectors=vectors,
+        version_dir=version_dir,
+    )
+
+
+def live_snapshot(encoder: Encoder, live: LiveIndex, version_dir: Path) -> Snapshot:
+    """A Snapshot of the live index's current state (taken again after each update)."""
+    view = live.snapshot()
+    manifest = view.manifest
+    summary = IndexSummary(
+        version=manifest.version,
+        model_fingerprint=manifest.model_fingerprint,
+        item_count=view.n_items,
+        shard_count=manifest.n_shards,
+        factory=manifest.factory,
+    )
+    return Snapshot(
+        encoder=encoder,
+        index=view,
+        summary=summary,
+        columns=view.columns(),
+        vectors=view.vector_store(),
+        live=live,
+        version_dir=version_dir,
+        dead_rows=tuple(int(r) for r in view.dead_rows()),
+    )
 
 
 @dataclass(frozen=True)
@@ -164,8 +216,16 @@ class EncodingConfig:
     window_ms: float = 0.0  # extra wait for more texts once one is queued (0: none)
     max_queue: int = 1024  # queued texts before requests are refused (RESOURCE_EXHAUSTED)
     cache_size: int = 10_000  # query embeddings kept (LRU); 0 disables the cache
+    backend: str = "auto"  # query encoder: "onnx" when the model dir has the export, else torch
+    # One intra-op thread measured faster than two on a 2-core machine under load (ORT and
+    # torch alike); concurrency comes from batching and the request threads instead.
+    encoder_threads: int | None = 1
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend must be auto, torch or onnx, got {self.backend!r}")
+        if self.encoder_threads is not None and self.encoder_threads < 1:
+            raise ValueError(f"encoder_threads must be >= 1, got {self.encoder_threads}")
         if self.max_batch < 1 or self.max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
         if self.window_ms < 0 or self.window_ms > 100:
@@ -204,7 +264,7 @@ class SearchService:
 
     def _load_users(self, snapshot: Snapshot) -> UserState:
         """The version's users' recent items, plus events logged since the version was built."""
-        users = UserState(read_users(snapshot.index.path))
+        users = UserState(read_users(snapshot.version_dir) if snapshot.version_dir else {})
         if self._event_log is not None:
             built = datetime.fromisoformat(snapshot.index.manifest.created_at)
             if built.tzinfo is None:
@@ -299,6 +359,8 @@ class SearchService:
         (indexer.rerank); a selective filter widens the candidate set or scores every matching
         item, so `need` results come back whenever that many items match.
         """
+        if snap.dead_rows:  # exhaustive scoring of matching rows must not revive deleted items
+            spec = _with_excluded(spec, list(snap.dead_rows))
         compiled = snap.compiled(spec) if spec is not None else None
         search_s = 0.0
 
@@ -470,6 +532,8 @@ class SearchService:
     ) -> SearchResult:
         """The popularity fallback: items by their popularity signal (log rating count,
         scaled to [0, 1]; it is also the hits' score), filter applied, ties by row."""
+        if snap.dead_rows:
+            spec = _with_excluded(spec, list(snap.dead_rows))
         compiled = snap.compiled(spec) if spec is not None else None
         rows = (
             matching_rows(compiled, snap.columns)
@@ -540,7 +604,70 @@ class SearchService:
             fields = {name: fields[name] for name in field_names if name in fields}
         return fields
 
+    # -- live updates ---------------------------------------------------------------------------
+
+    def _live(self) -> LiveIndex:
+        live = self._snapshot.live
+        if live is None:
+            raise FailedPrecondition(
+                "this server serves a stand-alone version dir: live updates need an index root "
+                "(aisle-serve --index ROOT)"
+            )
+        return live
+
+    def _refresh(self) -> Snapshot:
+        """Swap in a snapshot of the live index's latest state (after an update)."""
+        with self._swap_lock:
+            snap = self._snapshot
+            if snap.live is not None:
+                self._snapshot = live_snapshot(snap.encoder, snap.live, snap.version_dir)
+            return self._snapshot
+
+    def upsert(self, records: list[dict[str, Any]]) -> int:
+        """Add or replace items: embed their text with the serving model, log durably, apply.
+        Searchable when this returns. Returns the update-log sequence number."""
+        live, encoder = self._live(), self._snapshot.encoder
+        texts = [item_text(r) for r in records]
+        with self._encode_lock:
+            vectors = encoder.encode_items(texts)  # (n, dim) float32
+        try:
+            seq = live.upsert(records, vectors, fingerprint=encoder.fingerprint)
+        except ModelMismatchError as error:
+            raise FailedPrecondition(str(error)) from error
+        except ValueError as error:
+            raise InvalidArgument.field("items", str(error)) from error
+        self._refresh()
+        return seq
+
+    def update_attributes(self, updates: dict[str, dict[str, Any]]) -> int:
+        """Change attribute columns (price, stock, ...) of existing items; no re-embedding."""
+        try:
+            seq = self._live().update_attributes(updates)
+        except UnknownItemError as error:
+            raise NotFound(str(error)) from error
+        except ValueError as error:
+            raise InvalidArgument.field("items", str(error)) from error
+        self._refresh()
+        return seq
+
+    def delete(self, item_ids: list[str]) -> tuple[int, int, list[str]]:
+        """Delete items; returns (log sequence, deleted count, ids that were not there)."""
+        try:
+            seq, not_found = self._live().delete(item_ids)
+        except ValueError as error:
+            raise InvalidArgument.field("item_ids", str(error)) from error
+        self._refresh()
+        return seq, len(dict.fromkeys(item_ids)) - len(not_found), not_found
+
+    def pending_updates(self) -> int:
+        live = self._snapshot.live
+        return 0 if live is None else int(live.pending_updates)
+
     # -- versions -------------------------------------------------------------------------------
+
+    def _load_snapshot(self, target: Path) -> Snapshot:
+        """Load `target` (an index root or version dir); engine.router overrides it."""
+        return load_snapshot(target, self._model_dir, encoding=self._encoding)
 
     def reload(self, version: int = 0) -> tuple[int, IndexSummary]:
         """Switch to `version` of the index root (0: what CURRENT names). In-flight requests
@@ -560,7 +687,7 @@ class SearchService:
                     )
                 target = root.version_dir(version)
             try:
-                snapshot = load_snapshot(target, self._model_dir)
+                snapshot = self._load_snapshot(target)
             except IndexFormatError as error:
                 raise FailedPrecondition(f"cannot load index version: {error}") from error
             except (OSError, ValueError) as error:

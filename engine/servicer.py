@@ -8,6 +8,8 @@ from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
+
 from aisle.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -18,7 +20,7 @@ from aisle.v1 import (
     types_pb2,
 )
 from engine import validation
-from engine.errors import FieldViolation, InvalidArgument, Unavailable, Unimplemented
+from engine.errors import FieldViolation, InvalidArgument, Unavailable
 from engine.events import Event, now_utc
 from engine.metrics import ServerMetrics
 from engine.paging import PageToken, encode_token, request_digest
@@ -256,6 +258,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         )
 
 
+MAX_UPSERT = 1000
+MAX_DELETE = 10_000
+
+
 class IndexAdminServicer(index_admin_pb2_grpc.IndexAdminServicer):
     def __init__(self, slot: ServiceSlot, index_path: str) -> None:
         self._slot = slot
@@ -266,10 +272,36 @@ class IndexAdminServicer(index_admin_pb2_grpc.IndexAdminServicer):
         return self._slot.get()
 
     def Upsert(self, request, context):  # noqa: N802
-        raise Unimplemented("Upsert: live updates are not served yet; rebuild and Reload instead")
+        if not 1 <= len(request.items) <= MAX_UPSERT:
+            raise InvalidArgument.field(
+                "items", f"give 1 to {MAX_UPSERT} items, got {len(request.items)}"
+            )
+        records = []
+        for i, item in enumerate(request.items):
+            if not 1 <= len(item.item_id) <= 256:
+                raise InvalidArgument.field(f"items[{i}].item_id", "1 to 256 characters")
+            fields = MessageToDict(item.fields)
+            if "item_id" in fields and fields["item_id"] != item.item_id:
+                raise InvalidArgument.field(f"items[{i}].fields.item_id", "differs from item_id")
+            records.append({**fields, "item_id": item.item_id})
+        if len({r["item_id"] for r in records}) != len(records):
+            raise InvalidArgument.field("items", "an item id appears twice")
+        if request.mode == index_admin_pb2.UPSERT_MODE_ATTRIBUTES_ONLY:
+            updates = {r.pop("item_id"): r for r in records}
+            seq = self._service.update_attributes(updates)
+        else:
+            seq = self._service.upsert(records)
+        return index_admin_pb2.UpsertResponse(upserted=len(records), log_sequence=seq)
 
     def Delete(self, request, context):  # noqa: N802
-        raise Unimplemented("Delete: live updates are not served yet; rebuild and Reload instead")
+        if not 1 <= len(request.item_ids) <= MAX_DELETE:
+            raise InvalidArgument.field(
+                "item_ids", f"give 1 to {MAX_DELETE} ids, got {len(request.item_ids)}"
+            )
+        seq, deleted, not_found = self._service.delete(list(request.item_ids))
+        return index_admin_pb2.DeleteResponse(
+            deleted=deleted, not_found=not_found, log_sequence=seq
+        )
 
     def Reload(self, request, context):  # noqa: N802
         if request.version < 0:
@@ -282,6 +314,7 @@ class IndexAdminServicer(index_admin_pb2_grpc.IndexAdminServicer):
         response = index_admin_pb2.StatusResponse(
             index=index_info(snap.summary),
             uptime_s=time.time() - self._service.started_at,
+            pending_updates=self._service.pending_updates(),
             server_version=_server_version(),
         )
         for shard in snap.index.manifest.shards:

@@ -9,7 +9,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from aisle.v1 import index_admin_pb2, index_admin_pb2_grpc, retrieval_pb2, types_pb2
+from aisle.v1 import retrieval_pb2, types_pb2
 from trainer.encoder import load_encoder
 
 
@@ -107,10 +107,6 @@ def test_features_not_served_yet_are_unimplemented_not_faked(client) -> None:
     error = rpc_error(lambda: client.search("sofa", 5, mode=retrieval_pb2.SEARCH_MODE_LEXICAL))
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "mode" in error.details()
-    with grpc.insecure_channel(client.address) as channel:
-        admin = index_admin_pb2_grpc.IndexAdminStub(channel)
-        error = rpc_error(lambda: admin.Upsert(index_admin_pb2.UpsertRequest(), timeout=5))
-        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_unknown_item_ids_are_not_found(client) -> None:
