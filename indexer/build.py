@@ -16,7 +16,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from indexer.companions import write_companions
 from indexer.embed import ShardVectorWriter, encode_chunks, item_text_chunks
+from indexer.factory import choose_factory, parse_memory
+from indexer.faults import fault_point
 from indexer.layout import (
     ITEMS_FILE,
     IndexRoot,
@@ -32,7 +35,17 @@ from indexer.manifest import (
     file_sha256,
     save_manifest,
 )
+from indexer.rerank import VECTOR_KINDS, VectorStore
 from indexer.shards import shard_of
+from indexer.store import vector_files
+from indexer.tune import (
+    TuneConfig,
+    TuneResult,
+    combine_results,
+    perturbed_queries,
+    query_vectors_from_file,
+    tune_effort,
+)
 
 __all__ = ["BuildConfig", "build_index", "build_shard_index", "check_trainable"]
 
@@ -58,9 +71,26 @@ class BuildConfig:
         out: index root; each build adds ``versions/<n>`` and points ``CURRENT`` at it.
         model: model dir; None = the packaged all-MiniLM-L6-v2.
         shards: number of shards (items are assigned by a stable hash of their id).
-        factory: FAISS index_factory string, e.g. "Flat", "HNSW32", "IVF1024,Flat", "IVF1024,PQ32".
+        factory: FAISS index_factory string, e.g. "Flat", "HNSW32", "IVF1024,Flat",
+            "IVF1024,PQ32", "IVF1024,PQ192x4fs", or "auto" (``indexer.factory.choose_factory``
+            by shard size and ``memory_budget``).
         batch_size: items per encoder forward pass.
         max_item_length: token cap for item texts; None = the model's own max_item_length.
+        memory_budget: RAM for the FAISS indexes of all shards, bytes or a string like "2GB";
+            only with ``factory="auto"``; None = no limit.
+        target_recall: tune nprobe / efSearch to the smallest value reaching this recall@k
+            against exact search (``indexer.tune``); None = no tuning (fixed defaults).
+        tune_k: the k of that recall@k.
+        tune_queries: a queries or labels file (shared schema) whose queries, encoded, are the
+            tuning queries; None = sampled item vectors perturbed by noise.
+        vectors: encoding of the vector copies kept beside each shard for exact re-scoring:
+            "f32" (exact), "f16" (half the bytes) or "i8" (a quarter, plus a scale per vector).
+        lexical: also build the BM25 index of the item texts (hybrid search).
+        interactions: an interactions file (user_id, item_id, position): each user's recent
+            items are published with the version for personalisation and Recommend.
+        discard_updates: drop the live updates the catalog may lack (``indexer.updates``;
+            newer than CURRENT or than the catalog file) instead of replaying them onto the
+            catalog; either way the log and the manifest say which.
     """
 
     catalog: Path
@@ -70,6 +100,14 @@ class BuildConfig:
     factory: str = "Flat"
     batch_size: int = 32
     max_item_length: int | None = None
+    memory_budget: int | str | None = None
+    target_recall: float | None = 0.95
+    tune_k: int = 10
+    tune_queries: Path | None = None
+    vectors: str = "f32"
+    discard_updates: bool = False
+    lexical: bool = True
+    interactions: Path | None = None
 
     def __post_init__(self) -> None:
         # Accept str paths (CLI, notebooks) but store Paths.
@@ -97,6 +135,34 @@ class BuildConfig:
         if not isinstance(self.factory, str) or not self.factory.strip():
             raise ValueError('factory must be a FAISS index_factory string such as "Flat"')
         object.__setattr__(self, "factory", self.factory.strip())
+        if self.memory_budget is not None:
+            if self.factory != "auto":
+                raise ValueError(
+                    f"memory_budget only applies to factory 'auto' (got factory "
+                    f"{self.factory!r}); drop it, or pass factory 'auto'"
+                )
+            object.__setattr__(self, "memory_budget", parse_memory(self.memory_budget))
+        if self.target_recall is not None:
+            self.tune_config()  # validates target_recall and tune_k
+        if self.interactions is not None:
+            object.__setattr__(self, "interactions", Path(self.interactions))
+            if not self.interactions.is_file():
+                raise ValueError(f"interactions file not found: {self.interactions}")
+        if self.tune_queries is not None:
+            object.__setattr__(self, "tune_queries", Path(self.tune_queries))
+            if not self.tune_queries.is_file():
+                raise ValueError(
+                    f"tune_queries file not found: {self.tune_queries}; pass a queries or labels "
+                    f"file, or leave it out to tune with perturbed item vectors"
+                )
+        if self.vectors not in VECTOR_KINDS:
+            raise ValueError(f"vectors must be one of {VECTOR_KINDS}, got {self.vectors!r}")
+        if not isinstance(self.discard_updates, bool):
+            raise ValueError(f"discard_updates must be True or False, got {self.discard_updates!r}")
+
+    def tune_config(self) -> TuneConfig:
+        """The effort-tuning settings (``target_recall`` must not be None)."""
+        return TuneConfig(target_recall=self.target_recall, k=self.tune_k)
 
 
 def _new_index(dim: int, factory: str) -> faiss.Index:
@@ -185,9 +251,13 @@ def _to_gpu(index: faiss.Index, shard: int) -> tuple[faiss.Index, str]:
     """Move an IVF index to all GPUs for training and adding, when there are any.
 
     Only IVF indexes go to the GPU: their k-means and list assignment are the costly part of a
-    build. Adding to Flat is a copy, and HNSW has no GPU version, so those stay on the CPU.
+    build. Adding to Flat is a copy, and FAISS's HNSW has no GPU version (``_cagra_hnsw``
+    builds HNSW graphs on the GPU where cuVS is there), so those stay on the CPU.
     """
-    if faiss.get_num_gpus() == 0 or faiss.try_extract_index_ivf(index) is None:
+    if faiss.get_num_gpus() == 0:
+        return index, "cpu"
+    if faiss.try_extract_index_ivf(index) is None:
+        logger.info("shard %d: this index type is built on the CPU (no FAISS GPU build)", shard)
         return index, "cpu"
     try:
         gpu_index = faiss.index_cpu_to_all_gpus(index)
@@ -196,6 +266,73 @@ def _to_gpu(index: faiss.Index, shard: int) -> tuple[faiss.Index, str]:
         return index, "cpu"
     logger.info("shard %d: building on %d GPU(s)", shard, faiss.get_num_gpus())
     return gpu_index, "gpu"
+
+
+def _with_ids(index: faiss.Index, ids: np.ndarray) -> faiss.Index:
+    """Wrap an index already holding n vectors (numbered 0..n-1) so that it answers ``ids``.
+
+    FAISS only wraps empty indexes in an IndexIDMap2; a graph built elsewhere (CAGRA) arrives
+    full, so the map is made around a placeholder and then pointed at the real index.
+    """
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if index.ntotal != len(ids):
+        raise ValueError(f"index holds {index.ntotal} vectors but {len(ids)} ids were given")
+    wrapped = faiss.IndexIDMap2(faiss.IndexFlatIP(index.d))
+    wrapped.index = index
+    index.this.disown()  # the map deletes it now (own_fields), not Python's proxy
+    wrapped.own_fields = True
+    wrapped.ntotal = index.ntotal
+    faiss.copy_array_to_vector(ids, wrapped.id_map)
+    wrapped.construct_rev_map()
+    return wrapped
+
+
+def _cagra_hnsw(xb: np.ndarray, ids: np.ndarray, factory: str, shard: int) -> faiss.Index | None:
+    """Build an ``HNSWm`` factory's graph with CAGRA on the GPU, as an HNSW index for the CPU.
+
+    Needs a GPU and a FAISS built with cuVS (``faiss.GpuIndexCagra``); returns None, having
+    logged why, when either is missing or the GPU build fails, and the caller builds on the
+    CPU. The CAGRA graph (degree 2m, like HNSW's base level) becomes the base level of an
+    ``IndexHNSWCagra``, which FAISS completes with upper levels; the file it writes is a
+    plain FAISS HNSW index that CPU servers search with efSearch as usual.
+    """
+    match = re.fullmatch(r"HNSW(\d+)(?:,Flat)?", factory)
+    if match is None or faiss.get_num_gpus() == 0:
+        return None
+    if not hasattr(faiss, "GpuIndexCagra"):
+        logger.info(
+            "shard %d: %s built on the CPU: this FAISS has no CAGRA (install a cuVS build of "
+            "faiss-gpu to build HNSW graphs on the GPU)",
+            shard,
+            factory,
+        )
+        return None
+    m = int(match.group(1))
+    try:
+        resources = faiss.StandardGpuResources()
+        config = faiss.GpuIndexCagraConfig()
+        config.graph_degree = 2 * m
+        config.intermediate_graph_degree = 4 * m
+        gpu_index = faiss.GpuIndexCagra(resources, xb.shape[1], faiss.METRIC_INNER_PRODUCT, config)
+        gpu_index.train(np.ascontiguousarray(xb, dtype=np.float32))  # builds the graph
+        cpu_index = faiss.IndexHNSWCagra(xb.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        gpu_index.copyTo(cpu_index)
+    except (RuntimeError, AttributeError, TypeError) as e:
+        logger.warning(
+            "shard %d: CAGRA build of %s on the GPU failed (%s); building it on the CPU",
+            shard,
+            factory,
+            _faiss_message(e),
+        )
+        return None
+    logger.info(
+        "shard %d: built the %s graph of %d vectors with CAGRA on the GPU, converted to HNSW "
+        "for CPU serving",
+        shard,
+        factory,
+        len(xb),
+    )
+    return _with_ids(cpu_index, ids)
 
 
 def build_shard_index(
@@ -214,6 +351,9 @@ def build_shard_index(
     """
     n, dim = xb.shape
     index = _new_index(dim, factory)
+    cagra = _cagra_hnsw(xb, ids, factory, shard) if n else None
+    if cagra is not None:
+        return cagra, "gpu"
     need = _min_train_points(index)
     if n < need:
         raise ValueError(
@@ -253,10 +393,12 @@ def build_index(config: BuildConfig) -> Path:
         The published version dir, ``<out>/versions/<n>``.
     """
     # Imported here so `import indexer.build` stays cheap (the encoder pulls in torch).
+    from indexer.compact import updates_for_build  # imports this module: not at the top
     from trainer.data import read_catalog
     from trainer.encoder import load_encoder
 
     t_start = time.perf_counter()
+    budget = config.memory_budget
     catalog = read_catalog(config.catalog)
     if len(catalog) == 0:
         raise ValueError(f"{config.catalog}: the catalog has no items; nothing to index")
@@ -265,22 +407,115 @@ def build_index(config: BuildConfig) -> Path:
     encoder = load_encoder(config.model, device=encoder_device)
     shard_ids = shard_of(catalog.item_ids, config.shards)
     counts = np.bincount(shard_ids, minlength=config.shards)
+    choice = None
+    if config.factory == "auto":
+        choice = choose_factory(
+            int(counts.max()),
+            encoder.dim,
+            memory_budget=config.memory_budget,
+            n_shards=config.shards,
+        )
+        logger.info("factory auto: %s, because %s", choice.factory, choice.reason)
+        config = dataclasses.replace(config, factory=choice.factory, memory_budget=None)
     check_trainable(encoder.dim, config.factory, counts)
+    # Read and encode a tuning query file now: a bad file should fail before the long embedding.
+    xq_tune = None
+    if config.target_recall is not None and config.tune_queries is not None:
+        if _is_exact_factory(encoder.dim, config.factory):
+            logger.info("factory %r is exact: no search effort to tune", config.factory)
+        else:
+            xq_tune = query_vectors_from_file(
+                encoder,
+                config.tune_queries,
+                config.tune_config().n_queries,
+                seed=config.tune_config().seed,
+            )
 
     root = IndexRoot(config.out.resolve())  # absolute, so the returned version dir is too
     with root.build_lock():
+        # Live updates the catalog may lack are replayed onto it, or dropped on request: never
+        # silently (indexer.compact.updates_for_build). Under the lock: no compaction runs.
+        updates = updates_for_build(
+            root.root, catalog, encoder.fingerprint, discard=config.discard_updates
+        )
+        if updates.changed:
+            catalog = updates.catalog
+            shard_ids = shard_of(catalog.item_ids, config.shards)
         n = root.next_version()
         staging = root.prepare_staging(n)
         try:
-            manifest = _build_version(config, catalog, encoder, shard_ids, staging, n)
+            manifest = _build_version(
+                config, catalog, encoder, shard_ids, staging, n, xq_tune, updates=updates
+            )
             seconds = round(time.perf_counter() - t_start, 3)
             build = {**manifest.build, "encoder_device": encoder_device, "seconds": seconds}
-            manifest = dataclasses.replace(manifest, build=build)
+            if choice is not None:
+                build["factory_choice"] = {
+                    "requested": "auto",
+                    "memory_budget": budget,
+                    **choice.to_json_dict(),
+                }
+            if updates.summary:
+                build["updates"] = updates.summary
+            manifest = dataclasses.replace(manifest, build=build, applied_seq=updates.applied_seq)
             save_manifest(manifest, staging / MANIFEST_NAME)
+            fault_point("after-manifest")
             return root.publish(n)
         except BaseException:
             root.discard_staging(n)
             raise
+
+
+def _is_exact_factory(dim: int, factory: str) -> bool:
+    """Whether ``factory`` searches exactly (Flat): nothing to tune then."""
+    index = _new_index(dim, factory)  # keep this proxy: it owns the C++ object `part` points into
+    part = faiss.downcast_index(index)
+    return isinstance(part, faiss.IndexIDMap2) and isinstance(
+        faiss.downcast_index(part.index), faiss.IndexFlat
+    )
+
+
+def _sample_item_vectors(
+    staging: Path, shard_ids: np.ndarray, n_shards: int, n: int, seed: int
+) -> np.ndarray:
+    """(min(n, n_items), dim) float32 vectors of a fixed-seed sample of items, all shards."""
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(shard_ids), min(n, len(shard_ids)), replace=False))
+    parts = []
+    for s in range(n_shards):
+        rows = np.load(staging / rows_file_name(s))  # ascending global rows
+        xb = np.load(staging / vectors_file_name(s), mmap_mode="r")
+        mine = sample[shard_ids[sample] == s]
+        parts.append(np.asarray(xb[np.searchsorted(rows, mine)], dtype=np.float32))
+    return np.concatenate(parts)
+
+
+def _write_compact_vectors(staging: Path, shard: int, kind: str, xb: np.ndarray) -> list[str]:
+    """Encode a shard's float32 vectors as ``kind`` beside it (in chunks: the shard may not fit
+    in RAM twice) and delete the float32 file; returns the files written."""
+    names = vector_files(shard, kind)
+    n = len(xb)
+    data_dtype = np.float16 if kind == "f16" else np.int8  # f16 is saved as float16
+    data = np.lib.format.open_memmap(
+        staging / names[0], mode="w+", dtype=data_dtype, shape=xb.shape
+    )
+    scales = None
+    if kind == "i8":
+        scales = np.lib.format.open_memmap(
+            staging / names[1], mode="w+", dtype=np.float32, shape=(n,)
+        )
+    for start in range(0, n, 65536):
+        part = VectorStore.encode(np.asarray(xb[start : start + 65536]), kind)
+        end = start + len(part.data)
+        data[start:end] = part.data.view(np.float16) if kind == "f16" else part.data
+        if scales is not None:
+            scales[start:end] = part.scales
+    data.flush()
+    if scales is not None:
+        scales.flush()
+    del data, scales
+    (staging / vectors_file_name(shard)).unlink()
+    return names
 
 
 def _encoder_device() -> str:
@@ -292,6 +527,13 @@ def _encoder_device() -> str:
     return device
 
 
+def _builder(factory: str, device: str) -> str:
+    """What built a shard, for the manifest: the CPU, FAISS's GPU IVF, or CAGRA on the GPU."""
+    if device == "cpu":
+        return "faiss-cpu"
+    return "cuvs-cagra->hnsw" if factory.startswith("HNSW") else "faiss-gpu"
+
+
 def _build_version(
     config: BuildConfig,
     catalog: Any,
@@ -299,6 +541,9 @@ def _build_version(
     shard_ids: np.ndarray,
     staging: Path,
     version: int,
+    xq_tune: np.ndarray | None = None,
+    *,
+    updates: Any = None,
 ) -> Manifest:
     """Write every file of a version into ``staging``; return its manifest (not yet saved)."""
     n_items, dim = len(catalog), encoder.dim
@@ -306,12 +551,17 @@ def _build_version(
     t_encode = time.perf_counter()
     with tqdm(total=n_items, desc="embedding items", unit="item") as bar:
         chunks = item_text_chunks(catalog.records(), _CHUNK_ITEMS)
+        start = 0
         for xb in encode_chunks(
             encoder, chunks, batch_size=config.batch_size, max_length=config.max_item_length
         ):
+            if updates is not None:  # replayed upserts keep their logged vectors (same model)
+                xb = updates.patch(start, xb)
             writer.write(xb)
+            start += len(xb)
             bar.update(len(xb))
     writer.close()
+    fault_point("after-embed")
     encode_seconds = time.perf_counter() - t_encode
     logger.info(
         "embedded %d items in %.1f s (%.0f items/s)",
@@ -320,7 +570,23 @@ def _build_version(
         n_items / max(encode_seconds, 1e-9),
     )
 
+    tune = None
+    if config.target_recall is not None and not _is_exact_factory(dim, config.factory):
+        tune = config.tune_config()
+        if xq_tune is None:
+            logger.warning(
+                "tuning search effort with perturbed item vectors, a stand-in for queries that "
+                "can under-estimate the effort real queries need; pass tune_queries "
+                "(--tune-queries) with a queries or labels file to tune on real queries"
+            )
+            xq_tune = perturbed_queries(
+                _sample_item_vectors(staging, shard_ids, config.shards, tune.n_queries, tune.seed),
+                tune.n_queries,
+                noise=tune.noise,
+                seed=tune.seed,
+            )
     shards, shard_builds, search_defaults = [], [], {}
+    tune_results: list[TuneResult] = []
     for s in range(config.shards):
         t_shard = time.perf_counter()
         xb = np.load(staging / vectors_file_name(s), mmap_mode="r")  # (n_s, dim) float32
@@ -328,21 +594,64 @@ def _build_version(
         index, device = build_shard_index(xb, rows, config.factory, shard=s)
         faiss.write_index(index, str(staging / index_file_name(s)))
         search_defaults = _search_defaults(index)
-        del xb
+        if tune is not None:
+            tune_results.append(
+                tune_effort(
+                    index,
+                    xb,
+                    rows,
+                    xq_tune,
+                    k=tune.k,
+                    target_recall=tune.target_recall,
+                    rescore_depth=tune.rescore_depth,
+                    shard=s,
+                )
+            )
+        vectors_file = vectors_file_name(s)
+        if config.vectors != "f32":
+            vectors_file = _write_compact_vectors(staging, s, config.vectors, xb)[0]
+        del xb, index
         shards.append(
             ShardInfo(
                 shard=s,
                 count=len(rows),
                 index_file=index_file_name(s),
-                vectors_file=vectors_file_name(s),
+                vectors_file=vectors_file,
                 rows_file=rows_file_name(s),
             )
         )
         seconds = time.perf_counter() - t_shard
-        shard_builds.append({"shard": s, "device": device, "seconds": round(seconds, 3)})
+        shard_builds.append(
+            {
+                "shard": s,
+                "device": device,
+                "builder": _builder(config.factory, device),
+                "seconds": round(seconds, 3),
+            }
+        )
         logger.info("shard %d: %d items indexed on %s in %.1f s", s, len(rows), device, seconds)
+    tuning = None
+    if tune is not None:
+        search_defaults = combine_results(tune_results, tune)
+        tuning = {
+            "target_recall": tune.target_recall,
+            "k": tune.k,
+            "queries": (
+                str(Path(config.tune_queries).resolve())
+                if config.tune_queries is not None
+                else f"perturbed item vectors (noise {tune.noise}, seed {tune.seed}); real "
+                f"queries (--tune-queries) may need more effort"
+            ),
+            "n_queries": len(xq_tune),
+            "shards": [{"shard": s, **r.to_json_dict()} for s, r in enumerate(tune_results)],
+        }
 
     pq.write_table(catalog.table, staging / ITEMS_FILE)
+    companions = write_companions(
+        staging, catalog, shard_ids, config.shards,
+        lexical=config.lexical, interactions=config.interactions,
+    )  # fmt: skip
+    fault_point("after-shards-written")
     files = {
         p.name: file_sha256(p)
         for p in sorted(staging.iterdir())
@@ -374,6 +683,14 @@ def _build_version(
             "batch_size": config.batch_size,
             "max_item_length": config.max_item_length or encoder.info.max_item_length,
             "faiss_version": faiss.__version__,
+            "vectors": config.vectors,
+            "vectors_bytes": sum(
+                (staging / name).stat().st_size
+                for s in range(config.shards)
+                for name in vector_files(s, config.vectors)
+            ),
+            **({"tuning": tuning} if tuning is not None else {}),
+            **companions,
         },
         search_defaults=search_defaults,
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from indexer.build import BuildConfig, build_index
-from indexer.layout import IndexRoot, resolve_version_dir
+from indexer.compact import compact
+from indexer.layout import DEFAULT_KEEP_VERSIONS, IndexRoot, resolve_version_dir
 from indexer.manifest import MANIFEST_NAME, load_manifest
 
 __all__ = ["main"]
@@ -18,12 +20,22 @@ Build and inspect Aisle search indexes.
 An index ROOT is a directory that holds numbered versions (ROOT/versions/1, 2, ...) and a file
 ROOT/CURRENT naming the live one. Each `build` embeds the whole catalog with the model, writes a
 new version and then switches CURRENT to it; servers and `info` read whatever CURRENT names.
+
+Live updates (upserts, deletes, attribute changes sent to a server) are logged durably in
+ROOT/updates; `compact` folds them into a new version, and a `build` replays them onto its
+catalog. The newest versions are kept: `rollback` switches CURRENT back, `prune` deletes more.
 """
 
 _BUILD_EPILOG = """\
 example:
   aisle-index build --catalog products.jsonl.gz --out ./index --shards 2
   aisle-index build --catalog products.parquet --out ./index --factory IVF1024,Flat --model ./model
+  aisle-index build --catalog products.jsonl.gz --out ./index --factory auto --memory-budget 2GB \
+      --tune-queries queries_dev.jsonl --target-recall 0.95 --vectors f16
+
+IVF and HNSW indexes get their search effort (nprobe / efSearch) tuned at build time: the
+smallest value reaching --target-recall recall@k against exact search is written to the
+manifest (requests may still override it).
 
 On success the new version dir is printed on stdout. Progress goes to stderr.
 """
@@ -70,7 +82,45 @@ def _parser() -> argparse.ArgumentParser:
         default="Flat",
         metavar="STR",
         help="FAISS index_factory string, e.g. Flat (exact), HNSW32, IVF1024,Flat, "
-        "IVF1024,PQ32 (default: Flat)",
+        "IVF1024,PQ32, IVF1024,PQ192x4fs (fast-scan), SQ8; or 'auto': chosen by shard size "
+        "and --memory-budget (default: Flat)",
+    )
+    build.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help="RAM for the FAISS indexes of all shards, for --factory auto: bytes or e.g. 2GB, "
+        "512MiB (default: no limit)",
+    )
+    build.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        metavar="R",
+        help="tune nprobe / efSearch to the smallest value reaching this recall@k against "
+        "exact search (default: 0.95)",
+    )
+    build.add_argument(
+        "--tune-k", type=int, default=10, metavar="K", help="k of that recall@k (default: 10)"
+    )
+    build.add_argument(
+        "--tune-queries",
+        default=None,
+        metavar="FILE",
+        help="queries or labels file (query_id, query per row) to tune with; default: sampled "
+        "item vectors perturbed by noise, which can under-estimate the effort real queries need",
+    )
+    build.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="skip the tuning; use fixed defaults (nprobe ~ nlist/32, efSearch 64)",
+    )
+    build.add_argument(
+        "--vectors",
+        choices=("f32", "f16", "i8"),
+        default="f32",
+        help="encoding of the vector copies kept for exact re-scoring: f32 (exact), f16 (half "
+        "the bytes), i8 (a quarter; one scale per vector) (default: f32)",
     )
     build.add_argument(
         "--batch-size",
@@ -86,6 +136,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="token cap for item texts (default: the model's own, 128 for the packaged model)",
     )
+    build.add_argument(
+        "--discard-updates",
+        action="store_true",
+        help="drop the live updates the catalog may lack (newer than the current version or "
+        "than the catalog file) instead of replaying them onto it (the default); the log and "
+        "the manifest record it either way",
+    )
+    build.add_argument(
+        "--interactions",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="user histories (user_id, item_id, position; JSONL/Parquet/CSV): each user's recent "
+        "items are published with the version for personalised Search and Recommend",
+    )
+    build.add_argument(
+        "--no-lexical",
+        action="store_true",
+        help="skip the BM25 index (the lexical channel of hybrid search)",
+    )
+    _add_spark_arguments(build)
     build.add_argument("-v", "--verbose", action="store_true", help="log debug details")
 
     info = commands.add_parser(
@@ -95,7 +166,95 @@ def _parser() -> argparse.ArgumentParser:
     )
     info.add_argument("root", metavar="ROOT", help="index root (uses CURRENT) or a version dir")
     info.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    _add_version_commands(commands)
     return parser
+
+
+def _add_spark_arguments(build: argparse.ArgumentParser) -> None:
+    """``build`` flags for the Spark engine (``indexer.spark_build``; needs ``aisle[spark]``)."""
+    build.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        default="local",
+        help="local: embed and build on this machine (default); spark: run the batch reindex "
+        "as a PySpark job (see README, 'Batch reindexing on Spark')",
+    )
+    build.add_argument(
+        "--master",
+        default=None,
+        metavar="URL",
+        help="with --engine spark: Spark master, e.g. local[2] (default: spark-submit's, or "
+        "local[*])",
+    )
+    build.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --engine spark: partitions for embedding, ~2-4 per executor core or GPU "
+        "(default: as Spark reads the catalog)",
+    )
+    build.add_argument(
+        "--embeddings-out",
+        default=None,
+        metavar="DIR",
+        help="with --engine spark: keep the embeddings (Parquet: item_id, row, shard, vector) "
+        "in DIR for reuse (default: a work dir deleted after publishing)",
+    )
+
+
+def _add_version_commands(commands: argparse._SubParsersAction) -> None:
+    """The ``compact``, ``rollback`` and ``prune`` subcommands (live updates and versions)."""
+    compact_cmd = commands.add_parser(
+        "compact",
+        help="fold the live updates into a new version",
+        description="Publish the current version plus every pending live update (upserts, "
+        "deletes, attribute changes from ROOT/updates) as a new version, re-using the stored "
+        "vectors: no re-embedding. Prints the new version dir (the current one if nothing was "
+        "pending).",
+    )
+    compact_cmd.add_argument("root", metavar="ROOT", help="index root")
+    rollback = commands.add_parser(
+        "rollback",
+        help="switch CURRENT back to an older kept version",
+        description="Point ROOT/CURRENT at the version before the current one (or --to N), "
+        "atomically, after checking its files. Live updates are kept: a live index opened on "
+        "the older version replays those newer than it. Prints the version dir now current.",
+    )
+    rollback.add_argument("root", metavar="ROOT", help="index root")
+    rollback.add_argument("--to", type=int, default=None, metavar="N", help="version to serve")
+    prune = commands.add_parser(
+        "prune",
+        help="delete old versions",
+        description="Delete all but the newest N versions (never the current one) and the "
+        "update-log segments no kept version needs. Builds and compactions prune to "
+        f"{DEFAULT_KEEP_VERSIONS} on their own.",
+    )
+    prune.add_argument("root", metavar="ROOT", help="index root")
+    for command in (compact_cmd, prune):
+        command.add_argument(
+            "--keep",
+            type=int,
+            default=DEFAULT_KEEP_VERSIONS,
+            metavar="N",
+            help=f"versions to keep (default: {DEFAULT_KEEP_VERSIONS})",
+        )
+    for command in (compact_cmd, rollback, prune):
+        command.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+
+
+def _run_version_command(args: argparse.Namespace) -> str:
+    """Run compact / rollback / prune; returns what to print on stdout."""
+    root = IndexRoot(args.root)
+    if not root.root.is_dir():
+        raise ValueError(f"{root.root}: no such index root")
+    if args.command == "compact":
+        return str(compact(root.root, keep=args.keep))
+    with root.build_lock():  # no build may publish while CURRENT or the versions change
+        if args.command == "rollback":
+            return str(root.version_dir(root.rollback(args.to)))
+        removed = root.prune(args.keep)
+        return f"removed {removed}; kept {root.versions()} (current: {root.current()})"
 
 
 def _info(path: str) -> str:
@@ -143,10 +302,30 @@ def main(argv: list[str] | None = None) -> int:
                 factory=args.factory,
                 batch_size=args.batch_size,
                 max_item_length=args.max_item_length,
+                memory_budget=args.memory_budget,
+                target_recall=None if args.no_tune else args.target_recall,
+                tune_k=args.tune_k,
+                tune_queries=args.tune_queries,
+                vectors=args.vectors,
+                discard_updates=args.discard_updates,
+                lexical=not args.no_lexical,
+                interactions=args.interactions,
             )
-            print(build_index(config))
-        else:
+            if args.engine == "spark":
+                from indexer.spark_build import SparkConfig, build_index_spark
+
+                spark_config = SparkConfig(
+                    master=args.master,
+                    partitions=args.partitions,
+                    embeddings_out=args.embeddings_out,
+                )
+                print(build_index_spark(config, spark_config))
+            else:
+                print(build_index(config))
+        elif args.command == "info":
             print(_info(args.root))
+        else:
+            print(_run_version_command(args))
     except ValueError as e:  # bad data, bad config, corrupt index: the message says what to fix
         print(f"aisle-index: error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,8 +35,10 @@ def test_build_layout(flat_root):
     version_dir = flat_root / "versions" / "1"
     assert (flat_root / "CURRENT").read_text() == "1\n"
     names = sorted(p.name for p in version_dir.iterdir())
-    expected = ["items.parquet", "manifest.json"] + [
-        f"shard_{s:03d}.{kind}" for s in range(3) for kind in ("faiss", "rows.npy", "vectors.npy")
+    expected = ["items.parquet", "manifest.json", "lexical.json", "lexical.df.npy"] + [
+        f"shard_{s:03d}.{kind}"
+        for s in range(3)
+        for kind in ("faiss", "rows.npy", "vectors.npy", "lexical.npz")
     ]
     assert names == sorted(expected)
     manifest = json.loads((version_dir / "manifest.json").read_text())
@@ -47,7 +50,12 @@ def test_build_layout(flat_root):
 def test_ivf_build_and_recall(tmp_path, catalog, tiny_model_dir):
     version_dir = build_index(
         BuildConfig(
-            catalog=catalog[0], out=tmp_path, model=tiny_model_dir, shards=2, factory="IVF8,Flat"
+            catalog=catalog[0],
+            out=tmp_path,
+            model=tiny_model_dir,
+            shards=2,
+            factory="IVF8,Flat",
+            target_recall=None,  # the untuned default; tuning is tested in test_tune.py
         )
     )
     index = IndexVersion.open(version_dir)
@@ -67,7 +75,13 @@ def test_ivf_build_and_recall(tmp_path, catalog, tiny_model_dir):
 
 def test_hnsw_build(tmp_path, catalog, tiny_model_dir):
     version_dir = build_index(
-        BuildConfig(catalog=catalog[0], out=tmp_path, model=tiny_model_dir, factory="HNSW16")
+        BuildConfig(
+            catalog=catalog[0],
+            out=tmp_path,
+            model=tiny_model_dir,
+            factory="HNSW16",
+            target_recall=None,  # the untuned default; tuning is tested in test_tune.py
+        )
     )
     index = IndexVersion.open(version_dir)
     assert index.manifest.search_defaults == {"efSearch": 64}
@@ -178,3 +192,95 @@ def test_max_item_length(tmp_path, catalog, tiny_model_dir):
     # 4 tokens = [CLS] + 2 words + [SEP]: "red sofa model 12" and "red sofa model 40" collide.
     xb = index.vectors(np.arange(index.n_items))
     assert len(np.unique(xb.round(5), axis=0)) < index.n_items
+
+
+# ----------------------------------------------------------------------------- compact vectors
+
+
+@pytest.fixture(scope="module")
+def compact_roots(tmp_path_factory, catalog, tiny_model_dir) -> dict[str, object]:
+    """The flat_root catalog (3 shards) built again with f16 and with i8 vector copies."""
+    roots = {}
+    for kind in ("f16", "i8"):
+        root = tmp_path_factory.mktemp(f"index_{kind}")
+        build_index(
+            BuildConfig(catalog=catalog[0], out=root, model=tiny_model_dir, shards=3, vectors=kind)
+        )
+        roots[kind] = root
+    return roots
+
+
+@pytest.mark.parametrize("kind", ["f16", "i8"])
+def test_compact_vectors_layout(compact_roots, kind):
+    version_dir = compact_roots[kind] / "versions" / "1"
+    names = sorted(p.name for p in version_dir.iterdir())
+    per_shard = ["vectors_f16.npy"] if kind == "f16" else ["vectors_i8.npy", "scales.npy"]
+    expected = ["items.parquet", "manifest.json", "lexical.json", "lexical.df.npy"] + [
+        f"shard_{s:03d}.{part}"
+        for s in range(3)
+        for part in ["faiss", "rows.npy", "lexical.npz", *per_shard]
+    ]
+    assert names == sorted(expected)  # no float32 copy left behind
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    assert set(manifest["files"]) == set(expected) - {"manifest.json"}  # scales are checksummed
+    assert manifest["build"]["vectors"] == kind
+    assert manifest["shards"][0]["vectors_file"] == f"shard_000.{per_shard[0]}"
+    bytes_per_vector = manifest["build"]["vectors_bytes"] / manifest["n_items"]
+    dim = manifest["dim"]
+    # .npy headers add 128 bytes a file; 200 items of dim 32 make that visible.
+    assert bytes_per_vector <= (2 * dim if kind == "f16" else dim + 4) + 3 * 2 * 128 / 200
+
+
+@pytest.mark.parametrize("kind", ["f16", "i8"])
+def test_compact_vectors_round_trip(compact_roots, flat_root, kind):
+    exact = IndexVersion.open(flat_root)
+    compact = IndexVersion.open(compact_roots[kind])
+    assert compact.vector_kind == kind and exact.vector_kind == "f32"
+    rows = np.arange(exact.n_items)
+    xb, decoded = exact.vectors(rows), compact.vectors(rows)
+    assert decoded.dtype == np.float32 and decoded.shape == xb.shape
+    # f16: relative rounding 2^-11; i8: half a step of max|x| / 127 per component.
+    tolerance = np.abs(xb).max(axis=1, keepdims=True) * (2**-11 if kind == "f16" else 0.5 / 127)
+    assert (np.abs(decoded - xb) <= tolerance * 1.001 + 1e-7).all()
+    # Per-shard stores map through shard_rows; the global view is indexed by global row.
+    for s in range(3):
+        store = compact.vector_store(s)
+        assert store.kind == kind and store.n == compact.manifest.shards[s].count
+        assert np.array_equal(store.gather(np.arange(store.n)), decoded[compact.shard_rows(s)])
+    store = compact.vector_store()
+    assert store is compact.vector_store()  # gathered once
+    assert store.n == exact.n_items and np.array_equal(store.gather(rows), decoded)
+
+
+@pytest.mark.parametrize("kind", ["f16", "i8"])
+def test_compact_vectors_rescoring_recall(compact_roots, flat_root, kind):
+    exact = IndexVersion.open(flat_root)
+    compact = IndexVersion.open(compact_roots[kind]).vector_store()
+    xb = exact.vectors(np.arange(exact.n_items))
+    xq = _near_item_queries(exact, 50, seed=4)
+    I_ref = _exact_top_k(xq, xb, 10)
+    rows = np.arange(exact.n_items)
+    I = np.stack([np.argsort(-compact.scores(q, rows), kind="stable")[:10] for q in xq])
+    # Re-scoring with compact vectors keeps recall@10 (stated tolerance: 0.9 for i8: the tiny
+    # random model's vectors crowd together, so int8 rounding swaps near-tied neighbours;
+    # benchmarks/bench_ann.py measures the cost on real embeddings).
+    assert _recall(I, I_ref) >= (0.99 if kind == "f16" else 0.9)
+
+
+def test_compact_vectors_corruption_detected(compact_roots, tmp_path):
+    import shutil
+
+    from indexer.manifest import IndexFormatError
+
+    root = Path(shutil.copytree(compact_roots["i8"], tmp_path / "index"))
+    scales = root / "versions" / "1" / "shard_001.scales.npy"
+    data = bytearray(scales.read_bytes())
+    data[-1] ^= 0xFF
+    scales.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=r"shard_001\.scales\.npy: checksum mismatch"):
+        IndexVersion.open(root)
+
+
+def test_vectors_config_validation(tmp_path, catalog):
+    with pytest.raises(ValueError, match="vectors must be one of"):
+        BuildConfig(catalog=catalog[0], out=tmp_path, vectors="f8")

@@ -15,6 +15,12 @@ class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_MODE_LEXICAL: _ClassVar[SearchMode]
     SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
 
+class FusionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_METHOD_UNSPECIFIED: _ClassVar[FusionMethod]
+    FUSION_METHOD_RRF: _ClassVar[FusionMethod]
+    FUSION_METHOD_BLEND: _ClassVar[FusionMethod]
+
 class EmbedKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EMBED_KIND_UNSPECIFIED: _ClassVar[EmbedKind]
@@ -24,12 +30,15 @@ SEARCH_MODE_UNSPECIFIED: SearchMode
 SEARCH_MODE_DENSE: SearchMode
 SEARCH_MODE_LEXICAL: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
+FUSION_METHOD_UNSPECIFIED: FusionMethod
+FUSION_METHOD_RRF: FusionMethod
+FUSION_METHOD_BLEND: FusionMethod
 EMBED_KIND_UNSPECIFIED: EmbedKind
 EMBED_KIND_QUERY: EmbedKind
 EMBED_KIND_ITEM: EmbedKind
 
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "k", "filter", "user_id", "recent_item_ids", "personalization_weight", "effort", "page_token", "include_fields", "field_names", "boost", "mode", "sort", "facets", "diversity", "disable_query_parsing")
+    __slots__ = ("query", "k", "filter", "user_id", "recent_item_ids", "personalization_weight", "effort", "page_token", "include_fields", "field_names", "boost", "mode", "sort", "facets", "diversity", "disable_query_parsing", "fusion")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +55,7 @@ class SearchRequest(_message.Message):
     FACETS_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     DISABLE_QUERY_PARSING_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     query: str
     k: int
     filter: _types_pb2.Filter
@@ -62,7 +72,18 @@ class SearchRequest(_message.Message):
     facets: _containers.RepeatedScalarFieldContainer[str]
     diversity: _types_pb2.Diversity
     disable_query_parsing: bool
-    def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., personalization_weight: _Optional[float] = ..., effort: _Optional[_Union[_types_pb2.SearchEffort, _Mapping]] = ..., page_token: _Optional[str] = ..., include_fields: _Optional[bool] = ..., field_names: _Optional[_Iterable[str]] = ..., boost: _Optional[_Union[_types_pb2.Boost, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., sort: _Optional[_Union[_types_pb2.SortBy, _Mapping]] = ..., facets: _Optional[_Iterable[str]] = ..., diversity: _Optional[_Union[_types_pb2.Diversity, _Mapping]] = ..., disable_query_parsing: _Optional[bool] = ...) -> None: ...
+    fusion: Fusion
+    def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., personalization_weight: _Optional[float] = ..., effort: _Optional[_Union[_types_pb2.SearchEffort, _Mapping]] = ..., page_token: _Optional[str] = ..., include_fields: _Optional[bool] = ..., field_names: _Optional[_Iterable[str]] = ..., boost: _Optional[_Union[_types_pb2.Boost, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., sort: _Optional[_Union[_types_pb2.SortBy, _Mapping]] = ..., facets: _Optional[_Iterable[str]] = ..., diversity: _Optional[_Union[_types_pb2.Diversity, _Mapping]] = ..., disable_query_parsing: _Optional[bool] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ...) -> None: ...
+
+class Fusion(_message.Message):
+    __slots__ = ("method", "dense_weight", "rrf_k")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    method: FusionMethod
+    dense_weight: float
+    rrf_k: int
+    def __init__(self, method: _Optional[_Union[FusionMethod, str]] = ..., dense_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ...) -> None: ...
 
 class ParsedQuery(_message.Message):
     __slots__ = ("text", "price")
@@ -73,7 +94,7 @@ class ParsedQuery(_message.Message):
     def __init__(self, text: _Optional[str] = ..., price: _Optional[_Union[_types_pb2.Range, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "next_page_token", "index", "timings", "partial", "missing_shards", "facets", "parsed_query", "personalized")
+    __slots__ = ("hits", "next_page_token", "index", "timings", "partial", "missing_shards", "facets", "parsed_query", "personalized", "mode")
     HITS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +104,7 @@ class SearchResponse(_message.Message):
     FACETS_FIELD_NUMBER: _ClassVar[int]
     PARSED_QUERY_FIELD_NUMBER: _ClassVar[int]
     PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_types_pb2.Hit]
     next_page_token: str
     index: _types_pb2.IndexInfo
@@ -92,7 +114,8 @@ class SearchResponse(_message.Message):
     facets: _containers.RepeatedCompositeFieldContainer[_types_pb2.Facet]
     parsed_query: ParsedQuery
     personalized: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[_types_pb2.Hit, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., timings: _Optional[_Union[_types_pb2.Timings, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., facets: _Optional[_Iterable[_Union[_types_pb2.Facet, _Mapping]]] = ..., parsed_query: _Optional[_Union[ParsedQuery, _Mapping]] = ..., personalized: _Optional[bool] = ...) -> None: ...
+    mode: SearchMode
+    def __init__(self, hits: _Optional[_Iterable[_Union[_types_pb2.Hit, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., timings: _Optional[_Union[_types_pb2.Timings, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., facets: _Optional[_Iterable[_Union[_types_pb2.Facet, _Mapping]]] = ..., parsed_query: _Optional[_Union[ParsedQuery, _Mapping]] = ..., personalized: _Optional[bool] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
     __slots__ = ("requests",)
