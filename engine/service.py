@@ -15,7 +15,12 @@ import numpy as np
 from engine.batcher import MicroBatcher
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from engine.events import Event, EventLog, UserState
+from engine.fusion import FusionParams
+from engine.fusion import fuse as fuse_lists
+from engine.query_understanding import ParsedQuery
+from indexer import kernels
 from indexer.layout import resolve_version_dir
+from indexer.lexical import LEXICAL_META_FILE, LexicalIndex
 from indexer.live import LiveIndex, LiveView, UnknownItemError
 from indexer.manifest import IndexFormatError, ModelMismatchError
 from indexer.rerank import (
@@ -28,7 +33,9 @@ from indexer.rerank import (
     compile_filter,
     matching_rows,
     search_and_rerank,
+    select,
 )
+from indexer.shards import shard_of
 from indexer.store import IndexVersion
 from indexer.users import read_users
 from trainer.encoder import Encoder, load_encoder, model_fingerprint
@@ -57,6 +64,10 @@ class SearchQuery:
     sort_attribute: str = ""
     sort_descending: bool = False
     facets: tuple[str, ...] = ()
+    mode: str = "default"  # dense | lexical | hybrid | default (hybrid where possible)
+    fusion: FusionParams | None = None  # None: DEFAULT_FUSION
+    lexical_text: str = ""  # the text BM25 sees (the query minus parsed price expressions)
+    parsed: ParsedQuery | None = None  # set when query understanding changed the query
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,7 @@ class SearchResult:
     personalized: bool = False
     facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     popularity_fallback: bool = False
+    mode: str = "dense"
 
 
 # Sorting by an attribute reorders this many of the most relevant hits (the "relevant set").
@@ -93,6 +105,11 @@ SORT_RELEVANT_SET = 200
 FACET_CANDIDATES = 1000
 FACET_VALUES = 100
 DEFAULT_CANDIDATES = 100  # ANN candidates re-scored exactly when no filter is set
+HYBRID_CANDIDATES = 100  # candidates per channel before fusion
+MODE_DEFAULT, MODE_DENSE, MODE_LEXICAL, MODE_HYBRID = "default", "dense", "lexical", "hybrid"
+# Chosen on a slice of the Home Depot train split (min-max blend, dense weight 0.4 beat RRF and
+# other weights there); see benchmarks/bench_quality.py for the dev figures.
+DEFAULT_FUSION = FusionParams(method="blend", alpha=0.4, norm="minmax")
 MAX_COMPILED_FILTERS = 256
 
 
@@ -111,6 +128,7 @@ class Snapshot:
     vectors: VectorStore
     live: LiveIndex | None = None
     version_dir: Path | None = None
+    lexical: LexicalIndex | None = None  # the BM25 channel, when the version has one
     dead_rows: tuple[int, ...] = ()  # rows deleted or replaced since the version was built
     _filters: dict[FilterSpec, CompiledFilter] = field(default_factory=dict)
     _filters_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -168,7 +186,10 @@ def load_snapshot(
         live = LiveIndex.open(
             version_dir, verify=True, expected_fingerprint=fingerprint, encoder=encoder
         )
-        return live_snapshot(encoder, live, version_dir)
+        lexical = _open_lexical(version_dir)
+        if lexical is not None:  # bring BM25 up to the replayed updates
+            sync_lexical(lexical, live.snapshot(), live.n_base, set())
+        return live_snapshot(encoder, live, version_dir, lexical)
     index = IndexVersion.open(version_dir, verify=True, expected_fingerprint=fingerprint)
     summary = IndexSummary(
         version=index.version,
@@ -181,11 +202,40 @@ def load_snapshot(
     vectors = VectorStore.from_index(index)
     return Snapshot(
         encoder=encoder, index=index, summary=summary, columns=columns, vectors=vectors,
-        version_dir=version_dir,
+        version_dir=version_dir, lexical=_open_lexical(version_dir),
     )
 
 
-def live_snapshot(encoder: Encoder, live: LiveIndex, version_dir: Path) -> Snapshot:
+def _open_lexical(version_dir: Path) -> LexicalIndex | None:
+    """The version's BM25 index (its files were checksummed with the rest), or None."""
+    if not (version_dir / LEXICAL_META_FILE).exists():
+        return None
+    return LexicalIndex.load(version_dir)
+
+
+def sync_lexical(
+    lexical: LexicalIndex, view: LiveView, rows_before: int, dead_before: set[int]
+) -> None:
+    """Apply to BM25 what the live index changed since a view with `rows_before` rows and
+    `dead_before` dead rows: index the new live rows' texts, drop rows deleted or replaced."""
+    dead = {int(r) for r in view.dead_rows()}
+    new_rows = [r for r in range(rows_before, view.n_rows) if r not in dead]
+    if new_rows:
+        ids = [view.item_id(r) for r in new_rows]
+        lexical.upsert(
+            np.asarray(new_rows, dtype=np.int64),
+            [item_text(view.record(r)) for r in new_rows],
+            shard_of(ids, lexical.n_shards),
+        )
+    # Rows at or past rows_before that are dead were never indexed.
+    gone = sorted(r for r in dead - dead_before if r < rows_before)
+    if gone:
+        lexical.delete(np.asarray(gone, dtype=np.int64))
+
+
+def live_snapshot(
+    encoder: Encoder, live: LiveIndex, version_dir: Path, lexical: LexicalIndex | None = None
+) -> Snapshot:
     """A Snapshot of the live index's current state (taken again after each update)."""
     view = live.snapshot()
     manifest = view.manifest
@@ -205,6 +255,7 @@ def live_snapshot(encoder: Encoder, live: LiveIndex, version_dir: Path) -> Snaps
         live=live,
         version_dir=version_dir,
         dead_rows=tuple(int(r) for r in view.dead_rows()),
+        lexical=lexical,
     )
 
 
@@ -434,16 +485,20 @@ class SearchService:
         if q.sort_attribute or q.facets:
             need = max(need, SORT_RELEVANT_SET if q.sort_attribute else 0)
             need = max(need, FACET_CANDIDATES if q.facets else 0)
-        D, I, sim, search_ms = self._retrieve(
-            snap,
-            xq,
-            need,
-            spec=spec,
-            boost=q.boost,
-            diversity=q.diversity,
-            params=q.search_params,
-            base_depth=q.fetch_depth,
-        )
+        mode = self.resolve_mode(snap, q.mode)
+        if mode == MODE_DENSE:
+            D, I, sim, search_ms = self._retrieve(
+                snap,
+                xq,
+                need,
+                spec=spec,
+                boost=q.boost,
+                diversity=q.diversity,
+                params=q.search_params,
+                base_depth=q.fetch_depth,
+            )
+        else:
+            D, I, sim, search_ms = self._hybrid(snap, q, xq, need, spec, mode)
         valid = I >= 0
         D, I, sim = D[valid], I[valid], sim[valid]
         facets = _facet_counts(snap.columns, I, q.facets) if q.facets else {}
@@ -460,8 +515,71 @@ class SearchService:
         rerank_ms = (time.perf_counter() - t0) * 1e3 - search_ms
         timings = {"encode_ms": encode_ms, "search_ms": search_ms, "rerank_ms": rerank_ms}
         return SearchResult(
-            result.hits, result.has_more, result.index, timings, personalized, facets
+            result.hits, result.has_more, result.index, timings, personalized, facets,
+            mode=mode,
         )
+
+    def resolve_mode(self, snap: Snapshot, mode: str) -> str:
+        """The request's channels; the default is hybrid where the index has a lexical index."""
+        if mode == MODE_DEFAULT:
+            return MODE_HYBRID if snap.lexical is not None else MODE_DENSE
+        if mode != MODE_DENSE and snap.lexical is None:
+            raise FailedPrecondition(
+                f"mode {mode} needs the lexical channel, and this index version has none "
+                "(it was built with --no-lexical, or this server is a router)"
+            )
+        return mode
+
+    def _lexical_candidates(
+        self, snap: Snapshot, text: str, depth: int, spec: FilterSpec | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 top `depth` (scores, rows) that pass the filter (deleted items never do).
+
+        BM25 knows nothing of filters, so it is asked for more (4x, then the filter applied); a
+        very selective filter can leave fewer than `depth` lexical candidates, and the dense
+        channel (which widens) fills the page.
+        """
+        assert snap.lexical is not None
+        if snap.dead_rows:
+            spec = _with_excluded(spec, list(snap.dead_rows))
+        compiled = snap.compiled(spec) if spec is not None else None
+        filtered = compiled is not None and compiled.has_conditions
+        D, I = snap.lexical.search(text, depth * 4 if filtered else depth)
+        keep = I >= 0
+        if filtered:
+            keep &= compiled.mask(I)
+        return D[keep][:depth], I[keep][:depth]
+
+    def _hybrid(
+        self, snap: Snapshot, q: SearchQuery, xq: np.ndarray, need: int,
+        spec: FilterSpec | None, mode: str,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Lexical or hybrid retrieval: candidates from BM25 (and the dense channel), fused, then
+        the same boosts, diversity and top-k as dense mode. Scores: BM25 in lexical mode, the
+        fused score in hybrid mode (plus boosts); `sim` is always the exact cosine."""
+        depth = max(need, HYBRID_CANDIDATES)
+        t = time.perf_counter()
+        lex_D, lex_I = self._lexical_candidates(snap, q.lexical_text or q.text, depth, spec)
+        search_ms = (time.perf_counter() - t) * 1e3
+        if mode == MODE_LEXICAL:
+            scores, rows = lex_D.astype(np.float32), lex_I
+        else:
+            D, I, _, dense_ms = self._retrieve(
+                snap, xq, depth, spec=spec, params=q.search_params, base_depth=q.fetch_depth
+            )
+            search_ms += dense_ms
+            valid = I >= 0
+            scores, rows = fuse_lists(
+                (D[valid], I[valid]), (lex_D, lex_I), q.fusion or DEFAULT_FUSION
+            )
+        scores = np.ascontiguousarray(scores, dtype=np.float32)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if q.boost is not None and q.boost.is_active:
+            scores = kernels.boost_scores(scores, rows, snap.columns.signals, q.boost.weights)
+        positions = select(scores, rows, need, snap.vectors, snap.columns, q.diversity)
+        rows = rows[positions]
+        sims = snap.vectors.scores(xq, rows) if len(rows) else np.zeros(0, np.float32)
+        return scores[positions], rows, sims, search_ms
 
     def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         return self.search_batch([query], timeout_s)[0]
@@ -616,11 +734,17 @@ class SearchService:
         return live
 
     def _refresh(self) -> Snapshot:
-        """Swap in a snapshot of the live index's latest state (after an update)."""
+        """Swap in a snapshot of the live index's latest state (after an update), with the
+        lexical channel brought up to it."""
         with self._swap_lock:
             snap = self._snapshot
             if snap.live is not None:
-                self._snapshot = live_snapshot(snap.encoder, snap.live, snap.version_dir)
+                view = snap.live.snapshot()
+                if snap.lexical is not None:
+                    sync_lexical(snap.lexical, view, snap.index.n_rows, set(snap.dead_rows))
+                self._snapshot = live_snapshot(
+                    snap.encoder, snap.live, snap.version_dir, snap.lexical
+                )
             return self._snapshot
 
     def upsert(self, records: list[dict[str, Any]]) -> int:

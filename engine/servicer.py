@@ -89,6 +89,20 @@ def _fill(
     )
 
 
+def _fill_search_extras(
+    response: retrieval_pb2.SearchResponse, query: Any, result: SearchResult
+) -> None:
+    """The mode that answered, and what query understanding took out of the query."""
+    response.mode = validation.MODE_ENUMS[result.mode]
+    parsed = query.parsed
+    if parsed is not None:
+        response.parsed_query.text = parsed.text
+        if parsed.price_min is not None:
+            response.parsed_query.price.min = parsed.price_min
+        if parsed.price_max is not None:
+            response.parsed_query.price.max = parsed.price_max
+
+
 def _fill_facets(response: retrieval_pb2.SearchResponse, result: SearchResult) -> None:
     for name, values in result.facets.items():
         facet = response.facets.add(field=name)
@@ -140,6 +154,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         self._slot.observe(result)
         response = retrieval_pb2.SearchResponse(personalized=result.personalized)
         _fill_facets(response, result)
+        _fill_search_extras(response, query, result)
         _fill(
             response,
             result,
@@ -172,6 +187,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         for sub, query, result in zip(request.requests, queries, results, strict=True):
             out = response.responses.add(personalized=result.personalized)
             _fill_facets(out, result)
+            _fill_search_extras(out, query, result)
             _fill(
                 out,
                 result,

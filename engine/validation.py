@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from aisle.v1 import retrieval_pb2
-from engine.errors import FieldViolation, InvalidArgument, Unimplemented
+from engine.errors import FieldViolation, InvalidArgument
+from engine.fusion import FusionParams
 from engine.paging import MAX_DEPTH, decode_token, request_digest
-from engine.service import SearchQuery
+from engine.query_understanding import parse_query
+from engine.service import (
+    DEFAULT_FUSION,
+    MODE_DEFAULT,
+    MODE_DENSE,
+    MODE_HYBRID,
+    MODE_LEXICAL,
+    SearchQuery,
+)
 from indexer.rerank import BoostSpec, DiversitySpec, FilterSpec
 
 MAX_K = 1000
@@ -122,12 +132,58 @@ def _diversity(message, prefix: str, violations: list[FieldViolation]) -> Divers
     return DiversitySpec(max_per_category=message.max_per_category, mmr_lambda=message.mmr_lambda)
 
 
-def _unsupported(request: retrieval_pb2.SearchRequest) -> list[str]:
-    """Published fields of SearchRequest that this server does not serve yet."""
-    names = []
-    if request.mode in (retrieval_pb2.SEARCH_MODE_LEXICAL, retrieval_pb2.SEARCH_MODE_HYBRID):
-        names.append("mode (only dense retrieval is served)")
-    return names
+MODES = {
+    retrieval_pb2.SEARCH_MODE_UNSPECIFIED: MODE_DEFAULT,
+    retrieval_pb2.SEARCH_MODE_DENSE: MODE_DENSE,
+    retrieval_pb2.SEARCH_MODE_LEXICAL: MODE_LEXICAL,
+    retrieval_pb2.SEARCH_MODE_HYBRID: MODE_HYBRID,
+}
+MODE_ENUMS = {name: value for value, name in MODES.items()}
+MAX_RRF_K = 1000
+
+
+def _fusion(request, prefix: str, violations: list[FieldViolation]) -> FusionParams | None:
+    """The request's fusion settings; None (the server default) when unset."""
+    if not request.HasField("fusion"):
+        return None
+    f = request.fusion
+    field = f"{prefix}fusion"
+    if f.HasField("dense_weight") and not (
+        math.isfinite(f.dense_weight) and 0.0 <= f.dense_weight <= 1.0
+    ):
+        violations.append(FieldViolation(f"{field}.dense_weight", "must be in [0, 1]"))
+    if not 0 <= f.rrf_k <= MAX_RRF_K:
+        violations.append(FieldViolation(f"{field}.rrf_k", f"must be 0..{MAX_RRF_K}"))
+    if f.method not in (
+        retrieval_pb2.FUSION_METHOD_UNSPECIFIED,
+        retrieval_pb2.FUSION_METHOD_RRF,
+        retrieval_pb2.FUSION_METHOD_BLEND,
+    ):
+        violations.append(FieldViolation(f"{field}.method", f"unknown method {f.method}"))
+    if violations:
+        return None
+    if f.method == retrieval_pb2.FUSION_METHOD_RRF:
+        return FusionParams(method="rrf", k_rrf=f.rrf_k or 60)
+    alpha = f.dense_weight if f.HasField("dense_weight") else DEFAULT_FUSION.alpha
+    return FusionParams(method="blend", alpha=alpha, norm=DEFAULT_FUSION.norm)
+
+
+def _with_price(
+    spec: FilterSpec | None, price_min: float | None, price_max: float | None
+) -> FilterSpec:
+    """`spec` with a parsed price range intersected into its own."""
+    spec = spec or FilterSpec()
+    lo = [v for v in (spec.price_min, price_min) if v is not None]
+    hi = [v for v in (spec.price_max, price_max) if v is not None]
+    if lo and hi and max(lo) > min(hi):
+        raise InvalidArgument.field(
+            "query",
+            f"its price expression ({price_min} to {price_max}) contradicts filter.price; "
+            "fix one, or set disable_query_parsing",
+        )
+    return dataclasses.replace(
+        spec, price_min=max(lo) if lo else None, price_max=min(hi) if hi else None
+    )
 
 
 def search_query(
@@ -191,19 +247,29 @@ def search_query(
             )
     if request.HasField("sort") and not request.sort.attribute:
         violations.append(FieldViolation(f"{prefix}sort.attribute", "must be set"))
+    mode = MODES.get(request.mode)
+    if mode is None:
+        violations.append(FieldViolation(f"{prefix}mode", f"unknown mode {request.mode}"))
+    fusion = _fusion(request, prefix, violations)
     if violations:
         raise InvalidArgument(
             "; ".join(f"{v.field}: {v.description}" for v in violations), violations
         )
-    unsupported = _unsupported(request)
-    if unsupported:
-        raise Unimplemented(
-            f"this server does not serve {', '.join(prefix + n for n in unsupported)} yet; "
-            "send the request without them"
-        )
+    parsed = None
+    encoded = text
+    if not request.disable_query_parsing:
+        understood = parse_query(text)
+        if understood.expressions:
+            parsed = understood
+            encoded = understood.text or text  # a query that was only a price: keep it all
+            spec = _with_price(spec, understood.price_min, understood.price_max)
     offset = page_offset(request, index_version, request.k, prefix)
     return SearchQuery(
-        text=text,
+        text=encoded,
+        lexical_text=encoded,
+        parsed=parsed,
+        mode=mode,
+        fusion=fusion,
         k=request.k,
         offset=offset,
         recent_item_ids=tuple(request.recent_item_ids),

@@ -62,6 +62,7 @@ __all__ = [
     "plan_candidates",
     "rerank",
     "search_and_rerank",
+    "select",
     "selectivity",
 ]
 
@@ -749,6 +750,20 @@ def _select(
         )
         positions = positions[picked]
     return positions
+
+
+def select(
+    score: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    store: VectorStore,
+    columns: ItemColumns,
+    diversity: DiversitySpec | None,
+) -> np.ndarray:
+    """Positions of the top-k of (m,) float32 ``score`` over (m,) int64 ``candidates``, in result
+    order, with the diversity rules applied: for callers that score candidates their own way
+    (hybrid fusion) but want the same top-k, category cap and MMR as ``rerank``."""
+    return _select(score, candidates, k, store, columns, diversity)
 
 
 # ----------------------------------------------------------------------------- widening

@@ -66,8 +66,14 @@ def root(tmp_path_factory, tiny_model_dir) -> Path:
     tmp = tmp_path_factory.mktemp("scaleout")
     make_catalog(tmp / "products.jsonl")
     build_index(
+        # Dense only: the router serves the dense channel, and the single process must answer
+        # the same requests the same way to be its reference.
         BuildConfig(
-            catalog=tmp / "products.jsonl", out=tmp / "index", model=tiny_model_dir, shards=2
+            catalog=tmp / "products.jsonl",
+            out=tmp / "index",
+            model=tiny_model_dir,
+            shards=2,
+            lexical=False,
         )
     )
     return tmp / "index"

@@ -56,10 +56,17 @@ def test_scores_equal_the_encoder_cosine(client, catalog, tiny_model_dir) -> Non
     _, records = catalog
     by_id = {r["item_id"]: r["title"] for r in records}
     encoder = load_encoder(tiny_model_dir)
-    response = client.search("blue lamp", 10)
     xq = encoder.encode_queries(["blue lamp"])[0]
-    xb = encoder.encode_items([by_id[h.item_id] for h in response.hits])
-    np.testing.assert_allclose([h.score for h in response.hits], xb @ xq, atol=1e-4)
+    dense = client.search("blue lamp", 10, mode=retrieval_pb2.SEARCH_MODE_DENSE)
+    assert dense.mode == retrieval_pb2.SEARCH_MODE_DENSE
+    xb = encoder.encode_items([by_id[h.item_id] for h in dense.hits])
+    np.testing.assert_allclose([h.score for h in dense.hits], xb @ xq, atol=1e-4)
+    # Hybrid (the default here: the index has a lexical channel) fuses the scores, while the
+    # similarity stays the exact cosine.
+    hybrid = client.search("blue lamp", 10)
+    assert hybrid.mode == retrieval_pb2.SEARCH_MODE_HYBRID
+    xb = encoder.encode_items([by_id[h.item_id] for h in hybrid.hits])
+    np.testing.assert_allclose([h.similarity for h in hybrid.hits], xb @ xq, atol=1e-4)
 
 
 def test_pages_continue_the_ranking(client) -> None:
@@ -103,10 +110,14 @@ def test_bad_search_requests_are_invalid_argument(client, kwargs, field) -> None
     assert field in error.details()
 
 
-def test_features_not_served_yet_are_unimplemented_not_faked(client) -> None:
-    error = rpc_error(lambda: client.search("sofa", 5, mode=retrieval_pb2.SEARCH_MODE_LEXICAL))
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "mode" in error.details()
+def test_lexical_mode_ranks_by_bm25(client, catalog) -> None:
+    _, records = catalog
+    response = client.search("kettle model 31", 5, mode=retrieval_pb2.SEARCH_MODE_LEXICAL)
+    assert response.mode == retrieval_pb2.SEARCH_MODE_LEXICAL
+    titles = {r["item_id"]: r["title"] for r in records}
+    assert titles[response.hits[0].item_id].endswith("model 31")  # the rare term wins
+    scores = [h.score for h in response.hits]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_unknown_item_ids_are_not_found(client) -> None:
@@ -156,8 +167,11 @@ def test_recommend_from_history_excludes_seen_items(client) -> None:
 
 
 def test_personalization_blends_recent_items(client) -> None:
-    plain = client.search("desk", 10)
-    personal = client.search("desk", 10, recent_item_ids=["SKU0007"], personalization_weight=0.9)
+    dense = retrieval_pb2.SEARCH_MODE_DENSE  # personalisation moves the dense channel
+    plain = client.search("desk", 10, mode=dense)
+    personal = client.search(
+        "desk", 10, recent_item_ids=["SKU0007"], personalization_weight=0.9, mode=dense
+    )
     assert personal.personalized and not plain.personalized
     assert personal.hits[0].item_id == "SKU0007"
 
