@@ -199,7 +199,7 @@ def load_snapshot(
         factory=index.manifest.factory,
     )
     columns = ItemColumns.from_table(index.items)
-    vectors = VectorStore.from_index(index)
+    vectors = index.vector_store()  # the compact copy (f16/i8) when the build kept one
     return Snapshot(
         encoder=encoder, index=index, summary=summary, columns=columns, vectors=vectors,
         version_dir=version_dir, lexical=_open_lexical(version_dir),
