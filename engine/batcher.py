@@ -63,6 +63,12 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        """Drop every entry and reset the hit/miss counts."""
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
 
 class MicroBatcher:
     """Encodes query texts for many threads through one worker. See the module docstring."""

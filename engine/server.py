@@ -220,6 +220,7 @@ class AisleServer:
                 on_batch=on_batch,
                 events_dir=self._events_dir(),
             )
+            service.warm_up()
         m = self.metrics
         if isinstance(service, SearchService):  # a shard server encodes nothing
             m.queue_depth.set_function(lambda: service.batcher.queue_depth)
