@@ -2,9 +2,10 @@
 
 Concurrent requests share one encoder: each request queues its texts; one worker thread takes
 everything queued (up to `max_batch` texts, waiting at most `window_ms` for more once it has one)
-and encodes it in one call. At low load a request is encoded at once (no added wait when
-`window_ms` is 0: batches form naturally while the encoder is busy); under load, batching turns
-many small encoder calls into a few larger ones. A full queue is refused at once.
+and encodes it in one call. When the encoder is idle and nothing is queued, a request encodes on
+its own thread (no hand-off); while the encoder is busy, texts queue up and the next call takes
+them all, so under load batching turns many small encoder calls into a few larger ones. A full
+queue is refused at once.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._closed = threading.Event()
         self._direct_lock = threading.Lock()  # encodes after close() run one at a time
+        self._busy = threading.Lock()  # held while the encoder runs (worker or inline)
         self._worker = threading.Thread(target=self._run, name="aisle-encoder", daemon=True)
         self._worker.start()
 
@@ -113,6 +115,18 @@ class MicroBatcher:
                     fresh = self._encode([texts[i] for i in missing])
                 for j, i in enumerate(missing):
                     vectors[i] = fresh[j]
+            elif self._queue.empty() and self._busy.acquire(blocking=False):
+                # Idle encoder, nothing queued: encode on this thread. Handing one text to the
+                # worker and back costs two thread wake-ups (~1-3 ms under the GIL) for nothing.
+                try:
+                    fresh = self._encode([texts[i] for i in missing])
+                finally:
+                    self._busy.release()
+                for j, i in enumerate(missing):
+                    vectors[i] = fresh[j]
+                    self.cache.put(texts[i], fresh[j])
+                if self._on_batch is not None:
+                    self._on_batch(len(missing))
             else:
                 futures = []
                 for i in missing:
@@ -163,7 +177,8 @@ class MicroBatcher:
                 continue
             try:
                 unique = list(dict.fromkeys(text for text, _ in live))
-                encoded = self._encode(unique)  # (u, dim)
+                with self._busy:  # waits for an inline encode on a request thread
+                    encoded = self._encode(unique)  # (u, dim)
                 by_text = {text: encoded[j] for j, text in enumerate(unique)}
                 for text, vector in by_text.items():
                     self.cache.put(text, vector)

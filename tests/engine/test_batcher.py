@@ -89,9 +89,13 @@ def test_a_full_queue_is_refused_at_once() -> None:
         return np.zeros((len(texts), 3), np.float32)
 
     batcher = MicroBatcher(blocked, max_batch=1, max_queue=2, cache_size=0)
-    with ThreadPoolExecutor(4) as pool:
-        pending = [pool.submit(batcher.encode, [f"q{i}"]) for i in range(3)]
-        time.sleep(0.2)  # one in the encoder, two queued: the queue is full
+    with ThreadPoolExecutor(5) as pool:
+        pending = []
+        for i in range(4):
+            pending.append(pool.submit(batcher.encode, [f"q{i}"]))
+            time.sleep(0.1)
+        # One encoding inline, one taken by the worker (waiting for the encoder), two queued:
+        # the queue is full.
         started = time.monotonic()
         with pytest.raises(ResourceExhausted):
             batcher.encode(["one too many"])
@@ -104,8 +108,25 @@ def test_a_full_queue_is_refused_at_once() -> None:
 
 def test_deadline_while_waiting() -> None:
     batcher = MicroBatcher(CountingEncoder(delay_s=0.5), cache_size=0)
-    with pytest.raises(DeadlineExceeded):
-        batcher.encode(["slow"], timeout_s=0.05)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(batcher.encode, ["first"])  # encodes inline for 0.5 s
+        time.sleep(0.1)
+        with pytest.raises(DeadlineExceeded):
+            batcher.encode(["slow"], timeout_s=0.05)  # queued behind it
+        busy.result(5)
+    batcher.close()
+
+
+def test_an_idle_encoder_runs_on_the_calling_thread() -> None:
+    threads = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return np.zeros((len(texts), 3), np.float32)
+
+    batcher = MicroBatcher(encode, cache_size=0)
+    batcher.encode(["alone"])
+    assert threads == [threading.current_thread().name]  # no hand-off to the worker
     batcher.close()
 
 
