@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks.common import machine as common_machine
 from indexer.build import build_shard_index
 from indexer.factory import nlist_for
 from indexer.manifest import file_sha256
@@ -491,27 +491,7 @@ def plot(results: dict[str, Any], config: BenchConfig, path: Path) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import version
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews speed
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "hnswlib": version("hnswlib"),
-        "platform": platform.platform(),
-    }
+    return {**common_machine("hnswlib"), "faiss_threads": faiss.omp_get_max_threads()}
 
 
 def print_results(results: dict[str, Any]) -> None:

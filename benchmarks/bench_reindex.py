@@ -16,7 +16,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -25,9 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import faiss
-import numpy as np
-
+from benchmarks.common import machine as common_machine
 from indexer.build import BuildConfig, build_index
 from indexer.spark_build import SparkConfig, build_index_spark, spark_session
 
@@ -56,29 +53,9 @@ PRESETS = {
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import pyspark
     import torch
 
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cuda": torch.cuda.is_available(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "faiss": faiss.__version__,
-        "pyspark": pyspark.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "load_avg": os.getloadavg(),
-    }
+    return {**common_machine("pyspark"), "cuda": torch.cuda.is_available()}
 
 
 def write_slice(source: Path, out: Path, n: int | None) -> int:
