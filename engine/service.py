@@ -135,19 +135,30 @@ class Snapshot:
 
     def compiled(self, spec: FilterSpec) -> CompiledFilter:
         """The compiled filter for `spec`, cached: its full-catalog selectivity pass runs once."""
-        with self._filters_lock:
-            hit = self._filters.get(spec)
-        if hit is not None:
-            return hit
-        try:
-            compiled = compile_filter(spec, self.columns)
-        except ValueError as error:
-            raise InvalidArgument.field("filter", str(error)) from error
-        with self._filters_lock:
-            if len(self._filters) >= MAX_COMPILED_FILTERS:
-                self._filters.pop(next(iter(self._filters)))  # oldest first
-            self._filters[spec] = compiled
-        return compiled
+        return cached_filter(self._filters, self._filters_lock, spec, self.columns)
+
+
+def cached_filter(
+    cache: dict[FilterSpec, CompiledFilter],
+    lock: threading.Lock,
+    spec: FilterSpec,
+    columns: ItemColumns,
+) -> CompiledFilter:
+    """`spec` compiled against `columns`, through a bounded cache (oldest entry out first);
+    an unknown attribute or a bad value is INVALID_ARGUMENT on `filter`."""
+    with lock:
+        hit = cache.get(spec)
+    if hit is not None:
+        return hit
+    try:
+        compiled = compile_filter(spec, columns)
+    except ValueError as error:
+        raise InvalidArgument.field("filter", str(error)) from error
+    with lock:
+        if len(cache) >= MAX_COMPILED_FILTERS:
+            cache.pop(next(iter(cache)))
+        cache[spec] = compiled
+    return compiled
 
 
 def load_snapshot(

@@ -30,7 +30,7 @@ from engine.errors import (
     Unavailable,
     Unimplemented,
 )
-from engine.service import DEFAULT_CANDIDATES, IndexSummary
+from engine.service import DEFAULT_CANDIDATES, IndexSummary, cached_filter
 from engine.servicer import index_info
 from indexer.layout import IndexRoot, resolve_version_dir
 from indexer.manifest import MANIFEST_NAME, IndexFormatError, load_manifest
@@ -41,7 +41,6 @@ from indexer.rerank import (
     FilterSpec,
     ItemColumns,
     VectorStore,
-    compile_filter,
     search_and_rerank,
 )
 from indexer.store import IndexVersion
@@ -114,19 +113,7 @@ class ShardSnapshot:
 
     def compiled(self, spec: FilterSpec) -> CompiledFilter:
         """`spec` (exclude_rows in local positions) compiled against the shard's columns."""
-        with self._filters_lock:
-            hit = self._filters.get(spec)
-        if hit is not None:
-            return hit
-        try:
-            compiled = compile_filter(spec, self.columns)
-        except ValueError as error:
-            raise InvalidArgument.field("filter", str(error)) from error
-        with self._filters_lock:
-            if len(self._filters) >= MAX_COMPILED_FILTERS:
-                self._filters.pop(next(iter(self._filters)))  # oldest first
-            self._filters[spec] = compiled
-        return compiled
+        return cached_filter(self._filters, self._filters_lock, spec, self.columns)
 
     def local(self, rows: np.ndarray) -> np.ndarray:
         """(m,) local positions of global `rows`; -1 for -1 and for rows of other shards."""
