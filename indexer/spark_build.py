@@ -51,6 +51,7 @@ from indexer.build import (
     build_shard_index,
     check_trainable,
 )
+from indexer.companions import write_companions
 from indexer.factory import choose_factory
 from indexer.faults import fault_point
 from indexer.layout import (
@@ -520,12 +521,19 @@ def build_index_spark(
 
         version_dir = work / "version"
         pq.write_table(catalog.table, version_dir / ITEMS_FILE)
+        # The same BM25 index and users file as the single-machine build (driver side: BM25
+        # over the item texts takes seconds per 100k items).
+        companions = write_companions(
+            version_dir, catalog, shard_ids, config.shards,
+            lexical=config.lexical, interactions=config.interactions,
+        )  # fmt: skip
         fault_point("after-shards-written")
         manifest = _manifest(
             config, catalog, encoder, records, version_dir, tune, xq_tune, encode_seconds
         )
         build = {
             **manifest.build,
+            **companions,
             "engine": "spark",
             "spark_master": spark.sparkContext.master,
             "shards_rebuilt": todo,

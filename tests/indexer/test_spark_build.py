@@ -92,6 +92,16 @@ def test_flat_equivalent_to_local_build(spark, small_catalog, tiny_model_dir, tm
     assert remote.manifest.model_fingerprint == local.manifest.model_fingerprint
     assert remote.manifest.search_defaults == local.manifest.search_defaults
     assert remote.manifest.build["engine"] == "spark"
+    # The same BM25 index (the lexical channel) is published with the Spark build.
+    from indexer.lexical import LexicalIndex
+
+    query = json.loads(small_catalog.read_text().splitlines()[7])["title"]
+    D_local, I_local = LexicalIndex.load(local_dir).search(query, 5)
+    D_spark, I_spark = LexicalIndex.load(spark_dir).search(query, 5)
+    assert I_local[0] >= 0  # the title's own item matches
+    np.testing.assert_array_equal(I_spark, I_local)
+    np.testing.assert_allclose(D_spark, D_local, atol=1e-6)
+    assert set(remote.manifest.files) == set(local.manifest.files)
     # The embeddings stay for reuse, one row per item.
     table = spark.read.parquet(str(emb)).toPandas().sort_values("row")
     assert table["row"].tolist() == list(range(100))
