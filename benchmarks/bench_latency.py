@@ -108,16 +108,21 @@ def prepare(config: LatencyConfig, cache: Path) -> tuple[Path, list[str]]:
                         break
                     f.write(json.dumps(record) + "\n")
     key = hashlib.sha256(
-        json.dumps([str(catalog_path), config.factory, config.max_item_length, config.shards])
-        .encode()
+        json.dumps(
+            [str(catalog_path), config.factory, config.max_item_length, config.shards]
+        ).encode()
     ).hexdigest()[:12]
     root = cache / f"index-{key}"
     if not (root / "CURRENT").exists():
         log.info("building the index once (cached as %s)", root)
         build_index(
             BuildConfig(
-                catalog=catalog_path, out=root, model=model, shards=config.shards,
-                factory=config.factory, max_item_length=config.max_item_length,
+                catalog=catalog_path,
+                out=root,
+                model=model,
+                shards=config.shards,
+                factory=config.factory,
+                max_item_length=config.max_item_length,
             )
         )
     return root, queries
@@ -162,8 +167,13 @@ class Server:
 
 
 def run_load(
-    address: str, queries: list[str], concurrency: int, n_requests: int, k: int,
-    duration_s: float | None = None, on_tick: Any = None,
+    address: str,
+    queries: list[str],
+    concurrency: int,
+    n_requests: int,
+    k: int,
+    duration_s: float | None = None,
+    on_tick: Any = None,
 ) -> dict[str, Any]:
     """`concurrency` threads, each with its own channel, sending queries back to back."""
     from engine.client import AisleClient
@@ -314,8 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             soak["minutes"] = args.soak
             soak["rss_mb_first_last_max"] = [rss[0], rss[-1], max(rss)] if rss else None
             results["soak"] = soak
-            print(f"soak {args.soak} min: {soak['n']} requests, errors {soak['errors']}, "
-                  f"p99 {soak['p99_ms']} ms, RSS MB first/last/max {soak['rss_mb_first_last_max']}")
+            print(
+                f"soak {args.soak} min: {soak['n']} requests, errors {soak['errors']}, "
+                f"p99 {soak['p99_ms']} ms, RSS MB first/last/max {soak['rss_mb_first_last_max']}"
+            )
     finally:
         server.stop()
 

@@ -97,12 +97,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra wait for more queries once one is queued (default 0: batch only under load)",
     )
     parser.add_argument(
-        "--encoder-backend", choices=("auto", "torch", "onnx"), default="auto",
+        "--encoder-backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
         help="query encoder: auto = ONNX Runtime when the model dir has the export "
         "(python -m trainer.onnx_export), else torch",
     )
     parser.add_argument(
-        "--encoder-threads", type=int, default=1,
+        "--encoder-threads",
+        type=int,
+        default=1,
         help="intra-op threads of the query encoder (default 1: measured faster on 2 cores)",
     )
     parser.add_argument(

@@ -212,8 +212,13 @@ def load_snapshot(
     columns = ItemColumns.from_table(index.items)
     vectors = index.vector_store()  # the compact copy (f16/i8) when the build kept one
     return Snapshot(
-        encoder=encoder, index=index, summary=summary, columns=columns, vectors=vectors,
-        version_dir=version_dir, lexical=_open_lexical(version_dir),
+        encoder=encoder,
+        index=index,
+        summary=summary,
+        columns=columns,
+        vectors=vectors,
+        version_dir=version_dir,
+        lexical=_open_lexical(version_dir),
     )
 
 
@@ -526,7 +531,12 @@ class SearchService:
         rerank_ms = (time.perf_counter() - t0) * 1e3 - search_ms
         timings = {"encode_ms": encode_ms, "search_ms": search_ms, "rerank_ms": rerank_ms}
         return SearchResult(
-            result.hits, result.has_more, result.index, timings, personalized, facets,
+            result.hits,
+            result.has_more,
+            result.index,
+            timings,
+            personalized,
+            facets,
             mode=mode,
         )
 
@@ -562,8 +572,13 @@ class SearchService:
         return D[keep][:depth], I[keep][:depth]
 
     def _hybrid(
-        self, snap: Snapshot, q: SearchQuery, xq: np.ndarray, need: int,
-        spec: FilterSpec | None, mode: str,
+        self,
+        snap: Snapshot,
+        q: SearchQuery,
+        xq: np.ndarray,
+        need: int,
+        spec: FilterSpec | None,
+        mode: str,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Lexical or hybrid retrieval: candidates from BM25 (and the dense channel), fused, then
         the same boosts, diversity and top-k as dense mode. Scores: BM25 in lexical mode, the
