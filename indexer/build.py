@@ -652,9 +652,40 @@ def _build_version(
         lexical=config.lexical, interactions=config.interactions,
     )  # fmt: skip
     fault_point("after-shards-written")
+    return version_manifest(
+        config,
+        encoder,
+        staging,
+        version=version,
+        n_items=n_items,
+        shards=tuple(shards),
+        shard_builds=shard_builds,
+        encode_seconds=encode_seconds,
+        tuning=tuning,
+        search_defaults=search_defaults,
+        extra_build=companions,
+    )
+
+
+def version_manifest(
+    config: BuildConfig,
+    encoder: Any,
+    version_dir: Path,
+    *,
+    version: int,
+    n_items: int,
+    shards: tuple[ShardInfo, ...],
+    shard_builds: list[dict[str, Any]],
+    encode_seconds: float,
+    tuning: dict[str, Any] | None,
+    search_defaults: dict[str, Any],
+    extra_build: dict[str, Any] | None = None,
+) -> Manifest:
+    """The manifest of a version whose files are all written in `version_dir` (every file is
+    checksummed); shared by the single-machine and the Spark build."""
     files = {
         p.name: file_sha256(p)
-        for p in sorted(staging.iterdir())
+        for p in sorted(version_dir.iterdir())
         if p.is_file() and p.name != MANIFEST_NAME
     }
     devices = {b["device"] for b in shard_builds}
@@ -664,12 +695,12 @@ def _build_version(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         model_fingerprint=encoder.fingerprint,
         model_path=str(Path(encoder.model_dir).resolve()),
-        dim=dim,
+        dim=encoder.dim,
         metric="inner_product",
         factory=config.factory,
         n_items=n_items,
         n_shards=config.shards,
-        shards=tuple(shards),
+        shards=shards,
         files=files,
         build={
             "device": devices.pop() if len(devices) == 1 else "mixed",
@@ -685,12 +716,12 @@ def _build_version(
             "faiss_version": faiss.__version__,
             "vectors": config.vectors,
             "vectors_bytes": sum(
-                (staging / name).stat().st_size
+                (version_dir / name).stat().st_size
                 for s in range(config.shards)
                 for name in vector_files(s, config.vectors)
             ),
             **({"tuning": tuning} if tuning is not None else {}),
-            **companions,
+            **(extra_build or {}),
         },
         search_defaults=search_defaults,
     )

@@ -33,7 +33,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from indexer.build import (
     _write_compact_vectors,
     build_shard_index,
     check_trainable,
+    version_manifest,
 )
 from indexer.companions import write_companions
 from indexer.factory import choose_factory
@@ -63,7 +63,6 @@ from indexer.layout import (
 )
 from indexer.manifest import (
     MANIFEST_NAME,
-    SCHEMA_VERSION,
     Manifest,
     ShardInfo,
     file_sha256,
@@ -594,12 +593,6 @@ def _manifest(
             "n_queries": len(xq_tune),
             "shards": [{"shard": s, **r.to_json_dict()} for s, r in enumerate(results)],
         }
-    files = {
-        p.name: file_sha256(p)
-        for p in sorted(version_dir.iterdir())
-        if p.is_file() and p.name != MANIFEST_NAME
-    }
-    devices = {r["device"] for r in records}
     shards = tuple(
         ShardInfo(
             shard=r["shard"],
@@ -610,40 +603,17 @@ def _manifest(
         )
         for r in records
     )
-    return Manifest(
-        schema_version=SCHEMA_VERSION,
+    return version_manifest(
+        config,
+        encoder,
+        version_dir,
         version=0,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        model_fingerprint=encoder.fingerprint,
-        model_path=str(Path(encoder.model_dir).resolve()),
-        dim=encoder.dim,
-        metric="inner_product",
-        factory=config.factory,
         n_items=n_items,
-        n_shards=config.shards,
         shards=shards,
-        files=files,
-        build={
-            "device": devices.pop() if len(devices) == 1 else "mixed",
-            "shards": [
-                {k: r[k] for k in ("shard", "device", "builder", "seconds")} for r in records
-            ],
-            "catalog": {
-                "path": str(config.catalog.resolve()),
-                "sha256": file_sha256(config.catalog),
-            },
-            "encode_seconds": round(encode_seconds, 3),
-            "items_per_second": round(n_items / max(encode_seconds, 1e-9), 1),
-            "batch_size": config.batch_size,
-            "max_item_length": config.max_item_length or encoder.info.max_item_length,
-            "faiss_version": faiss.__version__,
-            "vectors": config.vectors,
-            "vectors_bytes": sum(
-                (version_dir / name).stat().st_size
-                for s in range(config.shards)
-                for name in vector_files(s, config.vectors)
-            ),
-            **({"tuning": tuning} if tuning is not None else {}),
-        },
+        shard_builds=[
+            {k: r[k] for k in ("shard", "device", "builder", "seconds")} for r in records
+        ],
+        encode_seconds=encode_seconds,
+        tuning=tuning,
         search_defaults=search_defaults,
     )
