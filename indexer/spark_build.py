@@ -2,10 +2,12 @@
 
 Stages (each restartable, clip-retrieval style reader → model → writer):
 
-1. The driver validates the catalog with ``trainer.data.read_catalog`` (the same rules and
-   messages as the single-machine build), replays pending live updates exactly as
-   ``indexer.build.build_index`` does, and writes it with a row and shard column to Parquet;
-   Spark reads that Parquet back as the job's DataFrame.
+1. Spark reads the catalog and executors validate it (``indexer.spark_validate``: the rules
+   and messages of ``trainer.data.read_catalog``), writing the typed items with their row to
+   Parquet: the job's DataFrame. The driver loads that table (columnar) for the steps that
+   need every item: replaying pending live updates exactly as ``indexer.build.build_index``
+   does (their result is then the DataFrame's input instead), the BM25 and users files, and
+   ``items.parquet``.
 2. ``mapInArrow`` embeds items on the executors; each Python worker loads the model once
    (cached per process) on its GPU when it has one. Embeddings go to Parquet
    (``item_id, row, shard, vector``) and are reused by a rerun.
@@ -31,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +72,7 @@ from indexer.manifest import (
     save_manifest,
 )
 from indexer.shards import shard_of
+from indexer.spark_validate import ROW, ValidatedCatalog, validate_catalog_spark
 from indexer.store import vector_files
 from indexer.tune import TuneResult, combine_results, perturbed_queries, query_vectors_from_file
 
@@ -77,8 +81,7 @@ __all__ = ["SparkConfig", "build_index_spark", "spark_session"]
 logger = logging.getLogger(__name__)
 
 WORK_DIR = ".spark"  # under the index root; one sub dir per (catalog, model, settings)
-_ROW = "_aisle_row"  # input columns the job adds; prefixed so no catalog attribute clashes
-_SHARD = "_aisle_shard"
+_ROW = ROW  # the input column the job adds to the items; prefixed so no attribute clashes
 _EMBEDDINGS_SCHEMA = "item_id string, row long, shard int, vector array<float>"
 _SHARD_RESULT_SCHEMA = "shard int, seconds double"
 _KEY_FILE = "_AISLE_KEY"  # in the embeddings dir: which build they belong to
@@ -177,7 +180,9 @@ def _worker_encoder(model_dir: str | None) -> Any:
     return _ENCODERS[key]
 
 
-def _embed_batches(model_dir: str | None, batch_size: int, max_length: int | None) -> Any:
+def _embed_batches(
+    model_dir: str | None, batch_size: int, max_length: int | None, n_shards: int
+) -> Any:
     """The ``mapInArrow`` function: catalog record batches → (item_id, row, shard, vector)."""
     from trainer.text import item_text
 
@@ -188,9 +193,9 @@ def _embed_batches(model_dir: str | None, batch_size: int, max_length: int | Non
                 continue
             rows = batch.to_pylist()
             texts = [
-                item_text({k: v for k, v in r.items() if v is not None and k not in (_ROW, _SHARD)})
-                for r in rows
+                item_text({k: v for k, v in r.items() if v is not None and k != _ROW}) for r in rows
             ]
+            shards = shard_of(batch.column("item_id").to_pylist(), n_shards)  # (n,) int32
             xb = np.asarray(
                 encoder.encode_items(texts, batch_size=batch_size, max_length=max_length),
                 dtype=np.float32,
@@ -204,7 +209,7 @@ def _embed_batches(model_dir: str | None, batch_size: int, max_length: int | Non
                 [
                     batch.column("item_id"),
                     batch.column(_ROW),
-                    batch.column(_SHARD),
+                    pa.array(shards),
                     vector,
                 ],
                 names=["item_id", "row", "shard", "vector"],
@@ -345,36 +350,46 @@ def _work_key(config: BuildConfig, fingerprint: str, updates: Any) -> str:
 
 def _embed(
     spark: Any,
+    validated: ValidatedCatalog | None,
     catalog: Any,
-    shard_ids: np.ndarray,
     work: Path,
     emb_dir: Path,
     key: str,
     config: BuildConfig,
     spark_config: SparkConfig,
 ) -> None:
-    """Embed every item on the executors into ``emb_dir`` (Parquet), unless already done."""
+    """Embed every item on the executors into ``emb_dir`` (Parquet), unless already done.
+
+    The items are the validated catalog's DataFrame; ``validated=None`` (replayed live updates
+    changed them) makes the driver's ``catalog`` table the input instead.
+    """
     marker = emb_dir / _KEY_FILE
     if marker.is_file() and marker.read_text(encoding="utf-8").strip() == key:
         logger.info("reusing the embeddings in %s (same catalog, model and settings)", emb_dir)
         return
-    inputs = work / "input.parquet"
-    table = catalog.table.append_column(_ROW, pa.array(np.arange(len(catalog), dtype=np.int64)))
-    table = table.append_column(_SHARD, pa.array(shard_ids.astype(np.int32)))
-    tmp = inputs.with_suffix(".tmp")
-    pq.write_table(table, tmp, row_group_size=8192)  # row groups = Spark's read splits
-    os.replace(tmp, inputs)
-    df = spark.read.parquet(str(inputs))
+    inputs = None
+    if validated is not None:
+        df = validated.dataframe(spark)
+    else:
+        inputs = work / "input.parquet"
+        rows = pa.array(np.arange(len(catalog), dtype=np.int64))
+        tmp = inputs.with_suffix(".tmp")
+        # row groups = Spark's read splits
+        pq.write_table(catalog.table.append_column(_ROW, rows), tmp, row_group_size=8192)
+        os.replace(tmp, inputs)
+        df = spark.read.parquet(str(inputs))
     if spark_config.partitions is not None:
         df = df.repartition(spark_config.partitions)
     embed = _embed_batches(
         str(config.model) if config.model is not None else None,
         config.batch_size,
         config.max_item_length,
+        config.shards,
     )
     df.mapInArrow(embed, _EMBEDDINGS_SCHEMA).write.mode("overwrite").parquet(str(emb_dir))
     marker.write_text(key + "\n", encoding="utf-8")
-    inputs.unlink()
+    if inputs is not None:
+        inputs.unlink()
 
 
 def build_index_spark(
@@ -390,18 +405,43 @@ def build_index_spark(
     Returns:
         The published version dir, ``<out>/versions/<n>``. On failure the work dir is kept
         and a rerun with the same inputs resumes from it.
-    """
-    from indexer.compact import updates_for_build
-    from trainer.data import read_catalog
-    from trainer.encoder import load_encoder
 
+    Raises:
+        trainer.data.DataError: a bad catalog, with ``read_catalog``'s message.
+    """
     spark_config = spark_config or SparkConfig()
     t_start = time.perf_counter()
+    if spark is None:
+        spark = spark_session(spark_config.master, spark_config.app_name)
+    root = IndexRoot(config.out.resolve())
+    # Executors write the validated catalog beside the work dirs (so on shared storage). It
+    # serves this run only (it is quick to redo), so it goes whether the build works or not.
+    scratch = root.root / WORK_DIR / f"catalog-{uuid.uuid4().hex[:16]}"
+    try:
+        validated = validate_catalog_spark(spark, config.catalog, scratch)
+        return _build_validated(validated, config, spark_config, spark, root, t_start)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            scratch.parent.rmdir()  # only when no work dir is left
+
+
+def _build_validated(
+    validated: ValidatedCatalog,
+    config: BuildConfig,
+    spark_config: SparkConfig,
+    spark: Any,
+    root: IndexRoot,
+    t_start: float,
+) -> Path:
+    """The build once the catalog is validated: see ``build_index_spark``."""
+    from indexer.compact import updates_for_build
+    from trainer.encoder import load_encoder
+
     budget = config.memory_budget
-    catalog = read_catalog(config.catalog)
-    if len(catalog) == 0:
-        raise ValueError(f"{config.catalog}: the catalog has no items; nothing to index")
-    logger.info("read %d items from %s", len(catalog), config.catalog)
+    # The driver-side steps (live updates, BM25, users, items.parquet) need every item: the
+    # typed Arrow table only (read_catalog on the driver also held every row as a dict).
+    catalog = validated.to_catalog()
     # The driver loads the model too: its fingerprint and dim, and tuning queries to encode.
     encoder = load_encoder(config.model, device="cpu")
     shard_ids = shard_of(catalog.item_ids, config.shards)
@@ -424,10 +464,6 @@ def build_index_spark(
         xq_tune = query_vectors_from_file(
             encoder, config.tune_queries, tune.n_queries, seed=tune.seed
         )
-    if spark is None:
-        spark = spark_session(spark_config.master, spark_config.app_name)
-
-    root = IndexRoot(config.out.resolve())
     with root.build_lock():
         updates = updates_for_build(
             root.root, catalog, encoder.fingerprint, discard=config.discard_updates
@@ -442,7 +478,8 @@ def build_index_spark(
         logger.info("spark work dir %s", work)
 
         t_encode = time.perf_counter()
-        _embed(spark, catalog, shard_ids, work, emb_dir, key, config, spark_config)
+        items = None if updates.changed else validated
+        _embed(spark, items, catalog, work, emb_dir, key, config, spark_config)
         encode_seconds = time.perf_counter() - t_encode
         fault_point("after-embed")
         embeddings = spark.read.parquet(str(emb_dir))

@@ -6,6 +6,11 @@ the field and the problem. Nothing is dropped silently. Supported files: JSON li
 (``.jsonl``, ``.jsonl.gz``, ``.json.gz``; blank lines are skipped), ``.parquet`` and
 ``.csv``/``.csv.gz`` (header row; an empty cell is null).
 
+The catalog rules are public pieces (``check_data_file``, ``parse_json_line``,
+``validate_catalog_record`` with ``extra_kind_problem`` and ``note_extra_kinds``,
+``catalog_schema``, ``catalog_table``) so that the Spark reader (``indexer.spark_validate``)
+applies the very same rules, with the same messages, on executors.
+
 This module imports no torch, so anything may import it cheaply.
 """
 
@@ -17,7 +22,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _INT_TEXT = re.compile(r"[+-]?\d+")
+# Text decoded with errors="surrogateescape" holds these code points exactly where the bytes were
+# not valid UTF-8 (valid UTF-8 never decodes to a lone surrogate).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 class DataError(ValueError):
@@ -87,30 +95,48 @@ def _file_format(path: Path) -> str:
     )
 
 
-def _open_text(path: Path, encoding: str, newline: str | None = None) -> Any:
+def _open_text(
+    path: Path, encoding: str, newline: str | None = None, errors: str = "strict"
+) -> Any:
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding=encoding, newline=newline)
-    return open(path, encoding=encoding, newline=newline)
+        return gzip.open(path, "rt", encoding=encoding, errors=errors, newline=newline)
+    return open(path, encoding=encoding, errors=errors, newline=newline)
+
+
+def parse_json_line(text: str, path: str | Path, line: int) -> dict[str, Any] | None:
+    """One line of a JSON-lines file: its object, or None for a blank line.
+
+    Args:
+        text: the line decoded with ``errors="surrogateescape"`` (so a bad byte is caught on
+            its own line) and ending in its line break as universal newlines give it (``"\\n"``;
+            none on a last line without one): a JSON error's column counts within this text.
+        path: the file, for the error.
+        line: the 1-based line number, for the error.
+
+    Raises:
+        DataError: the line is not valid UTF-8, not valid JSON, or not a JSON object.
+    """
+    if _UNDECODABLE.search(text):
+        raise DataError(path, line, "not valid UTF-8 text")
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, line, f"invalid JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, line, f"expected a JSON object, got {_json_kind(obj)}")
+    return obj
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     lineno = 0
     try:
-        with _open_text(path, "utf-8") as f:
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        path, lineno, f"invalid JSON: {e.msg} at column {e.colno}"
-                    ) from None
-                if not isinstance(obj, dict):
-                    raise DataError(path, lineno, f"expected a JSON object, got {_json_kind(obj)}")
-                yield lineno, obj
-    except UnicodeDecodeError:
-        raise DataError(path, lineno + 1, "not valid UTF-8 text") from None
+        with _open_text(path, "utf-8", errors="surrogateescape") as f:
+            for lineno, text in enumerate(f, 1):
+                obj = parse_json_line(text, path, lineno)
+                if obj is not None:
+                    yield lineno, obj
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; EOFError: truncated .gz
         raise DataError(path, lineno + 1 if lineno else None, f"cannot read file: {e}") from e
 
@@ -149,13 +175,17 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(path, None, f"cannot read file: {e}") from e
 
 
-def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _open_parquet(path: Path) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        parquet_file = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
         raise DataError(path, None, f"not a readable Parquet file: {e}") from e
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    parquet_file = _open_parquet(path)
     row = 0
     for batch in parquet_file.iter_batches(batch_size=65_536):
         for record in batch.to_pylist():
@@ -173,6 +203,25 @@ def _iter_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], bool]:
     if fmt == "csv":
         return _iter_csv(path), True
     return _iter_parquet(path), False
+
+
+def check_data_file(path: str | Path) -> str:
+    """The checks a reader makes before it reads rows: a supported file name, an existing file
+    and, for Parquet, a readable footer.
+
+    Returns:
+        The format: ``"jsonl"``, ``"parquet"`` or ``"csv"``.
+
+    Raises:
+        DataError: the same whole-file error the readers raise.
+    """
+    path = Path(path)
+    fmt = _file_format(path)
+    if not path.is_file():
+        raise DataError(path, None, "no such file")
+    if fmt == "parquet":
+        _open_parquet(path)
+    return fmt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,14 +419,194 @@ class Catalog:
                 yield {k: v for k, v in row.items() if v is not None}
 
 
+def catalog_item_id(
+    obj: Mapping[str, Any], path: str | Path, line: int, *, text: bool = False
+) -> str:
+    """The record's ``item_id``, checked: present, a string, not blank.
+
+    Raises:
+        DataError: with ``field="item_id"``.
+    """
+    value = obj.get("item_id")
+    if value is None:
+        raise DataError(path, line, "missing required field 'item_id'", field="item_id")
+    try:
+        item_id = _to_str(value, text)
+    except _Bad as e:
+        raise DataError(path, line, f"field 'item_id' {e}", field="item_id") from None
+    if not item_id.strip():
+        raise DataError(path, line, "field 'item_id' is empty", field="item_id")
+    return item_id
+
+
+def extra_kind_problem(
+    extra_kind: Mapping[str, tuple[str, int]], name: str, kind: str
+) -> str | None:
+    """Why a ``kind`` value of extra attribute ``name`` clashes with earlier lines, or None.
+
+    Args:
+        extra_kind: extra attribute → (kind, line that set it), as ``note_extra_kinds`` keeps it.
+        name: the attribute.
+        kind: its kind on this line: "int", "float", "bool" or "str".
+    """
+    previous = extra_kind.get(name)
+    if previous is None or previous[0] == kind or {previous[0], kind} == {"int", "float"}:
+        return None  # integers and numbers mix (into float64)
+    return (
+        f"is {_KIND_WORDS[kind]} here but {_KIND_WORDS[previous[0]]} on line {previous[1]}; "
+        "a column must have one type"
+    )
+
+
+def note_extra_kinds(
+    extra_kind: dict[str, tuple[str, int]], kinds: Mapping[str, str], line: int
+) -> None:
+    """Fold the extra-attribute kinds of an accepted record into ``extra_kind`` (in place).
+
+    An attribute keeps the kind it first had, except that integers turn into numbers at the
+    first number: ``extra_kind`` then names the line of that number.
+
+    Args:
+        extra_kind: extra attribute → (kind, line that set it).
+        kinds: the record's attribute → kind, as ``validate_catalog_record`` returns them.
+        line: the record's 1-based line.
+    """
+    for name, kind in kinds.items():
+        previous = extra_kind.get(name)
+        if previous is None or previous[0] == "int" and kind == "float":
+            extra_kind[name] = (kind, line)
+
+
+def validate_catalog_record(
+    obj: Mapping[str, Any],
+    path: str | Path,
+    line: int,
+    *,
+    text: bool = False,
+    first_line_of: Mapping[str, int] | None = None,
+    extra_kind: Mapping[str, tuple[str, int]] | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check one catalog record: the rules ``read_catalog`` and the Spark reader share.
+
+    The checks, in order (the first failure is raised): ``item_id`` (``catalog_item_id``);
+    that it is not in ``first_line_of``; then each field in the record's key order: a known
+    field must convert to its declared type (``KNOWN_FIELDS``; ``price`` and ``rating_count``
+    >= 0), an extra attribute must be a scalar of a kind that fits ``extra_kind``; then
+    ``title`` must be present and not blank. Null values are skipped.
+
+    Args:
+        obj: the record as read: a JSON object or Parquet row (CSV: strings, None if empty).
+        path: the file, for the error.
+        line: the record's 1-based line (Parquet: row), for the error.
+        text: the values are CSV text: known fields are parsed from it; extra attributes stay
+            text (``read_catalog`` types them per column once every row is in).
+        first_line_of: item ids of earlier lines → the line each first appeared on; None
+            skips the duplicate check.
+        extra_kind: extra attribute → (kind, line that set it) over earlier lines
+            (``note_extra_kinds``); None skips the one-type-per-column check.
+
+    Returns:
+        The typed record (nulls omitted) and its extra attributes' kinds ("int", "float",
+        "bool", "str"; empty for CSV text), to pass to ``note_extra_kinds``.
+
+    Raises:
+        DataError: naming the path, line, field and problem.
+    """
+    item_id = catalog_item_id(obj, path, line, text=text)
+    if first_line_of is not None and item_id in first_line_of:
+        raise DataError(
+            path,
+            line,
+            f"duplicate item_id {item_id!r} (first on line {first_line_of[item_id]})",
+            field="item_id",
+        )
+
+    def bad(field: str, problem: str) -> DataError:
+        return DataError(path, line, f"field {field!r} {problem} (item {item_id!r})", field=field)
+
+    record: dict[str, Any] = {"item_id": item_id}
+    kinds: dict[str, str] = {}
+    for name, value in obj.items():
+        if name == "item_id" or value is None:
+            continue
+        spec = KNOWN_FIELDS.get(name)
+        try:
+            if spec is not None:
+                converted = spec.convert(value, text)
+                if spec.check is not None:
+                    spec.check(converted)
+            else:
+                converted = value
+                if not text:
+                    kind = _scalar_kind(value)
+                    problem = extra_kind_problem(extra_kind, name, kind) if extra_kind else None
+                    if problem is not None:
+                        raise _Bad(problem)
+                    kinds[name] = kind
+        except _Bad as e:
+            raise bad(name, str(e)) from None
+        record[name] = converted
+    title = record.get("title")
+    if title is None:
+        raise DataError(
+            path, line, f"missing required field 'title' (item {item_id!r})", field="title"
+        )
+    if not title.strip():
+        raise bad("title", "is empty")
+    return record, kinds
+
+
+def catalog_schema(columns: Iterable[str], extra_kinds: Mapping[str, str]) -> pa.Schema:
+    """The catalog table's schema.
+
+    Args:
+        columns: every field name seen, in order of first appearance.
+        extra_kinds: extra attribute → "int", "float", "bool" or "str"; an attribute missing
+            here was only ever null and becomes a string column.
+
+    Returns:
+        ``item_id``, ``title``, the other known fields among ``columns`` in ``KNOWN_FIELDS``
+        order (with their declared types), then the extra attributes in ``columns`` order.
+    """
+    columns = list(columns)
+    present = set(columns) | {"item_id", "title"}
+    fields = [
+        pa.field(name, spec.arrow_type) for name, spec in KNOWN_FIELDS.items() if name in present
+    ]
+    for name in columns:
+        if name not in KNOWN_FIELDS:
+            fields.append(pa.field(name, _EXTRA_TYPES[extra_kinds.get(name, "str")]))
+    return pa.schema(fields)
+
+
+def catalog_table(records: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Typed records (``validate_catalog_record``; CSV extras converted) as a catalog table.
+
+    Args:
+        records: n records, nulls omitted.
+        schema: from ``catalog_schema``.
+
+    Returns:
+        A table of n rows with ``schema``.
+    """
+    arrays = []
+    for field in schema:
+        values = [r.get(field.name) for r in records]
+        if field.name not in KNOWN_FIELDS and pa.types.is_floating(field.type):
+            # A column of integers and numbers: Arrow refuses ints it cannot hold exactly.
+            values = [None if v is None else float(v) for v in values]
+        arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def read_catalog(path: str | Path) -> Catalog:
     """Read and validate a catalog file into a typed Arrow table.
 
-    Rules: ``item_id`` is a required, non-empty, unique string; ``title`` a required string,
-    non-empty after stripping; known fields must have their declared type (see
-    ``KNOWN_FIELDS``; ``price`` and ``rating_count`` are >= 0); any other field is an extra
-    attribute whose values must all be scalars of one type (integers and numbers mix into
-    float64). Missing or null values are null.
+    Rules (``validate_catalog_record``): ``item_id`` is a required, non-empty, unique string;
+    ``title`` a required string, non-empty after stripping; known fields must have their
+    declared type (see ``KNOWN_FIELDS``; ``price`` and ``rating_count`` are >= 0); any other
+    field is an extra attribute whose values must all be scalars of one type (integers and
+    numbers mix into float64). Missing or null values are null.
 
     Raises:
         DataError: naming the file, line, field and problem for the first bad row; "no items"
@@ -389,87 +618,30 @@ def read_catalog(path: str | Path) -> Catalog:
     seen_columns: dict[str, None] = {}  # insertion-ordered set
     first_line_of: dict[str, int] = {}
     extra_kind: dict[str, tuple[str, int]] = {}  # extra field → (kind, line that set it)
-    text_extras: set[str] = set()
+    text_extras: dict[str, None] = {}
 
     for line, obj in rows_iter:
         for key in obj:
             seen_columns.setdefault(key, None)
-        item_id = obj.get("item_id")
-        if item_id is None:
-            raise DataError(path, line, "missing required field 'item_id'", field="item_id")
-        try:
-            item_id = _to_str(item_id, text)
-        except _Bad as e:
-            raise DataError(path, line, f"field 'item_id' {e}", field="item_id") from None
-        if not item_id.strip():
-            raise DataError(path, line, "field 'item_id' is empty", field="item_id")
-        if item_id in first_line_of:
-            raise DataError(
-                path,
-                line,
-                f"duplicate item_id {item_id!r} (first on line {first_line_of[item_id]})",
-                field="item_id",
-            )
-        first_line_of[item_id] = line
-
-        def bad(field: str, problem: str, _line: int = line, _id: str = item_id) -> DataError:
-            return DataError(path, _line, f"field {field!r} {problem} (item {_id!r})", field=field)
-
-        record: dict[str, Any] = {"item_id": item_id}
-        for name, value in obj.items():
-            if name == "item_id" or value is None:
-                continue
-            spec = KNOWN_FIELDS.get(name)
-            try:
-                if spec is not None:
-                    converted = spec.convert(value, text)
-                    if spec.check is not None:
-                        spec.check(converted)
-                elif text:
-                    converted = value  # typed per column once all rows are in
-                    text_extras.add(name)
-                else:
-                    converted = value
-                    kind = _scalar_kind(value)
-                    previous = extra_kind.get(name)
-                    if previous is None or previous[0] == "int" and kind == "float":
-                        extra_kind[name] = (kind, line)
-                    elif previous[0] != kind and {previous[0], kind} != {"int", "float"}:
-                        raise _Bad(
-                            f"is {_KIND_WORDS[kind]} here but {_KIND_WORDS[previous[0]]} on "
-                            f"line {previous[1]}; a column must have one type"
-                        )
-            except _Bad as e:
-                raise bad(name, str(e)) from None
-            record[name] = converted
-        title = record.get("title")
-        if title is None:
-            raise DataError(
-                path, line, f"missing required field 'title' (item {item_id!r})", field="title"
-            )
-        if not title.strip():
-            raise bad("title", "is empty")
+        record, kinds = validate_catalog_record(
+            obj, path, line, text=text, first_line_of=first_line_of, extra_kind=extra_kind
+        )
+        first_line_of[record["item_id"]] = line
+        note_extra_kinds(extra_kind, kinds, line)
+        if text:
+            text_extras.update(dict.fromkeys(n for n in record if n not in KNOWN_FIELDS))
         rows.append(record)
 
     if not rows:
         raise DataError(path, None, "no items")
 
-    known = [name for name in KNOWN_FIELDS if name in seen_columns or name == "title"]
-    extras = [name for name in seen_columns if name not in KNOWN_FIELDS]
-    arrays: dict[str, pa.Array] = {}
-    for name in known:
-        arrays[name] = pa.array([r.get(name) for r in rows], type=KNOWN_FIELDS[name].arrow_type)
-    for name in extras:
-        values = [r.get(name) for r in rows]
-        if name in text_extras:
-            kind, values = _infer_text_column(values)
-        else:
-            # A column seen only as null has no type to infer; string is the neutral choice.
-            kind = extra_kind.get(name, ("str", 0))[0]
-            if kind == "float":
-                values = [None if v is None else float(v) for v in values]
-        arrays[name] = pa.array(values, type=_EXTRA_TYPES[kind])
-    table = pa.table(arrays)
+    extra_kinds = {name: kind for name, (kind, _) in extra_kind.items()}
+    for name in text_extras:  # CSV: typed per column, now that every row is in
+        extra_kinds[name], values = _infer_text_column([r.get(name) for r in rows])
+        for record, value in zip(rows, values, strict=True):
+            if value is not None:
+                record[name] = value
+    table = catalog_table(rows, catalog_schema(seen_columns, extra_kinds))
     logger.info("read %d items with %d columns from %s", len(rows), table.num_columns, path)
     return Catalog(table=table, path=str(path))
 
