@@ -2,18 +2,29 @@
 
 What it measures, in one run (the server is its own process, this script is the load generator):
 
-* concurrency 1, 8 and 32, distinct real Home Depot queries, k=100, dense mode, embedding cache
-  off: p50/p95/p99 latency, queries/s, errors, and the server's stage breakdown (encode, search,
-  re-rank) from each response;
-* the same with the cache on (queries drawn with repeats, Zipf-like): hit rate and latency;
-* the floor: the same encode + search + re-rank called in-process, one query at a time, no gRPC;
-  the ratio served p50 / floor p50;
-* `--soak MINUTES`: concurrency 32 for that long, errors and the server's RSS over time.
+* concurrency 1, 8 and 32, distinct real Home Depot queries, k=100, dense mode (sent as
+  SEARCH_MODE_DENSE; a response answered in another mode is an error, "wrong_mode"), embedding
+  cache off: p50/p95/p99 latency, queries/s, errors, and the server's stage breakdown (encode,
+  search, re-rank, total) from each response;
+* hybrid mode (BM25 + dense, fused) at concurrency 1 and 8 on further distinct queries, and its
+  cost over dense at concurrency 1 (p50 and p99 differences), where the index has BM25;
+* the same dense load with the cache on (queries drawn with repeats, Zipf-like): hit rate and
+  latency;
+* the floor: the same dense encode + search + re-rank called in-process, one query at a time, no
+  gRPC; the ratio served p50 / floor p50;
+* `--soak MINUTES`: dense, concurrency 32 for that long, errors and the server's RSS over time.
 
 The index is built once (cached under bench-out/cache by catalog and settings) with the packaged
 all-MiniLM-L6-v2 whose query tower is exported to ONNX, so the server encodes with ONNX Runtime.
 
-``python -m benchmarks.bench_latency [--preset S|M|L] [--soak MINUTES] [--out FILE]``
+Preset 1M serves 1,000,000 items grown from the 54,667 real Home Depot item vectors as
+``benchmarks.bench_ann`` grows them (perturbed copies, no encoding of 1M texts): the catalog
+repeats the source items' fields (ids ``<source id>~<j>`` for copy j >= 1), the build takes the
+grown vectors as its item vectors (``BuildConfig.item_vectors``), IVF4096,Flat with nprobe tuned
+on the real dev queries. It is dense-only (no BM25 over 1M repeated titles), so it has no hybrid
+rows.
+
+``python -m benchmarks.bench_latency [--preset S|M|L|1M] [--modes dense,hybrid] [--soak MINUTES]``
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import json
 import logging
 import os
 import random
+import shlex
 import signal
 import statistics
 import subprocess
@@ -31,6 +43,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +63,39 @@ class LatencyConfig:
     preset: str
     items: int  # catalog slice (0 = the whole Home Depot catalog, 54,667 items)
     requests: int  # per concurrency level
-    concurrency: tuple[int, ...]
+    concurrency: tuple[int, ...]  # dense levels
     k: int = 100
     factory: str = "IVF256,Flat"
     max_item_length: int = 32  # Home Depot items are titles: 32 tokens cover almost all
     shards: int = 1
+    # > 0: serve this many items grown from the real item vectors (bench_ann.grow), built from
+    # those vectors (no encoding); 0: encode the catalog (slice).
+    grow: int = 0
+    lexical: bool = True  # build BM25 (hybrid mode needs it)
+    tune_on_dev_queries: bool = False  # tune nprobe on real queries, not perturbed items
+    hybrid_concurrency: tuple[int, ...] = (1, 8)
 
 
 PRESETS = {
     "S": LatencyConfig("S", items=0, requests=300, concurrency=(1, 8, 32)),
     "M": LatencyConfig("M", items=0, requests=2000, concurrency=(1, 8, 32)),
     "L": LatencyConfig("L", items=0, requests=10_000, concurrency=(1, 8, 32, 64), shards=2),
+    # bench_ann found perturbed-item tuning under-estimates the nprobe real queries need, so
+    # the grown index is tuned on the real dev queries (they are also served: a tuning set that
+    # overlaps the measured queries is fine here, recall is not what is measured).
+    "1M": LatencyConfig(
+        "1M",
+        items=0,
+        requests=2000,
+        concurrency=(1, 8, 32),
+        factory="IVF4096,Flat",
+        max_item_length=48,  # what bench_ann embedded the real vectors with
+        grow=1_000_000,
+        lexical=False,
+        tune_on_dev_queries=True,
+    ),
 }
+MODES = ("dense", "hybrid")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +132,10 @@ def prepare(config: LatencyConfig, cache: Path) -> tuple[Path, list[str]]:
     if not model.exists():
         export_query_tower(default_model_dir(), model)
     catalog_path = data / "products.jsonl.gz"
-    if config.items:
+    item_vectors = None
+    if config.grow:
+        catalog_path, item_vectors = grown_catalog(config.grow, data, cache)
+    elif config.items:
         catalog = read_catalog(catalog_path)
         catalog_path = cache / f"homedepot-{config.items}.jsonl"
         if not catalog_path.exists():
@@ -107,11 +144,15 @@ def prepare(config: LatencyConfig, cache: Path) -> tuple[Path, list[str]]:
                     if i == config.items:
                         break
                     f.write(json.dumps(record) + "\n")
-    key = hashlib.sha256(
-        json.dumps(
-            [str(catalog_path), config.factory, config.max_item_length, config.shards]
-        ).encode()
-    ).hexdigest()[:12]
+    parts: list[object] = [str(catalog_path), config.factory, config.max_item_length, config.shards]
+    # Only non-default settings join the key, so indexes cached before they existed still match.
+    if item_vectors is not None:
+        parts.append(f"item_vectors={item_vectors}")
+    if not config.lexical:
+        parts.append("no-lexical")
+    if config.tune_on_dev_queries:
+        parts.append("tune=queries_dev")
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
     root = cache / f"index-{key}"
     if not (root / "CURRENT").exists():
         log.info("building the index once (cached as %s)", root)
@@ -123,16 +164,68 @@ def prepare(config: LatencyConfig, cache: Path) -> tuple[Path, list[str]]:
                 shards=config.shards,
                 factory=config.factory,
                 max_item_length=config.max_item_length,
+                lexical=config.lexical,
+                item_vectors=item_vectors,
+                tune_queries=data / "queries_dev.jsonl" if config.tune_on_dev_queries else None,
             )
         )
     return root, queries
+
+
+def grown_catalog(n: int, data: Path, cache: Path) -> tuple[Path, Path]:
+    """(catalog .jsonl, item vectors .npy) of ``n`` items grown from the Home Depot catalog.
+
+    The vectors are ``benchmarks.bench_ann.grow`` of the real item vectors (the packaged
+    model's, cached by bench_ann under bench-out/cache): the 54,667 real ones, then perturbed
+    copies (noise 0.5 x each source's nearest-neighbour distance, seed 0), (n, 384) float32 unit
+    rows. Catalog row i is the source item of vector row i (i mod 54,667) with all its fields;
+    copy j >= 1 of an item has id ``<source id>~<j>``. Both are written once into ``cache``.
+    """
+    from benchmarks import bench_ann
+    from trainer.data import read_catalog
+
+    ann = bench_ann.PRESETS["S"]  # max_item_length 48, copy_noise 0.5, seed 0
+    real, _, fingerprint = bench_ann.real_embeddings(ann, data)
+    content = (fingerprint, real.shape, float(real[:100].sum()))  # bench_ann's nn-distance key
+    key = bench_ann._key(*content, n, ann.copy_noise, ann.seed)
+    vectors_path = cache / f"hd_grown_{n}_{key}.npy"
+    catalog_path = cache / f"hd_grown_{n}_{key}.jsonl"
+    if not vectors_path.exists():
+        nn_dist = bench_ann._cached(
+            "hd_nn_dist",
+            bench_ann._key(*content),
+            lambda: bench_ann.nearest_neighbour_distance(real),
+        )
+        log.info("growing %d item vectors from %d real ones", n, len(real))
+        xb = bench_ann.grow(real, nn_dist, n, ann.copy_noise, ann.seed)  # (n, 384) float32
+        tmp = vectors_path.with_suffix(".tmp.npy")
+        np.save(tmp, xb)
+        os.replace(tmp, vectors_path)
+        del xb
+    if not catalog_path.exists():
+        records = list(read_catalog(data / "products.jsonl.gz").records())
+        if len(records) != len(real):
+            raise RuntimeError(
+                f"the catalog has {len(records)} items but the cached real vectors {len(real)}"
+            )
+        log.info("writing the %d-item grown catalog %s", n, catalog_path)
+        tmp = catalog_path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for i in range(n):
+                copy, source = divmod(i, len(records))
+                record = records[source]
+                if copy:
+                    record = {**record, "item_id": f"{record['item_id']}~{copy}"}
+                f.write(json.dumps(record) + "\n")
+        os.replace(tmp, catalog_path)
+    return catalog_path, vectors_path
 
 
 class Server:
     """`aisle-serve` in its own process on 127.0.0.1; stopped by its pid."""
 
     def __init__(self, root: Path, work: Path, *, cache_size: int) -> None:
-        port_file = work / f"port-{os.getpid()}-{cache_size}"
+        self.port_file = port_file = work / f"port-{os.getpid()}-{cache_size}"
         port_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli_serve", "--index", str(root), "--port", "0",
@@ -140,7 +233,7 @@ class Server:
              "--max-in-flight", "256"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600  # a 1M-item index takes a while to verify and load
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("aisle-serve did not start")
@@ -161,9 +254,44 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.port_file.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- load
+
+
+class QueryPool:
+    """The distinct queries, handed out in order so that no level repeats another's; when a
+    run needs more than there are, they come round again and the repeats are counted."""
+
+    def __init__(self, queries: list[str]) -> None:
+        if not queries:
+            raise ValueError("no queries to send")
+        self.queries = queries
+        self.offset = 0
+
+    def take(self, n: int) -> tuple[list[str], int]:
+        """(the next ``n`` queries, how many of them were handed out before)."""
+        size = len(self.queries)
+        out = [self.queries[(self.offset + i) % size] for i in range(n)]
+        repeated = max(0, min(n, self.offset + n - size))
+        self.offset += n
+        if repeated:
+            log.warning(
+                "%d of %d queries are repeats: the %d distinct ones are used up (the cache is "
+                "off, so each is searched afresh)",
+                repeated,
+                n,
+                size,
+            )
+        return out, repeated
+
+
+def mode_enum(mode: str) -> int:
+    """The SearchMode value of "dense" / "hybrid" / "lexical"."""
+    from aisle.v1 import retrieval_pb2
+
+    return retrieval_pb2.SearchMode.Value(f"SEARCH_MODE_{mode.upper()}")
 
 
 def run_load(
@@ -174,14 +302,19 @@ def run_load(
     k: int,
     duration_s: float | None = None,
     on_tick: Any = None,
+    mode: str = "dense",
 ) -> dict[str, Any]:
-    """`concurrency` threads, each with its own channel, sending queries back to back."""
+    """`concurrency` threads, each with its own channel, sending queries back to back in
+    `mode`; a response that says another mode answered counts as an error ("wrong_mode")."""
+    from aisle.v1 import types_pb2
     from engine.client import AisleClient
 
+    want = mode_enum(mode)
     lock = threading.Lock()
     cursor = {"i": 0}
     latencies: list[float] = []
-    stages: dict[str, list[float]] = {"encode_ms": [], "search_ms": [], "rerank_ms": []}
+    # Every stage the server reports (encode, search, rerank, total; more if the proto grows).
+    stages: dict[str, list[float]] = {f.name: [] for f in types_pb2.Timings.DESCRIPTOR.fields}
     errors: dict[str, int] = {}
     stop_at = None if duration_s is None else time.monotonic() + duration_s
 
@@ -200,13 +333,17 @@ def run_load(
             while (query := next_query()) is not None:
                 t = time.perf_counter()
                 try:
-                    response = client.search(query, k)
+                    response = client.search(query, k, mode=want)
                 except Exception as error:  # counted and reported, never hidden
                     code = error.code() if hasattr(error, "code") else type(error).__name__
                     with lock:
                         errors[str(code)] = errors.get(str(code), 0) + 1
                     continue
                 elapsed = (time.perf_counter() - t) * 1e3
+                if response.mode != want:
+                    with lock:
+                        errors["wrong_mode"] = errors.get("wrong_mode", 0) + 1
+                    continue
                 with lock:
                     latencies.append(elapsed)
                     for name in stages:
@@ -216,12 +353,19 @@ def run_load(
     started = time.perf_counter()
     for t in threads:
         t.start()
-    while any(t.is_alive() for t in threads):
-        time.sleep(1.0)
-        if on_tick is not None:
-            on_tick()
+    # Join rather than poll: the wall time (hence queries/s) ends when the last thread does,
+    # not at the next poll; on_tick still runs about once a second.
+    next_tick = time.monotonic() + 1.0
+    for t in threads:
+        while t.is_alive():
+            t.join(timeout=max(0.0, next_tick - time.monotonic()))
+            if time.monotonic() >= next_tick:
+                next_tick += 1.0
+                if on_tick is not None:
+                    on_tick()
     wall = time.perf_counter() - started
     out = summary(latencies, wall, sum(errors.values()))
+    out["mode"] = mode
     out["errors_by_code"] = errors
     out["stages_p50_ms"] = {n: round(percentile(v, 50), 3) for n, v in stages.items()}
     out["latencies_ms"] = latencies
@@ -229,7 +373,7 @@ def run_load(
 
 
 def floor(root: Path, queries: list[str], k: int, n: int) -> dict[str, Any]:
-    """The same encode + search + re-rank in-process, one query at a time, cache off."""
+    """The same dense encode + search + re-rank in-process, one query at a time, cache off."""
     import faiss
 
     from engine.service import EncodingConfig, SearchQuery, SearchService, load_snapshot
@@ -239,12 +383,12 @@ def floor(root: Path, queries: list[str], k: int, n: int) -> dict[str, Any]:
     snapshot = load_snapshot(root, encoding=encoding)
     service = SearchService(snapshot, index_path=root, model_dir=None, encoding=encoding)
     for q in queries[:20]:  # warm-up
-        service.search(SearchQuery(text=q, k=k))
+        service.search(SearchQuery(text=q, k=k, mode="dense"))
     latencies = []
     started = time.perf_counter()
     for q in queries[:n]:
         t = time.perf_counter()
-        service.search(SearchQuery(text=q, k=k))
+        service.search(SearchQuery(text=q, k=k, mode="dense"))
         latencies.append((time.perf_counter() - t) * 1e3)
     result = summary(latencies, time.perf_counter() - started, 0)
     service.close()
@@ -261,17 +405,43 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for level in results["served"]:
         values = np.sort(np.asarray(level["latencies_ms"]))
         ax.plot(values, np.linspace(0, 1, len(values)), label=f"concurrency {level['concurrency']}")
-    ax.axvline(results["floor"]["p50_ms"], color="grey", linestyle="--", label="in-process p50")
+    for level in results.get("hybrid") or []:
+        if level["concurrency"] == 1:
+            values = np.sort(np.asarray(level["latencies_ms"]))
+            ax.plot(values, np.linspace(0, 1, len(values)), linestyle="--", color="black",
+                    label="hybrid, concurrency 1")  # fmt: skip
+    ax.axvline(results["floor"]["p50_ms"], color="grey", linestyle=":", label="in-process p50")
     ax.set_xscale("log")
     ax.set_xlabel("latency through gRPC (ms, log scale)")
     ax.set_ylabel("fraction of requests")
-    ax.set_title(f"Aisle Search latency, {results['n_items']:,} items, k={results['k']}")
+    ax.set_title(f"Aisle Search latency (dense unless marked), {results['n_items']:,} items, "
+                 f"k={results['k']}")  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    """``--modes``: a comma list of MODES; dense is always measured (the main levels)."""
+    modes = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or "dense" not in modes:
+        raise argparse.ArgumentTypeError(
+            f"--modes takes a comma list of {', '.join(MODES)} that includes dense (the main "
+            f"levels), got {text!r}"
+        )
+    return modes
+
+
+def level_line(label: str, level: dict[str, Any]) -> str:
+    return (
+        f"{label}: p50 {level['p50_ms']:.2f} ms  p95 {level['p95_ms']:.2f}  p99 "
+        f"{level['p99_ms']:.2f}  qps {level['qps']}  errors {level['errors']}  stages "
+        f"{level['stages_p50_ms']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,40 +452,102 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="S")
     parser.add_argument("--soak", type=float, default=0.0, help="minutes at concurrency 32")
+    parser.add_argument(
+        "--modes",
+        type=parse_modes,
+        default=MODES,
+        help="comma list: dense (always) and hybrid (concurrency "
+        f"{', '.join(map(str, PRESETS['S'].hybrid_concurrency))}, where the index has BM25) "
+        "(default: dense,hybrid)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out/latency.jsonl"))
     parser.add_argument("--plot", type=Path, default=Path("bench-out/latency.png"))
     parser.add_argument("--cache-dir", type=Path, default=Path("bench-out/cache"))
     parser.add_argument("--items", type=int, help="override: catalog slice (a quick check)")
+    parser.add_argument(
+        "--grow", type=int, help="override: serve N items grown from the real vectors (as 1M)"
+    )
+    parser.add_argument("--factory", help="override: FAISS factory string of the index")
     parser.add_argument("--requests", type=int, help="override: requests per concurrency level")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    command = shlex.join(
+        ["python", "-m", "benchmarks.bench_latency", *(sys.argv[1:] if argv is None else argv)]
+    )
     config = PRESETS[args.preset]
-    overrides = {"items": args.items, "requests": args.requests}
+    overrides = {
+        "items": args.items,
+        "grow": args.grow,
+        "factory": args.factory,
+        "requests": args.requests,
+    }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.items and config.grow:
+        parser.error("--items (a catalog slice) and --grow (a grown catalog) exclude each other")
     info = machine("prometheus-client")
-    print(json.dumps({"config": asdict(config), "machine": info}, indent=1))
+    print(json.dumps({"config": asdict(config), "machine": info, "command": command}, indent=1))
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     root, queries = prepare(config, args.cache_dir)
     random.Random(0).shuffle(queries)
     from indexer.store import IndexVersion
 
-    n_items = IndexVersion.open(root, verify=False).n_items
-    results: dict[str, Any] = {"benchmark": "latency", "config": asdict(config), "machine": info,
-                               "n_items": n_items, "k": config.k, "served": []}  # fmt: skip
+    manifest = IndexVersion.open(root, verify=False).manifest
+    n_items = manifest.n_items
+    hybrid_skipped = None
+    if "hybrid" not in args.modes:
+        hybrid_skipped = "not asked for (--modes)"
+    elif not config.lexical:
+        hybrid_skipped = "dense-only index (built with lexical=False: no BM25 channel)"
+    results: dict[str, Any] = {
+        "bench": "latency",
+        "benchmark": "latency",  # the key older readers look for
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "config": asdict(config),
+        "machine": info,
+        "n_items": n_items,
+        "k": config.k,
+        "index": {
+            "factory": manifest.factory,
+            "search_defaults": manifest.search_defaults,
+            "lexical": config.lexical,
+            "item_vectors": (manifest.build.get("item_vectors") or {}).get("path"),
+        },
+        "served": [],
+        "hybrid": [],
+        "hybrid_cost_ms": None,
+        # The proto's Timings has no lexical or fusion stage: in hybrid mode search_ms is BM25
+        # plus the dense search, and the fusion lands in rerank_ms.
+        "stages_note": "hybrid: search_ms = BM25 + dense search; fusion is in rerank_ms",
+    }
+    if hybrid_skipped:
+        results["hybrid_skipped"] = hybrid_skipped
+        log.info("no hybrid levels: %s", hybrid_skipped)
+    pool = QueryPool(queries)
 
     server = Server(root, args.cache_dir, cache_size=0)
     try:
         run_load(server.address, queries[-50:], 1, 50, config.k)  # warm-up, not counted
-        offset = 0
         for c in config.concurrency:
-            distinct = queries[offset : offset + config.requests]  # never repeated: cache off
-            offset += config.requests
+            distinct, repeated = pool.take(config.requests)  # cache off: repeats are no help
             level = run_load(server.address, distinct, c, config.requests, config.k)
             level["concurrency"] = c
+            level["repeated_queries"] = repeated
             results["served"].append(level)
-            print(f"concurrency {c:3d}: p50 {level['p50_ms']:.2f} ms  p95 {level['p95_ms']:.2f}"
-                  f"  p99 {level['p99_ms']:.2f}  qps {level['qps']}  errors {level['errors']}"
-                  f"  stages {level['stages_p50_ms']}")  # fmt: skip
+            print(level_line(f"dense  concurrency {c:3d}", level))
+        if not hybrid_skipped:
+            run_load(server.address, queries[-20:], 1, 20, config.k, mode="hybrid")  # warm-up
+            for c in config.hybrid_concurrency:
+                distinct, repeated = pool.take(config.requests)
+                level = run_load(
+                    server.address, distinct, c, config.requests, config.k, mode="hybrid"
+                )
+                level["concurrency"] = c
+                level["repeated_queries"] = repeated
+                results["hybrid"].append(level)
+                print(level_line(f"hybrid concurrency {c:3d}", level))
+            results["hybrid_cost_ms"] = hybrid_cost(results["served"], results["hybrid"])
+            print(f"hybrid cost over dense at concurrency 1 (ms): {results['hybrid_cost_ms']}")
         if args.soak:
             rss = []
             soak = run_load(server.address, queries, 32, 0, config.k, duration_s=args.soak * 60,
@@ -348,13 +580,25 @@ def main(argv: list[str] | None = None) -> int:
     one = results["served"][0]
     results["served_over_floor_p50"] = round(one["p50_ms"] / results["floor"]["p50_ms"], 3)
     print(f"in-process floor p50 {results['floor']['p50_ms']:.2f} ms; served/floor at "
-          f"concurrency 1: {results['served_over_floor_p50']}")  # fmt: skip
+          f"concurrency {one['concurrency']}: {results['served_over_floor_p50']}")  # fmt: skip
     plot(results, args.plot)
-    for level in results["served"]:
+    for level in results["served"] + results["hybrid"]:
         level.pop("latencies_ms")
     append_jsonl(args.out, results)
     print(f"wrote {args.out} and {args.plot}")
     return 0
+
+
+def hybrid_cost(
+    served: list[dict[str, Any]], hybrid: list[dict[str, Any]]
+) -> dict[str, float] | None:
+    """Hybrid minus dense latency at concurrency 1 (ms): {"p50": .., "p99": ..}; None when
+    either has no concurrency-1 level."""
+    dense_1 = next((x for x in served if x["concurrency"] == 1), None)
+    hybrid_1 = next((x for x in hybrid if x["concurrency"] == 1), None)
+    if dense_1 is None or hybrid_1 is None:
+        return None
+    return {q: round(hybrid_1[f"{q}_ms"] - dense_1[f"{q}_ms"], 3) for q in ("p50", "p99")}
 
 
 if __name__ == "__main__":

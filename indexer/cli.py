@@ -152,6 +152,15 @@ def _parser() -> argparse.ArgumentParser:
         "items are published with the version for personalised Search and Recommend",
     )
     build.add_argument(
+        "--item-vectors",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="float32 .npy of shape (n_items, dim), row r the embedding of catalog row r (e.g. "
+        "a previous build's, reused): taken as the item vectors instead of encoding the "
+        "catalog; rows must be the model's normalised output (default: encode the catalog)",
+    )
+    build.add_argument(
         "--no-lexical",
         action="store_true",
         help="skip the BM25 index (the lexical channel of hybrid search)",
@@ -310,8 +319,14 @@ def main(argv: list[str] | None = None) -> int:
                 discard_updates=args.discard_updates,
                 lexical=not args.no_lexical,
                 interactions=args.interactions,
+                item_vectors=args.item_vectors,
             )
             if args.engine == "spark":
+                if args.item_vectors is not None:
+                    raise ValueError(
+                        "--item-vectors is for the local engine; the Spark build encodes the "
+                        "catalog itself (drop --engine spark, or drop --item-vectors)"
+                    )
                 from indexer.spark_build import SparkConfig, build_index_spark
 
                 spark_config = SparkConfig(
