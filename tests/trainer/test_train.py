@@ -563,3 +563,32 @@ def test_eval_sample_keeps_the_judged_items() -> None:
     assert np.array_equal(rows, np.unique(rows))  # sorted, no repeats
     assert np.array_equal(rows, _eval_rows(1000, needed, 50, seed=0, k=0))  # fixed per run
     assert _eval_rows(40, needed, 50, seed=0, k=0) is None  # small catalog: rank all of it
+
+
+def test_tensorboard_logs_the_loss_and_the_dev_metric(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
+) -> None:
+    pytest.importorskip("tensorboard")  # the `train` extra installs it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = tmp_path / "tb"
+    config = _config(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        max_steps=4,
+        log_every=1,
+        eval_every=2,
+        holdout_fraction=0.25,
+        eval_max_items=60,
+        tensorboard_dir=logs,
+    )
+    result = train(config)
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/pairs_per_second", "eval/metric"} <= set(scalars)
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    evals = events.Scalars("eval/metric")
+    assert [e.step for e in evals] == [2, 4]
+    assert evals[-1].value == pytest.approx(result.history[-1]["metric"], rel=1e-6)
