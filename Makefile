@@ -1,4 +1,5 @@
-# Aisle: `make demo` and `make test` set themselves up from scratch (a .venv here), then run.
+# Aisle: `make demo`, `make test` and `make bench` set themselves up from scratch (a .venv here),
+# then run.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 FAISS_GPU ?=
 STAMP := $(VENV)/.aisle-installed
 
-.PHONY: install demo test test-fast lint proto clean
+.PHONY: install demo test test-fast bench lint proto clean
 
 install: $(STAMP)
 
@@ -34,6 +35,21 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Benchmarks: every bench_*.py, then benchmarks/REPORT.md (PRESET=S fits 2 cores in under an hour;
+# M and L are for bigger machines and GPUs). They need the `bench` extra, installed by name from
+# pyproject.toml, not as `.[bench]`: that would also put faiss-cpu back over FAISS_GPU's faiss-gpu.
+PRESET ?= S
+BENCH_STAMP := $(VENV)/.aisle-bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -c constraints.txt $$($(BIN)/python -c \
+		"import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
+	$(BIN)/python -m pip check
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.report --preset $(PRESET)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
