@@ -47,6 +47,7 @@ from benchmarks.common import SHARED_DATA, append_jsonl, machine, require_shared
 from engine.fusion import FusionParams, fuse
 from indexer.lexical import LexicalIndex
 from trainer.batches import split_labels
+from trainer.config import read_config_file
 from trainer.data import Catalog, Labels, read_catalog, read_interactions, read_labels
 from trainer.encoder import Encoder, default_model_dir, load_encoder, model_fingerprint
 from trainer.evaluate import (
@@ -57,7 +58,6 @@ from trainer.evaluate import (
 )
 from trainer.metrics import EvalReport, evaluate_rankings
 from trainer.text import item_text, query_text
-from trainer.train import read_config_file
 
 logger = logging.getLogger("benchmarks.bench_quality")
 

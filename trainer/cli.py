@@ -165,7 +165,7 @@ def build_config(args: argparse.Namespace) -> Any:
     Raises:
         ValueError: a bad file, a bad value, or a dataset both in flags and in the file.
     """
-    from trainer.train import DatasetSpec, TrainConfig, read_config_file
+    from trainer.config import DatasetSpec, TrainConfig, read_config_file
 
     given = vars(args)
     settings: dict[str, Any] = {}

@@ -1,7 +1,8 @@
-"""The training loop: config, reading and checking every dataset before any step, the steps
-(AdamW, warm-up + linear decay, accumulation, bf16 autocast, clipping), periodic hard-negative
-mining and item-bank refresh, evaluation with early stopping, atomic checkpoints, exact resume,
-DDP, and export of the best weights as a model dir.
+"""The training loop: the steps (AdamW, warm-up + linear decay, accumulation, bf16 autocast,
+clipping), periodic hard-negative mining and item-bank refresh, evaluation with early stopping,
+atomic checkpoints, exact resume, DDP, and export of the best weights as a model dir. The
+settings live in ``trainer.config``; every dataset is read and checked before any step by
+``trainer.prepare``.
 
 Recommendation: a user is the normalised mean of the item vectors of their last 50 items,
 exactly as ``trainer.evaluate`` and the server compute users, so there is no separate user
@@ -25,9 +26,8 @@ import json
 import logging
 import math
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ import torch
 
 from trainer.batches import (
     STREAM_EPOCH,
-    STREAM_EVAL_SAMPLE,
     STREAM_HARD,
     STREAM_MIX,
     Batch,
@@ -48,46 +47,33 @@ from trainer.batches import (
     mine_hard_negatives,
     pad_ids,
     recommend_batch,
-    recommend_data,
     rng_for,
     search_batch,
-    search_data,
-    split_interactions,
-    split_labels,
     tokenize,
 )
 from trainer.checkpoints import STATE_NAME, CheckpointDir, write_text_atomic
+from trainer.config import (
+    EARLY_STOP_METRIC,
+    RECOMMEND_EVAL_KS,
+    SEARCH_EVAL_KS,
+    TrainConfig,
+    jsonable,
+)
 from trainer.data import (
     Catalog,
-    DataError,
-    Interactions,
-    Labels,
-    check_labels_against_catalog,
-    read_catalog,
-    read_interactions,
-    read_labels,
 )
 from trainer.distributed import DistContext, init_from_env
 from trainer.evaluate import (
-    DATASET_PRESETS,
-    dataset_preset,
     evaluate_recommendation,
     exact_search,
-    infer_dataset,
-    next_item_targets,
 )
 from trainer.losses import in_batch_accuracy, sampled_softmax_loss
-from trainer.metrics import ESCI_GAINS, GAIN_TABLES, GRADE_GAINS, evaluate_rankings
+from trainer.metrics import evaluate_rankings
 from trainer.model import Tower, TwoTowerModel, build_two_tower, save_model_dir
-from trainer.text import query_text
+from trainer.prepare import PreparedDataset, prepare_datasets
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("search", "recommend")
-AMP_MODES = ("auto", "bf16", "off")
-EARLY_STOP_METRIC = "ndcg@10"
-SEARCH_EVAL_KS = (10, 100)
-RECOMMEND_EVAL_KS = (10, 50)
 
 # Settings a resumed run may change without breaking the "same parameters as a straight run"
 # promise (where it runs, how it reports, how often it saves).
@@ -106,493 +92,6 @@ _RESUME_FREE = frozenset(
         "checkpoint_dir",
     }
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-
-
-def _positive_int(name: str, value: Any, *, zero_ok: bool = False) -> None:
-    low = 0 if zero_ok else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _as_path(value: Any) -> Path | None:
-    return None if value is None else Path(value)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One training dataset: its own catalog, a train file, an optional dev file, a task.
-
-    ``train``/``dev`` are labels files (task "search") or interactions files ("recommend").
-    ``weight`` sets how often its batches are drawn relative to the other datasets.
-    ``dataset`` names the evaluation convention (esci, homedepot, scientific: gains and the
-    relevant grade); None = from the catalog's directory name, else from the labels' grades.
-    """
-
-    catalog: Path
-    train: Path
-    dev: Path | None = None
-    task: str = "search"
-    weight: float = 1.0
-    name: str = ""
-    dataset: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("catalog", "train", "dev"):
-            object.__setattr__(self, name, _as_path(getattr(self, name)))
-        if self.catalog is None or self.train is None:
-            raise ValueError("a dataset needs a catalog and a train file")
-        if self.task not in TASKS:
-            raise ValueError(f"dataset task must be one of {TASKS}, got {self.task!r}")
-        if (
-            isinstance(self.weight, bool)
-            or not isinstance(self.weight, int | float)
-            or not math.isfinite(self.weight)
-            or self.weight <= 0
-        ):
-            raise ValueError(f"dataset weight must be a number > 0, got {self.weight!r}")
-        if self.dataset is not None:
-            preset = dataset_preset(self.dataset)
-            expected = "search" if self.task == "search" else "recommendation"
-            if preset.task != expected:
-                raise ValueError(
-                    f"dataset {preset.name!r} is a {preset.task} dataset but task is "
-                    f"{self.task!r}; set task to "
-                    f"{'search' if preset.task == 'search' else 'recommend'}"
-                )
-        if not self.name:
-            object.__setattr__(self, "name", self.catalog.parent.name or self.catalog.stem)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything one training run needs; defaults suit a 2-core CPU.
-
-    Model: ``base_model`` (None = packaged all-MiniLM-L6-v2, or an Aisle model dir to continue
-    from), ``shared_towers``, ``projection_dim`` (None = hidden size), ``pooling``
-    (None = the base's), token lengths.
-
-    Loss: ``temperature`` (learnable with ``learnable_temperature``), ``logq`` correction,
-    ``symmetric`` (adds item → query for search), ``partial_weight`` (weight of the grade below
-    the top as a positive; None = its NDCG gain relative to the top grade), ``hard_negatives``
-    per pair, mined every ``mine_every`` steps (0 = once, at the start) from ranks
-    ``mine_window`` [lo, hi), plus labeled-irrelevant items if ``labeled_negatives``.
-
-    Recommendation: users are the normalised mean of the item-bank vectors of their last
-    ``history_length`` items; the bank is re-encoded every ``refresh_every`` steps.
-
-    Optimisation: ``batch_size`` pairs per micro-batch per process, ``grad_accum`` micro-batches
-    per step, AdamW (``lr``, ``weight_decay``), ``warmup_steps`` (None = 10 % of the steps)
-    then linear decay to 0, ``max_grad_norm`` clipping, ``amp`` ("auto": bf16 autocast on CUDA,
-    off on CPU), ``length_buckets`` (item sub-batches by length, None = 2 on CPU, 1 on GPU).
-    Length: ``max_steps`` and/or ``epochs`` (both: the smaller; neither: 1 epoch).
-
-    Evaluation: every ``eval_every`` steps (0 = only at the end) on each dataset's dev file,
-    or, without one, on ``holdout_fraction`` of its train queries/users; NDCG@10 (weighted
-    mean over datasets) picks the best checkpoint and stops after ``patience`` evaluations
-    without improvement. ``eval_max_items`` ranks among the judged items plus a fixed random
-    sample of the catalog instead of all of it (faster, optimistic; None = whole catalog).
-
-    Checkpoints: every ``checkpoint_every`` steps (0 = none) under ``checkpoint_dir``
-    (None = ``<out>.checkpoints``), the newest ``keep_checkpoints`` kept; ``resume`` continues
-    from the newest.
-
-    Export: the model dir at ``out``, plus the ONNX query tower (``trainer.onnx_export``) when
-    ``export_onnx`` and the exporter's packages (onnx, onnxscript) are installed; without them
-    a warning says how to export later.
-    """
-
-    datasets: tuple[DatasetSpec, ...]
-    out: Path
-    base_model: Path | None = None
-    shared_towers: bool = True
-    projection_dim: int | None = None
-    pooling: str | None = None
-    max_query_length: int = 32
-    max_item_length: int = 64
-    temperature: float = 0.05
-    learnable_temperature: bool = False
-    logq: bool = True
-    symmetric: bool = False
-    partial_weight: float | None = None
-    hard_negatives: int = 0
-    mine_every: int = 0
-    mine_window: tuple[int, int] = (10, 100)
-    labeled_negatives: bool = True
-    history_length: int = 50
-    refresh_every: int = 200
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None
-    max_steps: int | None = None
-    epochs: float | None = None
-    max_grad_norm: float = 1.0
-    amp: str = "auto"
-    length_buckets: int | None = None
-    eval_every: int = 0
-    patience: int = 3
-    holdout_fraction: float = 0.0
-    eval_max_items: int | None = None
-    eval_batch_size: int = 128
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    checkpoint_dir: Path | None = None
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    num_threads: int | None = None
-    log_every: int = 10
-    tensorboard_dir: Path | None = None
-    progress: bool = True
-    export_onnx: bool = True
-
-    def __post_init__(self) -> None:
-        datasets = tuple(
-            d if isinstance(d, DatasetSpec) else DatasetSpec(**d) for d in self.datasets
-        )
-        if not datasets:
-            raise ValueError("no dataset to train on: give --catalog/--train or a --config file")
-        names = [d.name for d in datasets]
-        for i, d in enumerate(datasets):  # make names unique for logs and metrics
-            if names.count(d.name) > 1:
-                datasets = (*datasets[:i], _renamed(d, f"{d.name}-{i}"), *datasets[i + 1 :])
-        object.__setattr__(self, "datasets", datasets)
-        for name in ("out", "base_model", "checkpoint_dir", "tensorboard_dir"):
-            object.__setattr__(self, name, _as_path(getattr(self, name)))
-        if self.out is None:
-            raise ValueError("out (the model dir to write) is required")
-        object.__setattr__(self, "mine_window", tuple(self.mine_window))
-        for name in ("max_query_length", "max_item_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-                raise ValueError(f"{name} must be an int >= 2 ([CLS] + [SEP]), got {value!r}")
-        for name in (
-            "batch_size",
-            "grad_accum",
-            "history_length",
-            "refresh_every",
-            "patience",
-            "eval_batch_size",
-            "keep_checkpoints",
-            "log_every",
-        ):
-            _positive_int(name, getattr(self, name))
-        for name in ("hard_negatives", "mine_every", "eval_every", "checkpoint_every", "seed"):
-            _positive_int(name, getattr(self, name), zero_ok=True)
-        for name in (
-            "max_steps",
-            "projection_dim",
-            "eval_max_items",
-            "num_threads",
-            "length_buckets",
-        ):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        if self.warmup_steps is not None:
-            _positive_int("warmup_steps", self.warmup_steps, zero_ok=True)
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2: in-batch negatives need a second pair")
-        if not 0 < self.temperature <= 1:
-            raise ValueError(f"temperature must be in (0, 1], got {self.temperature!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.weight_decay < 1:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
-        if self.max_grad_norm < 0:
-            raise ValueError(
-                f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}"
-            )
-        if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise ValueError(f"epochs must be > 0, got {self.epochs!r}")
-        if self.partial_weight is not None and not 0 <= self.partial_weight <= 1:
-            raise ValueError(f"partial_weight must be in [0, 1], got {self.partial_weight!r}")
-        if not 0 <= self.holdout_fraction <= 0.5:
-            raise ValueError(f"holdout_fraction must be in [0, 0.5], got {self.holdout_fraction!r}")
-        lo, hi = self.mine_window if len(self.mine_window) == 2 else (-1, -1)
-        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi):
-            raise ValueError(f"mine_window must be two ints 0 <= lo < hi, got {self.mine_window}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.pooling is not None and self.pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(
-                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
-            )
-
-    @property
-    def checkpoint_root(self) -> Path:
-        if self.checkpoint_dir is not None:
-            return self.checkpoint_dir
-        return self.out.parent / f"{self.out.name}.checkpoints"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (paths as strings)."""
-        return _jsonable(asdict(self))
-
-
-def _renamed(spec: DatasetSpec, name: str) -> DatasetSpec:
-    return DatasetSpec(**{**{f.name: getattr(spec, f.name) for f in fields(spec)}, "name": name})
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-_DATASET_KEYS = {f.name for f in fields(DatasetSpec)}
-_CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or TOML training config into ``TrainConfig`` keyword arguments.
-
-    Top-level keys are TrainConfig fields; ``datasets`` is a list of tables with ``catalog``,
-    ``train``, ``dev``, ``task`` (search | recommend), ``weight``, ``name``, ``dataset``.
-    Relative paths are taken relative to the config file's directory.
-
-    Raises:
-        ValueError: unreadable file, unknown keys, or wrong shapes (message names the file).
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(raw.decode("utf-8"))
-        elif path.suffix.lower() == ".toml":
-            data = tomllib.loads(raw.decode("utf-8"))
-        else:
-            raise ValueError(f"config {path} must be a .json or .toml file")
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"config {path}: cannot parse: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"config {path}: expected a table/object at the top level")
-    unknown = sorted(set(data) - _CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"config {path}: unknown key(s) {unknown}; known: {sorted(_CONFIG_KEYS)}")
-    base = path.parent
-    out = dict(data)
-    datasets = data.get("datasets", [])
-    if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
-        raise ValueError(f"config {path}: 'datasets' must be a list of tables")
-    resolved = []
-    for i, entry in enumerate(datasets):
-        bad = sorted(set(entry) - _DATASET_KEYS)
-        if bad:
-            raise ValueError(
-                f"config {path}: datasets[{i}] has unknown key(s) {bad}; known: "
-                f"{sorted(_DATASET_KEYS)}"
-            )
-        entry = dict(entry)
-        for key in ("catalog", "train", "dev"):
-            if isinstance(entry.get(key), str):
-                entry[key] = base / entry[key]
-        try:
-            resolved.append(DatasetSpec(**entry))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"config {path}: datasets[{i}]: {exc}") from exc
-    out["datasets"] = tuple(resolved)
-    for key in ("out", "base_model", "checkpoint_dir", "tensorboard_dir"):
-        if isinstance(out.get(key), str):
-            out[key] = base / out[key]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and checking the datasets (all of them, before anything trains)
-
-
-@dataclass
-class PreparedDataset:
-    """A dataset read, checked and resolved to rows, with what its evaluation needs."""
-
-    spec: DatasetSpec
-    data: SearchData | RecommendData
-    eval_source: str  # "dev", "holdout" or "none"
-    eval_labels: Labels | None = None
-    eval_train: Interactions | None = None
-    eval_dev: Interactions | None = None
-    gains: dict[int, float] | None = None
-    recall_grade: int | None = None
-    eval_query_texts: list[str] = field(default_factory=list)
-    eval_query_tokens: list[np.ndarray] = field(default_factory=list)
-    eval_rows: np.ndarray | None = None  # catalog rows ranked at evaluation; None = all
-
-    @property
-    def task(self) -> str:
-        return self.spec.task
-
-
-def _search_gains(spec: DatasetSpec, labels: Labels) -> tuple[dict[int, float], int]:
-    name = spec.dataset or infer_dataset(spec.catalog)
-    preset = DATASET_PRESETS.get(name) if name else None
-    if preset is not None and preset.task == "search":
-        return dict(GAIN_TABLES[preset.gains]), int(preset.recall_grade)
-    top = max(g for judged in labels.judgments.values() for g in judged.values())
-    # ESCI-style 0..3 labels get the official ESCI gains; anything else gains its grade.
-    return (dict(ESCI_GAINS) if top == 3 else dict(GRADE_GAINS)), top
-
-
-def _check_grades(labels: Labels, gains: Mapping[int, float]) -> None:
-    for query_id, judged in labels.judgments.items():
-        for item_id, grade in judged.items():
-            if grade not in gains:
-                raise ValueError(
-                    f"{labels.path}: grade {grade} (query_id {query_id!r}, item {item_id!r}) has "
-                    f"no gain in the evaluation table {dict(gains)}; set the dataset's "
-                    "'dataset' (esci, homedepot) to match its labels"
-                )
-
-
-def _eval_rows(
-    n_items: int, needed: np.ndarray, max_items: int | None, seed: int, k: int
-) -> np.ndarray | None:
-    """Catalog rows to rank at evaluation: all (None) or ``needed`` + a fixed random sample."""
-    if max_items is None or n_items <= max_items:
-        return None
-    needed = np.unique(needed)
-    others = np.setdiff1d(np.arange(n_items), needed)
-    fill = max(0, max_items - len(needed))
-    sample = rng_for(seed, STREAM_EVAL_SAMPLE, k).choice(
-        others, size=min(fill, len(others)), replace=False
-    )
-    return np.union1d(needed, sample).astype(np.int64)
-
-
-def prepare_datasets(config: TrainConfig) -> list[PreparedDataset]:
-    """Read every dataset and check it: catalogs, label grades and ids, interactions, dev
-    splits, empty files. Nothing is trained and no model is loaded.
-
-    Raises:
-        ValueError (``DataError`` for file problems): the first problem found, naming the file.
-    """
-    catalogs: dict[Path, Catalog] = {}
-    prepared = []
-    for k, spec in enumerate(config.datasets):
-        key = spec.catalog.resolve()
-        if key not in catalogs:
-            catalogs[key] = read_catalog(spec.catalog)
-        catalog = catalogs[key]
-        if spec.task == "search":
-            prepared.append(_prepare_search(config, k, spec, catalog))
-        else:
-            prepared.append(_prepare_recommend(config, k, spec, catalog))
-    n_eval = sum(p.eval_source != "none" for p in prepared)
-    if config.eval_every and not n_eval:
-        logger.warning(
-            "eval_every=%d but no dataset has a dev file or a held-out slice "
-            "(holdout_fraction=0): training runs without early stopping",
-            config.eval_every,
-        )
-    return prepared
-
-
-def _read_for_task(path: Path, task: str) -> Labels | Interactions:
-    """Read a train/dev file for ``task``, with a hint when it holds the other task's data."""
-    reader, other_field, hint = (
-        (read_labels, "user_id", "it looks like interactions: set task to recommend")
-        if task == "search"
-        else (read_interactions, "query_id", "it looks like labels: set task to search")
-    )
-    try:
-        return reader(path)
-    except DataError as exc:
-        if exc.line == 1 and exc.field in ("query_id", "user_id"):
-            first = _first_row_keys(path)
-            if other_field in first:
-                raise DataError(path, exc.line, f"{exc.problem} ({hint})", field=exc.field) from exc
-        raise
-
-
-def _first_row_keys(path: Path) -> set[str]:
-    import gzip
-
-    try:
-        opener = gzip.open if str(path).endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            row = json.loads(f.readline())
-        return set(row) if isinstance(row, dict) else set()
-    except (OSError, ValueError):
-        return set()
-
-
-def _prepare_search(
-    config: TrainConfig, k: int, spec: DatasetSpec, catalog: Catalog
-) -> PreparedDataset:
-    labels = _read_for_task(spec.train, "search")
-    check_labels_against_catalog(labels, catalog)
-    gains, recall_grade = _search_gains(spec, labels)
-    top = max(g for judged in labels.judgments.values() for g in judged.values())
-    eval_labels, source = None, "none"
-    if spec.dev is not None:
-        eval_labels, source = _read_for_task(spec.dev, "search"), "dev"
-        check_labels_against_catalog(eval_labels, catalog)
-    elif config.holdout_fraction > 0:
-        labels, eval_labels = split_labels(labels, config.holdout_fraction, config.seed + k)
-        source = "holdout"
-    _check_grades(labels, gains)
-    if eval_labels is not None:
-        _check_grades(eval_labels, gains)
-    partial = config.partial_weight
-    if partial is None:
-        partial = gains.get(top - 1, 0.0) / gains[top] if gains.get(top, 0) > 0 else 0.0
-    data = search_data(spec.name, catalog, labels, partial_weight=partial, top_grade=top)
-    item_rows = {item_id: r for r, item_id in enumerate(catalog.item_ids)}
-    out = PreparedDataset(
-        spec, data, source, eval_labels=eval_labels, gains=gains, recall_grade=recall_grade
-    )
-    if eval_labels is not None:
-        out.eval_query_texts = [query_text(q) for q in eval_labels.queries.values()]
-        judged = [item_rows[i] for j in eval_labels.judgments.values() for i in j]
-        out.eval_rows = _eval_rows(
-            len(catalog), np.asarray(judged, dtype=np.int64), config.eval_max_items, config.seed, k
-        )
-    return out
-
-
-def _prepare_recommend(
-    config: TrainConfig, k: int, spec: DatasetSpec, catalog: Catalog
-) -> PreparedDataset:
-    interactions = _read_for_task(spec.train, "recommend")
-    eval_train = eval_dev = None
-    source = "none"
-    if spec.dev is not None:
-        eval_train, eval_dev, source = interactions, _read_for_task(spec.dev, "recommend"), "dev"
-    elif config.holdout_fraction > 0:
-        interactions, eval_train, eval_dev = split_interactions(
-            interactions, config.holdout_fraction, config.seed + k
-        )
-        source = "holdout"
-    data = recommend_data(spec.name, catalog, interactions, history_length=config.history_length)
-    out = PreparedDataset(spec, data, source, eval_train=eval_train, eval_dev=eval_dev)
-    if eval_dev is not None:
-        targets = next_item_targets(eval_train, eval_dev, history_length=config.history_length)
-        if not targets:
-            raise ValueError(f"{spec.dev or spec.train}: no evaluation user has a train history")
-        row_of = {item_id: r for r, item_id in enumerate(catalog.item_ids)}
-        ids = {i for history, target in targets.values() for i in (*history, target)}
-        unknown = sorted(ids - row_of.keys())
-        if unknown:
-            raise ValueError(
-                f"{eval_dev.path}: {len(unknown)} item id(s) are not in the catalog "
-                f"{catalog.path}: {', '.join(repr(i) for i in unknown[:5])}"
-            )
-        needed = np.asarray([row_of[i] for i in ids], dtype=np.int64)
-        out.eval_rows = _eval_rows(len(catalog), needed, config.eval_max_items, config.seed, k)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,7 +115,7 @@ class TrainResult:
     param_digests: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 class SimulatedKill(Exception):  # noqa: N818 (it is a signal, not an error)

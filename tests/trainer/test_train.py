@@ -25,20 +25,14 @@ from trainer.batches import (
     user_vectors,
 )
 from trainer.checkpoints import LATEST_NAME, CheckpointDir
+from trainer.config import DatasetSpec, TrainConfig, read_config_file
 from trainer.data import Catalog, DataError, Interactions, Labels, read_catalog
 from trainer.encoder import load_encoder
 from trainer.losses import sampled_softmax_loss
 from trainer.model import build_two_tower
+from trainer.prepare import prepare_datasets
 from trainer.synthetic import write_synthetic_dataset
-from trainer.train import (
-    DatasetSpec,
-    SimulatedKill,
-    TrainConfig,
-    prepare_datasets,
-    read_config_file,
-    train,
-    train_distributed,
-)
+from trainer.train import SimulatedKill, train, train_distributed
 
 
 @pytest.fixture(scope="module")
@@ -555,7 +549,7 @@ def test_ddp_two_processes_end_with_identical_parameters(
 
 
 def test_eval_sample_keeps_the_judged_items() -> None:
-    from trainer.train import _eval_rows
+    from trainer.prepare import _eval_rows
 
     needed = np.array([5, 7, 7, 99])
     rows = _eval_rows(1000, needed, 50, seed=0, k=0)
