@@ -3,6 +3,7 @@ JSON line (the record a ``bench_*.py`` appends)."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -453,21 +454,23 @@ def draw_latency(record: Record, path: Path) -> None:
     _save(fig, path)
 
 
-def latency_section(ctx: Context) -> tuple[list[str], list[Figure]]:
-    r = ctx.record
-    header = [
-        "load",
-        "concurrency",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "mean ms",
-        "QPS",
-        "errors",
-        "encode p50",
-        "search p50",
-        "re-rank p50",
-    ]
+_LATENCY_HEADER = [
+    "load",
+    "concurrency",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "mean ms",
+    "QPS",
+    "errors",
+    "encode p50",
+    "search p50",
+    "re-rank p50",
+]
+
+
+def _latency_rows(r: Record) -> list[list[Any]]:
+    """One table row per load level of a bench_latency record."""
     rows = []
 
     def add(label: str, c: Any, level: Mapping[str, Any]) -> None:
@@ -486,7 +489,9 @@ def latency_section(ctx: Context) -> tuple[list[str], list[Figure]]:
         )
 
     for level in r.get("served") or []:
-        add("served, cache off", level["concurrency"], level)
+        add("served, dense, cache off", level["concurrency"], level)
+    for level in r.get("hybrid") or []:
+        add("served, hybrid, cache off", level["concurrency"], level)
     if r.get("cache_on_concurrency_8"):
         cached = r["cache_on_concurrency_8"]
         add(f"served, cache on (hit rate {fmt(cached.get('hit_rate'))})", 8, cached)
@@ -494,17 +499,60 @@ def latency_section(ctx: Context) -> tuple[list[str], list[Figure]]:
         add(f"soak, {fmt(r['soak'].get('minutes'))} min", 32, r["soak"])
     if r.get("floor"):
         add("in-process floor (no gRPC)", 1, r["floor"])
+    return rows
+
+
+def _latency_blocks(r: Record) -> list[str]:
     blocks = [
         _config_line(r.get("config") or {}) + f" {fmt(r.get('n_items'))} items.",
-        md_table(header, rows),
+        md_table(_LATENCY_HEADER, _latency_rows(r)),
         f"**Served p50 / in-process floor p50 at concurrency 1: "
         f"{fmt(r.get('served_over_floor_p50'))}** (1.0 = gRPC and the server add nothing).",
     ]
+    cost = r.get("hybrid_cost_ms")
+    if cost:
+        blocks.append(
+            f"Cost of the second (lexical) channel, hybrid minus dense at concurrency 1: "
+            f"p50 {fmt(cost.get('p50'))} ms, p99 {fmt(cost.get('p99'))} ms."
+        )
     rss = (r.get("soak") or {}).get("rss_mb_first_last_max")
     if rss:
         blocks.append(
             f"Server RSS during the soak, MB first / last / max: {' / '.join(map(fmt, rss))}."
         )
+    return blocks
+
+
+def _other_scale(ctx: Context) -> Record | None:
+    """The newest latency line at the other scale (grown 1M index vs the real catalog), if any:
+    both are reported, the newest line alone would hide one."""
+    path = ctx.out_dir / "latency.jsonl"
+    grown = bool((ctx.record.get("config") or {}).get("grow"))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            other = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(other, dict) and bool((other.get("config") or {}).get("grow")) != grown:
+            return other
+    return None
+
+
+def latency_section(ctx: Context) -> tuple[list[str], list[Figure]]:
+    r = ctx.record
+    blocks = _latency_blocks(r)
+    other = _other_scale(ctx)
+    if other is not None:
+        preset = (other.get("config") or {}).get("preset")
+        blocks.append(
+            f"**Also: the newest run at the other scale** (`python -m benchmarks.bench_latency "
+            f"--preset {preset}`, written {other.get('time', '?')}):"
+        )
+        blocks += _latency_blocks(other)
     figures = []
     if r.get("served"):
         figures.append(

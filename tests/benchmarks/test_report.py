@@ -333,3 +333,32 @@ def test_compare_flags_a_preset_change(tmp_path: Path) -> None:
     assert text.startswith("note: train ran at preset M then and S now")
     assert "reindex/" not in text  # only the benchmark the old file is from
     assert "0 better, 0 worse, 3 same of 3 metrics" in text
+
+
+def test_latency_section_shows_hybrid_levels_and_the_other_scale(tmp_path: Path) -> None:
+    from benchmarks.report_sections import Context, latency_section
+
+    def level(c: int, p50: float) -> dict[str, Any]:
+        return {"concurrency": c, "p50_ms": p50, "p95_ms": p50 + 1, "p99_ms": p50 + 2,
+                "mean_ms": p50, "qps": 100.0, "errors": 0, "stages_p50_ms": {}}  # fmt: skip
+
+    real = {
+        "bench": "latency",
+        "time": "2026-11-29T10:00:00+00:00",
+        "config": {"preset": "M", "grow": 0},
+        "n_items": 54667,
+        "k": 100,
+        "served": [level(1, 5.0)],
+        "hybrid": [level(1, 5.5)],
+        "hybrid_cost_ms": {"p50": 0.5, "p99": 0.7},
+        "floor": level(1, 4.0),
+        "served_over_floor_p50": 1.25,
+    }
+    grown = {**real, "config": {"preset": "1M", "grow": 1_000_000}, "n_items": 1_000_000,
+             "hybrid": [], "hybrid_cost_ms": None, "served_over_floor_p50": 1.13}  # fmt: skip
+    (tmp_path / "latency.jsonl").write_text(json.dumps(grown) + "\n" + json.dumps(real) + "\n")
+    blocks, _ = latency_section(Context(record=real, figures_dir=tmp_path / "f", out_dir=tmp_path))
+    text = "\n".join(blocks)
+    assert "served, hybrid, cache off" in text
+    assert "p50 0.5 ms, p99 0.7 ms" in text
+    assert "--preset 1M" in text and "1,000,000 items" in text and "1.13" in text
