@@ -86,7 +86,7 @@ log = logging.getLogger("bench_ann")
 # ----------------------------------------------------------------------------- data
 
 
-def _cached(name: str, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+def cached_array(name: str, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
     path = CACHE_DIR / f"{name}_{key}.npy"
     if path.is_file():
         log.info("loading %s from %s", name, path)
@@ -114,8 +114,8 @@ def real_embeddings(
     fingerprint = model_fingerprint(model_dir)
     catalog_path = data_dir / "products.jsonl.gz"
     query_paths = [data_dir / "queries_dev.jsonl", data_dir / "queries_train.jsonl"]
-    item_key = _key(fingerprint, file_sha256(catalog_path), config.max_item_length)
-    query_key = _key(fingerprint, *(file_sha256(p) for p in query_paths), config.seed)
+    item_key = cache_key(fingerprint, file_sha256(catalog_path), config.max_item_length)
+    query_key = cache_key(fingerprint, *(file_sha256(p) for p in query_paths), config.seed)
     encoder = None
 
     def get_encoder():
@@ -142,12 +142,12 @@ def real_embeddings(
         log.info("embedding %d distinct queries", len(texts))
         return get_encoder().encode_queries([texts[i] for i in order], batch_size=256)
 
-    items = _cached("hd_items", item_key, embed_items)
-    queries = _cached("hd_queries", query_key, embed_queries)
+    items = cached_array("hd_items", item_key, embed_items)
+    queries = cached_array("hd_queries", query_key, embed_queries)
     return items.astype(np.float32), queries.astype(np.float32), fingerprint
 
 
-def _key(*parts: object) -> str:
+def cache_key(*parts: object) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
@@ -334,9 +334,9 @@ def run(
     config: BenchConfig, data_dir: Path, *, encode_threads: int | None = None
 ) -> dict[str, Any]:
     real, queries, fingerprint = real_embeddings(config, data_dir, encode_threads=encode_threads)
-    nn_dist = _cached(
+    nn_dist = cached_array(
         "hd_nn_dist",
-        _key(fingerprint, real.shape, float(real[:100].sum())),
+        cache_key(fingerprint, real.shape, float(real[:100].sum())),
         lambda: nearest_neighbour_distance(real),
     )
     xb = grow(real, nn_dist, config.n_items, config.copy_noise, config.seed)

@@ -187,13 +187,13 @@ def grown_catalog(n: int, data: Path, cache: Path) -> tuple[Path, Path]:
     ann = bench_ann.PRESETS["S"]  # max_item_length 48, copy_noise 0.5, seed 0
     real, _, fingerprint = bench_ann.real_embeddings(ann, data)
     content = (fingerprint, real.shape, float(real[:100].sum()))  # bench_ann's nn-distance key
-    key = bench_ann._key(*content, n, ann.copy_noise, ann.seed)
+    key = bench_ann.cache_key(*content, n, ann.copy_noise, ann.seed)
     vectors_path = cache / f"hd_grown_{n}_{key}.npy"
     catalog_path = cache / f"hd_grown_{n}_{key}.jsonl"
     if not vectors_path.exists():
-        nn_dist = bench_ann._cached(
+        nn_dist = bench_ann.cached_array(
             "hd_nn_dist",
-            bench_ann._key(*content),
+            bench_ann.cache_key(*content),
             lambda: bench_ann.nearest_neighbour_distance(real),
         )
         log.info("growing %d item vectors from %d real ones", n, len(real))
