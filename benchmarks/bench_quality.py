@@ -221,6 +221,27 @@ def fusion_dict(p: FusionParams) -> dict[str, Any]:
     }
 
 
+def result_row(
+    dataset: str, method: str, report: EvalReport, seconds: float, recall: str, **extra: Any
+) -> dict[str, Any]:
+    """One result row of the JSON line, printed as it is made (NDCG@10 and ``recall``)."""
+    m = report.metrics
+    print(
+        f"  {dataset:10} {method:18} ndcg@10 {m['ndcg@10'].mean:.4f} ± {m['ndcg@10'].stderr:.4f}"
+        f"  {recall} {m[recall].mean:.4f}  ({seconds:.1f} s)",
+        flush=True,
+    )
+    return {
+        "dataset": dataset,
+        "split": "dev",
+        "method": method,
+        "n_queries": report.n_queries,
+        "metrics": metrics_of(report),
+        "seconds": round(seconds, 2),
+        **extra,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # One search dataset
 
@@ -283,24 +304,7 @@ def run_search(
     chosen: dict[str, Any] = {}
 
     def add(method: str, report: EvalReport, seconds: float, **extra: Any) -> None:
-        m = report.metrics
-        print(
-            f"  {ds.name:10} {method:18} "
-            f"ndcg@10 {m['ndcg@10'].mean:.4f} ± {m['ndcg@10'].stderr:.4f}"
-            f"  recall@100 {m['recall@100'].mean:.4f}  ({seconds:.1f} s)",
-            flush=True,
-        )
-        rows.append(
-            {
-                "dataset": ds.name,
-                "split": "dev",
-                "method": method,
-                "n_queries": report.n_queries,
-                "metrics": metrics_of(report),
-                "seconds": round(seconds, 2),
-                **extra,
-            }
-        )
+        rows.append(result_row(ds.name, method, report, seconds, "recall@100", **extra))
 
     dev_q = query_texts(ds.dev)
     tune_q = query_texts(ds.tune) if ds.tune is not None else {}
@@ -371,24 +375,7 @@ def run_recommend(models: Mapping[str, Encoder], cache_dir: Path) -> list[dict[s
     rows = []
 
     def add(method: str, report: EvalReport, seconds: float, **extra: Any) -> None:
-        m = report.metrics
-        print(
-            f"  scientific {method:18} "
-            f"ndcg@10 {m['ndcg@10'].mean:.4f} ± {m['ndcg@10'].stderr:.4f}"
-            f"  recall@10 {m['recall@10'].mean:.4f}  ({seconds:.1f} s)",
-            flush=True,
-        )
-        rows.append(
-            {
-                "dataset": "scientific",
-                "split": "dev",
-                "method": method,
-                "n_queries": report.n_queries,
-                "metrics": metrics_of(report),
-                "seconds": round(seconds, 2),
-                **extra,
-            }
-        )
+        rows.append(result_row("scientific", method, report, seconds, "recall@10", **extra))
 
     # Popularity: one ranking for everyone, by train interaction count (ties: catalog order).
     t0 = time.perf_counter()

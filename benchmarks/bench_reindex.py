@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import shutil
 import tempfile
@@ -24,11 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import SHARED_DATA, append_jsonl
 from benchmarks.common import machine as common_machine
 from indexer.build import BuildConfig, build_index
 from indexer.spark_build import SparkConfig, build_index_spark, spark_session
 
-HOMEDEPOT = Path("/work/shared/data/homedepot/products.jsonl.gz")
+HOMEDEPOT = SHARED_DATA / "homedepot" / "products.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -137,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(args.out, record)
     print(f"wrote {args.out}")
     return 0
 

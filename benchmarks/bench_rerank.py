@@ -17,7 +17,6 @@ embeddings have clearer neighbours.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from benchmarks.common import append_jsonl
 from benchmarks.common import machine as common_machine
 from indexer import kernels as K
 from indexer.rerank import (
@@ -373,9 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(args.out, record)
     print(f"wrote {args.out}")
     return 0
 

@@ -49,7 +49,7 @@ from indexer.tune import (
 )
 from trainer.text import item_text
 
-__all__ = ["BuildConfig", "build_index", "build_shard_index", "check_trainable"]
+__all__ = ["BuildConfig", "build_index", "build_shard_index", "check_trainable", "resolve_factory"]
 
 logger = logging.getLogger(__name__)
 
@@ -405,6 +405,40 @@ def build_shard_index(
     return index, device
 
 
+def resolve_factory(
+    config: BuildConfig, shard_ids: np.ndarray, dim: int
+) -> tuple[BuildConfig, dict[str, Any] | None]:
+    """Settle ``factory="auto"`` from the largest shard and the memory budget, then check that
+    the factory can be trained on every shard (local and Spark builds alike).
+
+    Args:
+        shard_ids: (n_items,) int shard of each catalog row.
+        dim: the model's vector dim.
+
+    Returns:
+        The config with a concrete factory, and the manifest's ``factory_choice`` record (None
+        unless the factory was "auto").
+
+    Raises:
+        ValueError: a shard too small to train the factory.
+    """
+    counts = np.bincount(shard_ids, minlength=config.shards)
+    record = None
+    if config.factory == "auto":
+        choice = choose_factory(
+            int(counts.max()), dim, memory_budget=config.memory_budget, n_shards=config.shards
+        )
+        logger.info("factory auto: %s, because %s", choice.factory, choice.reason)
+        record = {
+            "requested": "auto",
+            "memory_budget": config.memory_budget,
+            **choice.to_json_dict(),
+        }
+        config = dataclasses.replace(config, factory=choice.factory, memory_budget=None)
+    check_trainable(dim, config.factory, counts)
+    return config, record
+
+
 def build_index(config: BuildConfig) -> Path:
     """Embed ``config.catalog``, build ``config.shards`` FAISS shards and publish a new version.
 
@@ -419,7 +453,6 @@ def build_index(config: BuildConfig) -> Path:
     from trainer.encoder import load_encoder
 
     t_start = time.perf_counter()
-    budget = config.memory_budget
     catalog = read_catalog(config.catalog)
     if len(catalog) == 0:
         raise ValueError(f"{config.catalog}: the catalog has no items; nothing to index")
@@ -427,18 +460,7 @@ def build_index(config: BuildConfig) -> Path:
     encoder_device = _encoder_device()
     encoder = load_encoder(config.model, device=encoder_device)
     shard_ids = shard_of(catalog.item_ids, config.shards)
-    counts = np.bincount(shard_ids, minlength=config.shards)
-    choice = None
-    if config.factory == "auto":
-        choice = choose_factory(
-            int(counts.max()),
-            encoder.dim,
-            memory_budget=config.memory_budget,
-            n_shards=config.shards,
-        )
-        logger.info("factory auto: %s, because %s", choice.factory, choice.reason)
-        config = dataclasses.replace(config, factory=choice.factory, memory_budget=None)
-    check_trainable(encoder.dim, config.factory, counts)
+    config, factory_choice = resolve_factory(config, shard_ids, encoder.dim)
     stored = None
     if config.item_vectors is not None:  # header checks now; row checks as the rows are read
         stored = _StoredItemVectors(
@@ -492,12 +514,8 @@ def build_index(config: BuildConfig) -> Path:
                     "path": str(stored.path.resolve()),
                     "sha256": file_sha256(stored.path),
                 }
-            if choice is not None:
-                build["factory_choice"] = {
-                    "requested": "auto",
-                    "memory_budget": budget,
-                    **choice.to_json_dict(),
-                }
+            if factory_choice is not None:
+                build["factory_choice"] = factory_choice
             if updates.summary:
                 build["updates"] = updates.summary
             manifest = dataclasses.replace(manifest, build=build, applied_seq=updates.applied_seq)

@@ -51,11 +51,10 @@ from indexer.build import (
     _search_defaults,
     _write_compact_vectors,
     build_shard_index,
-    check_trainable,
+    resolve_factory,
     version_manifest,
 )
 from indexer.companions import write_companions
-from indexer.factory import choose_factory
 from indexer.faults import fault_point
 from indexer.layout import (
     ITEMS_FILE,
@@ -438,25 +437,13 @@ def _build_validated(
     from indexer.compact import updates_for_build
     from trainer.encoder import load_encoder
 
-    budget = config.memory_budget
     # The driver-side steps (live updates, BM25, users, items.parquet) need every item: the
     # typed Arrow table only (read_catalog on the driver also held every row as a dict).
     catalog = validated.to_catalog()
     # The driver loads the model too: its fingerprint and dim, and tuning queries to encode.
     encoder = load_encoder(config.model, device="cpu")
     shard_ids = shard_of(catalog.item_ids, config.shards)
-    counts = np.bincount(shard_ids, minlength=config.shards)
-    choice = None
-    if config.factory == "auto":
-        choice = choose_factory(
-            int(counts.max()),
-            encoder.dim,
-            memory_budget=config.memory_budget,
-            n_shards=config.shards,
-        )
-        logger.info("factory auto: %s, because %s", choice.factory, choice.reason)
-        config = dataclasses.replace(config, factory=choice.factory, memory_budget=None)
-    check_trainable(encoder.dim, config.factory, counts)
+    config, factory_choice = resolve_factory(config, shard_ids, encoder.dim)
     exact = _is_exact_factory(encoder.dim, config.factory)
     tune = config.tune_config() if config.target_recall is not None and not exact else None
     xq_tune = None
@@ -575,12 +562,8 @@ def _build_validated(
             "shards_rebuilt": todo,
             "seconds": round(time.perf_counter() - t_start, 3),
         }
-        if choice is not None:
-            build["factory_choice"] = {
-                "requested": "auto",
-                "memory_budget": budget,
-                **choice.to_json_dict(),
-            }
+        if factory_choice is not None:
+            build["factory_choice"] = factory_choice
         if updates.summary:
             build["updates"] = updates.summary
         n = root.next_version()
