@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -884,13 +883,13 @@ def _validate(
 ) -> list[dict[str, Any]]:
     """Check records with the catalog reader's rules, then fit them to the index's columns.
 
-    trainer.data has no in-memory validator, so the records go through ``read_catalog`` as a
-    temporary JSON-lines file: the same rules and messages as a catalog file.
+    Each record goes through JSON (as a catalog file's lines do) and then
+    ``trainer.data.catalog_from_records``: the same rules and messages as a catalog file.
 
     Returns:
         The typed records (nulls omitted), in input order.
     """
-    from trainer.data import DataError, read_catalog
+    from trainer.data import DataError, catalog_from_records, parse_json_line
 
     lines = []
     for i, record in enumerate(records, 1):
@@ -900,14 +899,12 @@ def _validate(
             lines.append(json.dumps(dict(record), default=_json_default))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{what} record {i}: not JSON-able ({e})") from None
-    with tempfile.TemporaryDirectory(prefix="aisle-upsert-") as tmp:
-        path = Path(tmp) / "records.jsonl"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        try:
-            catalog = read_catalog(path)
-        except DataError as e:
-            where = f"record {e.line}" if e.line is not None else "records"
-            raise ValueError(f"{what} {where}: {e.problem}") from None
+    try:
+        parsed = [parse_json_line(text, what, i) for i, text in enumerate(lines, 1)]
+        catalog = catalog_from_records(parsed, what)
+    except DataError as e:
+        where = f"record {e.line}" if e.line is not None else "records"
+        raise ValueError(f"{what} {where}: {e.problem}") from None
     typed = []
     for record in catalog.records():
         out = {}

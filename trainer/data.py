@@ -614,6 +614,24 @@ def read_catalog(path: str | Path) -> Catalog:
     """
     path = Path(path)
     rows_iter, text = _iter_rows(path)
+    return _catalog_from_rows(rows_iter, path, text=text)
+
+
+def catalog_from_records(records: Iterable[Mapping[str, Any]], source: str) -> Catalog:
+    """Validate in-memory catalog records (JSON types) with ``read_catalog``'s rules.
+
+    Record i (1-based) is reported as line i of ``source``.
+
+    Raises:
+        DataError: as ``read_catalog``, for the first bad record.
+    """
+    return _catalog_from_rows(enumerate(records, 1), source, text=False)
+
+
+def _catalog_from_rows(
+    rows_iter: Iterable[tuple[int, Mapping[str, Any]]], path: str | Path, *, text: bool
+) -> Catalog:
+    """The typed catalog of (line, record) pairs; ``text``: values are CSV strings."""
     rows: list[dict[str, Any]] = []
     seen_columns: dict[str, None] = {}  # insertion-ordered set
     first_line_of: dict[str, int] = {}
