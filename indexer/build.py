@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from indexer.companions import write_companions
 from indexer.embed import ShardVectorWriter, encode_chunks, item_text_chunks
 from indexer.factory import choose_factory, parse_memory
 from indexer.faults import fault_point
+from indexer.item_vectors import StoredItemVectors, open_item_vectors, replayed_source_rows
 from indexer.layout import (
     ITEMS_FILE,
     IndexRoot,
@@ -47,7 +47,6 @@ from indexer.tune import (
     query_vectors_from_file,
     tune_effort,
 )
-from trainer.text import item_text
 
 __all__ = ["BuildConfig", "build_index", "build_shard_index", "check_trainable", "resolve_factory"]
 
@@ -62,11 +61,6 @@ _TRAIN_POINTS_PER_LIST = 256
 _MIN_TRAIN_SAMPLE = 65536
 _TRAIN_SEED = 1234
 _DEFAULT_EF_SEARCH = 64
-# Rows read from an item_vectors file per chunk: 96 MiB at dim 384, float32.
-_VECTOR_CHUNK_ROWS = 65536
-# How far from unit length a given item vector may be (the encoder's output is within ~1e-6).
-_NORM_TOLERANCE = 1e-3
-_VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -463,8 +457,8 @@ def build_index(config: BuildConfig) -> Path:
     config, factory_choice = resolve_factory(config, shard_ids, encoder.dim)
     stored = None
     if config.item_vectors is not None:  # header checks now; row checks as the rows are read
-        stored = _StoredItemVectors(
-            config.item_vectors, _open_item_vectors(config.item_vectors, len(catalog), encoder.dim)
+        stored = StoredItemVectors(
+            config.item_vectors, open_item_vectors(config.item_vectors, len(catalog), encoder.dim)
         )
     # Read and encode a tuning query file now: a bad file should fail before the long embedding.
     xq_tune = None
@@ -489,7 +483,7 @@ def build_index(config: BuildConfig) -> Path:
         if updates.changed:
             if stored is not None:
                 stored = dataclasses.replace(
-                    stored, source_rows=_replayed_source_rows(catalog.item_ids, updates)
+                    stored, source_rows=replayed_source_rows(catalog.item_ids, updates)
                 )
             catalog = updates.catalog
             shard_ids = shard_of(catalog.item_ids, config.shards)
@@ -534,131 +528,6 @@ def _is_exact_factory(dim: int, factory: str) -> bool:
     return isinstance(part, faiss.IndexIDMap2) and isinstance(
         faiss.downcast_index(part.index), faiss.IndexFlat
     )
-
-
-@dataclass(frozen=True, eq=False)
-class _StoredItemVectors:
-    """Item vectors read from ``BuildConfig.item_vectors`` instead of encoded.
-
-    Attributes:
-        path: the ``.npy`` file.
-        xb: (n_file_rows, dim) read-only memmap of it: float32, float16 or float64.
-        source_rows: (n_items,) int64 file row of each catalog row once live updates are
-            replayed (``_replayed_source_rows``), -1 for replayed upserts; None: row r of the
-            catalog is row r of the file.
-    """
-
-    path: Path
-    xb: np.ndarray
-    source_rows: np.ndarray | None = None
-
-    def chunks(
-        self, catalog: Any, encoder: Any, config: BuildConfig, updates: Any = None
-    ) -> Iterator[np.ndarray]:
-        """(m, dim) float32 vectors of the catalog rows in order, ``_VECTOR_CHUNK_ROWS`` rows
-        at a time, each row checked (``_check_item_vectors``).
-
-        A replayed upsert (source row -1) gets zeros here that ``updates.patch`` replaces with
-        its logged vector; an upsert logged by another model has none of this model's and is
-        encoded, as a normal build does.
-        """
-        n_items = len(catalog)
-        encoded_rows, encoded = np.zeros(0, np.int64), np.zeros((0, encoder.dim), np.float32)
-        if self.source_rows is not None:
-            kept = updates.kept_rows if updates is not None else np.zeros(0, np.int64)
-            encoded_rows = np.setdiff1d(np.flatnonzero(self.source_rows < 0), kept)
-            if len(encoded_rows):
-                logger.info("encoding %d replayed upserts of another model", len(encoded_rows))
-                texts = [item_text(catalog.record(int(r))) for r in encoded_rows]
-                encoded = next(
-                    encode_chunks(
-                        encoder,
-                        [texts],
-                        batch_size=config.batch_size,
-                        max_length=config.max_item_length,
-                    )
-                )
-        for start in range(0, n_items, _VECTOR_CHUNK_ROWS):
-            end = min(n_items, start + _VECTOR_CHUNK_ROWS)
-            if self.source_rows is None:
-                # A view of the memmap when it is float32: the writer makes the only copy.
-                xb = np.asarray(self.xb[start:end], dtype=np.float32)  # (m, dim)
-                _check_item_vectors(xb, np.arange(start, end), self.path)
-            else:
-                source = self.source_rows[start:end]
-                have = np.flatnonzero(source >= 0)
-                xb = np.zeros((end - start, self.xb.shape[1]), np.float32)  # (m, dim)
-                xb[have] = self.xb[source[have]]
-                _check_item_vectors(xb[have], source[have], self.path)
-                lo, hi = np.searchsorted(encoded_rows, [start, end])
-                xb[encoded_rows[lo:hi] - start] = encoded[lo:hi]
-            yield xb
-
-
-def _open_item_vectors(path: Path, n_items: int, dim: int) -> np.ndarray:
-    """A read-only memmap of an item-vectors ``.npy`` file, its header checked.
-
-    Returns:
-        (n_items, dim) array, float32, float16 or float64 (converted as it is read).
-
-    Raises:
-        ValueError: not a ``.npy`` array, another dtype, or another shape.
-    """
-    try:
-        xb = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(
-            f"item_vectors {path} is not a readable .npy array ({e}); write it with numpy.save"
-        ) from e
-    if not isinstance(xb, np.ndarray):  # an .npz archive
-        getattr(xb, "close", lambda: None)()
-        raise ValueError(
-            f"item_vectors {path} is not a .npy array (an .npz archive?); save the "
-            f"(n_items, dim) array itself with numpy.save"
-        )
-    if xb.dtype not in _VECTOR_DTYPES:
-        raise ValueError(
-            f"item_vectors {path} has dtype {xb.dtype}; it must be float32 (float16 and "
-            f"float64 are converted to float32)"
-        )
-    if xb.shape != (n_items, dim):
-        raise ValueError(
-            f"item_vectors {path} has shape {xb.shape}, but this build needs shape "
-            f"({n_items}, {dim}): one row per catalog item, in catalog order, of the model's "
-            f"dim"
-        )
-    return xb
-
-
-def _check_item_vectors(xb: np.ndarray, rows: np.ndarray, path: str | Path) -> None:
-    """Raise ValueError unless every row of ``xb`` (m, dim) is finite and of unit L2 norm
-    within ``_NORM_TOLERANCE``; ``rows`` (m,) are their rows in ``path``, for the message."""
-    norms = np.sqrt(np.einsum("ij,ij->i", xb, xb))  # (m,); NaN or inf for non-finite rows
-    bad = np.flatnonzero(~(np.abs(norms - 1) <= _NORM_TOLERANCE))
-    if not len(bad):
-        return
-    first = int(bad[0])
-    if not np.isfinite(xb[first]).all():
-        problem = "has non-finite values (NaN or inf)"
-    else:
-        problem = f"has L2 norm {norms[first]:.6g}"
-    raise ValueError(
-        f"item_vectors {path}: row {int(rows[first])} {problem} ({len(bad)} bad rows in "
-        f"this chunk); item vectors must be the model's normalised output (finite, unit "
-        f"length within {_NORM_TOLERANCE:g})"
-    )
-
-
-def _replayed_source_rows(original_ids: list[str], updates: Any) -> np.ndarray:
-    """(n_items,) int64: for each row of ``updates.catalog`` (the catalog with live updates
-    replayed: kept rows in order, then the upserted items), its row in the original catalog
-    (``original_ids``), or -1 for an upserted item, whose old vector (if any) is stale."""
-    ids = updates.catalog.item_ids
-    first_new = len(ids) - int(updates.summary.get("upserted", 0))
-    row_of = {item_id: r for r, item_id in enumerate(original_ids)}
-    source = np.full(len(ids), -1, dtype=np.int64)
-    source[:first_new] = [row_of[item_id] for item_id in ids[:first_new]]
-    return source
 
 
 def _sample_item_vectors(
@@ -730,7 +599,7 @@ def _build_version(
     xq_tune: np.ndarray | None = None,
     *,
     updates: Any = None,
-    stored: _StoredItemVectors | None = None,
+    stored: StoredItemVectors | None = None,
 ) -> Manifest:
     """Write every file of a version into ``staging``; return its manifest (not yet saved).
 
