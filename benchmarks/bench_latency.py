@@ -11,7 +11,11 @@ What it measures, in one run (the server is its own process, this script is the 
 * the same dense load with the cache on (queries drawn with repeats, Zipf-like): hit rate and
   latency;
 * the floor: the same dense encode + search + re-rank called in-process, one query at a time, no
-  gRPC; the ratio served p50 / floor p50;
+  gRPC, interleaved with served requests for the same queries (blocks of 25 queries, each sent
+  once through gRPC at concurrency 1 and once in-process, the order alternating per block), so
+  that drift on a shared machine lands on both sides alike; the ratio of those served p50 to
+  the floor p50 (``served_over_floor_p50``), and, for comparison, of the separate concurrency-1
+  level's p50 to it (``served_c1_over_floor_p50``);
 * `--soak MINUTES`: dense, concurrency 32 for that long, errors and the server's RSS over time.
 
 The index is built once (cached under bench-out/cache by catalog and settings) with the packaged
@@ -372,26 +376,67 @@ def run_load(
     return out
 
 
-def floor(root: Path, queries: list[str], k: int, n: int) -> dict[str, Any]:
-    """The same dense encode + search + re-rank in-process, one query at a time, cache off."""
+FLOOR_BLOCK = 25  # queries per block of the interleaved floor
+
+
+def floor(address: str, root: Path, queries: list[str], k: int) -> dict[str, Any]:
+    """The floor: the same dense encode + search + re-rank in-process (cache off, one query at a
+    time), interleaved with the same queries served by the server at ``address``: blocks of
+    FLOOR_BLOCK queries, each block once through gRPC and once in-process, which goes first
+    alternating per block. Returns the floor's summary with the paired served one inside."""
     import faiss
 
+    from engine.client import AisleClient
     from engine.service import EncodingConfig, SearchQuery, SearchService, load_snapshot
 
     faiss.omp_set_num_threads(1)  # the server's setting (aisle-serve --threads 1)
     encoding = EncodingConfig(cache_size=0)
     snapshot = load_snapshot(root, encoding=encoding)
     service = SearchService(snapshot, index_path=root, model_dir=None, encoding=encoding)
-    for q in queries[:20]:  # warm-up
-        service.search(SearchQuery(text=q, k=k, mode="dense"))
-    latencies = []
-    started = time.perf_counter()
-    for q in queries[:n]:
+    dense = mode_enum("dense")
+    local: list[float] = []
+    served: list[float] = []
+    errors = 0
+
+    def in_process(q: str) -> float:
         t = time.perf_counter()
         service.search(SearchQuery(text=q, k=k, mode="dense"))
-        latencies.append((time.perf_counter() - t) * 1e3)
-    result = summary(latencies, time.perf_counter() - started, 0)
-    service.close()
+        return (time.perf_counter() - t) * 1e3
+
+    try:
+        with AisleClient(address, timeout_s=30) as client:
+
+            def through_grpc(q: str) -> float | None:
+                t = time.perf_counter()
+                try:
+                    client.search(q, k, mode=dense)
+                except Exception:  # counted and reported, never hidden
+                    return None
+                return (time.perf_counter() - t) * 1e3
+
+            for q in queries[:20]:  # warm-up, both sides
+                in_process(q)
+                through_grpc(q)
+            started = time.perf_counter()
+            for b, start in enumerate(range(0, len(queries), FLOOR_BLOCK)):
+                block = queries[start : start + FLOOR_BLOCK]
+                sides = (("served", through_grpc), ("local", in_process))
+                for side, call in sides if b % 2 == 0 else sides[::-1]:
+                    for q in block:
+                        ms = call(q)
+                        if ms is None:
+                            errors += 1
+                        else:
+                            (served if side == "served" else local).append(ms)
+            wall = time.perf_counter() - started
+    finally:
+        service.close()
+    result = summary(local, wall / 2, 0)
+    result["paired_served"] = summary(served, wall / 2, errors)
+    result["method"] = (
+        f"interleaved with gRPC requests for the same {len(queries)} queries, blocks of "
+        f"{FLOOR_BLOCK}, order alternating per block"
+    )
     return result
 
 
@@ -535,6 +580,19 @@ def main(argv: list[str] | None = None) -> int:
             level["repeated_queries"] = repeated
             results["served"].append(level)
             print(level_line(f"dense  concurrency {c:3d}", level))
+        distinct, _ = pool.take(min(config.requests, 500))
+        results["floor"] = base = floor(server.address, root, distinct, config.k)
+        one = results["served"][0]
+        results["served_over_floor_p50"] = round(
+            base["paired_served"]["p50_ms"] / base["p50_ms"], 3
+        )
+        results["served_c1_over_floor_p50"] = round(one["p50_ms"] / base["p50_ms"], 3)
+        print(
+            f"in-process floor p50 {base['p50_ms']:.2f} ms, the same queries served "
+            f"{base['paired_served']['p50_ms']:.2f} ms: served/floor "
+            f"{results['served_over_floor_p50']} (concurrency-{one['concurrency']} level: "
+            f"{results['served_c1_over_floor_p50']})"
+        )
         if not hybrid_skipped:
             run_load(server.address, queries[-20:], 1, 20, config.k, mode="hybrid")  # warm-up
             for c in config.hybrid_concurrency:
@@ -576,11 +634,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
 
-    results["floor"] = floor(root, queries, config.k, min(config.requests, 300))
-    one = results["served"][0]
-    results["served_over_floor_p50"] = round(one["p50_ms"] / results["floor"]["p50_ms"], 3)
-    print(f"in-process floor p50 {results['floor']['p50_ms']:.2f} ms; served/floor at "
-          f"concurrency {one['concurrency']}: {results['served_over_floor_p50']}")  # fmt: skip
     plot(results, args.plot)
     for level in results["served"] + results["hybrid"]:
         level.pop("latencies_ms")

@@ -222,6 +222,11 @@ def quality_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     rows = results.get("rows") or []
     config = ctx.record.get("config") or {}
     blocks = [_config_line(config, skip=("fingerprints",))]
+    for key, label in (("models", "Fine-tuned model"), ("train_configs", "Training config")):
+        per_dataset = config.get(key)
+        if isinstance(per_dataset, dict) and per_dataset:
+            listed = ", ".join(f"{ds} `{value}`" for ds, value in per_dataset.items())
+            blocks.append(f"{label} per dataset: {listed}.")
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == ds]
         names = sorted({n for r in mine for n in r["metrics"]}, key=_metric_order)
@@ -498,7 +503,10 @@ def _latency_rows(r: Record) -> list[list[Any]]:
     if r.get("soak"):
         add(f"soak, {fmt(r['soak'].get('minutes'))} min", 32, r["soak"])
     if r.get("floor"):
-        add("in-process floor (no gRPC)", 1, r["floor"])
+        floor = r["floor"]
+        if floor.get("paired_served"):
+            add("served, interleaved with the floor", 1, floor["paired_served"])
+        add("in-process floor (no gRPC)", 1, floor)
     return rows
 
 
@@ -507,7 +515,14 @@ def _latency_blocks(r: Record) -> list[str]:
         _config_line(r.get("config") or {}) + f" {fmt(r.get('n_items'))} items.",
         md_table(_LATENCY_HEADER, _latency_rows(r)),
         f"**Served p50 / in-process floor p50 at concurrency 1: "
-        f"{fmt(r.get('served_over_floor_p50'))}** (1.0 = gRPC and the server add nothing).",
+        f"{fmt(r.get('served_over_floor_p50'))}** (1.0 = gRPC and the server add nothing)"
+        + (
+            f"; the floor interleaved with the same queries served ({r['floor']['method']}); "
+            f"the separate concurrency-1 level over the floor: "
+            f"{fmt(r.get('served_c1_over_floor_p50'))}."
+            if (r.get("floor") or {}).get("method")
+            else "."
+        ),
     ]
     cost = r.get("hybrid_cost_ms")
     if cost:

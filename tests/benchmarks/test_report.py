@@ -78,6 +78,7 @@ def test_report_renders_every_benchmark_from_its_newest_line(tmp_path: Path) -> 
     assert f"| hybrid fine-tuned | 800 | {ndcg['mean']:.4f} ± {ndcg['stderr']:.4f} |" in quality
     assert "Recall@50" in quality  # Scientific's deeper recall
     assert "rrf k=60 w=2/1" in quality
+    assert "Fine-tuned model per dataset: homedepot `bench-out/models/train_quick-" in quality
     # Latency reads bench_latency's "benchmark" key and shows the floor ratio.
     latency = section(text, "latency")
     assert f"{fmt(records['latency']['served_over_floor_p50'])}**" in latency
@@ -351,8 +352,9 @@ def test_latency_section_shows_hybrid_levels_and_the_other_scale(tmp_path: Path)
         "served": [level(1, 5.0)],
         "hybrid": [level(1, 5.5)],
         "hybrid_cost_ms": {"p50": 0.5, "p99": 0.7},
-        "floor": level(1, 4.0),
-        "served_over_floor_p50": 1.25,
+        "floor": {**level(1, 4.0), "paired_served": level(1, 4.8), "method": "interleaved"},
+        "served_over_floor_p50": 1.2,
+        "served_c1_over_floor_p50": 1.25,
     }
     grown = {**real, "config": {"preset": "1M", "grow": 1_000_000}, "n_items": 1_000_000,
              "hybrid": [], "hybrid_cost_ms": None, "served_over_floor_p50": 1.13}  # fmt: skip
@@ -362,3 +364,6 @@ def test_latency_section_shows_hybrid_levels_and_the_other_scale(tmp_path: Path)
     assert "served, hybrid, cache off" in text
     assert "p50 0.5 ms, p99 0.7 ms" in text
     assert "--preset 1M" in text and "1,000,000 items" in text and "1.13" in text
+    # The floor's own served requests get a row; the ratio is theirs, the level's beside it.
+    assert "| served, interleaved with the floor | 1 | 4.8" in text
+    assert "concurrency 1: 1.2**" in text and "over the floor: 1.25." in text
