@@ -9,7 +9,11 @@ UniSRec next-item protocol), mean and standard error over queries (users):
 * ``lexical``: Aisle's own BM25 channel (``indexer.lexical``), what the engine serves.
 * ``zero-shot``: the packaged all-MiniLM-L6-v2, exact search.
 * ``fine-tuned``: the towers trained by ``aisle-train`` (``--model DIR``, or trained here from
-  ``--train-config`` and cached under ``OUT/models/<digest>`` so a second run reuses them).
+  the preset's training configs and cached under ``OUT/models/<digest>`` so a second run reuses
+  them). Each dataset is scored with the model of the config that lists it: preset S trains one
+  model on all three datasets (``train_quick.toml``), preset M a search model on Home Depot +
+  ESCI (``train_search.toml``) and a recommendation model on Scientific
+  (``train_recommend.toml``), as two shops would each train their own.
 * ``hybrid zero-shot`` / ``hybrid fine-tuned``: the dense top 100 and the lexical top 100 fused
   as the engine fuses them (``engine.fusion.fuse``), with the fusion method and weights chosen
   per model on the slice of the train split that the training run held out for early stopping
@@ -20,7 +24,8 @@ UniSRec next-item protocol), mean and standard error over queries (users):
 Item vectors are cached by model fingerprint, item length and item texts (``--cache-dir``).
 Appends one JSON line to ``OUT/quality.jsonl`` and draws ``OUT/quality.png``.
 
-``python -m benchmarks.bench_quality [--preset S|M] [--model DIR | --train-config FILE]``
+``python -m benchmarks.bench_quality [--preset S|M] [--model [DATASET=]DIR ...]
+[--train-config FILE ...]``
 """
 
 from __future__ import annotations
@@ -72,13 +77,44 @@ class Preset:
     """What one preset trains."""
 
     name: str
-    train_config: Path
+    train_configs: tuple[Path, ...]
 
 
 PRESETS = {
-    "S": Preset("S", CONFIGS / "train_quick.toml"),  # ~12 min of training on 2 cores
-    "M": Preset("M", CONFIGS / "train_quality.toml"),  # ~1 hour on 2 cores, minutes on a GPU
+    # ~12 min of training on 2 cores: one model for all three datasets.
+    "S": Preset("S", (CONFIGS / "train_quick.toml",)),
+    # ~65 min on 2 cores (minutes on a GPU): a search model and a recommendation model.
+    "M": Preset("M", (CONFIGS / "train_search.toml", CONFIGS / "train_recommend.toml")),
 }
+
+
+def configs_by_dataset(paths: Sequence[Path]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Dataset name → (config path, parsed config) of the training config that lists it; a
+    dataset listed by two configs is an error (which model would score it?)."""
+    out: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path in paths:
+        raw = read_config_file(path)
+        for spec in raw["datasets"]:
+            if spec.name in out:
+                raise SystemExit(
+                    f"dataset {spec.name!r} is in two training configs: {out[spec.name][0]} and "
+                    f"{path}; give each dataset one"
+                )
+            out[spec.name] = (path, raw)
+    return out
+
+
+def parse_model_args(values: Sequence[str], datasets: Sequence[str]) -> dict[str, Path]:
+    """``--model`` values: ``DIR`` (every dataset) or ``DATASET=DIR``."""
+    out: dict[str, Path] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if sep and name in (*SEARCH_DATASETS, "scientific"):
+            out[name] = Path(folder)
+        else:
+            out.update({d: Path(value) for d in datasets})
+    return out
+
 
 # The fusion settings tried on the held-out train slice (engine.fusion.FusionParams).
 FUSION_GRID: tuple[FusionParams, ...] = (
@@ -465,12 +501,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="S",
-                        help="S: ~12 min training run (train_quick.toml); M: ~1 h "
-                        "(train_quality.toml). Default: S")  # fmt: skip
-    parser.add_argument("--model", type=Path, help="fine-tuned model dir (skips training)")
-    parser.add_argument("--train-config", type=Path,
-                        help="training config (default: the preset's); also defines the "
-                        "hold-out slice used to choose the fusion")  # fmt: skip
+                        help="S: one ~12 min training run for all datasets (train_quick.toml); "
+                        "M: ~1 h, a search model (train_search.toml) and a recommendation model "
+                        "(train_recommend.toml). Default: S")  # fmt: skip
+    parser.add_argument("--model", action="append", default=[], metavar="[DATASET=]DIR",
+                        help="fine-tuned model dir for every dataset, or DATASET=DIR for one; "
+                        "repeatable; a dataset given a model is not trained")  # fmt: skip
+    parser.add_argument("--train-config", type=Path, action="append", default=[],
+                        metavar="FILE", help="training config (repeatable; default: the "
+                        "preset's); each dataset uses the model of the config that lists it, "
+                        "whose hold-out slice also chooses the fusion")  # fmt: skip
     parser.add_argument(
         "--no-fine-tuned",
         action="store_true",
@@ -504,32 +544,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     require_shared_data("")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache_dir = args.cache_dir or args.out / "cache" / "vectors"
-    train_config_path = (args.train_config or PRESETS[args.preset].train_config).resolve()
-    train_config = read_config_file(train_config_path)
+    paths = [p.resolve() for p in (args.train_config or PRESETS[args.preset].train_configs)]
+    configs = configs_by_dataset(paths)
+    given = parse_model_args(args.model, datasets)
+    missing = [d for d in datasets if d not in configs and d not in given]
+    if missing and not args.no_fine_tuned:
+        raise SystemExit(
+            f"no training config lists {missing} and no --model DATASET=DIR is given for them"
+        )
 
     t_start = time.perf_counter()
-    models: dict[str, Encoder] = {"zero-shot": load_encoder(default_model_dir())}
-    model_dir = None
+    zero_shot = load_encoder(default_model_dir())
+    model_dirs: dict[str, Path] = {}
     if not args.no_fine_tuned:
-        model_dir = args.model or trained_model(args.out, train_config_path)
-        models["fine-tuned"] = load_encoder(model_dir)
+        for name in datasets:  # train each needed config once, in dataset order
+            model_dirs[name] = given.get(name) or trained_model(args.out, configs[name][0])
+    loaded = {str(d): load_encoder(d) for d in dict.fromkeys(model_dirs.values())}
+
+    def models_for(name: str) -> dict[str, Encoder]:
+        models = {"zero-shot": zero_shot}
+        if name in model_dirs:
+            models["fine-tuned"] = loaded[str(model_dirs[name])]
+        return models
+
     config = {
         "preset": args.preset,
-        "model": str(model_dir) if model_dir else None,
-        "train_config": str(train_config_path),
         "datasets": datasets,
         "depth": DEPTH,
         "shared_data": str(SHARED_DATA),
-        "fingerprints": {k: e.fingerprint for k, e in models.items()},
+        "models": {d: str(m) for d, m in model_dirs.items()},
+        "train_configs": {d: str(configs[d][0]) for d in datasets if d in configs},
+        "fingerprints": {"zero-shot": zero_shot.fingerprint}
+        | {f"fine-tuned {d}": loaded[str(m)].fingerprint for d, m in model_dirs.items()},
     }
     print(json.dumps(config, indent=1), flush=True)
     rows: list[dict[str, Any]] = []
     fusion: dict[str, Any] = {}
     for name in datasets:
         if name == "scientific":
-            rows += run_recommend(models, cache_dir)
+            rows += run_recommend(models_for(name), cache_dir)
         else:
-            ds_rows, chosen = run_search(load_search_set(name, train_config), models, cache_dir)
+            train_config = configs[name][1] if name in configs else None
+            ds_rows, chosen = run_search(
+                load_search_set(name, train_config), models_for(name), cache_dir
+            )
             rows += ds_rows
             fusion[name] = chosen
     print_table(rows)
