@@ -14,39 +14,41 @@ out of time is retried on the shard's next replica while time remains; a shard n
 replicas answered makes a Search answer partial (`partial`, `missing_shards`), or UNAVAILABLE
 with --no-partial. Responses that cannot flag a partial answer (Recommend, SimilarItems) and
 missing item vectors are UNAVAILABLE. Every call carries a deadline: nothing waits forever.
+
+Pieces: the config (engine.router_config), the shard clients and their failover
+(engine.shard_clients), per-request state (engine.router_request), the snapshot whose item
+vectors come from the shards (engine.router_snapshot) and the servicers
+(engine.router_servicers); this module is the service that merges, and re-exports the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import math
-import queue
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from aisle.v1 import index_admin_pb2, index_admin_pb2_grpc, shard_pb2, shard_pb2_grpc, types_pb2
-from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Unimplemented
-from engine.service import (
-    EncodingConfig,
-    IndexSummary,
-    SearchResult,
-    SearchService,
-    Snapshot,
-)
-from engine.servicer import IndexAdminServicer, RetrievalServicer
+from aisle.v1 import index_admin_pb2, shard_pb2, types_pb2
+from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from engine.router_config import RouterConfig
+from engine.router_request import _deadline, _state, _unavailable
+from engine.router_servicers import RouterIndexAdminServicer, RouterRetrievalServicer
+from engine.router_snapshot import RemoteVectors, load_router_snapshot
+from engine.service import IndexSummary, SearchResult, SearchService, Snapshot
 from engine.shard import vectors_from_bytes
+from engine.shard_clients import (
+    DESCRIBE_TIMEOUT_S,
+    MAX_CONCURRENT_REQUESTS,
+    MAX_SHARD_MESSAGE_BYTES,
+    FanOut,
+    ShardClients,
+)
 from indexer import kernels
 from indexer.layout import IndexRoot, resolve_version_dir
 from indexer.manifest import MANIFEST_NAME, IndexFormatError, load_manifest
@@ -56,400 +58,32 @@ from indexer.rerank import (
     BoostSpec,
     DiversitySpec,
     FilterSpec,
-    ItemColumns,
 )
-from indexer.store import IndexVersion
-from trainer.encoder import load_encoder, model_fingerprint
+
+__all__ = [
+    "DESCRIBE_TIMEOUT_S",
+    "MAX_CONCURRENT_REQUESTS",
+    "MAX_MMR_VECTOR_BYTES",
+    "MAX_SHARD_MESSAGE_BYTES",
+    "RELOAD_TIMEOUT_S",
+    "FanOut",
+    "RemoteVectors",
+    "RoutedResult",
+    "RouterConfig",
+    "RouterIndexAdminServicer",
+    "RouterRetrievalServicer",
+    "RouterService",
+    "ShardClients",
+    "create_router_service",
+    "load_router_snapshot",
+]
 
 log = logging.getLogger(__name__)
 
-MAX_SHARD_MESSAGE_BYTES = 64 * 1024 * 1024
 # MMR needs the pool's vectors from every shard: at most this many bytes of them per shard call
 # (the shard server's send limit is 16 MiB).
 MAX_MMR_VECTOR_BYTES = 12 * 1024 * 1024
-DESCRIBE_TIMEOUT_S = 2.0
-MAX_CONCURRENT_REQUESTS = 256  # router requests in flight at once (the server admits fewer)
 RELOAD_TIMEOUT_S = 120.0
-# Of what is left of the request's deadline, min(this, 10 %) is kept for merging and answering.
-_RESERVE_S = 0.100
-_MIN_CALL_S = 0.001
-# Errors that say the request itself is wrong (the router's validation should have caught them):
-# passed on to the caller, not retried on another replica.
-_REQUEST_ERRORS = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-}
-_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):\d{1,5}$")
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """Where the shards are: `shards[i]` lists the replicas ("host:port") of shard i."""
-
-    shards: tuple[tuple[str, ...], ...]
-    shard_timeout_ms: float = 500.0  # one shard call, capped by the request's own deadline
-    partial_ok: bool = True  # False: a missing shard fails the request with UNAVAILABLE
-    failed_replica_backoff_s: float = 2.0  # a replica that just failed is tried last this long
-
-    def __post_init__(self) -> None:
-        if not self.shards or any(not replicas for replicas in self.shards):
-            raise ValueError(
-                "router needs at least one address per shard: --shard-addrs 'h:p,h:p;h:p' "
-                "(';' between shards, ',' between replicas of one shard)"
-            )
-        for replicas in self.shards:
-            for address in replicas:
-                if not _ADDRESS.match(address):
-                    raise ValueError(f"shard address {address!r} is not host:port")
-        if not 0 < self.shard_timeout_ms <= 600_000:
-            raise ValueError(
-                f"shard_timeout_ms must be in (0, 600000], got {self.shard_timeout_ms}"
-            )
-        if self.failed_replica_backoff_s < 0:
-            raise ValueError("failed_replica_backoff_s must be >= 0")
-
-    @classmethod
-    def parse(cls, addresses: str, **kwargs: Any) -> RouterConfig:
-        """From `"h:p,h:p;h:p"`: ';' separates shards (in shard order), ',' replicas."""
-        shards = tuple(
-            tuple(a.strip() for a in part.split(",") if a.strip())
-            for part in addresses.strip().strip(";").split(";")
-        )
-        return cls(shards=shards, **kwargs)
-
-
-# ----------------------------------------------------------------------------- fan-out
-
-
-@dataclass
-class _Replica:
-    address: str
-    channel: grpc.Channel
-    shard_stub: shard_pb2_grpc.ShardSearchStub
-    admin_stub: index_admin_pb2_grpc.IndexAdminStub
-    down_until: float = 0.0  # monotonic time before which it is tried last
-
-
-@dataclass
-class FanOut:
-    """Per shard: the response of the replica that answered, or why none did."""
-
-    responses: dict[int, Any] = field(default_factory=dict)
-    missing: dict[int, str] = field(default_factory=dict)
-
-
-class ShardClients:
-    """Channels to every replica of every shard, and parallel calls with failover."""
-
-    def __init__(self, config: RouterConfig, token: str | None = None) -> None:
-        self.config = config
-        self.timeout_s = config.shard_timeout_ms / 1e3
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [
-            ("grpc.max_receive_message_length", MAX_SHARD_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_SHARD_MESSAGE_BYTES),
-            # A restarted replica is picked up within a second or two, not after minutes.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ]
-        self.replicas: list[list[_Replica]] = []
-        for addresses in config.shards:
-            group = []
-            for address in addresses:
-                channel = grpc.insecure_channel(address, options=options)
-                group.append(
-                    _Replica(
-                        address,
-                        channel,
-                        shard_pb2_grpc.ShardSearchStub(channel),
-                        index_admin_pb2_grpc.IndexAdminStub(channel),
-                    )
-                )
-            self.replicas.append(group)
-        self._turns = [itertools.count() for _ in self.replicas]
-        # Blocking calls on a pool rather than grpc's .future(): a future starts a channel
-        # polling thread whenever none is running (every request, at low load), which cost
-        # more CPU than the shard's work; a blocking call waits on its own completion queue.
-        # Threads start only as concurrency needs them; the bound covers every handler thread
-        # of the router waiting on every shard at once, so no call queues behind another.
-        self._pool = futures.ThreadPoolExecutor(
-            max_workers=MAX_CONCURRENT_REQUESTS * len(self.replicas),
-            thread_name_prefix="aisle-shard-call",
-        )
-
-    @property
-    def n_shards(self) -> int:
-        return len(self.replicas)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for group in self.replicas:
-            for replica in group:
-                replica.channel.close()
-
-    def order(self, shard: int) -> list[_Replica]:
-        """Replicas to try, in turn: round robin among healthy ones, recently failed last."""
-        group = self.replicas[shard]
-        start = next(self._turns[shard]) % len(group)
-        rotated = group[start:] + group[:start]
-        now = time.monotonic()
-        return sorted(rotated, key=lambda r: r.down_until > now)  # stable
-
-    def _call_timeout(self, end: float) -> float:
-        remaining = end - time.monotonic()
-        if math.isfinite(remaining):
-            remaining -= min(_RESERVE_S, 0.1 * remaining)
-        return min(remaining, self.timeout_s)
-
-    def call(
-        self,
-        method: str,
-        requests: dict[int, Any],
-        end: float = math.inf,
-        check: Callable[[int, Any], str | None] | None = None,
-    ) -> FanOut:
-        """Call `method` of ShardSearch on one replica of each shard in `requests` at once.
-
-        Args:
-            method: a ShardSearch method name ("SearchShard").
-            requests: shard → request message.
-            end: time.monotonic() by which the caller must have its answer (inf: none).
-            check: `check(shard, response)` returns why a response is unusable (a replica of
-                another version or shard) or None; unusable counts as a failed replica.
-
-        Returns:
-            FanOut; a shard is missing when every replica failed or time ran out.
-
-        Raises:
-            InvalidArgument, NotFound: a shard rejected the request itself.
-        """
-        out = FanOut()
-        done: queue.SimpleQueue = queue.SimpleQueue()
-        orders = {shard: self.order(shard) for shard in requests}
-        expiry: dict[int, float] = {}  # shard → when its attempt in flight must have finished
-        in_flight: dict[int, Any] = {}
-
-        def launch(shard: int, attempt: int) -> bool:
-            timeout = self._call_timeout(end)
-            if timeout < _MIN_CALL_S:
-                return False
-            replica = orders[shard][attempt]
-            stub_method = getattr(replica.shard_stub, method)
-            expiry[shard] = time.monotonic() + timeout
-            future = self._pool.submit(
-                _call_by, stub_method, requests[shard], expiry[shard], self.metadata
-            )
-            in_flight[shard] = future
-            future.add_done_callback(lambda f: done.put((shard, attempt, f)))
-            return True
-
-        failures: dict[int, list[str]] = {shard: [] for shard in requests}
-        for shard in requests:
-            if not launch(shard, 0):
-                out.missing[shard] = "no time left before the request's deadline"
-        pending = set(requests) - set(out.missing)
-        while pending:
-            # Every call carries its own deadline, so this wait is only a safety net.
-            wait = max(expiry[s] for s in pending) - time.monotonic() + 0.25
-            try:
-                shard, attempt, future = done.get(timeout=max(wait, 0.0))
-            except queue.Empty:
-                for s in pending:
-                    in_flight[s].cancel()
-                    out.missing[s] = "no answer (the call outlived its deadline)"
-                break
-            replica = orders[shard][attempt]
-            reason = self._outcome(future, shard, replica, check, in_flight, pending)
-            if reason is None:
-                out.responses[shard] = future.result()
-                replica.down_until = 0.0
-                pending.discard(shard)
-                continue
-            failures[shard].append(f"{replica.address}: {reason}")
-            replica.down_until = time.monotonic() + self.config.failed_replica_backoff_s
-            if attempt + 1 < len(orders[shard]) and launch(shard, attempt + 1):
-                continue
-            out.missing[shard] = "; ".join(failures[shard])
-            pending.discard(shard)
-        for shard, reasons in failures.items():
-            if reasons and shard in out.responses:
-                log.info("shard %d failed over after: %s", shard, "; ".join(reasons))
-        for shard, reason in out.missing.items():
-            log.warning("shard %d missing from the answer: %s", shard, reason)
-        return out
-
-    @staticmethod
-    def _outcome(future, shard, replica, check, in_flight, pending) -> str | None:
-        """None when the response is usable, else why not; raises for request errors."""
-        error = future.exception()
-        if error is None:
-            return check(shard, future.result()) if check is not None else None
-        code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-        if code in _REQUEST_ERRORS:
-            for s in pending:
-                in_flight[s].cancel()
-            details = error.details() if isinstance(error, grpc.Call) else str(error)
-            raise _REQUEST_ERRORS[code](f"shard {shard} ({replica.address}): {details}")
-        details = error.details() if isinstance(error, grpc.Call) else str(error)
-        return f"{code.name} {details or ''}".strip()
-
-    def describe(self, timeout_s: float = DESCRIBE_TIMEOUT_S) -> dict[str, Any]:
-        """address → DescribeShardResponse, or the grpc.RpcError it raised."""
-        calls = {
-            r.address: r.shard_stub.DescribeShard.future(
-                shard_pb2.DescribeShardRequest(), timeout=timeout_s, metadata=self.metadata
-            )
-            for group in self.replicas
-            for r in group
-        }
-        out: dict[str, Any] = {}
-        for address, future in calls.items():
-            try:
-                out[address] = future.result()
-            except grpc.RpcError as error:
-                out[address] = error
-        return out
-
-
-def _call_by(method: Any, request: Any, expiry: float, metadata: Any) -> Any:
-    """A blocking call that must end by `expiry` (time.monotonic()), however long it queued."""
-    return method(request, timeout=max(expiry - time.monotonic(), 1e-4), metadata=metadata)
-
-
-# ----------------------------------------------------------------------------- request state
-
-
-class _RequestState(threading.local):
-    """What one request's handler thread carries through SearchService's call chain: the
-    deadline, the shards missing so far (None where a partial answer cannot be flagged), and
-    the partial flags of each Search result, in order, for the servicer to copy out."""
-
-    end: float = math.inf
-    missing: dict[int, str] | None = None
-    flags: list[tuple[int, ...]] | None = None
-
-
-_state = _RequestState()
-
-
-@contextmanager
-def _deadline(timeout_s: float | None) -> Iterator[None]:
-    previous = _state.end
-    _state.end = math.inf if timeout_s is None else time.monotonic() + timeout_s
-    try:
-        yield
-    finally:
-        _state.end = previous
-
-
-@contextmanager
-def _recording_flags() -> Iterator[list[tuple[int, ...]]]:
-    previous, _state.flags = _state.flags, []
-    try:
-        yield _state.flags
-    finally:
-        _state.flags = previous
-
-
-def _unavailable(missing: dict[int, str], why: str) -> Unavailable:
-    names = ", ".join(f"shard {s} ({reason})" for s, reason in sorted(missing.items()))
-    return Unavailable(f"no replica answered for {names}; {why}")
-
-
-# ----------------------------------------------------------------------------- router state
-
-
-class RemoteVectors:
-    """Stands in for a Snapshot's VectorStore: `gather` fetches stored vectors from the shards
-    holding the rows (the router holds none)."""
-
-    kind = "remote"
-
-    def __init__(
-        self, clients: ShardClients, row_shard: np.ndarray, version: int, dim: int
-    ) -> None:
-        self._clients = clients
-        self._row_shard = row_shard  # (n,) int32: the shard holding each global row
-        self._version = version
-        self.n = len(row_shard)
-        self.dim = dim
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """(m, dim) float32 vectors of global `rows`; UNAVAILABLE when a shard does not answer."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        if not len(rows):
-            return out
-        shards = self._row_shard[rows]
-        requests = {
-            int(s): shard_pb2.GetShardVectorsRequest(
-                rows=rows[shards == s].tolist(), index_version=self._version
-            )
-            for s in np.unique(shards)
-        }
-        fan = self._clients.call("GetShardVectors", requests, _state.end, self.check)
-        if fan.missing:
-            raise _unavailable(fan.missing, "the item vectors this request needs live there")
-        for s, response in fan.responses.items():
-            out[shards == s] = vectors_from_bytes(response.vectors, self.dim)
-        return out
-
-    def check(self, shard: int, response: Any) -> str | None:
-        """Why a shard's response cannot be used (another shard or version), or None."""
-        if response.shard != shard or response.index_version != self._version:
-            return (
-                f"answered for shard {response.shard} version {response.index_version}, "
-                f"expected shard {shard} version {self._version}"
-            )
-        return None
-
-
-def load_router_snapshot(
-    index_path: str | Path,
-    model_dir: str | Path | None,
-    clients: ShardClients,
-    encoding: EncodingConfig | None = None,
-) -> Snapshot:
-    """The model and the index version's catalog (attributes, ids, each row's shard), with
-    `vectors` fetched from the shards: no shard's FAISS index or vectors are loaded here."""
-    version_dir = resolve_version_dir(index_path)
-    manifest = load_manifest(version_dir / MANIFEST_NAME)
-    if model_dir is None:
-        model_dir = Path(manifest.model_path)
-        if not model_dir.exists():
-            raise IndexFormatError(
-                f"{version_dir}: the model it was built with ({model_dir}) is not on this machine; "
-                "pass --model DIR with a copy of that model"
-            )
-    fingerprint = model_fingerprint(model_dir)
-    encoding = encoding or EncodingConfig()
-    encoder = load_encoder(
-        model_dir, backend=encoding.backend, num_threads=encoding.encoder_threads
-    )
-    index = IndexVersion.open(version_dir, verify=True, expected_fingerprint=fingerprint, shards=())
-    if clients.n_shards != index.manifest.n_shards:
-        raise ValueError(
-            f"--shard-addrs lists {clients.n_shards} shards, but {version_dir} has "
-            f"{index.manifest.n_shards}; give one ';'-separated group of replicas per shard"
-        )
-    row_shard = np.empty(index.n_items, dtype=np.int32)
-    for s in range(index.manifest.n_shards):
-        row_shard[index.shard_rows(s)] = s
-    summary = IndexSummary(
-        version=index.version,
-        model_fingerprint=index.manifest.model_fingerprint,
-        item_count=index.n_items,
-        shard_count=index.manifest.n_shards,
-        factory=index.manifest.factory,
-    )
-    return Snapshot(
-        encoder=encoder,
-        index=index,
-        summary=summary,
-        columns=ItemColumns.from_table(index.items),
-        vectors=RemoteVectors(clients, row_shard, index.version, index.dim),
-        version_dir=version_dir,  # users' recent items are read from here
-    )
 
 
 @dataclass(frozen=True)
@@ -478,9 +112,6 @@ def _filter_proto(spec: FilterSpec | None) -> types_pb2.Filter:
     if spec.in_stock is not None:
         message.in_stock = spec.in_stock
     return message
-
-
-# ----------------------------------------------------------------------------- the service
 
 
 class RouterService(SearchService):
@@ -716,53 +347,6 @@ def _merge(
         positions = positions[kernels.mmr_select(pool_vectors, local, scores[positions], lam, need)]
     positions = positions[:need]
     return scores[positions], rows[positions], sims[positions]
-
-
-# ----------------------------------------------------------------------------- servicers
-
-
-class RouterRetrievalServicer(RetrievalServicer):
-    """Retrieval over a RouterService; Search and BatchSearch responses also say which shards
-    are missing from a partial answer."""
-
-    def Search(self, request, context):  # noqa: N802 (gRPC method names)
-        with _recording_flags() as flags:
-            response = super().Search(request, context)
-        _flag(response, flags[0])
-        return response
-
-    def BatchSearch(self, request, context):  # noqa: N802
-        with _recording_flags() as flags:
-            response = super().BatchSearch(request, context)
-        for sub, missing in zip(response.responses, flags, strict=True):
-            _flag(sub, missing)
-        return response
-
-
-def _flag(response: Any, missing: tuple[int, ...]) -> None:
-    response.partial = bool(missing)
-    response.missing_shards.extend(missing)
-
-
-class RouterIndexAdminServicer(IndexAdminServicer):
-    """IndexAdmin of a router: Status lists the shard servers; Reload reloads them, then it."""
-
-    def Upsert(self, request, context):  # noqa: N802
-        raise Unimplemented(
-            "Upsert: a router takes no live updates yet; rebuild the index and Reload the router"
-        )
-
-    def Delete(self, request, context):  # noqa: N802
-        raise Unimplemented(
-            "Delete: a router takes no live updates yet; rebuild the index and Reload the router"
-        )
-
-    def Status(self, request, context):  # noqa: N802
-        response = super().Status(request, context)
-        del response.shards[:]
-        for shard, count, location in self._service.shard_locations():
-            response.shards.add(shard=shard, item_count=count, location=location)
-        return response
 
 
 def create_router_service(
