@@ -95,7 +95,7 @@ def _latency_blocks(r: Record) -> list[str]:
         f"**Served p50 / in-process floor p50 at concurrency 1: "
         f"{fmt(r.get('served_over_floor_p50'))}** (1.0 = gRPC and the server add nothing)"
         + (
-            f"; the floor interleaved with the same queries served ({r['floor']['method']}); "
+            f"; the floor was measured {r['floor']['method']}; "
             f"the separate concurrency-1 level over the floor: "
             f"{fmt(r.get('served_c1_over_floor_p50'))}."
             if (r.get("floor") or {}).get("method")
