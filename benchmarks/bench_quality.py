@@ -306,7 +306,7 @@ def load_search_set(name: str, train_config: dict[str, Any] | None) -> SearchSet
             if spec.task == "search" and spec.name == name and spec.dev is None:
                 fraction = train_config.get("holdout_fraction", 0.0)
                 if fraction > 0:
-                    # The same call as trainer.train._prepare_search: the same queries.
+                    # The same call as trainer.prepare._prepare_search: the same queries.
                     _, tune = split_labels(
                         read_labels(spec.train), fraction, train_config.get("seed", 0) + k
                     )
