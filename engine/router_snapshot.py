@@ -12,11 +12,10 @@ from engine.router_request import _state, _unavailable
 from engine.service import EncodingConfig, IndexSummary, Snapshot
 from engine.shard import vectors_from_bytes
 from engine.shard_clients import ShardClients
+from engine.snapshot import open_model
 from indexer.layout import resolve_version_dir
-from indexer.manifest import MANIFEST_NAME, IndexFormatError, load_manifest
 from indexer.rerank import ItemColumns
 from indexer.store import IndexVersion
-from trainer.encoder import load_encoder, model_fingerprint
 
 
 class RemoteVectors:
@@ -73,19 +72,7 @@ def load_router_snapshot(
     """The model and the index version's catalog (attributes, ids, each row's shard), with
     `vectors` fetched from the shards: no shard's FAISS index or vectors are loaded here."""
     version_dir = resolve_version_dir(index_path)
-    manifest = load_manifest(version_dir / MANIFEST_NAME)
-    if model_dir is None:
-        model_dir = Path(manifest.model_path)
-        if not model_dir.exists():
-            raise IndexFormatError(
-                f"{version_dir}: the model it was built with ({model_dir}) is not on this machine; "
-                "pass --model DIR with a copy of that model"
-            )
-    fingerprint = model_fingerprint(model_dir)
-    encoding = encoding or EncodingConfig()
-    encoder = load_encoder(
-        model_dir, backend=encoding.backend, num_threads=encoding.encoder_threads
-    )
+    fingerprint, encoder = open_model(version_dir, model_dir, encoding)
     index = IndexVersion.open(version_dir, verify=True, expected_fingerprint=fingerprint, shards=())
     if clients.n_shards != index.manifest.n_shards:
         raise ValueError(
@@ -95,13 +82,7 @@ def load_router_snapshot(
     row_shard = np.empty(index.n_items, dtype=np.int32)
     for s in range(index.manifest.n_shards):
         row_shard[index.shard_rows(s)] = s
-    summary = IndexSummary(
-        version=index.version,
-        model_fingerprint=index.manifest.model_fingerprint,
-        item_count=index.n_items,
-        shard_count=index.manifest.n_shards,
-        factory=index.manifest.factory,
-    )
+    summary = IndexSummary.of(index.manifest, index.n_items)
     return Snapshot(
         encoder=encoder,
         index=index,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.fusion import FusionParams
 from engine.query_understanding import ParsedQuery
@@ -50,6 +51,17 @@ class IndexSummary:
     item_count: int
     shard_count: int
     factory: str
+
+    @classmethod
+    def of(cls, manifest: Any, item_count: int) -> IndexSummary:
+        """The summary of the index version a manifest describes, with its item count."""
+        return cls(
+            version=manifest.version,
+            model_fingerprint=manifest.model_fingerprint,
+            item_count=item_count,
+            shard_count=manifest.n_shards,
+            factory=manifest.factory,
+        )
 
 
 @dataclass(frozen=True)

@@ -138,13 +138,7 @@ def load_shard_snapshot(index_path: str | Path, spec: ShardSpec) -> ShardSnapsho
     rows = np.asarray(index.shard_rows(spec.index), dtype=np.int64)
     local_of = np.full(index.n_items, -1, dtype=np.int64)
     local_of[rows] = np.arange(len(rows))
-    summary = IndexSummary(
-        version=index.version,
-        model_fingerprint=index.manifest.model_fingerprint,
-        item_count=index.n_items,
-        shard_count=index.manifest.n_shards,
-        factory=index.manifest.factory,
-    )
+    summary = IndexSummary.of(index.manifest, index.n_items)
     return ShardSnapshot(
         index=index,
         shard=spec.index,

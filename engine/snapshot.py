@@ -74,6 +74,28 @@ def cached_filter(
     return compiled
 
 
+def open_model(
+    version_dir: Path, model_dir: str | Path | None, encoding: EncodingConfig | None
+) -> tuple[str, Encoder]:
+    """(fingerprint, query encoder) of ``model_dir``, or without it of the model the index
+    version's manifest names; IndexFormatError when that model is not on this machine."""
+    from indexer.manifest import load_manifest
+
+    encoding = encoding or EncodingConfig()
+    if model_dir is None:
+        model_dir = Path(load_manifest(version_dir / "manifest.json").model_path)
+        if not model_dir.exists():
+            raise IndexFormatError(
+                f"{version_dir}: the model it was built with ({model_dir}) is not on this machine; "
+                "pass --model DIR with a copy of that model"
+            )
+    fingerprint = model_fingerprint(model_dir)
+    encoder = load_encoder(
+        model_dir, backend=encoding.backend, num_threads=encoding.encoder_threads
+    )
+    return fingerprint, encoder
+
+
 def load_snapshot(
     index_path: str | Path,
     model_dir: str | Path | None = None,
@@ -87,22 +109,8 @@ def load_snapshot(
     encoder backend and threads come from `encoding` (ONNX Runtime when the model dir has the
     export: no torch in the serving process until an item text must be encoded).
     """
-    encoding = encoding or EncodingConfig()
     version_dir = resolve_version_dir(index_path)
-    from indexer.manifest import load_manifest
-
-    manifest = load_manifest(version_dir / "manifest.json")
-    if model_dir is None:
-        model_dir = Path(manifest.model_path)
-        if not model_dir.exists():
-            raise IndexFormatError(
-                f"{version_dir}: the model it was built with ({model_dir}) is not on this machine; "
-                "pass --model DIR with a copy of that model"
-            )
-    fingerprint = model_fingerprint(model_dir)
-    encoder = load_encoder(
-        model_dir, backend=encoding.backend, num_threads=encoding.encoder_threads
-    )
+    fingerprint, encoder = open_model(version_dir, model_dir, encoding)
     log.info("query encoder: %s backend", encoder.query_backend)
     if version_dir.parent.name == "versions":
         # Inside an index root: live updates (Upsert/Delete) go through its update log, and
@@ -115,13 +123,7 @@ def load_snapshot(
             sync_lexical(lexical, live.snapshot(), live.n_base, set())
         return live_snapshot(encoder, live, version_dir, lexical)
     index = IndexVersion.open(version_dir, verify=True, expected_fingerprint=fingerprint)
-    summary = IndexSummary(
-        version=index.version,
-        model_fingerprint=index.manifest.model_fingerprint,
-        item_count=index.n_items,
-        shard_count=index.manifest.n_shards,
-        factory=index.manifest.factory,
-    )
+    summary = IndexSummary.of(index.manifest, index.n_items)
     columns = ItemColumns.from_table(index.items)
     vectors = index.vector_store()  # the compact copy (f16/i8) when the build kept one
     return Snapshot(
@@ -168,13 +170,7 @@ def live_snapshot(
     """A Snapshot of the live index's current state (taken again after each update)."""
     view = live.snapshot()
     manifest = view.manifest
-    summary = IndexSummary(
-        version=manifest.version,
-        model_fingerprint=manifest.model_fingerprint,
-        item_count=view.n_items,
-        shard_count=manifest.n_shards,
-        factory=manifest.factory,
-    )
+    summary = IndexSummary.of(manifest, view.n_items)
     return Snapshot(
         encoder=encoder,
         index=view,

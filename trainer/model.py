@@ -11,14 +11,12 @@ model dir's root); otherwise each has its own copy, saved in ``query_tower/`` an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from trainer.encoder import (
     read_model_info,
     write_model_info,
 )
+from trainer.torch_tower import _no_transformers_progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +47,6 @@ TRAINING_METRICS_NAME = "training_metrics.json"
 # 1/temperature is capped like CLIP's logit scale, so a learnable temperature cannot collapse
 # to ~0 and blow the logits (and bf16 rounding) up.
 MAX_LOGIT_SCALE = 100.0
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    # transformers 5 draws a bar per from_pretrained / save_pretrained; training logs its own.
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    if enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 class Tower(nn.Module):
@@ -229,7 +213,7 @@ def _load_hf_tower(
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tower_dir), local_files_only=True)
-        with _quiet_transformers():
+        with _no_transformers_progress_bar():
             encoder = AutoModel.from_pretrained(
                 str(tower_dir), local_files_only=True, dtype=torch.float32
             )
@@ -342,7 +326,7 @@ def build_two_tower(
 
 def _save_tower(tower: Tower, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():
+    with _no_transformers_progress_bar():
         # safetensors: the only format transformers 5 writes.
         tower.encoder.save_pretrained(str(out))
     tower.tokenizer.save_pretrained(str(out))
