@@ -69,6 +69,8 @@ logger = logging.getLogger("benchmarks.bench_quality")
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEPTH = 100  # candidates per channel, as the engine's HYBRID_CANDIDATES
 KS = (10, 100)
+ZERO_SHOT_DECAYED = "zero-shot, fitted user tower"
+BERT_ONLY = "fine-tuned, BERT part only"
 SEARCH_DATASETS = ("homedepot", "esci")
 
 
@@ -185,6 +187,20 @@ def dense_ranked(
     ids = list(queries)
     xq = np.asarray(encoder.encode_queries([queries[q] for q in ids]), dtype=np.float32)
     D, I = exact_search(xq, xb, depth)  # (nq, depth) each
+    return {q: (D[i], I[i].astype(np.int64)) for i, q in enumerate(ids)}
+
+
+def bert_only_ranked(
+    encoder: Encoder, xb: np.ndarray, queries: Mapping[str, str], depth: int = DEPTH
+) -> Ranked:
+    """Dense top ``depth`` of a model with a trigram sketch, on its BERT columns alone (the
+    first ``info.dim`` of each vector, renormalised: exactly the BERT towers' vectors)."""
+    d = encoder.info.dim
+    ids = list(queries)
+    xq = np.asarray(encoder.encode_queries([queries[q] for q in ids]), dtype=np.float32)[:, :d]
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    xb = xb[:, :d] / np.linalg.norm(xb[:, :d], axis=1, keepdims=True)
+    D, I = exact_search(np.ascontiguousarray(xq), np.ascontiguousarray(xb), depth)
     return {q: (D[i], I[i].astype(np.int64)) for i, q in enumerate(ids)}
 
 
@@ -361,7 +377,14 @@ def run_search(
         dense_dev = dense_ranked(encoder, xb, dev_q)
         add(label, score(dense_dev, ds.item_ids, ds.dev, ds.gains, ds.recall_grade),
             time.perf_counter() - t0, item_vectors_cached=cached,
-            fingerprint=encoder.fingerprint)  # fmt: skip
+            fingerprint=encoder.fingerprint,
+            lexical=encoder.info.lexical)  # fmt: skip
+        if encoder.lexical is not None:
+            # The same towers without their trigram sketch: the BERT columns, renormalised.
+            t0 = time.perf_counter()
+            bert_dev = bert_only_ranked(encoder, xb, dev_q)
+            add(BERT_ONLY, score(bert_dev, ds.item_ids, ds.dev, ds.gains, ds.recall_grade),
+                time.perf_counter() - t0, fingerprint=encoder.fingerprint)  # fmt: skip
         # Fusion: chosen on the held-out train slice, then applied once to dev.
         t0 = time.perf_counter()
         tried = []
@@ -429,7 +452,19 @@ def run_recommend(models: Mapping[str, Encoder], cache_dir: Path) -> list[dict[s
     for label, encoder in models.items():
         t0 = time.perf_counter()
         report = evaluate_recommendation(encoder, catalog, train, dev, ks=ks, cache_dir=cache_dir)
-        add(label, report, time.perf_counter() - t0, fingerprint=encoder.fingerprint)
+        add(label, report, time.perf_counter() - t0, fingerprint=encoder.fingerprint,
+            history_decay=encoder.history_decay)  # fmt: skip
+    tuned = models.get("fine-tuned")
+    if "zero-shot" in models and tuned is not None and tuned.history_decay != 1.0:
+        # What the fine-tuned user tower alone brings: zero-shot item vectors, pooled with the
+        # decay the training run fitted on its held-out users.
+        t0 = time.perf_counter()
+        report = evaluate_recommendation(
+            models["zero-shot"], catalog, train, dev, ks=ks, cache_dir=cache_dir,
+            history_decay=tuned.history_decay,
+        )  # fmt: skip
+        add(ZERO_SHOT_DECAYED, report, time.perf_counter() - t0,
+            history_decay=tuned.history_decay)  # fmt: skip
     return rows
 
 

@@ -10,6 +10,7 @@ from engine.search_pipeline import SearchPipeline
 from engine.search_types import SearchResult
 from engine.snapshot import Snapshot, is_known, with_excluded
 from indexer.rerank import FilterSpec, matching_rows
+from trainer.user_tower import pool_history
 
 
 class Recommendations(SearchPipeline):
@@ -50,9 +51,11 @@ class Recommendations(SearchPipeline):
         expected_version: int | None = None,
         spec: FilterSpec | None = None,
     ) -> SearchResult:
-        """Items for a user: closest to the mean vector of their history (the user's recent
-        items, then `history`, most recent last). With no history at all (an unknown user) the
-        most popular items come back instead, flagged as the popularity fallback."""
+        """Items for a user: closest to their user vector, the model's user tower over their
+        history (the user's recent items, then `history`, most recent last; the recency-weighted
+        mean of `trainer.user_tower` with the model's `history_decay`). With no history at all
+        (an unknown user) the most popular items come back instead, flagged as the popularity
+        fallback."""
         snap = self._snapshot
         self._check_version(snap, expected_version)
         t0 = time.perf_counter()
@@ -65,9 +68,7 @@ class Recommendations(SearchPipeline):
             spec = with_excluded(spec, [int(r) for r in rows])
         if not len(rows):
             return self._popular(snap, k, offset, spec, t0)
-        user = snap.vectors.gather(rows).mean(axis=0)  # (dim,)
-        norm = float(np.linalg.norm(user))
-        xq = (user / norm if norm > 0 else user).astype(np.float32)  # (dim,)
+        xq = pool_history(snap.vectors.gather(rows), snap.encoder.history_decay)  # (dim,)
         t1 = time.perf_counter()
         D, I, sim, search_ms = self._retrieve(snap, xq, offset + k + 1, spec=spec)
         keep = I >= 0

@@ -32,6 +32,7 @@ from indexer.rerank import (
 )
 from indexer.store import IndexVersion
 from trainer.text import query_text
+from trainer.user_tower import pool_history
 
 # Sorting by an attribute reorders this many of the most relevant hits (the "relevant set").
 SORT_RELEVANT_SET = 200
@@ -139,7 +140,7 @@ class SearchPipeline:
             explicit = self._rows_of(snap.index, q.recent_item_ids, "recent_item_ids")
             rows = np.asarray([snap.index.row_of(i) for i in known] + list(explicit), np.int64)
             if len(rows):
-                user = snap.vectors.gather(rows).mean(axis=0)  # (dim,)
+                user = pool_history(snap.vectors.gather(rows), snap.encoder.history_decay)
                 xq[i] = _blend(xq[i], user, q.personalization_weight)
                 personalized[i] = True
         encode_ms = (time.perf_counter() - t0) * 1e3 / len(queries)

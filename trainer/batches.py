@@ -26,6 +26,7 @@ import numpy as np
 
 from trainer.data import Catalog, Interactions, Labels
 from trainer.text import item_text, query_text
+from trainer.user_tower import DEFAULT_HISTORY_DECAY, history_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +274,8 @@ class RecommendData:
         example_user, example_pos: (n_examples,) int64.
         log_q: (n_items,) float32 log probability of an item being a target.
         bank: (n_items, dim) float32 item vectors from the item tower (refreshed periodically);
-            users are the normalised mean of their history's rows, as the server computes them.
+            users are their history's rows pooled with ``history_decay``
+            (``trainer.user_tower``), as the server pools them.
     """
 
     name: str
@@ -283,6 +285,7 @@ class RecommendData:
     example_pos: np.ndarray
     log_q: np.ndarray
     history_length: int
+    history_decay: float = DEFAULT_HISTORY_DECAY
     bank: np.ndarray | None = None
     item_tokens: list[np.ndarray] = field(default_factory=list)
 
@@ -308,7 +311,12 @@ class RecommendData:
 
 
 def recommend_data(
-    name: str, catalog: Catalog, interactions: Interactions, *, history_length: int
+    name: str,
+    catalog: Catalog,
+    interactions: Interactions,
+    *,
+    history_length: int,
+    history_decay: float = DEFAULT_HISTORY_DECAY,
 ) -> RecommendData:
     """Next-item examples from every position t >= 1 of every user's sequence.
 
@@ -348,6 +356,7 @@ def recommend_data(
         example_pos=np.asarray(positions, dtype=np.int64),
         log_q=np.zeros(0, dtype=np.float32),
         history_length=history_length,
+        history_decay=history_decay,
     )
     data.log_q = log_sampling_probability(data.batch_keys()[0], len(catalog))
     logger.info("%s: %d next-item examples from %d users", name, data.n_examples, len(histories))
@@ -381,19 +390,16 @@ def split_interactions(
     )
 
 
-def user_vectors(bank: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
-    """Normalised mean of each history's bank rows (the server's user vector).
+def user_vectors(
+    bank: np.ndarray, histories: Sequence[np.ndarray], decay: float = DEFAULT_HISTORY_DECAY
+) -> np.ndarray:
+    """Each history's bank rows pooled by the user tower (``trainer.user_tower``: the
+    recency-weighted mean, normalised; ``decay`` 1 = the plain mean), as the server pools them.
 
     Returns:
         (n_users, dim) float32.
     """
-    xu = np.zeros((len(histories), bank.shape[1]), dtype=np.float32)  # (n_users, dim)
-    for u, rows in enumerate(histories):
-        if len(rows):
-            xu[u] = bank[rows].mean(axis=0)
-    norms = np.linalg.norm(xu, axis=1, keepdims=True)  # (n_users, 1)
-    np.divide(xu, norms, out=xu, where=norms > 0)
-    return xu
+    return history_vectors(bank, histories, decay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,7 +554,7 @@ def recommend_batch(data: RecommendData, rows: np.ndarray, *, pad_id: int) -> Ba
     item_ids, item_mask = pad_ids([data.item_tokens[r] for r in targets.tolist()], pad_id)
     return Batch(
         task="recommend",
-        user_vectors=user_vectors(data.bank, histories),
+        user_vectors=user_vectors(data.bank, histories, data.history_decay),
         item_ids=item_ids,
         item_mask=item_mask,
         items=targets,

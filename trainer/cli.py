@@ -118,7 +118,31 @@ def _parser() -> argparse.ArgumentParser:
     loss.add_argument("--mine-window", type=_window, metavar="LO,HI", help="ranks (10,100)")
     loss.add_argument("--labeled-negatives", type=_bool, metavar="BOOL", help="use grade 0")
     loss.add_argument("--history-length", type=int, metavar="N", help="recommend: items (50)")
+    loss.add_argument(
+        "--history-decay",
+        type=float,
+        metavar="D",
+        help="recommend: user tower recency decay in (0, 1], 1 = plain mean (1)",
+    )
+    loss.add_argument(
+        "--fit-history-decay",
+        type=_bool,
+        metavar="BOOL",
+        help="recommend: pick the decay on the eval users at each evaluation (false)",
+    )
     loss.add_argument("--refresh-every", type=int, metavar="STEPS", help="item bank (200)")
+    model.add_argument(
+        "--lexical-dim",
+        type=int,
+        metavar="N",
+        help="append an N-dim hashed character-trigram sketch to both towers' vectors (0 = none)",
+    )
+    model.add_argument(
+        "--lexical-weight",
+        type=float,
+        metavar="W",
+        help="the sketch's mixing weight (default: fitted on the search eval queries)",
+    )
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, metavar="N", help="pairs per batch (32)")

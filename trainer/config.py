@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.evaluate import dataset_preset
+from trainer.lexical_tower import DEFAULT_BUCKETS, DEFAULT_HASHES, check_lexical_settings
+from trainer.user_tower import check_history_decay
 
 TASKS = ("search", "recommend")
 AMP_MODES = ("auto", "bf16", "off")
@@ -93,8 +95,20 @@ class TrainConfig:
     per pair, mined every ``mine_every`` steps (0 = once, at the start) from ranks
     ``mine_window`` [lo, hi), plus labeled-irrelevant items if ``labeled_negatives``.
 
-    Recommendation: users are the normalised mean of the item-bank vectors of their last
-    ``history_length`` items; the bank is re-encoded every ``refresh_every`` steps.
+    Recommendation: users are the item-bank vectors of their last ``history_length`` items
+    pooled by the user tower (``trainer.user_tower``: the recency-weighted mean, item ``a``
+    steps before the newest weighing ``history_decay``**a; 1 = plain mean); the bank is
+    re-encoded every ``refresh_every`` steps. With ``fit_history_decay`` each evaluation also
+    scores the decays of ``trainer.user_tower.DECAY_GRID`` on the eval users (the dev file's,
+    or the held-out ones) and keeps the best (one decay for all recommendation datasets, by
+    their weighted NDCG@10); the exported model records the decay of its best step
+    (``aisle_model.json`` ``history_decay``), otherwise ``history_decay``.
+
+    Lexical part: with ``lexical_dim`` > 0 the exported towers append a ``lexical_dim``-sized
+    hashed character-trigram sketch to their vectors (``trainer.lexical_tower``; IDF fitted on
+    the item texts of every dataset's catalog), mixed in with weight ``lexical_weight``; None =
+    fitted after training on the search eval queries (``WEIGHT_GRID``, best weighted NDCG@10,
+    with the best step's weights). Training itself is unchanged: the BERT towers learn alone.
 
     Optimisation: ``batch_size`` pairs per micro-batch per process, ``grad_accum`` micro-batches
     per step, AdamW (``lr``, ``weight_decay``), ``warmup_steps`` (None = 10 % of the steps)
@@ -135,7 +149,11 @@ class TrainConfig:
     mine_window: tuple[int, int] = (10, 100)
     labeled_negatives: bool = True
     history_length: int = 50
+    history_decay: float = 1.0
+    fit_history_decay: bool = False
     refresh_every: int = 200
+    lexical_dim: int = 0
+    lexical_weight: float | None = None
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 2e-5
@@ -228,6 +246,34 @@ class TrainConfig:
         lo, hi = self.mine_window if len(self.mine_window) == 2 else (-1, -1)
         if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi):
             raise ValueError(f"mine_window must be two ints 0 <= lo < hi, got {self.mine_window}")
+        object.__setattr__(self, "history_decay", check_history_decay(self.history_decay))
+        if not isinstance(self.fit_history_decay, bool):
+            raise ValueError(
+                f"fit_history_decay must be true or false, got {self.fit_history_decay!r}"
+            )
+        if self.lexical_dim:
+            settings = {
+                "dim": self.lexical_dim,
+                "weight": 1.0 if self.lexical_weight is None else self.lexical_weight,
+                "hashes": DEFAULT_HASHES,
+                "buckets": DEFAULT_BUCKETS,
+            }
+            check_lexical_settings(settings, "lexical")  # names lexical.dim / lexical.weight
+            has_eval = any(
+                d.task == "search" and (d.dev is not None or self.holdout_fraction > 0)
+                for d in datasets
+            )
+            if self.lexical_weight is None and not has_eval:
+                raise ValueError(
+                    "lexical_weight is unset, so it is fitted on search eval queries, but no "
+                    "search dataset has a dev file and holdout_fraction is 0; give a weight or "
+                    "an eval split"
+                )
+        elif self.lexical_dim != 0 or self.lexical_weight is not None:
+            raise ValueError(
+                f"lexical_dim must be an int >= 8 to add the trigram sketch (0 = none), got "
+                f"{self.lexical_dim!r}; lexical_weight needs it"
+            )
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.pooling is not None and self.pooling not in ("mean", "cls"):

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from trainer.lexical_tower import LexicalSketch
 from trainer.model_dir import (
     DEFAULT_BASE_MODEL,  # noqa: F401 (re-exported)
     DEFAULT_MAX_ITEM_LENGTH,  # noqa: F401 (re-exported)
@@ -117,6 +118,9 @@ class Encoder:
         info: its ModelInfo, with ``fingerprint`` filled in.
         dim: output vector size.
         fingerprint: ``model_fingerprint(model_dir)``; indexes record it to detect a model swap.
+        history_decay: the user tower's recency decay (``trainer.user_tower``).
+        lexical: the trigram sketch appended to both towers' vectors
+            (``trainer.lexical_tower``), or None; ``dim`` counts it.
     """
 
     def __init__(
@@ -124,8 +128,12 @@ class Encoder:
     ) -> None:
         self.model_dir = model_dir
         self.info = info
-        self.dim = info.dim
+        self.lexical = (
+            LexicalSketch.load(model_dir, info.lexical) if info.lexical is not None else None
+        )
+        self.dim = info.dim + (self.lexical.dim if self.lexical is not None else 0)
         self.fingerprint = info.fingerprint
+        self.history_decay = info.history_decay
         self._query_tower = query_tower
         self._item_tower = item_tower
 
@@ -191,9 +199,9 @@ class Encoder:
                 f"max_length {max_length} exceeds the model's {tower.max_positions} positions"
             )
         texts = _as_texts(texts)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, dim)
+        out = np.zeros((len(texts), self.info.dim), dtype=np.float32)  # (n, towers' dim)
         if not texts:
-            return out
+            return np.zeros((0, self.dim), dtype=np.float32)
         # Longest first, so each batch pads to lengths close to its own and a too-big batch
         # fails (out of memory) on the first step rather than the last.
         order = np.argsort([-len(t) for t in texts], kind="stable")
@@ -211,7 +219,10 @@ class Encoder:
         finally:
             if progress is not None:
                 progress.close()
-        return _l2_normalize(out) if self.info.normalize else out
+        if not self.info.normalize:
+            return out
+        out = _l2_normalize(out)
+        return self.lexical.combine(out, texts) if self.lexical is not None else out
 
 
 def load_encoder(

@@ -50,6 +50,7 @@ from trainer.metrics import (
     evaluate_rankings,
 )
 from trainer.text import item_text, query_text
+from trainer.user_tower import check_history_decay, history_vectors
 
 __all__ = [
     "DATASET_PRESETS",
@@ -338,7 +339,7 @@ def next_item_targets(
 
 
 def mean_history_vectors(xb: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
-    """User vectors: the L2-normalised mean of their history item vectors (as the server does).
+    """User vectors: the L2-normalised mean of their history item vectors (decay 1).
 
     Args:
         xb: (n_items, dim) float32 item vectors.
@@ -347,12 +348,7 @@ def mean_history_vectors(xb: np.ndarray, histories: Sequence[np.ndarray]) -> np.
     Returns:
         (n_users, dim) float32.
     """
-    xu = np.zeros((len(histories), xb.shape[1]), dtype=np.float32)  # (n_users, dim)
-    for u, rows in enumerate(histories):
-        xu[u] = xb[rows].mean(axis=0)
-    norms = np.linalg.norm(xu, axis=1, keepdims=True)  # (n_users, 1)
-    np.divide(xu, norms, out=xu, where=norms > 0)
-    return xu
+    return history_vectors(xb, histories, 1.0)
 
 
 def evaluate_recommendation(
@@ -363,7 +359,8 @@ def evaluate_recommendation(
     *,
     ks: Sequence[int] = (10, 50),
     history_length: int = HISTORY_LENGTH,
-    user_vectors: Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray] = mean_history_vectors,
+    user_vectors: Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray] | None = None,
+    history_decay: float | None = None,
     max_item_length: int | None = None,
     batch_size: int = 32,
     cache_dir: str | Path | None = None,
@@ -372,7 +369,9 @@ def evaluate_recommendation(
     """Next-item recommendation over the whole catalog (UniSRec protocol).
 
     Each dev user's vector comes from their last ``history_length`` train items
-    (``user_vectors``, by default the normalised mean item vector); all items are ranked by
+    (``user_vectors``; by default the user tower of ``trainer.user_tower``: the normalised
+    recency-weighted mean with ``history_decay``, which defaults to the encoder's
+    ``history_decay``, or 1 = the plain mean for raw vectors); all items are ranked by
     inner product, history items included, and the dev target is scored: Recall@k (hit rate)
     and NDCG@k = 1 / log2(rank + 1), plus MRR within the top max(ks).
 
@@ -389,6 +388,15 @@ def evaluate_recommendation(
     ks = check_ks(ks)
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
+    if user_vectors is None:
+        if history_decay is None:
+            history_decay = getattr(encoder_or_item_vectors, "history_decay", 1.0)
+        decay = check_history_decay(history_decay)
+        info["history_decay"] = decay
+
+        def user_vectors(xb: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+            return history_vectors(xb, histories, decay)
+
     if isinstance(encoder_or_item_vectors, np.ndarray):
         xb = np.asarray(encoder_or_item_vectors, dtype=np.float32)
         if xb.ndim != 2 or xb.shape[0] != len(catalog):
@@ -504,7 +512,8 @@ class EvalConfig:
 
     ``dataset`` picks gains, recall grade and ks (default: inferred from the catalog's directory
     name); ``gains`` / ``recall_grade`` / ``ks`` override it. ``model`` None = the packaged
-    all-MiniLM-L6-v2.
+    all-MiniLM-L6-v2. ``history_decay`` None = the model's own user tower
+    (``aisle_model.json``).
     """
 
     catalog: Path
@@ -517,6 +526,7 @@ class EvalConfig:
     recall_grade: int | None = None
     ks: tuple[int, ...] | None = None
     history_length: int = HISTORY_LENGTH
+    history_decay: float | None = None
     max_item_length: int | None = None
     batch_size: int = 32
     device: str = "cpu"
@@ -540,6 +550,8 @@ class EvalConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.max_item_length is not None and self.max_item_length < 2:
             raise ValueError(f"max_item_length must be >= 2 tokens, got {self.max_item_length}")
+        if self.history_decay is not None:
+            check_history_decay(self.history_decay)
         if self.ks is not None:
             check_ks(self.ks)
         if self.gains is not None and self.gains not in GAIN_TABLES:
@@ -612,6 +624,7 @@ def run_evaluation(config: EvalConfig) -> EvalReport:
             dev,
             ks=ks,
             history_length=config.history_length,
+            history_decay=config.history_decay,
             max_item_length=config.max_item_length,
             batch_size=config.batch_size,
             cache_dir=config.cache_dir,
@@ -714,6 +727,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"most recent history items per user (default: {HISTORY_LENGTH})",
     )
     parser.add_argument(
+        "--history-decay",
+        type=float,
+        metavar="D",
+        help="user tower recency decay in (0, 1]: the item a steps before the newest weighs D**a "
+        "(1 = plain mean; default: the model's own, from aisle_model.json)",
+    )
+    parser.add_argument(
         "--max-item-length",
         type=int,
         metavar="N",
@@ -758,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
             recall_grade=args.recall_grade,
             ks=args.ks,
             history_length=args.history_length,
+            history_decay=args.history_decay,
             max_item_length=args.max_item_length,
             batch_size=args.batch_size,
             device=args.device,

@@ -37,7 +37,9 @@ from trainer.encoder import (
     read_model_info,
     write_model_info,
 )
+from trainer.lexical_tower import LexicalSketch
 from trainer.torch_tower import _no_transformers_progress_bar
+from trainer.user_tower import DEFAULT_HISTORY_DECAY
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +347,8 @@ def save_model_dir(
     *,
     max_query_length: int,
     max_item_length: int,
+    history_decay: float = DEFAULT_HISTORY_DECAY,
+    lexical: LexicalSketch | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as an Aisle model dir that ``trainer.encoder.load_encoder`` loads.
@@ -352,8 +356,10 @@ def save_model_dir(
     Layout: shared towers at the dir's root (so it is also a plain Hugging Face dir), separate
     ones in ``query_tower/`` and ``item_tower/``; each tower holds config.json,
     model.safetensors, the tokenizer files and, with a projection, ``projection.safetensors``.
-    ``aisle_model.json`` records base model, pooling, lengths, dim, tower dirs and the
-    fingerprint; ``training_metrics.json`` holds ``metrics`` (not part of the fingerprint).
+    ``aisle_model.json`` records base model, pooling, lengths, dim, tower dirs, the user
+    tower's ``history_decay``, the trigram sketch's settings (``lexical``, its IDF table in
+    ``lexical_tower.safetensors``) and the fingerprint; ``training_metrics.json`` holds ``metrics``
+    (not part of the fingerprint).
 
     The dir is built beside ``out_dir`` and renamed into place, so a reader never sees half a
     model; an existing ``out_dir`` is replaced.
@@ -381,7 +387,11 @@ def save_model_dir(
             shared_towers=model.shared_towers,
             query_tower=query_dir,
             item_tower=item_dir,
+            history_decay=history_decay,
+            lexical=None if lexical is None else lexical.settings(),
         )
+        if lexical is not None:
+            lexical.save(tmp)
         write_model_info(tmp, info)
         write_model_info(tmp, replace(info, fingerprint=model_fingerprint(tmp)))
         if metrics is not None:

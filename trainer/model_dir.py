@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from trainer.lexical_tower import LEXICAL_FILE, check_lexical_settings
+from trainer.user_tower import DEFAULT_HISTORY_DECAY, check_history_decay
+
 MODEL_INFO_NAME = "aisle_model.json"
 FORMAT_VERSION = 1
 POOLINGS = ("mean", "cls")
@@ -48,9 +51,14 @@ class ModelInfo:
     """What ``aisle_model.json`` records about a model dir.
 
     ``query_tower`` / ``item_tower`` are paths relative to the model dir (``"."`` = the dir
-    itself); with ``shared_towers`` they are the same path. ``dim`` is the output vector size
-    (the towers' hidden size). ``fingerprint`` is ``model_fingerprint(dir)`` or ``""`` when not
-    yet computed.
+    itself); with ``shared_towers`` they are the same path. ``dim`` is the towers' output size
+    (their hidden size). ``history_decay`` is the user tower (``trainer.user_tower``: a user is
+    the recency-weighted mean of their history's item vectors; 1 = plain mean); it shapes no
+    item or query vector, so it is not part of the fingerprint. ``lexical`` (None = none) holds
+    the settings of the trigram sketch both towers append to their vector
+    (``trainer.lexical_tower``: ``dim``, ``weight``, ``hashes``, ``buckets``); the vectors are
+    then ``dim + lexical["dim"]`` long. ``fingerprint`` is ``model_fingerprint(dir)`` or ``""``
+    when not yet computed.
     """
 
     base_model: str
@@ -62,6 +70,8 @@ class ModelInfo:
     query_tower: str = "."
     item_tower: str = "."
     normalize: bool = True
+    history_decay: float = DEFAULT_HISTORY_DECAY
+    lexical: dict[str, Any] | None = None
     fingerprint: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -83,6 +93,16 @@ class ModelInfo:
                 )
         for name in ("query_tower", "item_tower"):
             _check_tower_path(name, getattr(self, name))
+        decay = check_history_decay(self.history_decay, "ModelInfo.history_decay")
+        object.__setattr__(self, "history_decay", decay)
+        if self.lexical is not None:
+            lexical = check_lexical_settings(self.lexical, "ModelInfo.lexical")
+            object.__setattr__(self, "lexical", lexical)
+            if not self.normalize:
+                raise ValueError(
+                    "ModelInfo.lexical needs normalize=true: the trigram sketch is mixed into "
+                    "unit vectors"
+                )
         same = _norm_tower(self.query_tower) == _norm_tower(self.item_tower)
         if self.shared_towers and not same:
             raise ValueError(
@@ -308,6 +328,8 @@ def model_fingerprint(model_dir: str | Path) -> str:
                     posixpath.join(tower, file.relative_to(tower_dir).as_posix())
                 )
                 files[rel] = file
+    if info.lexical is not None and (path / LEXICAL_FILE).is_file():
+        files[LEXICAL_FILE] = path / LEXICAL_FILE  # the IDF table shapes every vector
 
     digest = hashlib.sha256(b"aisle-model-fingerprint-v1\0")
     for rel in sorted(files):
@@ -319,7 +341,15 @@ def model_fingerprint(model_dir: str | Path) -> str:
                 digest.update(chunk)
     if (path / MODEL_INFO_NAME).is_file():
         # The parsed content, not the bytes: formatting and the fingerprint itself don't count.
-        meta = {k: v for k, v in asdict(info).items() if k != "fingerprint"}
+        # Nor does the user tower's decay: it changes no item or query vector, so an index
+        # built before a decay was fitted stays valid.
+        # An absent lexical part is left out, so model dirs written before it existed keep
+        # their fingerprint.
+        meta = {
+            k: v
+            for k, v in asdict(info).items()
+            if k not in ("fingerprint", "history_decay") and not (k == "lexical" and v is None)
+        }
         digest.update(MODEL_INFO_NAME.encode("utf-8") + b"\0")
         digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
     return digest.hexdigest()

@@ -208,7 +208,13 @@ def _prepare_recommend(
             interactions, config.holdout_fraction, config.seed + k
         )
         source = "holdout"
-    data = recommend_data(spec.name, catalog, interactions, history_length=config.history_length)
+    data = recommend_data(
+        spec.name,
+        catalog,
+        interactions,
+        history_length=config.history_length,
+        history_decay=config.history_decay,
+    )
     out = PreparedDataset(spec, data, source, eval_train=eval_train, eval_dev=eval_dev)
     if eval_dev is not None:
         targets = next_item_targets(eval_train, eval_dev, history_length=config.history_length)

@@ -84,11 +84,14 @@ class _DataMixin:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _embed(self, tower: Tower, seqs: Sequence[np.ndarray], desc: str = "") -> np.ndarray:
-        """(len(seqs), dim) float32 vectors, the work split between ranks."""
+    def _embed(
+        self, tower: Tower, seqs: Sequence[np.ndarray], desc: str = "", *, collective: bool = True
+    ) -> np.ndarray:
+        """(len(seqs), dim) float32 vectors, the work split between ranks (``collective``:
+        every rank must call it), or all of it on this rank alone."""
         from tqdm.auto import tqdm
 
-        mine = self.ctx.shard(len(seqs))
+        mine = self.ctx.shard(len(seqs)) if collective else np.arange(len(seqs), dtype=np.int64)
         local = np.zeros((len(mine), self.model.dim), dtype=np.float32)
         was_training = tower.training
         tower.eval()
@@ -113,7 +116,7 @@ class _DataMixin:
         finally:
             bar.close()
             tower.train(was_training)
-        return self.ctx.gather_rows(local, len(seqs), self.device)
+        return self.ctx.gather_rows(local, len(seqs), self.device) if collective else local
 
     def _catalog_vectors(
         self, data: SearchData | RecommendData, rows: np.ndarray | None = None

@@ -261,9 +261,12 @@ class _Trainer(_SetupMixin, _DataMixin, _EvalMixin, _CheckpointMixin):
         cfg = self.config
         if self.ctx.is_main:
             best = self.checkpoints.load_best() if self.best_step is not None else None
+            history_decay = cfg.history_decay
             if best is not None:
                 self.model.load_state_dict(best[0])
+                history_decay = best[1].get("history_decay", history_decay)
                 logger.info("exporting the best weights (step %d)", best[1]["step"])
+            lexical, lexical_fit = self._fit_lexical() if cfg.lexical_dim else (None, {})
             result = TrainResult(
                 out=cfg.out,
                 steps=self.step,
@@ -283,6 +286,10 @@ class _Trainer(_SetupMixin, _DataMixin, _EvalMixin, _CheckpointMixin):
                 "world_size": self.ctx.world_size,
                 "device": str(self.device),
                 "amp": str(self.amp_dtype) if self.amp_dtype else "off",
+                "history_decay": history_decay,
+                "lexical": None
+                if lexical is None
+                else {**lexical.settings(), "weight_fit_ndcg@10": lexical_fit},
                 "config": cfg.to_dict(),
             }
             save_model_dir(
@@ -290,6 +297,8 @@ class _Trainer(_SetupMixin, _DataMixin, _EvalMixin, _CheckpointMixin):
                 cfg.out,
                 max_query_length=cfg.max_query_length,
                 max_item_length=cfg.max_item_length,
+                history_decay=history_decay,
+                lexical=lexical,
                 metrics=metrics,
             )
             if cfg.export_onnx:
