@@ -81,6 +81,9 @@ def quality_section(ctx: Context) -> tuple[list[str], list[Figure]]:
         if isinstance(per_dataset, dict) and per_dataset:
             listed = ", ".join(f"{ds} `{value}`" for ds, value in per_dataset.items())
             blocks.append(f"{label} per dataset: {listed}.")
+    parts = _model_parts(rows)
+    if parts:
+        blocks.append(parts)
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == ds]
         names = sorted({n for r in mine for n in r["metrics"]}, key=_metric_order)
@@ -116,6 +119,28 @@ def quality_section(ctx: Context) -> tuple[list[str], list[Figure]]:
             )
         )
     return blocks, figures
+
+
+def _model_parts(rows: list[dict]) -> str:
+    """One line on the optional parts of the models behind the rows: the trigram sketch
+    (``lexical``) and the user tower's decay, with what the comparison rows mean."""
+    notes = []
+    for r in rows:
+        lexical = r.get("lexical")
+        if isinstance(lexical, dict):
+            notes.append(
+                f"{r['dataset']} {r['method']}: BERT towers plus a {lexical.get('dim')}-dim "
+                f'character-trigram sketch, weight {lexical.get("weight")} ("BERT part only": '
+                "the same towers without it)"
+            )
+        decay = r.get("history_decay")
+        if r["method"] == "fine-tuned" and isinstance(decay, int | float) and decay != 1.0:
+            notes.append(
+                f"{r['dataset']} {r['method']}: user tower decay {decay} fitted on the held-out "
+                'users ("zero-shot, fitted user tower": the zero-shot item vectors pooled with '
+                "it; plain zero-shot pools with the mean)"
+            )
+    return ("Model parts: " + "; ".join(notes) + ".") if notes else ""
 
 
 def quality_metrics(record: Record) -> Metrics:

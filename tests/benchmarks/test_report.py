@@ -367,3 +367,18 @@ def test_latency_section_shows_hybrid_levels_and_the_other_scale(tmp_path: Path)
     # The floor's own served requests get a row; the ratio is theirs, the level's beside it.
     assert "| served, interleaved with the floor | 1 | 4.8" in text
     assert "concurrency 1: 1.2**" in text and "over the floor: 1.25." in text
+
+
+def test_quality_section_names_the_model_parts() -> None:
+    from benchmarks.report_quality import _model_parts
+
+    rows = [
+        {"dataset": "homedepot", "method": "fine-tuned", "lexical": {"dim": 256, "weight": 0.4}},
+        {"dataset": "scientific", "method": "fine-tuned", "history_decay": 0.7},
+        {"dataset": "scientific", "method": "zero-shot", "history_decay": 1.0},
+    ]
+    text = _model_parts(rows)
+    assert "homedepot fine-tuned: BERT towers plus a 256-dim character-trigram sketch" in text
+    assert "weight 0.4" in text and "scientific fine-tuned: user tower decay 0.7" in text
+    assert "zero-shot: user tower" not in text
+    assert _model_parts([{"dataset": "esci", "method": "fine-tuned", "history_decay": 1.0}]) == ""
