@@ -28,7 +28,8 @@ grown vectors as its item vectors (``BuildConfig.item_vectors``), IVF4096,Flat w
 on the real dev queries. It is dense-only (no BM25 over 1M repeated titles), so it has no hybrid
 rows.
 
-``python -m benchmarks.bench_latency [--preset S|M|L|1M] [--modes dense,hybrid] [--soak MINUTES]``
+``python -m benchmarks.bench_latency [--preset S|M|L|1M] [--modes dense,hybrid] [--soak MINUTES]
+[--model DIR]``
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class LatencyConfig:
     lexical: bool = True  # build BM25 (hybrid mode needs it)
     tune_on_dev_queries: bool = False  # tune nprobe on real queries, not perturbed items
     hybrid_concurrency: tuple[int, ...] = (1, 8)
+    # None: the packaged MiniLM (its query tower exported to ONNX once); else a model dir
+    # written by aisle-train (with its ONNX query tower), e.g. one with a trigram sketch.
+    model: str | None = None
 
 
 PRESETS = {
@@ -125,16 +129,19 @@ def prepare(config: LatencyConfig, cache: Path) -> tuple[Path, list[str]]:
     """The index root (built once per settings) and the query texts."""
     from indexer.build import BuildConfig, build_index
     from trainer.data import read_catalog, read_queries
-    from trainer.encoder import default_model_dir
+    from trainer.encoder import default_model_dir, model_fingerprint
     from trainer.onnx_export import export_query_tower
 
     data = require_shared_data("homedepot")
     queries = list(read_queries(data / "queries_dev.jsonl").values())
     queries += list(read_queries(data / "queries_train.jsonl").values())
     queries = list(dict.fromkeys(queries))  # distinct texts
-    model = cache / "model-onnx"
-    if not model.exists():
-        export_query_tower(default_model_dir(), model)
+    if config.model is not None:
+        model = Path(config.model)
+    else:
+        model = cache / "model-onnx"
+        if not model.exists():
+            export_query_tower(default_model_dir(), model)
     catalog_path = data / "products.jsonl.gz"
     item_vectors = None
     if config.grow:
@@ -156,6 +163,8 @@ def prepare(config: LatencyConfig, cache: Path) -> tuple[Path, list[str]]:
         parts.append("no-lexical")
     if config.tune_on_dev_queries:
         parts.append("tune=queries_dev")
+    if config.model is not None:
+        parts.append(f"model={model_fingerprint(model)}")
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
     root = cache / f"index-{key}"
     if not (root / "CURRENT").exists():
@@ -514,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--factory", help="override: FAISS factory string of the index")
     parser.add_argument("--requests", type=int, help="override: requests per concurrency level")
+    parser.add_argument(
+        "--model",
+        help="override: serve this trained model dir instead of the packaged MiniLM",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = shlex.join(
@@ -525,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         "grow": args.grow,
         "factory": args.factory,
         "requests": args.requests,
+        "model": args.model,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if config.items and config.grow:
