@@ -40,6 +40,7 @@ import numpy as np
 LEXICAL_FILE = "lexical_tower.safetensors"
 DEFAULT_BUCKETS = 1 << 20
 DEFAULT_HASHES = 2
+DEFAULT_WEIGHT = 0.5  # when no eval query can score the grid
 # Mix weights tried when fitting w on the eval queries.
 WEIGHT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 _WORD = re.compile(r"\w+")
@@ -114,7 +115,7 @@ class LexicalSketch:
         texts: Sequence[str],
         *,
         dim: int,
-        weight: float = 0.5,
+        weight: float = DEFAULT_WEIGHT,
         hashes: int = DEFAULT_HASHES,
         buckets: int = DEFAULT_BUCKETS,
     ) -> LexicalSketch:

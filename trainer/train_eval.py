@@ -21,7 +21,7 @@ from trainer.evaluate import (
     evaluate_recommendation,
     exact_search,
 )
-from trainer.lexical_tower import WEIGHT_GRID, LexicalSketch
+from trainer.lexical_tower import DEFAULT_WEIGHT, WEIGHT_GRID, LexicalSketch
 from trainer.metrics import evaluate_rankings
 from trainer.user_tower import DECAY_GRID
 
@@ -185,7 +185,12 @@ class _EvalMixin:
             fit[f"{weight:g}"] = score / total
             if weight > 0 and score / total > best_score:
                 best, best_score = weight, score / total
-        assert best is not None  # the config refuses a fit without search eval data
+        if best is None:  # every score NaN: no eval query has a judged item with gain > 0
+            best = DEFAULT_WEIGHT
+            logger.warning(
+                "lexical sketch: no eval query could score a weight (%s); exporting the default "
+                "weight %g (set lexical_weight to choose one)", json.dumps(fit), best,
+            )  # fmt: skip
         logger.info(
             "lexical sketch: %d dims, weight %g fitted on the eval queries in %.1f s: %s",
             sketch.dim, best, time.perf_counter() - t0, json.dumps(fit),
