@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from trainer.checkpoints import LATEST_NAME, CheckpointDir
 from trainer.config import DatasetSpec, TrainConfig, read_config_file
 from trainer.data import Catalog, DataError, Interactions, Labels, read_catalog
 from trainer.encoder import load_encoder
+from trainer.lexical_tower import DEFAULT_WEIGHT
 from trainer.losses import sampled_softmax_loss
 from trainer.model import build_two_tower
 from trainer.prepare import prepare_datasets
@@ -452,6 +454,21 @@ def test_lexical_sketch_is_fitted_and_exported(
     )
     train(fixed)
     assert load_encoder(fixed.out).info.lexical["weight"] == 0.7
+
+
+def test_lexical_weight_falls_back_when_no_query_can_score_it(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch, caplog
+) -> None:
+    import trainer.train_eval as train_eval
+
+    nan = SimpleNamespace(metrics={"ndcg@10": SimpleNamespace(mean=float("nan"))})
+    monkeypatch.setattr(train_eval, "evaluate_rankings", lambda *args, **kwargs: nan)
+    config = _config(
+        tmp_path, tiny_model_dir, data, max_steps=1, holdout_fraction=0.25, lexical_dim=64
+    )
+    train(config)  # the trained weights are exported, not lost
+    assert load_encoder(config.out).info.lexical["weight"] == DEFAULT_WEIGHT
+    assert "no eval query could score a weight" in caplog.text
 
 
 def test_resume_refuses_other_settings(
