@@ -180,28 +180,29 @@ def trained_model(out: Path, train_config: Path) -> Path:
 Ranked = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
+def query_vectors(encoder: Encoder, queries: Mapping[str, str]) -> np.ndarray:
+    """(nq, dim) float32 query vectors, in the order of ``queries``."""
+    return np.asarray(encoder.encode_queries(list(queries.values())), dtype=np.float32)
+
+
 def dense_ranked(
-    encoder: Encoder, xb: np.ndarray, queries: Mapping[str, str], depth: int = DEPTH
+    xq: np.ndarray, xb: np.ndarray, queries: Mapping[str, str], depth: int = DEPTH
 ) -> Ranked:
-    """Exact inner-product top ``depth`` of every query against item vectors ``xb``."""
-    ids = list(queries)
-    xq = np.asarray(encoder.encode_queries([queries[q] for q in ids]), dtype=np.float32)
+    """Exact inner-product top ``depth`` of every query (``xq`` rows, in the order of
+    ``queries``) against item vectors ``xb``."""
     D, I = exact_search(xq, xb, depth)  # (nq, depth) each
-    return {q: (D[i], I[i].astype(np.int64)) for i, q in enumerate(ids)}
+    return {q: (D[i], I[i].astype(np.int64)) for i, q in enumerate(queries)}
 
 
 def bert_only_ranked(
-    encoder: Encoder, xb: np.ndarray, queries: Mapping[str, str], depth: int = DEPTH
+    dim: int, xq: np.ndarray, xb: np.ndarray, queries: Mapping[str, str], depth: int = DEPTH
 ) -> Ranked:
     """Dense top ``depth`` of a model with a trigram sketch, on its BERT columns alone (the
-    first ``info.dim`` of each vector, renormalised: exactly the BERT towers' vectors)."""
-    d = encoder.info.dim
-    ids = list(queries)
-    xq = np.asarray(encoder.encode_queries([queries[q] for q in ids]), dtype=np.float32)[:, :d]
-    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
-    xb = xb[:, :d] / np.linalg.norm(xb[:, :d], axis=1, keepdims=True)
-    D, I = exact_search(np.ascontiguousarray(xq), np.ascontiguousarray(xb), depth)
-    return {q: (D[i], I[i].astype(np.int64)) for i, q in enumerate(ids)}
+    first ``dim`` = ``info.dim`` of each vector, renormalised: exactly the BERT towers'
+    vectors)."""
+    xq = xq[:, :dim] / np.linalg.norm(xq[:, :dim], axis=1, keepdims=True)
+    xb = xb[:, :dim] / np.linalg.norm(xb[:, :dim], axis=1, keepdims=True)
+    return dense_ranked(np.ascontiguousarray(xq), np.ascontiguousarray(xb), queries, depth)
 
 
 def lexical_ranked(index: LexicalIndex, queries: Mapping[str, str], depth: int = DEPTH) -> Ranked:
@@ -374,7 +375,8 @@ def run_search(
     for label, encoder in models.items():
         t0 = time.perf_counter()
         xb, cached = catalog_vectors(encoder, ds.catalog, cache_dir=cache_dir)
-        dense_dev = dense_ranked(encoder, xb, dev_q)
+        xq_dev = query_vectors(encoder, dev_q)
+        dense_dev = dense_ranked(xq_dev, xb, dev_q)
         add(label, score(dense_dev, ds.item_ids, ds.dev, ds.gains, ds.recall_grade),
             time.perf_counter() - t0, item_vectors_cached=cached,
             fingerprint=encoder.fingerprint,
@@ -382,14 +384,14 @@ def run_search(
         if encoder.lexical is not None:
             # The same towers without their trigram sketch: the BERT columns, renormalised.
             t0 = time.perf_counter()
-            bert_dev = bert_only_ranked(encoder, xb, dev_q)
+            bert_dev = bert_only_ranked(encoder.info.dim, xq_dev, xb, dev_q)
             add(BERT_ONLY, score(bert_dev, ds.item_ids, ds.dev, ds.gains, ds.recall_grade),
                 time.perf_counter() - t0, fingerprint=encoder.fingerprint)  # fmt: skip
         # Fusion: chosen on the held-out train slice, then applied once to dev.
         t0 = time.perf_counter()
         tried = []
         if tune_q:
-            dense_tune = dense_ranked(encoder, xb, tune_q)
+            dense_tune = dense_ranked(query_vectors(encoder, tune_q), xb, tune_q)
             for params in FUSION_GRID:
                 rep = score(fused(dense_tune, lex_tune, params), ds.item_ids, ds.tune, ds.gains,
                             ds.recall_grade)  # fmt: skip

@@ -390,16 +390,8 @@ def split_interactions(
     )
 
 
-def user_vectors(
-    bank: np.ndarray, histories: Sequence[np.ndarray], decay: float = DEFAULT_HISTORY_DECAY
-) -> np.ndarray:
-    """Each history's bank rows pooled by the user tower (``trainer.user_tower``: the
-    recency-weighted mean, normalised; ``decay`` 1 = the plain mean), as the server pools them.
-
-    Returns:
-        (n_users, dim) float32.
-    """
-    return history_vectors(bank, histories, decay)
+# Users from the item bank: the user tower's pooling, the same the server and evaluation use.
+user_vectors = history_vectors
 
 
 # ---------------------------------------------------------------------------------------------

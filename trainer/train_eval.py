@@ -138,14 +138,15 @@ class _EvalMixin:
             (the sketch, NDCG@10 per weight tried; "0" is the BERT towers alone).
         """
         cfg = self.config
-        texts: list[str] = []
-        seen: set[str] = set()
+        texts_of: dict[str, list[str]] = {}  # catalog path → item texts, each catalog once
         for prepared in self.datasets:
-            if prepared.data.catalog.path not in seen:
-                seen.add(prepared.data.catalog.path)
-                texts.extend(item_texts(prepared.data.catalog))
+            catalog = prepared.data.catalog
+            if catalog.path not in texts_of:
+                texts_of[catalog.path] = item_texts(catalog)
         t0 = time.perf_counter()
-        sketch = LexicalSketch.fit(texts, dim=cfg.lexical_dim)
+        sketch = LexicalSketch.fit(
+            [t for texts in texts_of.values() for t in texts], dim=cfg.lexical_dim
+        )
         if cfg.lexical_weight is not None:
             return sketch.with_weight(cfg.lexical_weight), {}
         parts = []  # per search eval set: (weight, labels, gains, grade, ids, xq, lq, xb, lb)
@@ -161,12 +162,12 @@ class _EvalMixin:
                 collective=False,
             )  # fmt: skip
             xq = self._embed(self.model.query_tower, prepared.eval_query_tokens, collective=False)
-            all_texts = item_texts(data.catalog)
+            all_texts = texts_of[data.catalog.path]
             parts.append((
                 prepared.spec.weight, prepared.eval_labels, prepared.gains,
                 prepared.recall_grade, np.asarray(data.catalog.item_ids, dtype=object)[rows],
-                _unit(xq), sketch.sketch(prepared.eval_query_texts),
-                _unit(xb), sketch.sketch([all_texts[r] for r in rows.tolist()]),
+                xq, sketch.sketch(prepared.eval_query_texts),  # towers' rows are unit already
+                xb, sketch.sketch([all_texts[r] for r in rows.tolist()]),
             ))  # fmt: skip
         fit: dict[str, float] = {}
         best, best_score = None, -math.inf
@@ -236,9 +237,3 @@ class _EvalMixin:
                 self.step,
                 self.bad_evals,
             )
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows L2-normalised (float32)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,7 +28,6 @@ from trainer.checkpoints import LATEST_NAME, CheckpointDir
 from trainer.config import DatasetSpec, TrainConfig, read_config_file
 from trainer.data import Catalog, DataError, Interactions, Labels, read_catalog
 from trainer.encoder import load_encoder
-from trainer.lexical_tower import DEFAULT_WEIGHT
 from trainer.losses import sampled_softmax_loss
 from trainer.model import build_two_tower
 from trainer.prepare import prepare_datasets
@@ -369,106 +367,6 @@ def test_early_stopping_exports_the_best(
     load_encoder(config.out)  # the export loads
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train(config)
-
-
-def test_fit_history_decay_exports_the_best_decay(
-    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
-) -> None:
-    config = _config(
-        tmp_path,
-        tiny_model_dir,
-        data,
-        datasets=(
-            DatasetSpec(
-                catalog=data["products"], train=data["interactions_train"], task="recommend"
-            ),
-        ),
-        max_steps=2,
-        eval_every=1,
-        holdout_fraction=0.25,
-        history_decay=0.55,
-        fit_history_decay=True,
-    )
-    result = train(config)
-    for record in result.history:
-        fit = record["history_decay_fit"]
-        # the grid plus the training decay, each scored; the best is kept (ties: larger decay)
-        assert set(fit) == {"1", "0.9", "0.8", "0.7", "0.6", "0.55", "0.5", "0.4", "0.3"}
-        best = max(fit.values())
-        assert fit[f"{record['history_decay']:g}"] == best
-        assert record["datasets"][config.datasets[0].name]["ndcg@10"] == pytest.approx(best)
-        assert all(float(d) <= record["history_decay"] for d, v in fit.items() if v == best)
-    chosen = next(r for r in result.history if r["step"] == result.best_step)["history_decay"]
-    assert load_encoder(config.out).history_decay == chosen
-    meta = json.loads((config.out / "training_metrics.json").read_text())
-    assert meta["history_decay"] == chosen
-    # Without fitting, the model keeps the training decay.
-    plain = _config(
-        tmp_path / "plain",
-        tiny_model_dir,
-        data,
-        datasets=config.datasets,
-        max_steps=1,
-        eval_every=1,
-        holdout_fraction=0.25,
-        history_decay=0.55,
-    )
-    result = train(plain)
-    assert "history_decay_fit" not in result.history[0]
-    assert load_encoder(plain.out).history_decay == 0.55
-
-
-def test_lexical_sketch_is_fitted_and_exported(
-    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
-) -> None:
-    config = _config(
-        tmp_path, tiny_model_dir, data, max_steps=1, holdout_fraction=0.25, lexical_dim=64
-    )
-    train(config)
-    encoder = load_encoder(config.out)
-    meta = json.loads((config.out / "training_metrics.json").read_text())
-    fit = meta["lexical"]["weight_fit_ndcg@10"]
-    assert set(fit) == {"0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.8", "1"}
-    chosen = encoder.info.lexical["weight"]
-    assert fit[f"{chosen:g}"] == max(v for k, v in fit.items() if k != "0")
-    settings = {k: v for k, v in meta["lexical"].items() if k != "weight_fit_ndcg@10"}
-    assert (
-        settings
-        == encoder.info.lexical
-        == {"dim": 64, "weight": chosen, "hashes": 2, "buckets": 1 << 20}
-    )
-    assert encoder.dim == 32 + 64 and (config.out / "lexical_tower.safetensors").is_file()
-    # Both towers append the same sketch: a query equal to an item text scores it like BERT
-    # does, plus the full trigram weight.
-    title = next(iter(read_catalog(data["products"]).records()))["title"]
-    xq, xb = encoder.encode_queries([title]), encoder.encode_items([title])
-    np.testing.assert_allclose(np.linalg.norm(xq, axis=1), 1.0, atol=1e-5)
-    w = chosen
-    bert = float(xq[0, :32] @ xb[0, :32]) * (1 + w)  # the BERT cosine
-    lex = float(xq[0, 32:] @ xb[0, 32:]) * (1 + w) / w  # the sketch cosine
-    assert lex == pytest.approx(1.0, abs=1e-5)
-    assert float(xq[0] @ xb[0]) == pytest.approx((bert + w * lex) / (1 + w), abs=1e-5)
-    # A fixed weight is kept as given.
-    fixed = _config(
-        tmp_path / "fixed", tiny_model_dir, data, max_steps=1, lexical_dim=64, lexical_weight=0.7
-    )
-    train(fixed)
-    assert load_encoder(fixed.out).info.lexical["weight"] == 0.7
-
-
-def test_lexical_weight_falls_back_when_no_query_can_score_it(
-    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch, caplog
-) -> None:
-    import trainer.train_eval as train_eval
-
-    nan = SimpleNamespace(metrics={"ndcg@10": SimpleNamespace(mean=float("nan"))})
-    monkeypatch.setattr(train_eval, "evaluate_rankings", lambda *args, **kwargs: nan)
-    config = _config(
-        tmp_path, tiny_model_dir, data, max_steps=1, holdout_fraction=0.25, lexical_dim=64
-    )
-    train(config)  # the trained weights are exported, not lost
-    assert load_encoder(config.out).info.lexical["weight"] == DEFAULT_WEIGHT
-    assert "no eval query could score a weight" in caplog.text
 
 
 def test_resume_refuses_other_settings(
