@@ -40,12 +40,12 @@ import faiss
 import numpy as np
 
 from benchmarks.common import machine as common_machine
-from indexer.build import build_shard_index
-from indexer.factory import nlist_for
-from indexer.manifest import file_sha256
-from indexer.rerank import VectorStore
-from indexer.store import search_parameters
-from indexer.tune import exact_search, perturbed_queries, tie_aware_recall, tune_effort
+from indexer.build.factory import nlist_for
+from indexer.build.shard import build_shard_index
+from indexer.build.tune import exact_search, perturbed_queries, tie_aware_recall, tune_effort
+from indexer.rerank.vectors import VectorStore
+from indexer.storage.manifest import file_sha256
+from indexer.version import search_parameters
 
 DATA_DIR = Path("/work/shared/data/homedepot")
 CACHE_DIR = Path("bench-out/cache")
@@ -106,8 +106,9 @@ def real_embeddings(
 
     Queries: the distinct search terms of queries_dev and queries_train, in a seeded order.
     """
-    from trainer.data import read_catalog, read_queries
-    from trainer.encoder import default_model_dir, model_fingerprint
+    from trainer.data.catalog import read_catalog
+    from trainer.data.labels import read_queries
+    from trainer.encoder.model_dir import default_model_dir, model_fingerprint
     from trainer.text import item_text, query_text
 
     model_dir = default_model_dir()
@@ -121,7 +122,7 @@ def real_embeddings(
     def get_encoder():
         nonlocal encoder
         if encoder is None:
-            from trainer.encoder import load_encoder
+            from trainer.encoder.load import load_encoder
 
             encoder = load_encoder(model_dir, num_threads=encode_threads)
         return encoder

@@ -127,10 +127,12 @@ def summary(latencies_ms: list[float], wall_s: float, errors: int) -> dict[str, 
 
 def prepare(config: LatencyConfig, cache: Path) -> tuple[Path, list[str]]:
     """The index root (built once per settings) and the query texts."""
-    from indexer.build import BuildConfig, build_index
-    from trainer.data import read_catalog, read_queries
-    from trainer.encoder import default_model_dir, model_fingerprint
-    from trainer.onnx_export import export_query_tower
+    from indexer.build.config import BuildConfig
+    from indexer.build.local import build_index
+    from trainer.data.catalog import read_catalog
+    from trainer.data.labels import read_queries
+    from trainer.encoder.model_dir import default_model_dir, model_fingerprint
+    from trainer.encoder.onnx_export import export_query_tower
 
     data = require_shared_data("homedepot")
     queries = list(read_queries(data / "queries_dev.jsonl").values())
@@ -195,7 +197,7 @@ def grown_catalog(n: int, data: Path, cache: Path) -> tuple[Path, Path]:
     copy j >= 1 of an item has id ``<source id>~<j>``. Both are written once into ``cache``.
     """
     from benchmarks import bench_ann
-    from trainer.data import read_catalog
+    from trainer.data.catalog import read_catalog
 
     ann = bench_ann.PRESETS["S"]  # max_item_length 48, copy_noise 0.5, seed 0
     real, _, fingerprint = bench_ann.real_embeddings(ann, data)
@@ -241,7 +243,7 @@ class Server:
         self.port_file = port_file = work / f"port-{os.getpid()}-{cache_size}"
         port_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli_serve", "--index", str(root), "--port", "0",
+            [sys.executable, "-m", "engine.cli.serve", "--index", str(root), "--port", "0",
              "--port-file", str(port_file), "--cache-size", str(cache_size), "--workers", "32",
              "--max-in-flight", "256"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -396,7 +398,9 @@ def floor(address: str, root: Path, queries: list[str], k: int) -> dict[str, Any
     import faiss
 
     from engine.client import AisleClient
-    from engine.service import EncodingConfig, SearchQuery, SearchService, load_snapshot
+    from engine.search.service import SearchService
+    from engine.search.snapshot import load_snapshot
+    from engine.search.types import EncodingConfig, SearchQuery
 
     faiss.omp_set_num_threads(1)  # the server's setting (aisle-serve --threads 1)
     encoding = EncodingConfig(cache_size=0)
@@ -548,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     root, queries = prepare(config, args.cache_dir)
     random.Random(0).shuffle(queries)
-    from indexer.store import IndexVersion
+    from indexer.version import IndexVersion
 
     manifest = IndexVersion.open(root, verify=False).manifest
     n_items = manifest.n_items

@@ -49,20 +49,22 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import SHARED_DATA, append_jsonl, machine, require_shared_data
-from engine.fusion import FusionParams, fuse
-from indexer.lexical import LexicalIndex
-from trainer.batches import split_labels
-from trainer.config import read_config_file
-from trainer.data import Catalog, Labels, read_catalog, read_interactions, read_labels
-from trainer.encoder import Encoder, default_model_dir, load_encoder, model_fingerprint
-from trainer.evaluate import (
+from engine.search.fusion import FusionParams, fuse
+from indexer.lexical.index import LexicalIndex
+from trainer.data.catalog import Catalog, read_catalog
+from trainer.data.labels import Labels, read_interactions, read_labels
+from trainer.encoder.load import Encoder, load_encoder
+from trainer.encoder.model_dir import default_model_dir, model_fingerprint
+from trainer.evaluation.evaluate import (
     DATASET_PRESETS,
     catalog_vectors,
     evaluate_recommendation,
     exact_search,
 )
-from trainer.metrics import EvalReport, evaluate_rankings
+from trainer.evaluation.metrics import EvalReport, evaluate_rankings
 from trainer.text import item_text, query_text
+from trainer.training.batches import split_labels
+from trainer.training.config import read_config_file
 
 logger = logging.getLogger("benchmarks.bench_quality")
 

@@ -25,8 +25,9 @@ from typing import Any
 
 from benchmarks.common import SHARED_DATA, append_jsonl
 from benchmarks.common import machine as common_machine
-from indexer.build import BuildConfig, build_index
-from indexer.spark_build import SparkConfig, build_index_spark, spark_session
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
+from indexer.build.spark import SparkConfig, build_index_spark, spark_session
 
 HOMEDEPOT = SHARED_DATA / "homedepot" / "products.jsonl.gz"
 

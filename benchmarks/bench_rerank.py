@@ -30,18 +30,12 @@ import pyarrow as pa
 
 from benchmarks.common import append_jsonl
 from benchmarks.common import machine as common_machine
-from indexer import kernels as K
-from indexer.rerank import (
-    BoostSpec,
-    DiversitySpec,
-    FilterSpec,
-    ItemColumns,
-    VectorStore,
-    compile_filter,
-    matching_rows,
-    rerank,
-    selectivity,
-)
+from indexer.rerank import kernels as K
+from indexer.rerank.columns import ItemColumns
+from indexer.rerank.filters import compile_filter, matching_rows, selectivity
+from indexer.rerank.rerank import rerank
+from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
+from indexer.rerank.vectors import VectorStore
 
 
 @dataclass(frozen=True)

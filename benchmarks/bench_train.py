@@ -178,8 +178,8 @@ class _Step:
 def training_pairs(spec: RunSpec) -> tuple[list[str], list[str]]:
     """The (query text, item text) of every positive pair, exactly as Aisle's trainer reads
     them (``prepare_datasets`` over the same files and settings)."""
-    from trainer.prepare import prepare_datasets
     from trainer.text import item_text
+    from trainer.training.prepare import prepare_datasets
 
     with tempfile.TemporaryDirectory(prefix="bench_train_pairs_") as tmp:
         (prepared,) = prepare_datasets(_aisle_config(spec, Path(tmp)))
@@ -207,7 +207,7 @@ def _vocab_size(model_dir: str) -> int:
 
 
 def _aisle_config(spec: RunSpec, tmp: Path) -> Any:
-    from trainer.config import DatasetSpec, TrainConfig
+    from trainer.training.config import DatasetSpec, TrainConfig
 
     c = spec.config
     return TrainConfig(
@@ -249,8 +249,8 @@ def run_aisle(spec: RunSpec) -> dict[str, Any]:
     started = time.perf_counter()
     import torch
 
-    from trainer.prepare import prepare_datasets
-    from trainer.train import train
+    from trainer.training.prepare import prepare_datasets
+    from trainer.training.run import train
 
     torch.set_num_threads(spec.threads)
     steps: list[_Step] = []
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / name).is_file():
             parser.error(f"{data / name} is not there (--data must be the Home Depot data dir)")
     if args.model is None:
-        from trainer.encoder import default_model_dir
+        from trainer.encoder.model_dir import default_model_dir
 
         model = default_model_dir()
     else:

@@ -52,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from engine.cli_search import format_table
+    from engine.cli.search import format_table
     from engine.client import AisleClient
-    from indexer.build import BuildConfig, build_index
-    from trainer.encoder import default_model_dir
-    from trainer.synthetic import write_synthetic_dataset
+    from indexer.build.config import BuildConfig
+    from indexer.build.local import build_index
+    from trainer.data.synthetic import write_synthetic_dataset
+    from trainer.encoder.model_dir import default_model_dir
 
     args.out.mkdir(parents=True, exist_ok=True)
     data = write_synthetic_dataset(args.out / "data", n_items=args.items, n_queries=50, seed=0)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         # The packaged all-MiniLM-L6-v2 plus its query tower exported to ONNX: the server then
         # encodes queries with ONNX Runtime (about 3x faster than torch at batch 1 on a CPU).
         try:
-            from trainer.onnx_export import export_query_tower
+            from trainer.encoder.onnx_export import export_query_tower
 
             export_query_tower(default_model_dir(), model)
         except ImportError as error:  # onnx/onnxscript are the `train` extra
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             sys.executable,
             "-m",
-            "engine.cli_serve",
+            "engine.cli.serve",
             "--index",
             str(args.out / "index"),
             "--host",

@@ -20,18 +20,22 @@ from aisle.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
-from engine.interceptor import ServingInterceptor
-from engine.limits import AdmissionControl, RateLimiter
-from engine.metrics import ServerMetrics
-from engine.router import (
-    RouterConfig,
-    RouterIndexAdminServicer,
-    RouterRetrievalServicer,
-    create_router_service,
+from engine.api.interceptor import ServingInterceptor
+from engine.api.limits import AdmissionControl, RateLimiter
+from engine.api.metrics import ServerMetrics
+from engine.api.servicers import EventsServicer, IndexAdminServicer, RetrievalServicer, ServiceSlot
+from engine.cluster.config import RouterConfig
+from engine.cluster.router import create_router_service
+from engine.cluster.servicers import RouterIndexAdminServicer, RouterRetrievalServicer
+from engine.cluster.shard import (
+    SHARD_SERVICE_NAMES,
+    ShardSpec,
+    add_shard_services,
+    load_shard_service,
 )
-from engine.service import EncodingConfig, SearchService, load_snapshot
-from engine.servicer import EventsServicer, IndexAdminServicer, RetrievalServicer, ServiceSlot
-from engine.shard import SHARD_SERVICE_NAMES, ShardSpec, add_shard_services, load_shard_service
+from engine.search.service import SearchService
+from engine.search.snapshot import load_snapshot
+from engine.search.types import EncodingConfig
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from indexer.build import BuildConfig, build_index
-from indexer.compact import compact
-from indexer.layout import DEFAULT_KEEP_VERSIONS, IndexRoot, resolve_version_dir
-from indexer.manifest import MANIFEST_NAME, load_manifest
+from indexer.build.compact import compact
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
+from indexer.storage.layout import DEFAULT_KEEP_VERSIONS, IndexRoot, resolve_version_dir
+from indexer.storage.manifest import MANIFEST_NAME, load_manifest
 
 __all__ = ["main"]
 
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--item-vectors is for the local engine; the Spark build encodes the "
                         "catalog itself (drop --engine spark, or drop --item-vectors)"
                     )
-                from indexer.spark_build import SparkConfig, build_index_spark
+                from indexer.build.spark import SparkConfig, build_index_spark
 
                 spark_config = SparkConfig(
                     master=args.master,

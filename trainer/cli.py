@@ -189,7 +189,7 @@ def build_config(args: argparse.Namespace) -> Any:
     Raises:
         ValueError: a bad file, a bad value, or a dataset both in flags and in the file.
     """
-    from trainer.config import DatasetSpec, TrainConfig, read_config_file
+    from trainer.training.config import DatasetSpec, TrainConfig, read_config_file
 
     given = vars(args)
     settings: dict[str, Any] = {}
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from trainer.train import train, train_distributed
+    from trainer.training.run import train, train_distributed
 
     try:
         config = build_config(args)

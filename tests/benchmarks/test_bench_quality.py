@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import bench_quality as Q
-from trainer.config import TrainConfig
+from trainer.training.config import TrainConfig
 
 
 def _config(path: Path, *names: str) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,11 @@ from typing import Any
 
 import pytest
 
-from benchmarks import report as R
-from benchmarks.report_sections import bench_name, fmt, record_time
+from benchmarks.report import compare as Rcompare
+from benchmarks.report import main as R
+from benchmarks.report import results as Rresults
+from benchmarks.report import run as Rrun
+from benchmarks.report.format import bench_name, fmt, record_time
 
 RECORDS = Path(__file__).with_name("records.jsonl")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,8 +52,8 @@ def section(text: str, name: str) -> str:
     return text[start : end if end >= 0 else None]
 
 
-def python_job(name: str, code: str) -> R.Job:
-    return R.Job(name, (sys.executable, "-c", code))
+def python_job(name: str, code: str) -> Rrun.Job:
+    return Rrun.Job(name, (sys.executable, "-c", code))
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -61,7 +65,7 @@ def test_report_renders_every_benchmark_from_its_newest_line(tmp_path: Path) -> 
     summary = R.write_report(out, report, command="python -m benchmarks.report --no-run")
     text = report.read_text()
 
-    for name in R.REPORT_ORDER:
+    for name in Rresults.REPORT_ORDER:
         assert f"(`{name}`)" in text
     assert "Not run" not in text and "Failed" not in text
     # Commands: the record's own (quality, train), else rebuilt from its preset.
@@ -136,7 +140,7 @@ def test_newest_line_wins_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
     older["results"]["spark_overhead_ratio"] = 9.99
     path = tmp_path / "reindex.jsonl"
     path.write_text(json.dumps(older) + "\n" + json.dumps(records["reindex"]) + '\n{"bench": ')
-    loaded = R.newest_records(tmp_path)["reindex"]
+    loaded = Rresults.newest_records(tmp_path)["reindex"]
     assert loaded.line == 2
     assert loaded.record == records["reindex"]
 
@@ -173,11 +177,11 @@ sys.exit({exit_code})
 """
 
 
-def writing_job(name: str, out: Path, exit_code: int = 0) -> R.Job:
+def writing_job(name: str, out: Path, exit_code: int = 0) -> Rrun.Job:
     """A job that appends the fixture's line for ``name`` to OUT/<name>.jsonl, then exits."""
     line = list(fixture_records()).index(name)
     code = WRITE_LINE.format(name=name, line=line, exit_code=exit_code)
-    return R.Job(name, (sys.executable, "-c", code, str(RECORDS), str(out / f"{name}.jsonl")))
+    return Rrun.Job(name, (sys.executable, "-c", code, str(RECORDS), str(out / f"{name}.jsonl")))
 
 
 def test_a_failing_benchmark_is_reported_and_the_others_still_run(
@@ -211,7 +215,7 @@ def test_a_failing_benchmark_is_reported_and_the_others_still_run(
     assert "exited 0 but appended nothing" in section(text, "ann")
     reindex = section(text, "reindex")
     assert "Failed" not in reindex and "| Spark session start | 21.55 |" in reindex
-    assert f"Command: `python -c {R.shlex.quote(jobs[1].argv[2])}" in reindex  # this run's
+    assert f"Command: `python -c {shlex.quote(jobs[1].argv[2])}" in reindex  # this run's
     train = section(text, "train")
     assert "exited with status 1" in train and "appended its JSON line before failing" in train
     assert "ratio 1.276" in train
@@ -222,19 +226,19 @@ def test_a_failing_benchmark_is_reported_and_the_others_still_run(
 
 def test_a_benchmark_past_its_timeout_is_stopped(tmp_path: Path) -> None:
     started = time.perf_counter()
-    outcome = R.run_job(python_job("train", "import time; time.sleep(60)"), tmp_path, 1.0)
+    outcome = Rrun.run_job(python_job("train", "import time; time.sleep(60)"), tmp_path, 1.0)
     assert time.perf_counter() - started < 30
     assert not outcome.ok and "timeout" in outcome.stderr_tail[-1]
 
 
 def test_default_jobs_map_presets_and_results_folder() -> None:
-    jobs = R.default_jobs("L", Path("bench-out"), list(R.RUN_ORDER))
-    assert [j.name for j in jobs] == list(R.RUN_ORDER)
+    jobs = Rrun.default_jobs("L", Path("bench-out"), list(Rrun.RUN_ORDER))
+    assert [j.name for j in jobs] == list(Rrun.RUN_ORDER)
     assert all(j.argv[0] == sys.executable for j in jobs)
-    by_name = {j.name: R.display(j.argv) for j in jobs}
+    by_name = {j.name: Rrun.display(j.argv) for j in jobs}
     assert by_name["quality"] == "python -m benchmarks.bench_quality --preset M"  # no L
     assert by_name["ann"] == "python -m benchmarks.bench_ann --preset L"
-    other = {j.name: j.argv[1:] for j in R.default_jobs("S", Path("/tmp/o"), ["ann", "train"])}
+    other = {j.name: j.argv[1:] for j in Rrun.default_jobs("S", Path("/tmp/o"), ["ann", "train"])}
     assert other["ann"][-4:] == ("--out", "/tmp/o/ann.jsonl", "--plot", "/tmp/o/ann_S.png")
     assert other["train"][-2:] == ("--out", "/tmp/o")
 
@@ -252,10 +256,10 @@ def declared_flags(module: Path) -> set[str]:
     return flags
 
 
-@pytest.mark.parametrize("name", R.RUN_ORDER)
+@pytest.mark.parametrize("name", Rrun.RUN_ORDER)
 def test_every_benchmark_declares_the_flags_the_runner_passes(name: str, tmp_path: Path) -> None:
-    source = Path(R.__file__).with_name(f"bench_{name}.py")
-    passed = {a for a in R.bench_command(name, "L", tmp_path) if a.startswith("--")}
+    source = Path(R.__file__).parents[1] / f"bench_{name}.py"
+    passed = {a for a in Rrun.bench_command(name, "L", tmp_path) if a.startswith("--")}
     assert passed <= declared_flags(source), passed - declared_flags(source)
 
 
@@ -281,10 +285,10 @@ def test_compare_says_better_or_worse_by_direction() -> None:
         "l/p99": metric(15.0, "lower"),
         "added": metric(1.0, "lower"),
     }
-    verdicts = {row[0]: row[4] for row in R.compare(old, new, tolerance=0.02)}
+    verdicts = {row[0]: row[4] for row in Rcompare.compare(old, new, tolerance=0.02)}
     assert verdicts == {"q/ndcg": "better", "l/p50": "worse", "l/qps": "same", "l/p99": "better"}
-    assert R.compare(old, new, tolerance=0.25)[1][4] == "same"
-    text = R.format_comparison(old, new, 0.02, "old.jsonl")
+    assert Rcompare.compare(old, new, tolerance=0.25)[1][4] == "same"
+    text = Rcompare.format_comparison(old, new, 0.02, "old.jsonl")
     assert "2 better, 1 worse, 1 same of 4 metrics" in text
     assert "only in the old run (1): gone" in text and "only in the new run (1): added" in text
 
@@ -314,11 +318,13 @@ def test_compare_with_a_benchmarks_own_jsonl_takes_its_previous_line(tmp_path: P
     older["results"]["ratio"] = 1.0
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(older) + "\n" + json.dumps(records["train"]) + "\n")
-    before, name, presets = R.old_metrics(R.read_jsonl(path), R.newest_records(tmp_path))
+    before, name, presets = Rcompare.old_metrics(
+        Rresults.read_jsonl(path), Rresults.newest_records(tmp_path)
+    )
     assert name == "train" and before["train/ratio"]["value"] == 1.0 and presets == {"train": "S"}
     other = tmp_path / "elsewhere"
     other.mkdir()
-    before, _, _ = R.old_metrics(R.read_jsonl(path), R.newest_records(other))
+    before, _, _ = Rcompare.old_metrics(Rresults.read_jsonl(path), Rresults.newest_records(other))
     assert before["train/ratio"]["value"] == 1.276  # another file: its newest line
 
 
@@ -330,14 +336,17 @@ def test_compare_flags_a_preset_change(tmp_path: Path) -> None:
     older["config"]["preset"] = "M"
     old_file = tmp_path / "old-train.jsonl"
     old_file.write_text(json.dumps(older) + "\n")
-    text = R.comparison(R.read_jsonl(old_file), summary, R.newest_records(out), 0.02, "old")
+    text = Rcompare.comparison(
+        Rresults.read_jsonl(old_file), summary, Rresults.newest_records(out), 0.02, "old"
+    )
     assert text.startswith("note: train ran at preset M then and S now")
     assert "reindex/" not in text  # only the benchmark the old file is from
     assert "0 better, 0 worse, 3 same of 3 metrics" in text
 
 
 def test_latency_section_shows_hybrid_levels_and_the_other_scale(tmp_path: Path) -> None:
-    from benchmarks.report_sections import Context, latency_section
+    from benchmarks.report.figures import Context
+    from benchmarks.report.latency import latency_section
 
     def level(c: int, p50: float) -> dict[str, Any]:
         return {"concurrency": c, "p50_ms": p50, "p95_ms": p50 + 1, "p99_ms": p50 + 2,
@@ -370,7 +379,7 @@ def test_latency_section_shows_hybrid_levels_and_the_other_scale(tmp_path: Path)
 
 
 def test_quality_section_names_the_model_parts() -> None:
-    from benchmarks.report_quality import _model_parts
+    from benchmarks.report.quality import _model_parts
 
     rows = [
         {"dataset": "homedepot", "method": "fine-tuned", "lexical": {"dim": 256, "weight": 0.4}},

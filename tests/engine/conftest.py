@@ -9,7 +9,8 @@ import pytest
 
 from engine.client import AisleClient
 from engine.server import AisleServer, ServerConfig, create_server
-from indexer.build import BuildConfig, build_index
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 
 COLORS = ["red", "blue", "green", "black", "white", "grey"]
 NOUNS = ["sofa", "lamp", "chair", "table", "kettle", "drill", "skillet", "towel", "rug", "desk"]

@@ -11,8 +11,9 @@ import pytest
 
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
-from indexer.build import BuildConfig, build_index
-from indexer.manifest import IndexFormatError, ModelMismatchError
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
+from indexer.storage.manifest import IndexFormatError, ModelMismatchError
 from tests.engine.conftest import write_catalog
 from tests.helpers import make_tiny_model
 

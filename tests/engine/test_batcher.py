@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from engine.batcher import EmbeddingCache, MicroBatcher
-from engine.errors import DeadlineExceeded, ResourceExhausted
+from engine.search.batcher import EmbeddingCache, MicroBatcher
+from engine.search.errors import DeadlineExceeded, ResourceExhausted
 
 
 class CountingEncoder:

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from engine import cli_search, cli_serve
+from engine.cli import search as cli_search
+from engine.cli import serve as cli_serve
 
 
 def test_search_cli_prints_a_table(server, catalog, capsys) -> None:
@@ -50,7 +51,7 @@ def test_serve_cli_runs_until_sigterm(index_root, tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "engine.cli_serve",
+            "engine.cli.serve",
             "--index",
             str(index_root),
             "--port",

@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from aisle.v1 import events_pb2, events_pb2_grpc
 from engine.client import AisleClient
-from engine.events import LOG_NAME, EventLog
+from engine.search.events import LOG_NAME, EventLog
 from engine.server import ServerConfig, create_server
 
 
@@ -131,7 +131,7 @@ def test_an_append_after_a_torn_line_keeps_the_log_readable(tmp_path) -> None:
         '{"user_id":"a","item_id":"y","ty'
     )
     log = EventLog(tmp_path)  # opening it repairs the tail
-    from engine.events import Event, now_utc
+    from engine.search.events import Event, now_utc
 
     log.append([Event("a", "z", "click", "", now_utc())])
     assert [e.item_id for e in log.read()] == ["x", "z"]

@@ -10,7 +10,8 @@ import pytest
 from aisle.v1 import retrieval_pb2, types_pb2
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
-from indexer.build import BuildConfig, build_index
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 
 CATEGORIES = ["Home > Furniture > Sofas", "Home > Lighting > Lamps", "Kitchen > Cookware"]
 BRANDS = ["Acme", "Globex", "Initech", "Umbrella"]

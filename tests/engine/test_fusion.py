@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.fusion import FusionParams, blend, fuse, normalize_scores, rrf
+from engine.search.fusion import FusionParams, blend, fuse, normalize_scores, rrf
 
 
 def _rrf_reference(lists, k_rrf=60.0, weights=None):

@@ -12,7 +12,8 @@ from google.protobuf import struct_pb2
 from aisle.v1 import index_admin_pb2, index_admin_pb2_grpc, retrieval_pb2
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
-from indexer.build import BuildConfig, build_index
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 
 HYBRID, DENSE, LEXICAL = (
     retrieval_pb2.SEARCH_MODE_HYBRID,

@@ -12,10 +12,12 @@ import pytest
 from aisle.v1 import retrieval_pb2
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
-from indexer.build import BuildConfig, build_index
-from trainer.encoder import load_encoder, read_model_info, write_model_info
-from trainer.lexical_tower import LexicalSketch
-from trainer.user_tower import pool_history
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
+from trainer.encoder.load import load_encoder
+from trainer.encoder.model_dir import read_model_info, write_model_info
+from trainer.encoder.trigram import LexicalSketch
+from trainer.encoder.user import pool_history
 
 
 @pytest.fixture(scope="module")

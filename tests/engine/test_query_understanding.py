@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.query_understanding import ParsedQuery, parse_query
+from engine.search.query import ParsedQuery, parse_query
 
 N = None
 # (query, remaining text, price_min, price_max)

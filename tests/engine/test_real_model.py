@@ -8,7 +8,8 @@ import pytest
 
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
-from indexer.build import BuildConfig, build_index
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 
 PRODUCTS = [
     ("P01", "Crimson Velvet Three-Seat Sofa", "Home > Furniture > Sofas"),

@@ -15,7 +15,8 @@ import pytest
 
 from engine.client import AisleClient
 from engine.server import ServerConfig, TlsConfig, create_server
-from indexer.build import BuildConfig, build_index
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 from tests.engine.conftest import write_catalog
 
 TOKEN = "robustness-token-0123456789"

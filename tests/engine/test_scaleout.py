@@ -25,15 +25,16 @@ from aisle.v1 import (
     shard_pb2_grpc,
     types_pb2,
 )
-from engine import cli_serve
+from engine.api.servicers import ServiceSlot
+from engine.cli import serve as cli_serve
 from engine.client import AisleClient
-from engine.router import RouterConfig
+from engine.cluster.config import RouterConfig
+from engine.cluster.shard import ShardSearchServicer, ShardSpec, load_shard_service, shard_columns
 from engine.server import ServerConfig, create_server
-from engine.servicer import ServiceSlot
-from engine.shard import ShardSearchServicer, ShardSpec, load_shard_service, shard_columns
-from indexer.build import BuildConfig, build_index
-from indexer.rerank import ItemColumns
-from indexer.store import IndexVersion
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
+from indexer.rerank.columns import ItemColumns
+from indexer.version import IndexVersion
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "scale-out-admin-token-0123"
@@ -408,7 +409,7 @@ def _start_shard(root: Path, shard: str, tmp: Path, name: str) -> tuple[subproce
     port_file = tmp / f"{name}.port"
     with (tmp / f"{name}.log").open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli_serve", "--index", str(root), "--shard", shard]
+            [sys.executable, "-m", "engine.cli.serve", "--index", str(root), "--shard", shard]
             + ["--port", "0", "--port-file", str(port_file), "--workers", "8"],
             cwd=REPO,
             stdout=log,

@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from aisle.v1 import retrieval_pb2, types_pb2
-from trainer.encoder import load_encoder
+from trainer.encoder.load import load_encoder
 
 
 def rpc_error(call) -> grpc.RpcError:

@@ -41,9 +41,18 @@ def _bin(name: str) -> str:
 
 def build(root: Path) -> None:
     subprocess.run(
-        [_bin("aisle-index"), "build", "--catalog", str(DATA / "products.jsonl.gz"),
-         "--out", str(root), "--shards", "2"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            _bin("aisle-index"),
+            "build",
+            "--catalog",
+            str(DATA / "products.jsonl.gz"),
+            "--out",
+            str(root),
+            "--shards",
+            "2",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -88,9 +97,19 @@ def run() -> dict[str, Any]:
         build(root)
         port_file = Path(tmp) / "port"
         server = subprocess.Popen(
-            [_bin("aisle-serve"), "--index", str(root), "--port", "0",
-             "--port-file", str(port_file), "--cache-size", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                _bin("aisle-serve"),
+                "--index",
+                str(root),
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--cache-size",
+                "0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 180

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.build import BuildConfig, build_index
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 
 _COLORS = ["red", "blue", "green", "black", "white", "grey", "silver", "brown"]
 _NOUNS = ["sofa", "lamp", "chair", "table", "drill", "towel", "rug", "desk", "mug", "kettle"]

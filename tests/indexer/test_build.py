@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import indexer.build
-from indexer.build import BuildConfig, build_index
-from indexer.layout import IndexRoot
-from indexer.store import IndexVersion
+import indexer.build.local
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
+from indexer.storage.layout import IndexRoot
+from indexer.version import IndexVersion
 from tests.indexer.conftest import write_catalog
 
 
@@ -144,7 +145,7 @@ def test_failure_before_publish_keeps_old_version(tmp_path, catalog, tiny_model_
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(indexer.build, "save_manifest", boom)
+    monkeypatch.setattr(indexer.build.local, "save_manifest", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         build_index(config)
     root = IndexRoot(tmp_path)
@@ -270,7 +271,7 @@ def test_compact_vectors_rescoring_recall(compact_roots, flat_root, kind):
 def test_compact_vectors_corruption_detected(compact_roots, tmp_path):
     import shutil
 
-    from indexer.manifest import IndexFormatError
+    from indexer.storage.manifest import IndexFormatError
 
     root = Path(shutil.copytree(compact_roots["i8"], tmp_path / "index"))
     scales = root / "versions" / "1" / "shard_001.scales.npy"

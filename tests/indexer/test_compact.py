@@ -9,15 +9,16 @@ import logging
 import numpy as np
 import pytest
 
-from indexer.build import BuildConfig, build_index
+from indexer.build.compact import compact
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 from indexer.cli import main
-from indexer.compact import compact
-from indexer.layout import IndexRoot
-from indexer.live import LiveIndex
-from indexer.store import IndexVersion
-from indexer.updates import UpdateLog, UpdateLogError
+from indexer.live.index import LiveIndex
+from indexer.storage.layout import IndexRoot
+from indexer.storage.update_log import UpdateLog, UpdateLogError
+from indexer.version import IndexVersion
 from tests.indexer.conftest import write_catalog
-from trainer.encoder import load_encoder
+from trainer.encoder.load import load_encoder
 from trainer.text import item_text
 
 
@@ -207,7 +208,7 @@ def test_full_build_can_discard_updates(flat_root_copy, catalog, tiny_model_dir,
     config = BuildConfig(
         catalog=catalog[0], out=flat_root_copy, model=tiny_model_dir, discard_updates=True
     )
-    with caplog.at_level(logging.WARNING, logger="indexer.compact"):
+    with caplog.at_level(logging.WARNING, logger="indexer.build.compact"):
         path = build_index(config)
     assert "discarding 3 live update(s)" in caplog.text
     version = IndexVersion.open(path)

@@ -13,31 +13,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.build import BuildConfig, build_index
-from indexer.compact import compact
-from indexer.faults import FAULT_ENV, FAULT_EXIT_CODE, STAGES
-from indexer.layout import IndexRoot
-from indexer.live import LiveIndex
-from indexer.store import IndexVersion
-from indexer.updates import UpdateLog
+from indexer.build.compact import compact
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
+from indexer.live.index import LiveIndex
+from indexer.storage.faults import FAULT_ENV, FAULT_EXIT_CODE, STAGES
+from indexer.storage.layout import IndexRoot
+from indexer.storage.update_log import UpdateLog
+from indexer.version import IndexVersion
 from tests.indexer.conftest import write_catalog
 
 VERSION_STAGES = [s for s in STAGES if not s.startswith("log-")]
 
 _BUILD = """
 import sys
-from indexer.build import BuildConfig, build_index
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 build_index(BuildConfig(catalog=sys.argv[1], out=sys.argv[2], model=sys.argv[3], shards=2,
                         target_recall=None))
 """
 _COMPACT = """
 import sys
-from indexer.compact import compact
+from indexer.build.compact import compact
 compact(sys.argv[1])
 """
 _APPEND = """
 import os, sys
-from indexer.updates import UpdateLog
+from indexer.storage.update_log import UpdateLog
 log = UpdateLog(sys.argv[1])
 log.append_delete(["A"])
 log.append_delete(["B"])

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.build import BuildConfig, build_index
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
 from indexer.cli import main
-from indexer.layout import IndexRoot
-from indexer.live import LiveIndex
-from indexer.manifest import file_sha256
-from indexer.store import IndexVersion
-from indexer.updates import UpdateLog
-from trainer.encoder import load_encoder
+from indexer.live.index import LiveIndex
+from indexer.storage.layout import IndexRoot
+from indexer.storage.manifest import file_sha256
+from indexer.storage.update_log import UpdateLog
+from indexer.version import IndexVersion
+from trainer.encoder.load import load_encoder
 from trainer.text import item_text
 
 

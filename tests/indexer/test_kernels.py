@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer import kernels as K
+from indexer.rerank import kernels as K
 
 NEG_INF = np.float32(-np.inf)
 

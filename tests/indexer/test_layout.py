@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.layout import IndexRoot, resolve_version_dir
-from indexer.manifest import IndexFormatError
+from indexer.storage.layout import IndexRoot, resolve_version_dir
+from indexer.storage.manifest import IndexFormatError
 
 
 def _stage(root: IndexRoot, n: int) -> None:

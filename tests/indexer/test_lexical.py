@@ -12,17 +12,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from indexer import lexical
-from indexer.lexical import (
-    ANALYZER,
-    LEXICAL_META_FILE,
-    BM25Params,
-    LexicalIndex,
-    analyze,
-    lexical_file_names,
-)
-from indexer.manifest import IndexFormatError
-from indexer.shards import shard_of
+from indexer.lexical import files as lexical_files
+from indexer.lexical import updates as lexical_updates
+from indexer.lexical.analysis import ANALYZER, analyze
+from indexer.lexical.bm25 import BM25Params
+from indexer.lexical.files import LEXICAL_META_FILE, lexical_file_names
+from indexer.lexical.index import LexicalIndex
+from indexer.storage.manifest import IndexFormatError
+from indexer.storage.sharding import shard_of
 
 _MISSING = np.float32(-np.finfo(np.float32).max)
 _WORDS = (
@@ -277,7 +274,7 @@ def test_load_rejects_bad_files(tmp_path):
     (tmp_path / LEXICAL_META_FILE).write_text(json.dumps(meta))
     with pytest.raises(IndexFormatError, match="format"):
         LexicalIndex.load(tmp_path)
-    meta["format_version"] = lexical.FORMAT_VERSION
+    meta["format_version"] = lexical_files.FORMAT_VERSION
     (tmp_path / LEXICAL_META_FILE).write_text(json.dumps(meta))
     (tmp_path / "shard_000.lexical.npz").write_bytes(b"not a zip")
     with pytest.raises(IndexFormatError, match="shard_000"):
@@ -360,7 +357,7 @@ def test_upsert_and_delete_against_reference():
             assert index.delete(rows) == len(rows) - 1
             for r in rows[:-1]:
                 del model.docs[int(r)]
-        assert len(index._state.segments) <= lexical.MAX_SEGMENTS
+        assert len(index._state.segments) <= lexical_updates.MAX_SEGMENTS
         merged |= len(index._state.segments) < n_segments  # only a merge makes fewer
         n_segments = len(index._state.segments)
         for query in queries:

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.live import LiveIndex, UnknownItemError
-from indexer.manifest import ModelMismatchError
-from indexer.store import IndexVersion
-from indexer.updates import UpdateLog
-from trainer.encoder import load_encoder
+from indexer.live.index import LiveIndex
+from indexer.live.view import UnknownItemError
+from indexer.storage.manifest import ModelMismatchError
+from indexer.storage.update_log import UpdateLog
+from indexer.version import IndexVersion
+from trainer.encoder.load import load_encoder
 from trainer.text import item_text
 
 
@@ -271,7 +272,7 @@ def test_readers_see_consistent_states_while_a_writer_updates(live):
 
 
 def test_vector_store_and_columns_cover_every_row(live):
-    from indexer.rerank import rerank
+    from indexer.rerank.rerank import rerank
 
     live.upsert([{"item_id": "N", "title": "mug", "price": 4.0}], unit(1, live.dim, 10))
     store = live.vector_store()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.manifest import (
+from indexer.storage.manifest import (
     SCHEMA_VERSION,
     IndexFormatError,
     Manifest,

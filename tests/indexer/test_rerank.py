@@ -6,23 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from indexer.manifest import IndexFormatError
-from indexer.rerank import (
-    BoostSpec,
-    CandidatePlan,
-    DiversitySpec,
-    FilterSpec,
-    ItemColumns,
-    VectorStore,
-    candidate_depth,
-    compile_filter,
-    matching_rows,
-    plan_candidates,
-    rerank,
-    search_and_rerank,
-    selectivity,
-)
-from indexer.store import IndexVersion
+from indexer.rerank.columns import ItemColumns
+from indexer.rerank.filters import compile_filter, matching_rows, selectivity
+from indexer.rerank.plan import CandidatePlan, candidate_depth, plan_candidates
+from indexer.rerank.rerank import rerank, search_and_rerank
+from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
+from indexer.rerank.vectors import VectorStore
+from indexer.storage.manifest import IndexFormatError
+from indexer.version import IndexVersion
 
 CATEGORIES = [
     "Home > Furniture > Sofas",

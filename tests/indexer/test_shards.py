@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from indexer.shards import shard_of
+from indexer.storage.sharding import shard_of
 
 IDS = ["B00X", "item-1", "", "ü-ñ", "B07XJ8C8F5"]
 
@@ -32,7 +32,10 @@ def test_dtype_and_shape():
 
 def test_same_in_another_process():
     # Python's own hash() is salted per process; the shard hash must not be.
-    code = "from indexer.shards import shard_of; print(shard_of(['B00X', 'item-1', 'ü-ñ'], 7))"
+    code = (
+        "from indexer.storage.sharding import shard_of; "
+        "print(shard_of(['B00X', 'item-1', 'ü-ñ'], 7))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

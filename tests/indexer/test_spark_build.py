@@ -11,12 +11,13 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-import indexer.spark_build  # noqa: E402
-from indexer.build import BuildConfig, build_index  # noqa: E402
+import indexer.build.spark  # noqa: E402
+from indexer.build.config import BuildConfig  # noqa: E402
+from indexer.build.local import build_index  # noqa: E402
+from indexer.build.spark import SparkConfig, build_index_spark, spark_session  # noqa: E402
 from indexer.cli import _parser  # noqa: E402
-from indexer.live import LiveIndex  # noqa: E402
-from indexer.spark_build import SparkConfig, build_index_spark, spark_session  # noqa: E402
-from indexer.store import IndexVersion  # noqa: E402
+from indexer.live.index import LiveIndex  # noqa: E402
+from indexer.version import IndexVersion  # noqa: E402
 from tests.indexer.conftest import write_catalog  # noqa: E402
 from tests.indexer.test_compact import live_state, some_updates, version_state  # noqa: E402
 
@@ -93,7 +94,7 @@ def test_flat_equivalent_to_local_build(spark, small_catalog, tiny_model_dir, tm
     assert remote.manifest.search_defaults == local.manifest.search_defaults
     assert remote.manifest.build["engine"] == "spark"
     # The same BM25 index (the lexical channel) is published with the Spark build.
-    from indexer.lexical import LexicalIndex
+    from indexer.lexical.index import LexicalIndex
 
     query = json.loads(small_catalog.read_text().splitlines()[7])["title"]
     D_local, I_local = LexicalIndex.load(local_dir).search(query, 5)
@@ -144,7 +145,7 @@ def test_restart_rebuilds_only_broken_shard(
         if name == "after-shards-written":  # like AISLE_FAULT_AT, without killing pytest
             raise Stop(name)
 
-    monkeypatch.setattr(indexer.spark_build, "fault_point", stop_at)
+    monkeypatch.setattr(indexer.build.spark, "fault_point", stop_at)
     with pytest.raises(Stop):
         build_index_spark(config, spark=spark)
     assert not (tmp_path / "versions").exists()
@@ -158,7 +159,7 @@ def test_restart_rebuilds_only_broken_shard(
     }
     (version / "shard_001.faiss").write_bytes(b"corrupt")  # fails its checksum
     monkeypatch.undo()
-    with caplog.at_level(logging.INFO, logger="indexer.spark_build"):
+    with caplog.at_level(logging.INFO, logger="indexer.build.spark"):
         published = build_index_spark(config, spark=spark)
     assert "reusing the embeddings" in caplog.text
     manifest = json.loads((published / "manifest.json").read_text())

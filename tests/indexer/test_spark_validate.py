@@ -12,9 +12,10 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-from indexer.spark_build import spark_session  # noqa: E402
-from indexer.spark_validate import ROW, validate_catalog_spark  # noqa: E402
-from trainer.data import DataError, read_catalog  # noqa: E402
+from indexer.build.spark import spark_session  # noqa: E402
+from indexer.build.spark_validate import ROW, validate_catalog_spark  # noqa: E402
+from trainer.data.catalog import read_catalog  # noqa: E402
+from trainer.data.rows import DataError  # noqa: E402
 
 # Tiny file splits, so a 60-line catalog is read by ~10 tasks and cross-row rules (duplicate
 # ids, one type per attribute, line numbers) are checked across partitions.

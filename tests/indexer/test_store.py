@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from indexer.manifest import IndexFormatError, ModelMismatchError
-from indexer.shards import shard_of
-from indexer.store import IndexVersion
-from trainer.encoder import load_encoder
+from indexer.storage.manifest import IndexFormatError, ModelMismatchError
+from indexer.storage.sharding import shard_of
+from indexer.version import IndexVersion
+from trainer.encoder.load import load_encoder
 from trainer.text import item_text
 
 MISSING = -np.finfo(np.float32).max

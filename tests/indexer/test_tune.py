@@ -9,9 +9,10 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer.build import BuildConfig, build_index, build_shard_index
-from indexer.store import IndexVersion
-from indexer.tune import (
+from indexer.build.config import BuildConfig
+from indexer.build.local import build_index
+from indexer.build.shard import build_shard_index
+from indexer.build.tune import (
     TuneConfig,
     TuneResult,
     combine_results,
@@ -23,6 +24,7 @@ from indexer.tune import (
     tie_aware_recall,
     tune_effort,
 )
+from indexer.version import IndexVersion
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -96,7 +98,7 @@ def test_higher_target_needs_more_effort(data):
 def test_unreachable_target_keeps_best_and_warns(data, caplog):
     xb, ids, xq = data
     index, _ = build_shard_index(xb, ids, "IVF16,PQ4x4np")  # 2 bytes a vector: recall capped
-    caplog.set_level(logging.WARNING, logger="indexer.tune")
+    caplog.set_level(logging.WARNING, logger="indexer.build.tune")
     result = tune_effort(index, xb, ids, xq, target_recall=1.0, rescore_depth=0)
     assert not result.reached and result.param == "nprobe"
     assert result.recall == max(r for _, r, _ in result.curve)
@@ -149,9 +151,9 @@ def test_tie_aware_recall_counts_tied_items():
 
 
 def test_exact_search_in_blocks_matches_numpy(monkeypatch):
-    import indexer.tune
+    import indexer.build.tune
 
-    monkeypatch.setattr(indexer.tune, "_EXACT_CHUNK", 70)  # several blocks, a ragged last one
+    monkeypatch.setattr(indexer.build.tune, "_EXACT_CHUNK", 70)  # several blocks, a ragged last one
     xb = _clustered(500, seed=3)
     xq = perturbed_queries(xb, 20, seed=4)
     D, I = exact_search(xq, xb, 7)

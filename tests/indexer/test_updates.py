@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.manifest import SCHEMA_VERSION, Manifest, ShardInfo, save_manifest
-from indexer.updates import UpdateLog, UpdateLogError, truncate_applied
+from indexer.storage.manifest import SCHEMA_VERSION, Manifest, ShardInfo, save_manifest
+from indexer.storage.update_log import UpdateLog, UpdateLogError, truncate_applied
 
 DIM = 4
 
@@ -103,7 +103,7 @@ def test_torn_last_record_is_ignored_then_cut_off(tmp_path, tail, caplog):
     good = path.read_bytes()
     with open(path, "ab") as f:
         f.write(tail)  # what a crash in the middle of an append leaves behind
-    with caplog.at_level(logging.WARNING, logger="indexer.updates"):
+    with caplog.at_level(logging.WARNING, logger="indexer.storage.update_log"):
         assert [r.seq for r in UpdateLog(tmp_path).records()] == [1, 2]
     assert "torn" in caplog.text
     with UpdateLog(tmp_path) as log:
@@ -196,7 +196,7 @@ def test_threads_append_without_losing_or_reusing_seqs(tmp_path):
 
 _APPENDER = """
 import sys
-from indexer.updates import UpdateLog
+from indexer.storage.update_log import UpdateLog
 log = UpdateLog(sys.argv[1])
 for i in range(20):
     log.append_delete([f"{sys.argv[2]}-{i}"])

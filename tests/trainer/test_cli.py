@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from trainer.cli import main
-from trainer.encoder import load_encoder, query_onnx_path, read_model_info
-from trainer.synthetic import write_synthetic_dataset
+from trainer.data.synthetic import write_synthetic_dataset
+from trainer.encoder.load import load_encoder
+from trainer.encoder.model_dir import read_model_info
+from trainer.encoder.onnx_tower import query_onnx_path
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_export_adds_the_onnx_query_tower(
             atol=1e-4,
         )
     else:
-        assert "python -m trainer.onnx_export" in caplog.text
+        assert "python -m trainer.encoder.onnx_export" in caplog.text
 
 
 def test_config_file_with_two_tasks_and_flag_overrides(

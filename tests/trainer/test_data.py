@@ -13,15 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trainer.data import (
-    Catalog,
-    DataError,
+from trainer.data.catalog import Catalog, read_catalog
+from trainer.data.labels import (
     check_labels_against_catalog,
-    read_catalog,
     read_interactions,
     read_labels,
     read_queries,
 )
+from trainer.data.rows import DataError
 
 ITEMS: list[dict[str, Any]] = [
     {

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from tests.helpers import make_tiny_model
-from trainer.encoder import (
+from trainer.encoder.load import Encoder, load_encoder
+from trainer.encoder.model_dir import (
     MODEL_INFO_NAME,
-    Encoder,
     ModelInfo,
     default_model_dir,
-    load_encoder,
     model_fingerprint,
     read_model_info,
     write_model_info,

@@ -12,9 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from trainer.data import Catalog, Interactions, Labels
-from trainer.encoder import load_encoder
-from trainer.evaluate import (
+from trainer.data.catalog import Catalog
+from trainer.data.labels import Interactions, Labels
+from trainer.encoder.load import load_encoder
+from trainer.evaluation.evaluate import (
     EvalConfig,
     catalog_vectors,
     dataset_preset,

@@ -10,9 +10,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from trainer.encoder import load_encoder, model_fingerprint, read_model_info, write_model_info
-from trainer.lexical_tower import LEXICAL_FILE, LexicalSketch, trigram_ids
-from trainer.model_dir import ModelInfo
+from trainer.encoder.load import load_encoder
+from trainer.encoder.model_dir import (
+    ModelInfo,
+    model_fingerprint,
+    read_model_info,
+    write_model_info,
+)
+from trainer.encoder.trigram import LEXICAL_FILE, LexicalSketch, trigram_ids
 
 TEXTS = [
     "KOHLER Whitehaven Undermount Apron Front Cast Iron Sink",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses import in_batch_accuracy, sampled_softmax_loss
+from trainer.training.losses import in_batch_accuracy, sampled_softmax_loss
 
 
 def _unit(*rows: tuple[float, ...]) -> torch.Tensor:

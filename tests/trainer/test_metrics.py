@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from trainer.data import Labels
-from trainer.metrics import (
+from trainer.data.labels import Labels
+from trainer.evaluation.metrics import (
     DEFAULT_RECALL_GRADE,
     ESCI_GAINS,
     GAIN_TABLES,

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from tests.helpers import make_tiny_model
-from trainer.batches import pad_ids, tokenize
-from trainer.encoder import (
+from trainer.encoder.load import load_encoder
+from trainer.encoder.model_dir import (
     MODEL_INFO_NAME,
     PROJECTION_FILE,
-    load_encoder,
     model_fingerprint,
     read_model_info,
 )
-from trainer.model import (
+from trainer.training.batches import pad_ids, tokenize
+from trainer.training.model import (
     ITEM_TOWER_DIR,
     QUERY_TOWER_DIR,
     TRAINING_METRICS_NAME,

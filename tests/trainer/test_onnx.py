@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 
 from tests.helpers import make_tiny_model
-from trainer.encoder import (
-    ONNX_META_KEYS,
-    QUERY_ONNX_FILE,
+from trainer.encoder.load import load_encoder
+from trainer.encoder.model_dir import (
     ModelInfo,
     default_model_dir,
-    load_encoder,
     model_fingerprint,
     read_model_info,
     write_model_info,
 )
-from trainer.onnx_export import export_query_tower, main
+from trainer.encoder.onnx_export import export_query_tower, main
+from trainer.encoder.onnx_tower import ONNX_META_KEYS, QUERY_ONNX_FILE
 
 # Varied lengths (one past 32 tokens, so truncation is exercised), an empty text, accents and
 # symbols; encoded together they pad to the longest.
@@ -119,7 +118,7 @@ def test_backend_selection(onnx_model_dir: Path, tiny_model_dir: Path) -> None:
     assert load_encoder(onnx_model_dir).query_backend == "onnx"  # auto, export present
     assert load_encoder(onnx_model_dir, backend="torch").query_backend == "torch"
     assert load_encoder(tiny_model_dir).query_backend == "torch"  # auto, no export
-    with pytest.raises(ValueError, match="python -m trainer.onnx_export"):
+    with pytest.raises(ValueError, match="python -m trainer.encoder.onnx_export"):
         load_encoder(tiny_model_dir, backend="onnx")
     with pytest.raises(ValueError, match="backend must be one of"):
         load_encoder(onnx_model_dir, backend="tensorrt")
@@ -135,7 +134,7 @@ def test_stale_export_falls_back_or_raises(
     write_model_info(model_dir, replace(read_model_info(model_dir), max_query_length=16))
     with caplog.at_level(logging.WARNING, logger="trainer.encoder"):
         assert load_encoder(model_dir).query_backend == "torch"
-    assert "stale" in caplog.text and "trainer.onnx_export" in caplog.text
+    assert "stale" in caplog.text and "trainer.encoder.onnx_export" in caplog.text
     with pytest.raises(ValueError, match="stale"):
         load_encoder(model_dir, backend="onnx")
 
@@ -174,7 +173,7 @@ class NoTorch:  # any import of torch or transformers fails the run
         return None
 
 sys.meta_path.insert(0, NoTorch())
-from trainer.encoder import load_encoder
+from trainer.encoder.load import load_encoder
 
 texts = json.loads(sys.argv[2])
 out = {}

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data import (
+from trainer.data.catalog import read_catalog
+from trainer.data.labels import (
     check_labels_against_catalog,
-    read_catalog,
     read_interactions,
     read_labels,
     read_queries,
 )
-from trainer.synthetic import main, make_catalog, make_labeled_queries, write_synthetic_dataset
+from trainer.data.synthetic import main, make_catalog, make_labeled_queries, write_synthetic_dataset
 
 FILES = [
     "products",

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.batches import (
+from trainer.data.catalog import Catalog, read_catalog
+from trainer.data.labels import Interactions, Labels
+from trainer.data.rows import DataError
+from trainer.data.synthetic import write_synthetic_dataset
+from trainer.encoder.load import load_encoder
+from trainer.training.batches import (
     epoch_batches,
     mine_hard_negatives,
     recommend_batch,
@@ -24,15 +29,13 @@ from trainer.batches import (
     tokenize,
     user_vectors,
 )
-from trainer.checkpoints import LATEST_NAME, CheckpointDir
-from trainer.config import DatasetSpec, TrainConfig, read_config_file
-from trainer.data import Catalog, DataError, Interactions, Labels, read_catalog
-from trainer.encoder import load_encoder
-from trainer.losses import sampled_softmax_loss
-from trainer.model import build_two_tower
-from trainer.prepare import prepare_datasets
-from trainer.synthetic import write_synthetic_dataset
-from trainer.train import SimulatedKill, train, train_distributed
+from trainer.training.checkpoints import LATEST_NAME, CheckpointDir
+from trainer.training.config import DatasetSpec, TrainConfig, read_config_file
+from trainer.training.losses import sampled_softmax_loss
+from trainer.training.model import build_two_tower
+from trainer.training.prepare import prepare_datasets
+from trainer.training.run import train, train_distributed
+from trainer.training.setup import SimulatedKill
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +232,7 @@ def test_mining_skips_the_top_and_relevant_items() -> None:
 def test_one_step_reduces_the_loss(tiny_model_dir: Path, data: dict[str, Path]) -> None:
     torch.manual_seed(0)
     catalog = read_catalog(data["products"])
-    from trainer.data import read_labels
+    from trainer.data.labels import read_labels
     from trainer.text import item_text
 
     labels = read_labels(data["labels_train"])
@@ -556,7 +559,7 @@ def test_ddp_two_processes_end_with_identical_parameters(
 
 
 def test_eval_sample_keeps_the_judged_items() -> None:
-    from trainer.prepare import _eval_rows
+    from trainer.training.prepare import _eval_rows
 
     needed = np.array([5, 7, 7, 99])
     rows = _eval_rows(1000, needed, 50, seed=0, k=0)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from tests.trainer.test_train import _config
-from trainer.config import DatasetSpec
-from trainer.data import read_catalog
-from trainer.encoder import load_encoder
-from trainer.lexical_tower import DEFAULT_WEIGHT
-from trainer.synthetic import write_synthetic_dataset
-from trainer.train import train
+from trainer.data.catalog import read_catalog
+from trainer.data.synthetic import write_synthetic_dataset
+from trainer.encoder.load import load_encoder
+from trainer.encoder.trigram import DEFAULT_WEIGHT
+from trainer.training.config import DatasetSpec
+from trainer.training.run import train
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_lexical_sketch_is_fitted_and_exported(
 def test_lexical_weight_falls_back_when_no_query_can_score_it(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch, caplog
 ) -> None:
-    import trainer.train_eval as train_eval
+    import trainer.training.selection as train_eval
 
     nan = SimpleNamespace(metrics={"ndcg@10": SimpleNamespace(mean=float("nan"))})
     monkeypatch.setattr(train_eval, "evaluate_rankings", lambda *args, **kwargs: nan)

@@ -11,10 +11,15 @@ import numpy as np
 import pytest
 
 from tests.trainer.test_evaluate import TOY, TOY_XB, _interactions
-from trainer.encoder import load_encoder, model_fingerprint, read_model_info
-from trainer.evaluate import evaluate_recommendation
-from trainer.model_dir import ModelInfo, write_model_info
-from trainer.user_tower import check_history_decay, history_vectors, history_weights, pool_history
+from trainer.encoder.load import load_encoder
+from trainer.encoder.model_dir import (
+    ModelInfo,
+    model_fingerprint,
+    read_model_info,
+    write_model_info,
+)
+from trainer.encoder.user import check_history_decay, history_vectors, history_weights, pool_history
+from trainer.evaluation.evaluate import evaluate_recommendation
 
 
 def test_weights_halve_per_step_back_with_decay_one_half() -> None:

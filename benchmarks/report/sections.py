@@ -1,0 +1,41 @@
+"""The report's part for each benchmark (title, render, headline metrics), re-exporting its pieces.
+
+Each part renders markdown tables, figures and headline metrics from the benchmark's JSON line
+(the record a ``bench_*.py`` appends); it lives in ``report_<benchmark>.py``, and what the parts
+share in ``report_format.py`` (cells, tables, times, metric entries) and ``report_figures.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from benchmarks.report.ann import ann_metrics, ann_section
+from benchmarks.report.figures import Context, Figure
+from benchmarks.report.format import Metrics, Record
+from benchmarks.report.latency import latency_metrics, latency_section
+from benchmarks.report.quality import quality_metrics, quality_section
+from benchmarks.report.reindex import reindex_metrics, reindex_section
+from benchmarks.report.rerank import rerank_metrics, rerank_section
+from benchmarks.report.train import train_metrics, train_section
+
+__all__ = ["PARTS", "Part"]
+
+
+@dataclass(frozen=True)
+class Part:
+    """How the report shows one benchmark."""
+
+    title: str
+    render: Callable[[Context], tuple[list[str], list[Figure]]]
+    metrics: Callable[[Record], Metrics]
+
+
+PARTS: dict[str, Part] = {
+    "quality": Part("Retrieval quality", quality_section, quality_metrics),
+    "ann": Part("Recall vs queries/s per index type", ann_section, ann_metrics),
+    "latency": Part("Served latency", latency_section, latency_metrics),
+    "train": Part("Training throughput", train_section, train_metrics),
+    "reindex": Part("Batch reindex throughput", reindex_section, reindex_metrics),
+    "rerank": Part("Re-ranking kernels", rerank_section, rerank_metrics),
+}

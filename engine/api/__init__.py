@@ -1,0 +1,1 @@
+"""The gRPC edge: validation, paging, servicers, the interceptor, limits and metrics."""

@@ -1,0 +1,302 @@
+"""Request validation: protobuf requests in, validated domain queries out, or a typed error."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from aisle.v1 import retrieval_pb2
+from engine.api.paging import MAX_DEPTH, decode_token, request_digest
+from engine.search.errors import FieldViolation, InvalidArgument
+from engine.search.fusion import FusionParams
+from engine.search.query import parse_query
+from engine.search.types import (
+    DEFAULT_FUSION,
+    MODE_DEFAULT,
+    MODE_DENSE,
+    MODE_HYBRID,
+    MODE_LEXICAL,
+    SearchQuery,
+)
+from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 1000
+MAX_RECENT_ITEMS = 100
+MAX_BATCH = 256
+MAX_EMBED_TEXTS = 256
+MAX_EMBED_CHARS = 10_000
+MAX_EFFORT = 65_536
+MAX_CANDIDATES = 10_000
+DEFAULT_PERSONALIZATION_WEIGHT = 0.3
+MAX_BRANDS = 1000
+MAX_ATTRIBUTE_RANGES = 32
+MAX_EXCLUDED = 10_000
+MAX_BOOST_WEIGHT = 10.0
+FACET_FIELDS = ("category", "brand")
+
+
+def check_k(k: int, field: str = "k") -> None:
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument.field(field, f"must be between 1 and {MAX_K}, got {k}")
+
+
+def page_offset(request, index_version: int, k: int, prefix: str = "") -> int:
+    """The page's start offset from the request's page token (0 without one)."""
+    if not request.page_token:
+        return 0
+    offset = decode_token(
+        request.page_token, digest=request_digest(request), index_version=index_version
+    )
+    if offset + k > MAX_DEPTH:
+        raise InvalidArgument.field(f"{prefix}page_token", f"pages end at result {MAX_DEPTH}")
+    return offset
+
+
+def _range(
+    message, field: str, violations: list[FieldViolation]
+) -> tuple[float | None, float | None]:
+    lo = message.min if message.HasField("min") else None
+    hi = message.max if message.HasField("max") else None
+    for name, value in (("min", lo), ("max", hi)):
+        if value is not None and not math.isfinite(value):
+            violations.append(FieldViolation(f"{field}.{name}", f"must be finite, got {value}"))
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) and lo > hi:
+        violations.append(FieldViolation(field, f"min {lo} is above max {hi}"))
+    return lo, hi
+
+
+def filter_spec(
+    message, prefix: str, violations: list[FieldViolation]
+) -> tuple[FilterSpec | None, tuple[str, ...]]:
+    """A proto Filter as a FilterSpec (None when unset) and the item ids it excludes."""
+    field = f"{prefix}filter"
+    if len(message.brands) > MAX_BRANDS:
+        violations.append(FieldViolation(f"{field}.brands", f"at most {MAX_BRANDS} brands"))
+    if len(message.attributes) > MAX_ATTRIBUTE_RANGES:
+        violations.append(
+            FieldViolation(f"{field}.attributes", f"at most {MAX_ATTRIBUTE_RANGES} ranges")
+        )
+    if len(message.exclude_item_ids) > MAX_EXCLUDED:
+        violations.append(
+            FieldViolation(f"{field}.exclude_item_ids", f"at most {MAX_EXCLUDED} ids")
+        )
+    price_min, price_max = _range(message.price, f"{field}.price", violations)
+    ranges = []
+    for i, attribute in enumerate(message.attributes):
+        if not attribute.name:
+            violations.append(FieldViolation(f"{field}.attributes[{i}].name", "must be set"))
+        lo, hi = _range(attribute.range, f"{field}.attributes[{i}].range", violations)
+        ranges.append((attribute.name, lo, hi))
+    if violations:
+        return None, ()
+    try:
+        spec = FilterSpec(
+            category_prefix=message.category_prefix.strip(),
+            brands=tuple(b for b in message.brands if b),
+            price_min=price_min,
+            price_max=price_max,
+            attribute_ranges=tuple(ranges),
+            in_stock=message.in_stock if message.HasField("in_stock") else None,
+        )
+    except ValueError as error:
+        violations.append(FieldViolation(field, str(error)))
+        return None, ()
+    excluded = tuple(i for i in message.exclude_item_ids if i)
+    return (None if spec == FilterSpec() else spec), excluded
+
+
+def _boost(message, prefix: str, violations: list[FieldViolation]) -> BoostSpec | None:
+    weights = {"popularity": message.popularity, "rating": message.rating, "margin": message.margin}
+    for name, value in weights.items():
+        if not math.isfinite(value) or abs(value) > MAX_BOOST_WEIGHT:
+            violations.append(
+                FieldViolation(
+                    f"{prefix}boost.{name}", f"must be in [-{MAX_BOOST_WEIGHT}, {MAX_BOOST_WEIGHT}]"
+                )
+            )
+    if violations or not any(weights.values()):
+        return None
+    return BoostSpec(**weights)
+
+
+def _diversity(message, prefix: str, violations: list[FieldViolation]) -> DiversitySpec | None:
+    if not 0 <= message.max_per_category <= MAX_K:
+        violations.append(
+            FieldViolation(f"{prefix}diversity.max_per_category", f"must be 0..{MAX_K}")
+        )
+    if not (math.isfinite(message.mmr_lambda) and 0.0 <= message.mmr_lambda <= 1.0):
+        violations.append(FieldViolation(f"{prefix}diversity.mmr_lambda", "must be in [0, 1]"))
+    if violations or not (message.max_per_category or message.mmr_lambda):
+        return None
+    return DiversitySpec(max_per_category=message.max_per_category, mmr_lambda=message.mmr_lambda)
+
+
+MODES = {
+    retrieval_pb2.SEARCH_MODE_UNSPECIFIED: MODE_DEFAULT,
+    retrieval_pb2.SEARCH_MODE_DENSE: MODE_DENSE,
+    retrieval_pb2.SEARCH_MODE_LEXICAL: MODE_LEXICAL,
+    retrieval_pb2.SEARCH_MODE_HYBRID: MODE_HYBRID,
+}
+MODE_ENUMS = {name: value for value, name in MODES.items()}
+MAX_RRF_K = 1000
+
+
+def _fusion(request, prefix: str, violations: list[FieldViolation]) -> FusionParams | None:
+    """The request's fusion settings; None (the server default) when unset."""
+    if not request.HasField("fusion"):
+        return None
+    f = request.fusion
+    field = f"{prefix}fusion"
+    if f.HasField("dense_weight") and not (
+        math.isfinite(f.dense_weight) and 0.0 <= f.dense_weight <= 1.0
+    ):
+        violations.append(FieldViolation(f"{field}.dense_weight", "must be in [0, 1]"))
+    if not 0 <= f.rrf_k <= MAX_RRF_K:
+        violations.append(FieldViolation(f"{field}.rrf_k", f"must be 0..{MAX_RRF_K}"))
+    if f.method not in (
+        retrieval_pb2.FUSION_METHOD_UNSPECIFIED,
+        retrieval_pb2.FUSION_METHOD_RRF,
+        retrieval_pb2.FUSION_METHOD_BLEND,
+    ):
+        violations.append(FieldViolation(f"{field}.method", f"unknown method {f.method}"))
+    if violations:
+        return None
+    if f.method == retrieval_pb2.FUSION_METHOD_RRF:
+        return FusionParams(method="rrf", k_rrf=f.rrf_k or 60)
+    alpha = f.dense_weight if f.HasField("dense_weight") else DEFAULT_FUSION.alpha
+    return FusionParams(method="blend", alpha=alpha, norm=DEFAULT_FUSION.norm)
+
+
+def _with_price(
+    spec: FilterSpec | None, price_min: float | None, price_max: float | None
+) -> FilterSpec:
+    """`spec` with a parsed price range intersected into its own."""
+    spec = spec or FilterSpec()
+    lo = [v for v in (spec.price_min, price_min) if v is not None]
+    hi = [v for v in (spec.price_max, price_max) if v is not None]
+    if lo and hi and max(lo) > min(hi):
+        raise InvalidArgument.field(
+            "query",
+            f"its price expression ({price_min} to {price_max}) contradicts filter.price; "
+            "fix one, or set disable_query_parsing",
+        )
+    return dataclasses.replace(
+        spec, price_min=max(lo) if lo else None, price_max=min(hi) if hi else None
+    )
+
+
+def search_query(
+    request: retrieval_pb2.SearchRequest, index_version: int, prefix: str = ""
+) -> SearchQuery:
+    """Validate a SearchRequest; `prefix` names its place in a batch ("requests[3].")."""
+    violations: list[FieldViolation] = []
+    text = request.query.strip()
+    if not text:
+        violations.append(FieldViolation(f"{prefix}query", "must not be empty"))
+    elif len(text) > MAX_QUERY_CHARS:
+        violations.append(
+            FieldViolation(
+                f"{prefix}query", f"is {len(text)} characters; at most {MAX_QUERY_CHARS}"
+            )
+        )
+    if not 1 <= request.k <= MAX_K:
+        violations.append(
+            FieldViolation(f"{prefix}k", f"must be between 1 and {MAX_K}, got {request.k}")
+        )
+    if len(request.recent_item_ids) > MAX_RECENT_ITEMS:
+        violations.append(
+            FieldViolation(f"{prefix}recent_item_ids", f"at most {MAX_RECENT_ITEMS} ids")
+        )
+    if len(request.user_id) > 256:
+        violations.append(FieldViolation(f"{prefix}user_id", "at most 256 characters"))
+    if any(not i for i in request.recent_item_ids):
+        violations.append(FieldViolation(f"{prefix}recent_item_ids", "contains an empty id"))
+    weight = request.personalization_weight
+    if math.isnan(weight) or not 0.0 <= weight <= 1.0:
+        violations.append(
+            FieldViolation(f"{prefix}personalization_weight", f"must be in [0, 1], got {weight}")
+        )
+    params: dict[str, int] = {}
+    effort = request.effort
+    for name, value, key in (
+        ("nprobe", effort.nprobe, "nprobe"),
+        ("ef_search", effort.ef_search, "efSearch"),
+    ):
+        if value < 0 or value > MAX_EFFORT:
+            violations.append(
+                FieldViolation(f"{prefix}effort.{name}", f"must be between 1 and {MAX_EFFORT}")
+            )
+        elif value:
+            params[key] = value
+    if effort.candidates and not request.k <= effort.candidates <= MAX_CANDIDATES:
+        violations.append(
+            FieldViolation(f"{prefix}effort.candidates", f"must be between k and {MAX_CANDIDATES}")
+        )
+    if not request.include_fields and request.field_names:
+        violations.append(
+            FieldViolation(f"{prefix}field_names", "only meaningful with include_fields")
+        )
+    spec, excluded = filter_spec(request.filter, prefix, violations)
+    boost = _boost(request.boost, prefix, violations)
+    diversity = _diversity(request.diversity, prefix, violations)
+    for i, name in enumerate(request.facets):
+        if name not in FACET_FIELDS:
+            violations.append(
+                FieldViolation(f"{prefix}facets[{i}]", f"must be one of {', '.join(FACET_FIELDS)}")
+            )
+    if request.HasField("sort") and not request.sort.attribute:
+        violations.append(FieldViolation(f"{prefix}sort.attribute", "must be set"))
+    mode = MODES.get(request.mode)
+    if mode is None:
+        violations.append(FieldViolation(f"{prefix}mode", f"unknown mode {request.mode}"))
+    fusion = _fusion(request, prefix, violations)
+    if violations:
+        raise InvalidArgument(
+            "; ".join(f"{v.field}: {v.description}" for v in violations), violations
+        )
+    parsed = None
+    encoded = text
+    if not request.disable_query_parsing:
+        understood = parse_query(text)
+        if understood.expressions:
+            parsed = understood
+            encoded = understood.text or text  # a query that was only a price: keep it all
+            spec = _with_price(spec, understood.price_min, understood.price_max)
+    offset = page_offset(request, index_version, request.k, prefix)
+    return SearchQuery(
+        text=encoded,
+        lexical_text=encoded,
+        parsed=parsed,
+        mode=mode,
+        fusion=fusion,
+        k=request.k,
+        offset=offset,
+        recent_item_ids=tuple(request.recent_item_ids),
+        user_id=request.user_id,
+        personalization_weight=weight or DEFAULT_PERSONALIZATION_WEIGHT,
+        search_params=params,
+        fetch_depth=effort.candidates,
+        filter=spec,
+        exclude_item_ids=excluded,
+        boost=boost,
+        diversity=diversity,
+        sort_attribute=request.sort.attribute,
+        sort_descending=request.sort.descending,
+        facets=tuple(dict.fromkeys(request.facets)),
+    )
+
+
+def embed_texts(request: retrieval_pb2.EmbedRequest) -> list[str]:
+    if not 1 <= len(request.texts) <= MAX_EMBED_TEXTS:
+        raise InvalidArgument.field(
+            "texts", f"give 1 to {MAX_EMBED_TEXTS} texts, got {len(request.texts)}"
+        )
+    violations = [
+        FieldViolation(f"texts[{i}]", f"must be 1 to {MAX_EMBED_CHARS} characters")
+        for i, t in enumerate(request.texts)
+        if not t.strip() or len(t) > MAX_EMBED_CHARS
+    ]
+    if violations:
+        raise InvalidArgument(violations[0].field + ": " + violations[0].description, violations)
+    return list(request.texts)

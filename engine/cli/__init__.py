@@ -1,0 +1,1 @@
+"""The engine's console scripts: aisle-serve and aisle-search."""

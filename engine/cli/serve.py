@@ -1,0 +1,275 @@
+"""`aisle-serve`: serve an index over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from indexer.storage.manifest import IndexFormatError
+
+EPILOG = """examples:
+  aisle-serve --index ./index                 # serve what ./index/CURRENT names, on 127.0.0.1:50051
+  aisle-serve --index ./index --port 0 --port-file /tmp/port   # any free port, written to a file
+  AISLE_ADMIN_TOKEN=... aisle-serve --index ./index --host 0.0.0.0
+
+scale-out: one server per shard (replicas are just more servers of the same shard), and a router
+  aisle-serve --index ./index --shard 0/2 --port 7001      # and 7011 (a replica), 7002 (shard 1)
+  aisle-serve --index ./index --router --shard-addrs '127.0.0.1:7001,127.0.0.1:7011;127.0.0.1:7002'
+
+The server refuses an index whose files fail their checksums, or a --model that is not the model the
+index was built with. Health (grpc.health.v1) says SERVING once model and index are loaded.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="aisle-serve",
+        description="Serve an Aisle index over gRPC (Retrieval, IndexAdmin, Events, health).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--index",
+        required=True,
+        type=Path,
+        help="index root built by `aisle-index build` (serves the version CURRENT names), "
+        "or one version dir (ROOT/versions/N)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model dir to encode queries with (default: the model the index manifest names; "
+        "it must be the model the index was built with)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
+    parser.add_argument("--workers", type=int, default=16, help="request threads (default 16)")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=64,
+        help="requests handled at once; more are refused with RESOURCE_EXHAUSTED (default 64)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        help="requests/s per client (metadata x-aisle-client, else peer address); 0 = off",
+    )
+    parser.add_argument("--rate-burst", type=int, default=0, help="rate-limit bucket size")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (0 = a free port; off if unset)",
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM): enables TLS")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument(
+        "--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to (mTLS)"
+    )
+    parser.add_argument(
+        "--events-dir",
+        type=Path,
+        help="where Events.Record appends its durable log (default: ROOT/events for an index "
+        "root; a bare version dir has none unless given)",
+    )
+    parser.add_argument(
+        "--protect-reads",
+        action="store_true",
+        help="Retrieval and Events need the admin token too (default: only IndexAdmin does)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="most query texts per encoder call (default 32)"
+    )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=0.0,
+        help="extra wait for more queries once one is queued (default 0: batch only under load)",
+    )
+    parser.add_argument(
+        "--encoder-backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="query encoder: auto = ONNX Runtime when the model dir has the export "
+        "(python -m trainer.encoder.onnx_export), else torch",
+    )
+    parser.add_argument(
+        "--encoder-threads",
+        type=int,
+        default=1,
+        help="intra-op threads of the query encoder (default 1: measured faster on 2 cores)",
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        default=10_000,
+        help="query embeddings cached (LRU); 0 disables the cache (default 10000)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="FAISS (and torch, if loaded) threads per call (default 1: requests already run in "
+        "parallel on the request threads, and OpenMP inside one query fights them for cores)",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file holding the token IndexAdmin calls must send (else env AISLE_ADMIN_TOKEN; "
+        "without either, admin methods are open)",
+    )
+    scale = parser.add_argument_group("scale-out")
+    scale.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="serve only shard I of the N shards (the internal shard API a router calls)",
+    )
+    scale.add_argument(
+        "--router",
+        action="store_true",
+        help="serve the public API by fanning out to shard servers (needs --shard-addrs)",
+    )
+    scale.add_argument(
+        "--shard-addrs",
+        metavar="ADDRS",
+        help="shard servers, in shard order: ';' separates shards, ',' replicas of one shard "
+        "(e.g. 'h1:7001,h2:7001;h1:7002')",
+    )
+    scale.add_argument(
+        "--shard-timeout-ms",
+        type=float,
+        default=500.0,
+        help="deadline of one shard call, within the request's own (default 500)",
+    )
+    scale.add_argument(
+        "--partial-ok",
+        dest="partial_ok",
+        action="store_true",
+        default=True,
+        help="a shard with no replica answering leaves it out, flagged (default)",
+    )
+    scale.add_argument(
+        "--no-partial",
+        dest="partial_ok",
+        action="store_false",
+        help="a shard with no replica answering fails the search with UNAVAILABLE",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Measured on the router: two OpenMP threads spun at 100 % between requests (~30 ms CPU
+    # per query against ~5 ms passive, same latency), starving other processes on the host; and
+    # a single server spinning between requests slows its own request threads the same way.
+    # Set before torch / FAISS load their OpenMP runtimes; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # omp_set_num_threads (in _set_threads) only sets the calling thread's team size: each gRPC
+    # request thread would still open OpenMP teams of one thread per core. Measured on a 1M-item
+    # IVF index on 2 cores: 8 concurrent searches took ~70 ms each that way, ~1 ms with teams of
+    # --threads. OMP_NUM_THREADS is the default every thread starts with: set it before FAISS
+    # loads its OpenMP runtime.
+    if args.threads >= 1:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    from engine.cluster.config import RouterConfig
+    from engine.cluster.shard import ShardSpec
+    from engine.search.types import EncodingConfig
+    from engine.server import ServerConfig, TlsConfig, create_server
+
+    token = os.environ.get("AISLE_ADMIN_TOKEN")
+    if args.admin_token_file is not None:
+        token = args.admin_token_file.read_text().strip()
+    if args.threads < 1:
+        print("aisle-serve: --threads must be >= 1", file=sys.stderr)
+        return 2
+    _set_threads(args.threads)
+    try:
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        tls = (
+            TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+            if args.tls_cert is not None
+            else None
+        )
+        if args.router != (args.shard_addrs is not None):
+            raise ValueError("--router and --shard-addrs go together")
+        router = (
+            RouterConfig.parse(
+                args.shard_addrs,
+                shard_timeout_ms=args.shard_timeout_ms,
+                partial_ok=args.partial_ok,
+            )
+            if args.router
+            else None
+        )
+        config = ServerConfig(
+            index=args.index,
+            model=args.model,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            admin_token=token or None,
+            protect_reads=args.protect_reads,
+            max_in_flight=args.max_in_flight,
+            rate_limit=args.rate_limit,
+            rate_burst=args.rate_burst,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            tls=tls,
+            events_dir=args.events_dir,
+            shard=ShardSpec.parse(args.shard) if args.shard is not None else None,
+            router=router,
+            encoding=EncodingConfig(
+                max_batch=args.batch_size,
+                window_ms=args.batch_window_ms,
+                cache_size=args.cache_size,
+                backend=args.encoder_backend,
+                encoder_threads=args.encoder_threads,
+            ),
+        )
+        server = create_server(config)
+    except (IndexFormatError, ValueError, OSError) as error:
+        print(f"aisle-serve: {error}", file=sys.stderr)
+        return 2
+    if args.port_file is not None:
+        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
+        tmp.write_text(f"{server.port}\n")
+        os.replace(tmp, args.port_file)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).info("signal %d: draining and stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def _set_threads(n: int) -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(n)
+    if "torch" in sys.modules:  # never import torch just to configure it (ONNX serving)
+        sys.modules["torch"].set_num_threads(n)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Scale-out: shard servers and the router that fans out to them."""

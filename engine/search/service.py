@@ -1,0 +1,210 @@
+"""The search service: encode → search shards → top-k, over a swappable model+index snapshot."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.search.batcher import MicroBatcher
+from engine.search.errors import FailedPrecondition, NotFound, Unavailable
+from engine.search.events import Event, EventLog, UserState
+from engine.search.live_updates import LiveUpdates
+from engine.search.recommend import Recommendations
+from engine.search.snapshot import (
+    Snapshot,
+    is_known,
+    load_snapshot,
+    with_excluded,
+)
+from engine.search.types import (
+    MODE_DENSE,
+    EncodingConfig,
+    IndexSummary,
+    SearchQuery,
+)
+from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
+from indexer.storage.manifest import IndexFormatError
+from indexer.storage.users import read_users
+from trainer.text import query_text
+
+__all__ = ["SearchService"]
+
+log = logging.getLogger(__name__)
+
+
+# The search pipeline, recommendations and live updates live in their own modules; this one
+# keeps the lifecycle (encoding, users and events, reload) and the names other modules import.
+class SearchService(LiveUpdates, Recommendations):
+    """Pure search logic over the current snapshot; no gRPC types here."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        index_path: str | Path,
+        model_dir: Path | None,
+        encoding: EncodingConfig | None = None,
+        on_batch: Any = None,
+        events_dir: Path | None = None,
+    ) -> None:
+        self._index_path = Path(index_path)
+        self._event_log = EventLog(events_dir) if events_dir is not None else None
+        self._events_lock = threading.Lock()
+        self._model_dir = model_dir
+        self._encoding = encoding or EncodingConfig()
+        self._on_batch = on_batch
+        self._swap_lock = threading.Lock()  # one reload at a time
+        # Fast tokenizers refuse concurrent calls with different settings ("Already borrowed"),
+        # and torch already uses every core per call, so encodes run one at a time.
+        self._encode_lock = threading.Lock()
+        self.started_at = time.time()
+        self._snapshot = snapshot
+        self._batcher = self._new_batcher(snapshot)
+        self.users = self._load_users(snapshot)
+
+    def _load_users(self, snapshot: Snapshot) -> UserState:
+        """The version's users' recent items, plus events logged since the version was built."""
+        users = UserState(read_users(snapshot.version_dir) if snapshot.version_dir else {})
+        if self._event_log is not None:
+            built = datetime.fromisoformat(snapshot.index.manifest.created_at)
+            if built.tzinfo is None:
+                built = built.replace(tzinfo=UTC)
+            replayed = 0
+            for event in self._event_log.read():
+                if event.time >= built:
+                    users.record(event.user_id, event.item_id)
+                    replayed += 1
+            log.info("user state: %d users, %d events replayed from the log", len(users), replayed)
+        return users
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self._batcher
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def _new_batcher(self, snapshot: Snapshot) -> MicroBatcher:
+        encoder = snapshot.encoder
+
+        def encode(texts: list[str]) -> np.ndarray:
+            with self._encode_lock:
+                return encoder.encode_queries(texts)  # (n, dim)
+
+        e = self._encoding
+        return MicroBatcher(
+            encode,
+            max_batch=e.max_batch,
+            window_ms=e.window_ms,
+            max_queue=e.max_queue,
+            cache_size=e.cache_size,
+            on_batch=self._on_batch,
+        )
+
+    def embed(self, texts: list[str], *, items: bool) -> tuple[np.ndarray, Snapshot]:
+        """(n, dim) float32 unit vectors from the serving model, and the snapshot used."""
+        snap = self._snapshot
+        with self._encode_lock:
+            if items:
+                return snap.encoder.encode_items(texts), snap
+            return snap.encoder.encode_queries([query_text(t) for t in texts]), snap
+
+    # -- events and items -----------------------------------------------------------------------
+
+    def record_events(self, events: list[Event]) -> int:
+        """Append events to the durable log (fsynced), then update the users' recent items."""
+        if self._event_log is None:
+            raise FailedPrecondition(
+                "this server keeps no event log: start it with --events-dir DIR "
+                "(or serve an index root, whose events/ dir is the default)"
+            )
+        snap = self._snapshot
+        for i, event in enumerate(events):
+            if not is_known(snap, event.item_id):
+                raise NotFound(f"events[{i}].item_id: unknown item id {event.item_id!r}")
+        with self._events_lock:  # a reload rebuilding user state waits for this append
+            recorded = self._event_log.append(events)
+            for event in events:
+                self.users.record(event.user_id, event.item_id)
+        return recorded
+
+    def exclude(self, spec: FilterSpec | None, item_ids: tuple[str, ...]) -> FilterSpec | None:
+        """`spec` that also excludes these item ids (unknown ids are ignored)."""
+        snap = self._snapshot
+        return with_excluded(spec, [snap.index.row_of(i) for i in item_ids if is_known(snap, i)])
+
+    def record(self, row: int, field_names: tuple[str, ...] = ()) -> dict[str, Any]:
+        fields = self._snapshot.index.record(row)
+        if field_names:
+            fields = {name: fields[name] for name in field_names if name in fields}
+        return fields
+
+    def warm_up(self) -> None:
+        """Run each request path once before the server says SERVING: the first call of a
+        numba kernel, of ONNX Runtime and of FAISS in a fresh process costs hundreds of ms,
+        which would otherwise land on the first shoppers' requests."""
+        t = time.perf_counter()
+        queries = [
+            SearchQuery(text="warm up", k=10),
+            SearchQuery(text="warm up", k=10, mode=MODE_DENSE, boost=BoostSpec(popularity=1.0)),
+            SearchQuery(text="warm up", k=10, mode=MODE_DENSE, filter=FilterSpec(in_stock=True)),
+            SearchQuery(
+                text="warm up", k=10, diversity=DiversitySpec(max_per_category=2, mmr_lambda=0.5)
+            ),
+        ]
+        for query in queries:
+            self.search(query)
+        self._batcher.cache.clear()  # the warm-up text is not a shopper's query
+        log.info("warmed up in %.0f ms", (time.perf_counter() - t) * 1e3)
+
+    # -- versions -------------------------------------------------------------------------------
+
+    def _load_snapshot(self, target: Path) -> Snapshot:
+        """Load `target` (an index root or version dir); engine.router overrides it."""
+        return load_snapshot(target, self._model_dir, encoding=self._encoding)
+
+    def reload(self, version: int = 0) -> tuple[int, IndexSummary]:
+        """Switch to `version` of the index root (0: what CURRENT names). In-flight requests
+        finish on the snapshot they started with; the next ones see the new one."""
+        from indexer.storage.layout import IndexRoot
+
+        with self._swap_lock:
+            previous = self._snapshot.summary.version
+            if version == 0:
+                target: Path = self._index_path
+            else:
+                root = IndexRoot(self._index_path)
+                if version not in root.versions():
+                    raise NotFound(
+                        f"index version {version} is not published in {self._index_path}; "
+                        f"available: {root.versions()}"
+                    )
+                target = root.version_dir(version)
+            try:
+                snapshot = self._load_snapshot(target)
+            except IndexFormatError as error:
+                raise FailedPrecondition(f"cannot load index version: {error}") from error
+            except (OSError, ValueError) as error:
+                raise Unavailable(f"cannot load index version: {error}") from error
+            old_batcher = self._batcher
+            with self._events_lock:  # no event can slip between the replay and the swap
+                users = self._load_users(snapshot)
+                self._batcher = self._new_batcher(snapshot)
+                self._snapshot, self.users = snapshot, users
+            # Requests still holding the old snapshot finish on it; its batcher drains its queue
+            # and then encodes directly for them.
+            old_batcher.close()
+            log.info("now serving index version %d (was %d)", snapshot.summary.version, previous)
+            return previous, snapshot.summary

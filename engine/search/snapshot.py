@@ -1,0 +1,216 @@
+"""The serving snapshot: one model and the index built with it, loaded, cached and kept live."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.search.errors import InvalidArgument
+from engine.search.types import EncodingConfig, IndexSummary
+from indexer.lexical.files import LEXICAL_META_FILE
+from indexer.lexical.index import LexicalIndex
+from indexer.live.index import LiveIndex
+from indexer.live.view import LiveView
+from indexer.rerank.columns import ItemColumns
+from indexer.rerank.filters import CompiledFilter, compile_filter
+from indexer.rerank.specs import FilterSpec
+from indexer.rerank.vectors import VectorStore
+from indexer.storage.layout import resolve_version_dir
+from indexer.storage.manifest import IndexFormatError
+from indexer.storage.sharding import shard_of
+from indexer.version import IndexVersion
+from trainer.encoder.load import Encoder, load_encoder
+from trainer.encoder.model_dir import model_fingerprint
+from trainer.text import item_text
+
+log = logging.getLogger(__name__)
+
+MAX_COMPILED_FILTERS = 256
+
+
+@dataclass
+class Snapshot:
+    """One model and the index built with it, with what re-ranking needs; swapped as a whole.
+
+    `index` is an IndexVersion, or a LiveView (one consistent state of a live index: a version
+    plus the upserts and deletes since) when `live` is set; every request works on one snapshot.
+    """
+
+    encoder: Encoder
+    index: IndexVersion | LiveView
+    summary: IndexSummary
+    columns: ItemColumns
+    vectors: VectorStore
+    live: LiveIndex | None = None
+    version_dir: Path | None = None
+    lexical: LexicalIndex | None = None  # the BM25 channel, when the version has one
+    dead_rows: tuple[int, ...] = ()  # rows deleted or replaced since the version was built
+    _filters: dict[FilterSpec, CompiledFilter] = field(default_factory=dict)
+    _filters_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def compiled(self, spec: FilterSpec) -> CompiledFilter:
+        """The compiled filter for `spec`, cached: its full-catalog selectivity pass runs once."""
+        return cached_filter(self._filters, self._filters_lock, spec, self.columns)
+
+
+def cached_filter(
+    cache: dict[FilterSpec, CompiledFilter],
+    lock: threading.Lock,
+    spec: FilterSpec,
+    columns: ItemColumns,
+) -> CompiledFilter:
+    """`spec` compiled against `columns`, through a bounded cache (oldest entry out first);
+    an unknown attribute or a bad value is INVALID_ARGUMENT on `filter`."""
+    with lock:
+        hit = cache.get(spec)
+    if hit is not None:
+        return hit
+    try:
+        compiled = compile_filter(spec, columns)
+    except ValueError as error:
+        raise InvalidArgument.field("filter", str(error)) from error
+    with lock:
+        if len(cache) >= MAX_COMPILED_FILTERS:
+            cache.pop(next(iter(cache)))
+        cache[spec] = compiled
+    return compiled
+
+
+def open_model(
+    version_dir: Path, model_dir: str | Path | None, encoding: EncodingConfig | None
+) -> tuple[str, Encoder]:
+    """(fingerprint, query encoder) of ``model_dir``, or without it of the model the index
+    version's manifest names; IndexFormatError when that model is not on this machine."""
+    from indexer.storage.manifest import load_manifest
+
+    encoding = encoding or EncodingConfig()
+    if model_dir is None:
+        model_dir = Path(load_manifest(version_dir / "manifest.json").model_path)
+        if not model_dir.exists():
+            raise IndexFormatError(
+                f"{version_dir}: the model it was built with ({model_dir}) is not on this machine; "
+                "pass --model DIR with a copy of that model"
+            )
+    fingerprint = model_fingerprint(model_dir)
+    encoder = load_encoder(
+        model_dir, backend=encoding.backend, num_threads=encoding.encoder_threads
+    )
+    return fingerprint, encoder
+
+
+def load_snapshot(
+    index_path: str | Path,
+    model_dir: str | Path | None = None,
+    *,
+    encoding: EncodingConfig | None = None,
+) -> Snapshot:
+    """Open an index (root or version dir) and the model that embedded it.
+
+    Without `model_dir` the manifest's model path is used. Raises IndexFormatError when the index
+    is corrupt, or when the model does not match the one the index was built with. The query
+    encoder backend and threads come from `encoding` (ONNX Runtime when the model dir has the
+    export: no torch in the serving process until an item text must be encoded).
+    """
+    version_dir = resolve_version_dir(index_path)
+    fingerprint, encoder = open_model(version_dir, model_dir, encoding)
+    log.info("query encoder: %s backend", encoder.query_backend)
+    if version_dir.parent.name == "versions":
+        # Inside an index root: live updates (Upsert/Delete) go through its update log, and
+        # the updates logged since this version was built are replayed now.
+        live = LiveIndex.open(
+            version_dir, verify=True, expected_fingerprint=fingerprint, encoder=encoder
+        )
+        lexical = _open_lexical(version_dir)
+        if lexical is not None:  # bring BM25 up to the replayed updates
+            sync_lexical(lexical, live.snapshot(), live.n_base, set())
+        return live_snapshot(encoder, live, version_dir, lexical)
+    index = IndexVersion.open(version_dir, verify=True, expected_fingerprint=fingerprint)
+    summary = IndexSummary.of(index.manifest, index.n_items)
+    columns = ItemColumns.from_table(index.items)
+    vectors = index.vector_store()  # the compact copy (f16/i8) when the build kept one
+    return Snapshot(
+        encoder=encoder,
+        index=index,
+        summary=summary,
+        columns=columns,
+        vectors=vectors,
+        version_dir=version_dir,
+        lexical=_open_lexical(version_dir),
+    )
+
+
+def _open_lexical(version_dir: Path) -> LexicalIndex | None:
+    """The version's BM25 index (its files were checksummed with the rest), or None."""
+    if not (version_dir / LEXICAL_META_FILE).exists():
+        return None
+    return LexicalIndex.load(version_dir)
+
+
+def sync_lexical(
+    lexical: LexicalIndex, view: LiveView, rows_before: int, dead_before: set[int]
+) -> None:
+    """Apply to BM25 what the live index changed since a view with `rows_before` rows and
+    `dead_before` dead rows: index the new live rows' texts, drop rows deleted or replaced."""
+    dead = {int(r) for r in view.dead_rows()}
+    new_rows = [r for r in range(rows_before, view.n_rows) if r not in dead]
+    if new_rows:
+        ids = [view.item_id(r) for r in new_rows]
+        lexical.upsert(
+            np.asarray(new_rows, dtype=np.int64),
+            [item_text(view.record(r)) for r in new_rows],
+            shard_of(ids, lexical.n_shards),
+        )
+    # Rows at or past rows_before that are dead were never indexed.
+    gone = sorted(r for r in dead - dead_before if r < rows_before)
+    if gone:
+        lexical.delete(np.asarray(gone, dtype=np.int64))
+
+
+def live_snapshot(
+    encoder: Encoder, live: LiveIndex, version_dir: Path, lexical: LexicalIndex | None = None
+) -> Snapshot:
+    """A Snapshot of the live index's current state (taken again after each update)."""
+    view = live.snapshot()
+    manifest = view.manifest
+    summary = IndexSummary.of(manifest, view.n_items)
+    return Snapshot(
+        encoder=encoder,
+        index=view,
+        summary=summary,
+        columns=view.columns(),
+        vectors=view.vector_store(),
+        live=live,
+        version_dir=version_dir,
+        dead_rows=tuple(int(r) for r in view.dead_rows()),
+        lexical=lexical,
+    )
+
+
+def is_known(snap: Snapshot, item_id: str) -> bool:
+    """Whether `item_id` is an item of the snapshot's index."""
+    try:
+        snap.index.row_of(item_id)
+    except KeyError:
+        return False
+    return True
+
+
+def with_excluded(spec: FilterSpec | None, rows: list[int]) -> FilterSpec | None:
+    """`spec` that also excludes `rows` (global rows)."""
+    if not rows:
+        return spec
+    spec = spec or FilterSpec()
+    merged = tuple(sorted(set(spec.exclude_rows) | set(rows)))
+    return FilterSpec(
+        category_prefix=spec.category_prefix,
+        brands=spec.brands,
+        price_min=spec.price_min,
+        price_max=spec.price_max,
+        attribute_ranges=spec.attribute_ranges,
+        in_stock=spec.in_stock,
+        exclude_rows=merged,
+    )

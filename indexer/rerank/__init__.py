@@ -1,0 +1,1 @@
+"""Exact re-ranking of ANN candidates: numba kernels, stored vectors, columns, filters and specs."""

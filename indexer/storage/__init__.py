@@ -1,0 +1,1 @@
+"""The index root on disk: layout, manifest, update log, sharding, users and fault injection."""

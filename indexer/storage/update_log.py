@@ -1,0 +1,544 @@
+"""The durable log of live index updates (upserts, deletes, attribute changes), replayed on open.
+
+Layout, beside the versions of an index root::
+
+    ROOT/updates/.lock                      flock: appends exclusive, reads shared (any process)
+    ROOT/updates/log.000000000001.jsonl     segments, named by the first seq they may hold
+    ROOT/updates/log.000000000042.jsonl     the last segment is the one appended to
+
+One JSON object per line, keys sorted, with a ``seq`` that rises by one per record across all
+segments and a ``crc`` (zlib.crc32 of the line's canonical JSON without the crc):
+
+- ``{"op": "upsert", "items": [record, ...], "vectors": base64, "dim": d, "fingerprint": ...}``:
+  catalog records (typed like ``trainer.data.read_catalog`` rows) and their (n, dim) float32
+  little-endian vectors, so replay needs no model and is deterministic; ``fingerprint`` names
+  the model that made the vectors;
+- ``{"op": "delete", "item_ids": [...]}``;
+- ``{"op": "attributes", "attributes": {item_id: {column: value or null}}}`` (no re-embedding).
+
+An append is written and fsynced before ``append_*`` returns, so a caller may acknowledge then.
+A crash can only tear the record being written (appends are serialised by a thread lock and an
+flock): a bad *last* line of a segment is ignored with a warning on replay and cut off before
+the next append; a bad line anywhere else is an ``UpdateLogError`` naming the file and line.
+
+``rotate`` starts a new segment (compaction does, once it has folded the log into a version);
+``truncate(seq)`` deletes whole segments whose records are all <= seq, noting the newest deleted
+record in ``updates/truncated.json``. ``IndexRoot.prune`` calls ``truncate_applied``, which keeps
+every record newer than the oldest kept version's ``applied_seq``, so a rollback to any kept
+version can still replay what came after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.storage.faults import fault_point
+from indexer.storage.manifest import MANIFEST_NAME, IndexFormatError, load_manifest
+from trainer.io import fsync_dir, write_atomic
+
+__all__ = [
+    "OPS",
+    "UPDATES_DIR",
+    "LogRecord",
+    "UpdateLog",
+    "UpdateLogError",
+    "applied_seqs",
+    "truncate_applied",
+]
+
+logger = logging.getLogger(__name__)
+
+UPDATES_DIR = "updates"
+OPS = ("upsert", "delete", "attributes")
+_LOCK_NAME = ".lock"
+_TRUNCATED_NAME = "truncated.json"  # seq and time of the newest record deleted by truncate
+_SEGMENT = re.compile(r"^log\.(\d{12})\.jsonl$")
+_VECTOR_DTYPE = np.dtype("<f4")  # little-endian float32 on every machine
+
+
+class UpdateLogError(IndexFormatError):
+    """The update log is corrupt (not a torn last record): the message names file and line."""
+
+
+@dataclass(frozen=True, eq=False)
+class LogRecord:
+    """One update. Which fields are set depends on ``op``.
+
+    Attributes:
+        seq: position in the log, >= 1, strictly rising.
+        op: "upsert", "delete" or "attributes".
+        time: ISO 8601 UTC time of the append.
+        items: upsert: the catalog records, each with ``item_id`` and ``title``.
+        vectors: upsert: (len(items), dim) float32, row i is ``items[i]``'s vector.
+        fingerprint: upsert: fingerprint of the model that made ``vectors``.
+        item_ids: delete: the ids deleted.
+        attributes: attributes: item_id -> {column: new value, None = clear}.
+    """
+
+    seq: int
+    op: str
+    time: str = ""
+    items: tuple[dict[str, Any], ...] = ()
+    vectors: np.ndarray | None = None
+    fingerprint: str = ""
+    item_ids: tuple[str, ...] = ()
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """The record as JSON-able data, without the crc."""
+        data: dict[str, Any] = {"seq": self.seq, "op": self.op, "time": self.time}
+        if self.op == "upsert":
+            if self.vectors is None:
+                raise ValueError(f"upsert record {self.seq} has no vectors")
+            data["items"] = list(self.items)
+            data["dim"] = int(self.vectors.shape[1])
+            data["fingerprint"] = self.fingerprint
+            raw = np.ascontiguousarray(self.vectors, dtype=_VECTOR_DTYPE).tobytes()
+            data["vectors"] = base64.b64encode(raw).decode("ascii")
+        elif self.op == "delete":
+            data["item_ids"] = list(self.item_ids)
+        else:
+            data["attributes"] = self.attributes
+        return data
+
+
+def _canonical(data: Mapping[str, Any]) -> bytes:
+    # Sorted keys, no spaces, ASCII only: the same bytes for the same data on every machine,
+    # which is what the crc is computed over (and recomputed from the parsed line on replay).
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def _encode_line(record: LogRecord) -> bytes:
+    body = _canonical(record.payload())
+    crc = zlib.crc32(body)
+    return body[:-1] + b',"crc":' + str(crc).encode("ascii") + b"}\n"
+
+
+def _decode_line(line: bytes, where: str) -> LogRecord:
+    """Parse and check one log line; raises ValueError (the caller decides: torn or corrupt)."""
+    try:
+        data = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("crc"), int):
+        raise ValueError(f"{where}: not a log record (no crc)")
+    crc = data.pop("crc")
+    if zlib.crc32(_canonical(data)) != crc:
+        raise ValueError(f"{where}: checksum mismatch")
+    seq, op = data.get("seq"), data.get("op")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1 or op not in OPS:
+        raise ValueError(f"{where}: bad seq {seq!r} or op {op!r}")
+    time = str(data.get("time", ""))
+    if op == "delete":
+        ids = data.get("item_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"{where}: delete record without a list of item ids")
+        return LogRecord(seq, op, time, item_ids=tuple(ids))
+    if op == "attributes":
+        attributes = data.get("attributes")
+        if not isinstance(attributes, dict) or not all(
+            isinstance(v, dict) for v in attributes.values()
+        ):
+            raise ValueError(f"{where}: attributes record without an object of objects")
+        return LogRecord(seq, op, time, attributes=attributes)
+    items, dim = data.get("items"), data.get("dim")
+    if not isinstance(items, list) or not all(isinstance(r, dict) for r in items):
+        raise ValueError(f"{where}: upsert record without a list of items")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"{where}: upsert record with bad dim {dim!r}")
+    try:
+        raw = base64.b64decode(data.get("vectors", ""), validate=True)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: upsert vectors are not base64 ({e})") from None
+    if len(raw) != len(items) * dim * _VECTOR_DTYPE.itemsize:
+        raise ValueError(f"{where}: upsert holds {len(raw)} vector bytes for {len(items)} items")
+    vectors = np.frombuffer(raw, dtype=_VECTOR_DTYPE).reshape(len(items), dim)
+    vectors = vectors.astype(np.float32)  # native order, writable copy
+    return LogRecord(
+        seq,
+        op,
+        time,
+        items=tuple(items),
+        vectors=vectors,
+        fingerprint=str(data.get("fingerprint", "")),
+    )
+
+
+@dataclass
+class _Scan:
+    records: list[LogRecord]
+    good_end: int  # byte offset just past the last good line
+    lines: int  # lines consumed up to good_end
+    torn: bool  # bytes after good_end that are not a whole good record
+
+
+def _scan_segment(path: Path, start: int = 0, first_line: int = 1) -> _Scan:
+    """Read the records of one segment from byte ``start`` (line ``first_line``).
+
+    A bad or unterminated final line is reported as ``torn``; a bad line followed by more data
+    raises ``UpdateLogError``.
+    """
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read()
+    records: list[LogRecord] = []
+    pos, lineno = 0, first_line
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:  # no newline: the write of the last record never finished
+            return _Scan(records, start + pos, lineno - first_line, torn=True)
+        line = data[pos:end]
+        if line.strip():
+            try:
+                records.append(_decode_line(line, f"{path}:{lineno}"))
+            except ValueError as e:
+                if data[end + 1 :].strip():
+                    raise UpdateLogError(
+                        f"{e}; the update log is corrupt before its end (a crash only ever "
+                        f"tears the last record): restore {path} from a backup"
+                    ) from None
+                # A crash may persist a later page (with the newline) before an earlier one.
+                return _Scan(records, start + pos, lineno - first_line, torn=True)
+        pos, lineno = end + 1, lineno + 1
+    return _Scan(records, start + pos, lineno - first_line, torn=False)
+
+
+class UpdateLog:
+    """Append-only, crash-safe update log of one index root. Thread- and process-safe.
+
+    Args:
+        root: the index root (the log lives in ``root/updates``, created on first append).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.dir = self.root / UPDATES_DIR
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        # The writer's view of the active segment: which file, how far it has read it, and the
+        # highest seq seen anywhere. Refreshed under the flock before every append.
+        self._segment: Path | None = None
+        self._fd: int | None = None
+        self._offset = 0
+        self._lines = 0
+        self._last_seq = 0
+
+    def __repr__(self) -> str:
+        return f"UpdateLog({str(self.dir)!r})"
+
+    def __enter__(self) -> UpdateLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the open files (the log can be used again afterwards; it reopens them)."""
+        with self._lock:
+            for fd in (self._fd, self._lock_fd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._fd = self._lock_fd = None
+            self._segment = None
+
+    # ------------------------------------------------------------------ appends
+
+    def append_upsert(
+        self, items: Sequence[Mapping[str, Any]], vectors: np.ndarray, fingerprint: str
+    ) -> int:
+        """Durably append an upsert of ``items`` with their (n, dim) float32 ``vectors``.
+
+        ``items`` must already be validated catalog records with JSON-able values.
+
+        Returns:
+            The record's seq.
+        """
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(vectors) != len(items) or not len(items):
+            raise ValueError(
+                f"upsert needs one vector per item: {len(items)} items, vectors {vectors.shape}"
+            )
+        items = tuple(dict(r) for r in items)
+        return self._append(
+            lambda seq: LogRecord(
+                seq, "upsert", _now(), items=items, vectors=vectors, fingerprint=fingerprint
+            )
+        )
+
+    def append_delete(self, item_ids: Sequence[str]) -> int:
+        """Durably append a delete of ``item_ids``; returns its seq."""
+        ids = tuple(item_ids)
+        if not ids or not all(isinstance(i, str) and i for i in ids):
+            raise ValueError(f"delete needs non-empty string item ids, got {list(ids)[:5]!r}")
+        return self._append(lambda seq: LogRecord(seq, "delete", _now(), item_ids=ids))
+
+    def append_attributes(self, attributes: Mapping[str, Mapping[str, Any]]) -> int:
+        """Durably append attribute changes (item_id -> {column: value}); returns its seq."""
+        data = {str(i): dict(fields) for i, fields in attributes.items()}
+        if not data:
+            raise ValueError("attribute update without any item")
+        return self._append(lambda seq: LogRecord(seq, "attributes", _now(), attributes=data))
+
+    def _append(self, make: Any) -> int:
+        with self._lock, self._flock(fcntl.LOCK_EX):
+            self._sync_tail()
+            assert self._fd is not None
+            seq = self._last_seq + 1
+            line = _encode_line(make(seq))
+            try:
+                view = memoryview(line)
+                while view:  # os.write may write less than asked (signals, full disks)
+                    view = view[os.write(self._fd, view) :]
+                fault_point("log-before-fsync")
+                os.fsync(self._fd)
+            except BaseException:
+                # Cut off whatever part of the record reached the file: it was not acknowledged.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._offset)
+                raise
+            fault_point("log-after-fsync")
+            self._offset += len(line)
+            self._lines += 1
+            self._last_seq = seq
+            return seq
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def last_seq(self) -> int:
+        """Highest seq in the log (0 when empty), read from disk."""
+        with self._lock, self._flock(fcntl.LOCK_SH):
+            segments = self.segments()
+            last = 0
+            for start, path in reversed(segments):
+                scan = _scan_segment(path)
+                if scan.records:
+                    return scan.records[-1].seq
+                last = max(last, start - 1)
+            return last
+
+    def records(self, after: int = 0) -> list[LogRecord]:
+        """Every record with seq > ``after``, in seq order.
+
+        Raises:
+            UpdateLogError: a corrupt line before the end of a segment, or seqs out of order.
+        """
+        with self._lock, self._flock(fcntl.LOCK_SH):
+            segments = self.segments()
+            out: list[LogRecord] = []
+            previous = 0
+            for i, (start, path) in enumerate(segments):
+                if i + 1 < len(segments) and segments[i + 1][0] - 1 <= after:
+                    previous = segments[i + 1][0] - 1
+                    continue  # every record in it is folded in already: do not even read it
+                scan = _scan_segment(path)
+                if scan.torn:
+                    logger.warning(
+                        "%s: ignoring a torn last record after line %d (a write interrupted by "
+                        "a crash; it was never acknowledged)",
+                        path,
+                        scan.lines,
+                    )
+                for record in scan.records:
+                    if record.seq <= previous or record.seq < start:
+                        raise UpdateLogError(
+                            f"{path}: seq {record.seq} follows seq {previous} (segment starts at "
+                            f"{start}); the update log is corrupt"
+                        )
+                    previous = record.seq
+                    if record.seq > after:
+                        out.append(record)
+            return out
+
+    def segments(self) -> list[tuple[int, Path]]:
+        """(first seq, path) of each segment file, ascending."""
+        if not self.dir.is_dir():
+            return []
+        found = []
+        for path in self.dir.iterdir():
+            match = _SEGMENT.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def rotate(self) -> Path | None:
+        """Start a new segment after the last record (None when the active one is empty)."""
+        with self._lock, self._flock(fcntl.LOCK_EX):
+            self._sync_tail()
+            if self._offset == 0:
+                return None
+            path = self._new_segment(self._last_seq + 1)
+            logger.info("update log: started segment %s", path.name)
+            return path
+
+    def truncate(self, upto_seq: int) -> list[Path]:
+        """Delete whole segments whose records all have seq <= ``upto_seq`` (never the last).
+
+        Remembers the seq and time of the newest record deleted (``truncated``), so that a full
+        build from a catalog older than that can refuse instead of losing those updates.
+        """
+        removed = []
+        with self._lock, self._flock(fcntl.LOCK_EX):
+            segments = self.segments()
+            doomed = [
+                path
+                for (_, path), (next_start, _) in zip(segments, segments[1:], strict=False)
+                if next_start - 1 <= upto_seq
+            ]
+            newest = self._truncated_unlocked()
+            for path in doomed:
+                records = _scan_segment(path).records
+                if records and (newest is None or records[-1].seq > newest[0]):
+                    newest = (records[-1].seq, records[-1].time)
+            if newest is not None and doomed:
+                data = {"seq": newest[0], "time": newest[1]}
+                write_atomic(self.dir / _TRUNCATED_NAME, (json.dumps(data) + "\n").encode())
+            for path in doomed:
+                path.unlink()
+                removed.append(path)
+            if removed:
+                fsync_dir(self.dir)
+                logger.info(
+                    "update log: removed %d segment(s) folded into every kept version (seq <= %d)",
+                    len(removed),
+                    upto_seq,
+                )
+        return removed
+
+    def truncated(self) -> tuple[int, str] | None:
+        """(seq, ISO time) of the newest record ``truncate`` deleted, or None."""
+        with self._lock, self._flock(fcntl.LOCK_SH):
+            return self._truncated_unlocked()
+
+    # ------------------------------------------------------------------ internals
+
+    def _truncated_unlocked(self) -> tuple[int, str] | None:
+        try:
+            data = json.loads((self.dir / _TRUNCATED_NAME).read_text(encoding="utf-8"))
+            return int(data["seq"]), str(data["time"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as e:
+            raise UpdateLogError(f"{self.dir / _TRUNCATED_NAME}: unreadable ({e})") from None
+
+    @contextlib.contextmanager
+    def _flock(self, kind: int) -> Iterator[None]:
+        if kind == fcntl.LOCK_EX:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        elif not self.dir.is_dir():
+            yield  # nothing to read, and a reader must not create the directory
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, kind)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _new_segment(self, start: int) -> Path:
+        path = self.dir / f"log.{start:012d}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.close(fd)
+        fsync_dir(self.dir)
+        return path
+
+    def _sync_tail(self) -> None:
+        """Point the writer at the active segment's valid end (holding the exclusive flock).
+
+        Catches up with records other processes appended, and cuts off a torn record left by
+        a writer that crashed (it held the flock while writing, so it is gone now).
+        """
+        segments = self.segments()
+        if not segments:
+            start = max(self._last_seq, _seq_floor(self.root)) + 1
+            segments = [(start, self._new_segment(start))]
+        start, path = segments[-1]
+        if path != self._segment:
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self._segment, self._offset, self._lines = path, 0, 0
+            self._last_seq = max(self._last_seq, start - 1)
+        assert self._fd is not None
+        if os.fstat(self._fd).st_size == self._offset:
+            return
+        scan = _scan_segment(path, self._offset, self._lines + 1)
+        for record in scan.records:
+            if record.seq <= self._last_seq:
+                raise UpdateLogError(
+                    f"{path}: seq {record.seq} does not follow {self._last_seq}; the update log "
+                    f"is corrupt"
+                )
+            self._last_seq = record.seq
+        if scan.torn:
+            logger.warning(
+                "%s: cutting off a torn last record after line %d (left by a crashed writer; "
+                "it was never acknowledged)",
+                path,
+                self._lines + scan.lines,
+            )
+            os.ftruncate(self._fd, scan.good_end)
+            os.fsync(self._fd)
+        self._offset, self._lines = scan.good_end, self._lines + scan.lines
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def applied_seqs(root: str | Path) -> tuple[dict[int, int], list[str]]:
+    """applied_seq of every published version, and the problems of unreadable manifests."""
+    versions_dir = Path(root) / "versions"
+    out: dict[int, int] = {}
+    problems: list[str] = []
+    if not versions_dir.is_dir():
+        return out, problems
+    for path in versions_dir.iterdir():
+        if path.name.isdigit():
+            try:
+                out[int(path.name)] = load_manifest(path / MANIFEST_NAME).applied_seq
+            except IndexFormatError as e:
+                problems.append(str(e))
+    return out, problems
+
+
+def _seq_floor(root: Path) -> int:
+    # A fresh log (its directory deleted, say) must still number after every folded record.
+    return max(applied_seqs(root)[0].values(), default=0)
+
+
+def truncate_applied(root: str | Path) -> list[Path]:
+    """Delete log segments that every kept version has folded in (seq <= min applied_seq).
+
+    Deletes nothing while some version's manifest is unreadable: that version might need them.
+    """
+    root = Path(root)
+    applied, problems = applied_seqs(root)
+    if problems:
+        logger.warning("keeping the whole update log: %s", problems[0])
+        return []
+    if not applied or not (root / UPDATES_DIR).is_dir():
+        return []
+    with UpdateLog(root) as log:
+        return log.truncate(min(applied.values()))

@@ -1,0 +1,1 @@
+"""Data schema and readers: catalog, labels, interactions, a synthetic dataset; no torch."""

@@ -1,0 +1,339 @@
+"""The encoder: query and item texts → L2-normalised float32 vectors, loaded offline.
+
+A model dir is either a plain Hugging Face dir (config.json, safetensors, tokenizer files; one
+tower shared by queries and items) or an Aisle model dir written by the trainer, whose
+``aisle_model.json`` names the towers (``"."`` or a subdir each), the pooling, the max token
+lengths and the output dim. A tower dir may also hold ``projection.safetensors`` (a linear map
+applied after pooling, written by the trainer for a smaller output dim). torch and transformers
+are imported only when a model is loaded, so ``import trainer.encoder`` stays cheap for readers
+of model metadata. Model dir metadata and the fingerprint live in ``trainer.model_dir``, the
+backends in ``trainer.torch_tower`` and ``trainer.onnx_tower``; their names are re-exported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from trainer.encoder.model_dir import (
+    MODEL_INFO_NAME,
+    ModelInfo,
+    _check_tower_dir,
+    _config_max_positions,
+    _norm_tower,
+    _tower_dirs,
+    default_model_dir,
+    model_fingerprint,
+    read_model_info,
+)
+from trainer.encoder.onnx_tower import (
+    _OnnxTower,
+    query_onnx_path,
+)
+from trainer.encoder.torch_tower import (
+    _load_torch_towers,
+)
+from trainer.encoder.trigram import LexicalSketch
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+class _Tower(Protocol):
+    """A backend for one tower: raw pooled vectors for one batch (no normalisation)."""
+
+    dim: int
+    max_positions: int
+
+    def encode(self, texts: list[str], max_length: int) -> np.ndarray:
+        """texts (b,) → (b, dim) float32 pooled vectors, texts truncated to max_length tokens."""
+        ...
+
+
+class _LazyTower:
+    """A tower loaded on first use: the torch item tower beside an ONNX query tower, so a
+    process that only encodes queries never imports torch."""
+
+    backend = "torch"
+
+    def __init__(self, load: Callable[[], _Tower], *, dim: int, max_positions: int) -> None:
+        self.dim = dim
+        self.max_positions = max_positions
+        self._load = load
+        self._tower: _Tower | None = None
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str], max_length: int) -> np.ndarray:
+        if self._tower is None:
+            with self._lock:
+                if self._tower is None:
+                    self._tower = self._load()
+        return self._tower.encode(texts, max_length)
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-normalise (n, dim) float32 in place; all-zero rows stay zero (no NaN)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)  # (n, 1)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return x
+
+
+def _as_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str | bytes):
+        raise ValueError("texts must be a sequence of strings, not one string; wrap it in a list")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    return out
+
+
+class Encoder:
+    """Encodes query and item texts into vectors with the model dir's two towers.
+
+    Attributes:
+        model_dir: the model dir it was loaded from.
+        info: its ModelInfo, with ``fingerprint`` filled in.
+        dim: output vector size.
+        fingerprint: ``model_fingerprint(model_dir)``; indexes record it to detect a model swap.
+        history_decay: the user tower's recency decay (``trainer.user_tower``).
+        lexical: the trigram sketch appended to both towers' vectors
+            (``trainer.lexical_tower``), or None; ``dim`` counts it.
+    """
+
+    def __init__(
+        self, model_dir: Path, info: ModelInfo, query_tower: _Tower, item_tower: _Tower
+    ) -> None:
+        self.model_dir = model_dir
+        self.info = info
+        self.lexical = (
+            LexicalSketch.load(model_dir, info.lexical) if info.lexical is not None else None
+        )
+        self.dim = info.dim + (self.lexical.dim if self.lexical is not None else 0)
+        self.fingerprint = info.fingerprint
+        self.history_decay = info.history_decay
+        self._query_tower = query_tower
+        self._item_tower = item_tower
+
+    @property
+    def query_backend(self) -> str:
+        """What encodes queries: "onnx" (ONNX Runtime) or "torch"."""
+        return getattr(self._query_tower, "backend", "torch")
+
+    def encode_queries(
+        self, texts: Sequence[str], *, batch_size: int = 64, max_length: int | None = None
+    ) -> np.ndarray:
+        """Encode query texts (pass them through ``trainer.text.query_text`` first).
+
+        Args:
+            texts: n query strings.
+            batch_size: texts per forward pass.
+            max_length: token limit; default ``info.max_query_length``.
+
+        Returns:
+            (n, dim) float32, L2-normalised rows (unless ``info.normalize`` is false), in input
+            order; (0, dim) for no texts.
+        """
+        length = self.info.max_query_length if max_length is None else max_length
+        return self._encode(self._query_tower, texts, batch_size, length, show_progress=False)
+
+    def encode_items(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        show_progress: bool = False,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """Encode item texts (built with ``trainer.text.item_text``).
+
+        Args:
+            texts: n item strings.
+            batch_size: texts per forward pass.
+            show_progress: draw a tqdm bar over the items.
+            max_length: token limit; default ``info.max_item_length``.
+
+        Returns:
+            (n, dim) float32, L2-normalised rows (unless ``info.normalize`` is false), in input
+            order; (0, dim) for no texts.
+        """
+        length = self.info.max_item_length if max_length is None else max_length
+        return self._encode(self._item_tower, texts, batch_size, length, show_progress)
+
+    def _encode(
+        self,
+        tower: _Tower,
+        texts: Sequence[str],
+        batch_size: int,
+        max_length: int,
+        show_progress: bool,
+    ) -> np.ndarray:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an int >= 2 ([CLS] + [SEP]), got {max_length!r}")
+        if tower.max_positions and max_length > tower.max_positions:
+            raise ValueError(
+                f"max_length {max_length} exceeds the model's {tower.max_positions} positions"
+            )
+        texts = _as_texts(texts)
+        out = np.zeros((len(texts), self.info.dim), dtype=np.float32)  # (n, towers' dim)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # Longest first, so each batch pads to lengths close to its own and a too-big batch
+        # fails (out of memory) on the first step rather than the last.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        progress = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(texts), unit="item", desc="encode items")
+        try:
+            for start in range(0, len(texts), batch_size):
+                rows = order[start : start + batch_size]
+                out[rows] = tower.encode([texts[r] for r in rows], max_length)  # (b, dim)
+                if progress is not None:
+                    progress.update(len(rows))
+        finally:
+            if progress is not None:
+                progress.close()
+        if not self.info.normalize:
+            return out
+        out = _l2_normalize(out)
+        return self.lexical.combine(out, texts) if self.lexical is not None else out
+
+
+def load_encoder(
+    model_dir: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    backend: str = "auto",
+) -> Encoder:
+    """Load a model dir's towers for inference, offline (nothing is downloaded).
+
+    Args:
+        model_dir: a plain Hugging Face dir or an Aisle model dir; None → ``default_model_dir()``.
+        device: torch device, e.g. "cpu" or "cuda:0".
+        num_threads: if given, CPU threads for inference: ``torch.set_num_threads``
+            (process-wide) and ONNX Runtime's intra-op threads.
+        backend: "torch"; "onnx": queries on ONNX Runtime from the export
+            (``trainer.onnx_export``), which must exist, be current and the device be "cpu";
+            "auto": "onnx" when it can, else "torch". With ONNX queries, the item tower is
+            loaded on torch at the first ``encode_items`` call, so a process that only encodes
+            queries never imports torch.
+
+    Raises:
+        ValueError: the dir is missing or not a model dir, the towers disagree with
+            aisle_model.json, device / num_threads / backend is invalid, or backend="onnx" and
+            the export is missing, stale or unloadable.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    path = default_model_dir() if model_dir is None else Path(model_dir)
+    info = read_model_info(path)
+    for tower in _tower_dirs(info):
+        _check_tower_dir(path, tower)
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+
+    fingerprint = model_fingerprint(path)
+    if info.fingerprint and info.fingerprint != fingerprint:
+        logger.warning(
+            "%s records fingerprint %s but the files hash to %s; the model changed after it "
+            "was written, using the files' fingerprint",
+            path / MODEL_INFO_NAME,
+            info.fingerprint[:12],
+            fingerprint[:12],
+        )
+    info = replace(info, fingerprint=fingerprint)
+
+    query_tower, item_tower = _norm_tower(info.query_tower), _norm_tower(info.item_tower)
+    onnx_tower = None
+    if backend != "torch":
+        onnx_tower = _load_onnx_query_tower(
+            path, info, device=device, num_threads=num_threads, required=backend == "onnx"
+        )
+    if onnx_tower is None:
+        towers = _load_torch_towers(path, info, _tower_dirs(info), device, num_threads)
+        query_backend: _Tower = towers[query_tower]
+        item_backend: _Tower = towers[item_tower]
+    else:
+        query_backend = onnx_tower
+        item_backend = _LazyTower(
+            lambda: _load_torch_towers(path, info, [item_tower], device, num_threads)[item_tower],
+            dim=info.dim,
+            max_positions=_config_max_positions(path / item_tower),
+        )
+    for name, length, tower_backend in (
+        ("max_query_length", info.max_query_length, query_backend),
+        ("max_item_length", info.max_item_length, item_backend),
+    ):
+        if tower_backend.max_positions and length > tower_backend.max_positions:
+            raise ValueError(
+                f"{name}={length} in the model info of {str(path)!r} exceeds the tower's "
+                f"{tower_backend.max_positions} positions; lower it"
+            )
+    encoder = Encoder(path, info, query_tower=query_backend, item_tower=item_backend)
+    logger.info(
+        "loaded encoder %s (%s, dim %d, %s towers) on %s, queries on %s, fingerprint %s",
+        path,
+        info.base_model,
+        info.dim,
+        "shared" if info.shared_towers else "separate",
+        device,
+        encoder.query_backend,
+        fingerprint[:12],
+    )
+    return encoder
+
+
+def _load_onnx_query_tower(
+    path: Path, info: ModelInfo, *, device: str, num_threads: int | None, required: bool
+) -> _OnnxTower | None:
+    """The ONNX query tower, or None (logged) when it cannot serve; ``required`` → raise."""
+    onnx_path = query_onnx_path(path, info)
+    export_hint = f"python -m trainer.encoder.onnx_export {path}"
+
+    def unusable(reason: str, level: int) -> None:
+        if required:
+            raise ValueError(f"backend='onnx': {reason}")
+        logger.log(level, "%s; encoding queries with torch", reason)
+
+    if str(device).split(":")[0] != "cpu":
+        return unusable(f"the ONNX query tower runs on the CPU, not {device!r}", logging.DEBUG)
+    if not onnx_path.is_file():
+        return unusable(
+            f"{str(path)!r} has no ONNX query tower ({onnx_path.name}); export it with "
+            f"{export_hint}",
+            logging.DEBUG,
+        )
+    try:
+        tower = _OnnxTower(onnx_path, num_threads=num_threads)
+    except ImportError as exc:
+        return unusable(f"onnxruntime/tokenizers cannot be imported ({exc})", logging.INFO)
+    except ValueError as exc:
+        return unusable(str(exc), logging.WARNING)
+    if tower.fingerprint != info.fingerprint:
+        return unusable(
+            f"the ONNX query tower {str(onnx_path)!r} is stale: exported from model "
+            f"{tower.fingerprint[:12]}, the files are now {info.fingerprint[:12]}; re-export it "
+            f"with {export_hint}",
+            logging.WARNING,
+        )
+    if tower.dim != info.dim:
+        return unusable(
+            f"the ONNX query tower {str(onnx_path)!r} outputs {tower.dim} dims but "
+            f"{MODEL_INFO_NAME} says dim={info.dim}; re-export it with {export_hint}",
+            logging.WARNING,
+        )
+    return tower

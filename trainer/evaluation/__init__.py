@@ -1,0 +1,1 @@
+"""Retrieval evaluation: metrics, full-catalog search and recommendation evaluation."""

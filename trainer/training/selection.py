@@ -1,0 +1,232 @@
+"""Evaluation during training: dev metrics, best-step tracking and early stopping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from trainer.data.catalog import Catalog
+from trainer.encoder.trigram import DEFAULT_WEIGHT, WEIGHT_GRID, LexicalSketch
+from trainer.encoder.user import DECAY_GRID
+from trainer.evaluation.evaluate import evaluate_recommendation, exact_search
+from trainer.evaluation.metrics import evaluate_rankings
+from trainer.training.batches import item_texts
+from trainer.training.config import EARLY_STOP_METRIC, RECOMMEND_EVAL_KS, SEARCH_EVAL_KS
+
+logger = logging.getLogger(__name__)
+
+
+class _EvalMixin:
+    """Evaluate on the dev splits, keep the best weights, decide early stopping."""
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def _evaluate(self) -> dict[str, Any] | None:
+        """Dev metrics of every dataset that has an eval split (collective; rank 0 scores).
+
+        Recommendation datasets are scored with each decay of ``_decays()``; the one with the
+        best weighted NDCG@10 over them is kept (``history_decay`` in the record).
+        """
+        results: dict[str, Any] = {}
+        weighted, weights = 0.0, 0.0
+        t0 = time.perf_counter()
+        by_decay: dict[float, dict[str, dict[str, float]]] = {}  # decay → dataset → metrics
+        recommend_weight: dict[str, float] = {}
+        for prepared in self.datasets:
+            if prepared.eval_source == "none":
+                continue
+            data = prepared.data
+            rows = prepared.eval_rows
+            xb = self._catalog_vectors(data, rows)
+            ids = np.asarray(data.catalog.item_ids, dtype=object)
+            if rows is not None:
+                ids = ids[rows]
+            if prepared.task == "search":
+                xq = self._embed(self.model.query_tower, prepared.eval_query_tokens)
+                if not self.ctx.is_main:
+                    continue
+                _, I = exact_search(xq, xb, max(SEARCH_EVAL_KS))
+                labels = prepared.eval_labels
+                rankings = {q: ids[I[i]].tolist() for i, q in enumerate(labels.queries)}
+                report = evaluate_rankings(
+                    rankings, labels, prepared.gains, prepared.recall_grade, SEARCH_EVAL_KS
+                )
+                metrics = {name: m.mean for name, m in report.metrics.items()}
+                results[prepared.spec.name] = {"source": prepared.eval_source, **metrics}
+            else:
+                if not self.ctx.is_main:
+                    continue
+                catalog = data.catalog
+                if rows is not None:
+                    catalog = Catalog(table=catalog.table.take(rows), path=catalog.path)
+                for decay in self._decays():
+                    report = evaluate_recommendation(
+                        xb,
+                        catalog,
+                        prepared.eval_train,
+                        prepared.eval_dev,
+                        ks=RECOMMEND_EVAL_KS,
+                        history_length=self.config.history_length,
+                        history_decay=decay,
+                    )
+                    by_decay.setdefault(decay, {})[prepared.spec.name] = {
+                        name: m.mean for name, m in report.metrics.items()
+                    }
+                recommend_weight[prepared.spec.name] = prepared.spec.weight
+                results[prepared.spec.name] = {"source": prepared.eval_source}
+        decay, fit = self._pick_decay(by_decay, recommend_weight)
+        for name in recommend_weight:
+            results[name].update(by_decay[decay][name])
+        for prepared in self.datasets:
+            value = results.get(prepared.spec.name, {}).get(EARLY_STOP_METRIC, math.nan)
+            if math.isfinite(value):
+                weighted += prepared.spec.weight * value
+                weights += prepared.spec.weight
+        if not self.ctx.is_main or not results:
+            return None
+        score = weighted / weights if weights else math.nan
+        record: dict[str, Any] = {"step": self.step, "metric": score, "datasets": results}
+        if recommend_weight:
+            record["history_decay"] = decay
+            if len(fit) > 1:
+                record["history_decay_fit"] = fit
+        record["seconds"] = round(time.perf_counter() - t0, 2)
+        return record
+
+    def _decays(self) -> tuple[float, ...]:
+        """The user-tower decays to score: the configured one, plus the grid when fitting."""
+        if not self.config.fit_history_decay:
+            return (self.config.history_decay,)
+        return tuple(sorted({*DECAY_GRID, self.config.history_decay}, reverse=True))
+
+    def _pick_decay(
+        self, by_decay: dict[float, dict[str, dict[str, float]]], weight: dict[str, float]
+    ) -> tuple[float, dict[str, float]]:
+        """(the decay with the best weighted NDCG@10 over the recommendation datasets, each
+        decay's score); ties go to the larger decay, the plainer mean."""
+        fit: dict[str, float] = {}
+        best, best_score = self.config.history_decay, -math.inf
+        total = sum(weight.values())
+        for decay in sorted(by_decay, reverse=True):
+            score = sum(
+                weight[name] * by_decay[decay][name].get(EARLY_STOP_METRIC, math.nan)
+                for name in weight
+            ) / (total or 1.0)
+            fit[f"{decay:g}"] = score
+            if math.isfinite(score) and score > best_score:
+                best, best_score = decay, score
+        return best, fit
+
+    def _fit_lexical(self) -> tuple[LexicalSketch, dict[str, float]]:
+        """The trigram sketch to export, on rank 0 once the best weights are loaded: IDF over
+        every dataset's item texts; the weight from the config, or the one of ``WEIGHT_GRID``
+        with the best weighted NDCG@10 on the search eval queries (ties: the smaller weight).
+
+        Returns:
+            (the sketch, NDCG@10 per weight tried; "0" is the BERT towers alone).
+        """
+        cfg = self.config
+        texts_of: dict[str, list[str]] = {}  # catalog path → item texts, each catalog once
+        for prepared in self.datasets:
+            catalog = prepared.data.catalog
+            if catalog.path not in texts_of:
+                texts_of[catalog.path] = item_texts(catalog)
+        t0 = time.perf_counter()
+        sketch = LexicalSketch.fit(
+            [t for texts in texts_of.values() for t in texts], dim=cfg.lexical_dim
+        )
+        if cfg.lexical_weight is not None:
+            return sketch.with_weight(cfg.lexical_weight), {}
+        parts = []  # per search eval set: (weight, labels, gains, grade, ids, xq, lq, xb, lb)
+        for prepared in self.datasets:
+            if prepared.task != "search" or prepared.eval_labels is None:
+                continue
+            data = prepared.data
+            rows = prepared.eval_rows
+            if rows is None:
+                rows = np.arange(len(data.catalog), dtype=np.int64)
+            xb = self._embed(
+                self.model.item_tower, [data.item_tokens[r] for r in rows.tolist()],
+                collective=False,
+            )  # fmt: skip
+            xq = self._embed(self.model.query_tower, prepared.eval_query_tokens, collective=False)
+            all_texts = texts_of[data.catalog.path]
+            parts.append((
+                prepared.spec.weight, prepared.eval_labels, prepared.gains,
+                prepared.recall_grade, np.asarray(data.catalog.item_ids, dtype=object)[rows],
+                xq, sketch.sketch(prepared.eval_query_texts),  # towers' rows are unit already
+                xb, sketch.sketch([all_texts[r] for r in rows.tolist()]),
+            ))  # fmt: skip
+        fit: dict[str, float] = {}
+        best, best_score = None, -math.inf
+        for weight in (0.0, *WEIGHT_GRID):
+            total, score = 0.0, 0.0
+            root = np.float32(math.sqrt(weight))
+            for w, labels, gains, grade, ids, xq, lq, xb, lb in parts:
+                # [x, sqrt(w) l] . [y, sqrt(w) m] = cos_bert + w * cos_trigrams
+                _, I = exact_search(
+                    np.hstack([xq, root * lq]), np.hstack([xb, root * lb]), max(SEARCH_EVAL_KS)
+                )
+                rankings = {q: ids[I[i]].tolist() for i, q in enumerate(labels.queries)}
+                report = evaluate_rankings(rankings, labels, gains, grade, SEARCH_EVAL_KS)
+                score += w * report.metrics[EARLY_STOP_METRIC].mean
+                total += w
+            fit[f"{weight:g}"] = score / total
+            if weight > 0 and score / total > best_score:
+                best, best_score = weight, score / total
+        if best is None:  # every score NaN: no eval query has a judged item with gain > 0
+            best = DEFAULT_WEIGHT
+            logger.warning(
+                "lexical sketch: no eval query could score a weight (%s); exporting the default "
+                "weight %g (set lexical_weight to choose one)", json.dumps(fit), best,
+            )  # fmt: skip
+        logger.info(
+            "lexical sketch: %d dims, weight %g fitted on the eval queries in %.1f s: %s",
+            sketch.dim, best, time.perf_counter() - t0, json.dumps(fit),
+        )  # fmt: skip
+        return sketch.with_weight(best), fit
+
+    def _eval_and_track(self) -> None:
+        record = self._evaluate()
+        improved = False
+        if self.ctx.is_main and record is not None:
+            self.history.append(record)
+            score = record["metric"]
+            improved = math.isfinite(score) and (
+                self.best_metric is None or score > self.best_metric
+            )
+            if improved:
+                self.best_metric, self.best_step, self.bad_evals = score, self.step, 0
+                meta = {"step": self.step, "metric": score}
+                if "history_decay" in record:
+                    meta["history_decay"] = record["history_decay"]
+                self.checkpoints.save_best(
+                    {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                    meta,
+                )
+            else:
+                self.bad_evals += 1
+            logger.info(
+                "step %d: dev %s %.4f%s (best %.4f at step %s) %s",
+                self.step,
+                EARLY_STOP_METRIC,
+                score,
+                " *" if improved else "",
+                self.best_metric if self.best_metric is not None else math.nan,
+                self.best_step,
+                json.dumps(record["datasets"]),
+            )
+            self._log_scalars({"eval/metric": score}, self.step)
+        stop = self.ctx.is_main and self.bad_evals >= self.config.patience
+        self.stopped_early = bool(self.ctx.broadcast(stop))
+        if self.stopped_early and self.ctx.is_main:
+            logger.info(
+                "early stopping at step %d: no improvement in %d evaluations",
+                self.step,
+                self.bad_evals,
+            )
