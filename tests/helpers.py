@@ -1,9 +1,13 @@
-"""Shared test helpers: a tiny, randomly initialised BERT model dir that loads like a real one."""
+"""Shared test helpers: a tiny, randomly initialised BERT model dir that loads like a real one,
+and small synthetic catalogs."""
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
+
+import numpy as np
 
 # Common English and shop words, so test texts mostly tokenise to whole words (more realistic
 # vectors than letter-by-letter pieces); anything else falls back to single characters.
@@ -97,3 +101,59 @@ def make_tiny_model(out_dir: str | Path, *, hidden_size: int = 32, seed: int = 0
         if bars:
             hf_logging.enable_progress_bar()
     return out
+
+
+_COLORS = ["red", "blue", "green", "black", "white", "grey", "silver", "brown"]
+_NOUNS = ["sofa", "lamp", "chair", "table", "drill", "towel", "rug", "desk", "mug", "kettle"]
+_BRANDS = ["Acme", "Globex", "Initech", None]
+
+
+def write_catalog(path: Path, n: int = 200, *, seed: int = 0) -> list[dict]:
+    """A JSONL catalog of ``n`` items with unique titles (so no two items share a vector);
+    some items lack optional fields, to check that nulls round-trip."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        color, noun = rng.choice(_COLORS), rng.choice(_NOUNS)
+        record: dict = {"item_id": f"SKU{i:04d}", "title": f"{color} {noun} model {i}"}
+        brand = _BRANDS[i % len(_BRANDS)]
+        if brand is not None:
+            record["brand"] = brand
+        if i % 3:
+            record["price"] = round(float(rng.uniform(1, 500)), 2)
+        records.append(record)
+    _write_jsonl(path, records)
+    return records
+
+
+_TITLE_COLORS = ["red", "blue", "green", "black", "white", "grey"]
+_TITLE_NOUNS = [
+    "sofa",
+    "lamp",
+    "chair",
+    "table",
+    "kettle",
+    "drill",
+    "skillet",
+    "towel",
+    "rug",
+    "desk",
+]
+
+
+def write_title_catalog(path: Path, n: int = 60) -> list[dict]:
+    """Title-only items: their item text equals the title, so a query equal to a title must
+    retrieve that item first whatever the (random) model weights are."""
+    records = []
+    for i in range(n):
+        color = _TITLE_COLORS[i % len(_TITLE_COLORS)]
+        noun = _TITLE_NOUNS[(i // len(_TITLE_COLORS)) % len(_TITLE_NOUNS)]
+        records.append({"item_id": f"SKU{i:04d}", "title": f"{color} {noun} model {i}"})
+    _write_jsonl(path, records)
+    return records
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")

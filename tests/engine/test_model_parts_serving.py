@@ -33,9 +33,9 @@ def models(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def plain_index(tmp_path_factory, catalog, models):
+def plain_index(tmp_path_factory, title_catalog, models):
     root = tmp_path_factory.mktemp("index")
-    build_index(BuildConfig(catalog=catalog[0], out=root, model=models[0], shards=2))
+    build_index(BuildConfig(catalog=title_catalog[0], out=root, model=models[0], shards=2))
     return root
 
 
@@ -49,10 +49,12 @@ def _similarities(index_root, model, history, k=60):
         server.stop(0)
 
 
-def test_recommend_pools_the_history_with_the_models_decay(plain_index, catalog, models) -> None:
+def test_recommend_pools_the_history_with_the_models_decay(
+    plain_index, title_catalog, models
+) -> None:
     plain_model, decayed_model = models
     # the decay is outside the fingerprint: the index built with the plain model serves both
-    records = catalog[1]
+    records = title_catalog[1]
     encoder = load_encoder(plain_model)
     xb = encoder.encode_items([r["title"] for r in records])  # item text = title here
     row = {r["item_id"]: i for i, r in enumerate(records)}
@@ -69,15 +71,17 @@ def test_recommend_pools_the_history_with_the_models_decay(plain_index, catalog,
     assert decayed["SKU0042"] > plain["SKU0042"]
 
 
-def test_a_model_with_a_trigram_sketch_serves_end_to_end(tmp_path_factory, catalog, models) -> None:
+def test_a_model_with_a_trigram_sketch_serves_end_to_end(
+    tmp_path_factory, title_catalog, models
+) -> None:
     model = tmp_path_factory.mktemp("lexical") / "model"
     shutil.copytree(models[0], model)
-    titles = [r["title"] for r in catalog[1]]
+    titles = [r["title"] for r in title_catalog[1]]
     sketch = LexicalSketch.fit(titles, dim=16, weight=0.5, buckets=1 << 12)
     sketch.save(model)
     write_model_info(model, replace(read_model_info(model), lexical=sketch.settings()))
     root = tmp_path_factory.mktemp("lexical-index")
-    build_index(BuildConfig(catalog=catalog[0], out=root, model=model, shards=2))
+    build_index(BuildConfig(catalog=title_catalog[0], out=root, model=model, shards=2))
     server = create_server(ServerConfig(index=root, port=0, workers=2))
     try:
         with AisleClient(f"127.0.0.1:{server.port}") as client:

@@ -37,8 +37,8 @@ def test_health_is_serving_once_loaded(server) -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_search_finds_the_item_whose_title_is_the_query(client, catalog) -> None:
-    _, records = catalog
+def test_search_finds_the_item_whose_title_is_the_query(client, title_catalog) -> None:
+    _, records = title_catalog
     for record in records[::7]:
         response = client.search(record["title"], 5, include_fields=True)
         assert len(response.hits) == 5
@@ -52,8 +52,8 @@ def test_search_finds_the_item_whose_title_is_the_query(client, catalog) -> None
         assert response.timings.total_ms > 0
 
 
-def test_scores_equal_the_encoder_cosine(client, catalog, tiny_model_dir) -> None:
-    _, records = catalog
+def test_scores_equal_the_encoder_cosine(client, title_catalog, tiny_model_dir) -> None:
+    _, records = title_catalog
     by_id = {r["item_id"]: r["title"] for r in records}
     encoder = load_encoder(tiny_model_dir)
     xq = encoder.encode_queries(["blue lamp"])[0]
@@ -110,8 +110,8 @@ def test_bad_search_requests_are_invalid_argument(client, kwargs, field) -> None
     assert field in error.details()
 
 
-def test_lexical_mode_ranks_by_bm25(client, catalog) -> None:
-    _, records = catalog
+def test_lexical_mode_ranks_by_bm25(client, title_catalog) -> None:
+    _, records = title_catalog
     response = client.search("kettle model 31", 5, mode=retrieval_pb2.SEARCH_MODE_LEXICAL)
     assert response.mode == retrieval_pb2.SEARCH_MODE_LEXICAL
     titles = {r["item_id"]: r["title"] for r in records}

@@ -21,7 +21,7 @@ from indexer.storage.faults import FAULT_ENV, FAULT_EXIT_CODE, STAGES
 from indexer.storage.layout import IndexRoot
 from indexer.storage.update_log import UpdateLog
 from indexer.version import IndexVersion
-from tests.indexer.conftest import write_catalog
+from tests.helpers import write_catalog
 
 VERSION_STAGES = [s for s in STAGES if not s.startswith("log-")]
 

@@ -36,7 +36,7 @@ from indexer.build.local import build_index
 from indexer.rerank.columns import ItemColumns
 from indexer.version import IndexVersion
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TOKEN = "scale-out-admin-token-0123"
 CATEGORIES = ["Home > Furniture > Sofas", "Home > Lighting > Lamps", "Kitchen > Cookware"]
 BRANDS = ["Acme", "Globex", "Initech", "Umbrella"]

@@ -14,8 +14,7 @@ from engine.server import ServerConfig, create_server
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
 from indexer.storage.manifest import IndexFormatError, ModelMismatchError
-from tests.engine.conftest import write_catalog
-from tests.helpers import make_tiny_model
+from tests.helpers import make_tiny_model, write_title_catalog
 
 TOKEN = "s3cret-admin-token-for-tests"
 
@@ -34,7 +33,7 @@ def test_reload_switches_to_a_new_version_and_back(own_root, tmp_path, tiny_mode
         with AisleClient(f"127.0.0.1:{server.port}", admin_token=TOKEN) as client:
             first = client.status().index.version
             bigger = tmp_path / "bigger.jsonl"
-            title_70 = write_catalog(bigger, n=80)[70]["title"]
+            title_70 = write_title_catalog(bigger, n=80)[70]["title"]
             build_index(BuildConfig(catalog=bigger, out=own_root, model=tiny_model_dir, shards=2))
             assert client.search(title_70, 1).hits[0].item_id != "SKU0070"
             reply = client.reload()

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tests.trainer.test_evaluate import TOY, TOY_XB, _interactions
+from tests.trainer.evaluation.test_evaluate import TOY, TOY_XB, _interactions
 from trainer.encoder.load import load_encoder
 from trainer.encoder.model_dir import (
     ModelInfo,

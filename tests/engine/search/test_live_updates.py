@@ -14,14 +14,14 @@ from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
-from tests.engine.conftest import write_catalog
+from tests.helpers import write_title_catalog
 
 
 @pytest.fixture(scope="module")
 def priced_root(tmp_path_factory, tiny_model_dir):
     """60 title-only items plus a price column (every third item has a price)."""
     tmp = tmp_path_factory.mktemp("priced")
-    records = write_catalog(tmp / "plain.jsonl")
+    records = write_title_catalog(tmp / "plain.jsonl")
     for i, record in enumerate(records):
         if i % 3 == 0:
             record["price"] = 100.0 + i

@@ -17,7 +17,7 @@ from indexer.live.index import LiveIndex
 from indexer.storage.layout import IndexRoot
 from indexer.storage.update_log import UpdateLog, UpdateLogError
 from indexer.version import IndexVersion
-from tests.indexer.conftest import write_catalog
+from tests.helpers import write_catalog
 from trainer.encoder.load import load_encoder
 from trainer.text import item_text
 

@@ -18,8 +18,8 @@ from indexer.build.spark import SparkConfig, build_index_spark, spark_session  #
 from indexer.cli import _parser  # noqa: E402
 from indexer.live.index import LiveIndex  # noqa: E402
 from indexer.version import IndexVersion  # noqa: E402
-from tests.indexer.conftest import write_catalog  # noqa: E402
-from tests.indexer.test_compact import live_state, some_updates, version_state  # noqa: E402
+from tests.helpers import write_catalog  # noqa: E402
+from tests.indexer.build.test_compact import live_state, some_updates, version_state  # noqa: E402
 
 
 @pytest.fixture(scope="module")

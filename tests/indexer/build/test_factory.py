@@ -19,7 +19,7 @@ from indexer.build.shard import build_shard_index
 from indexer.build.tune import exact_search, perturbed_queries, rescore, tie_aware_recall
 from indexer.cli import main
 from indexer.version import IndexVersion
-from tests.indexer.conftest import write_catalog
+from tests.helpers import write_catalog
 
 DIM = 384
 

@@ -17,7 +17,7 @@ from engine.client import AisleClient
 from engine.server import ServerConfig, TlsConfig, create_server
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
-from tests.engine.conftest import write_catalog
+from tests.helpers import write_title_catalog
 
 TOKEN = "robustness-token-0123456789"
 
@@ -221,7 +221,7 @@ def test_reload_under_concurrent_load_drops_nothing(tmp_path, index_root, tiny_m
     root = tmp_path / "index"
     shutil.copytree(index_root, root)
     bigger = tmp_path / "bigger.jsonl"
-    write_catalog(bigger, n=90)
+    write_title_catalog(bigger, n=90)
     build_index(BuildConfig(catalog=bigger, out=root, model=tiny_model_dir, shards=3))
     server = create_server(ServerConfig(index=root, port=0, admin_token=TOKEN))
     errors: list[BaseException] = []

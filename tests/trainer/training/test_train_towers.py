@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.trainer.test_train import _config
+from tests.trainer.training.test_train import _config
 from trainer.data.catalog import read_catalog
 from trainer.data.synthetic import write_synthetic_dataset
 from trainer.encoder.load import load_encoder

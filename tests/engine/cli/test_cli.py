@@ -15,8 +15,8 @@ from engine.cli import search as cli_search
 from engine.cli import serve as cli_serve
 
 
-def test_search_cli_prints_a_table(server, catalog, capsys) -> None:
-    _, records = catalog
+def test_search_cli_prints_a_table(server, title_catalog, capsys) -> None:
+    _, records = title_catalog
     code = cli_search.main(["--addr", f"127.0.0.1:{server.port}", "--k", "3", records[5]["title"]])
     out = capsys.readouterr().out
     assert code == 0

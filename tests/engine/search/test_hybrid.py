@@ -43,7 +43,11 @@ def roots(tmp_path_factory, tiny_model_dir):
     for name, lexical in (("with", True), ("without", False)):
         build_index(
             BuildConfig(
-                catalog=catalog, out=tmp / name, model=tiny_model_dir, shards=2, lexical=lexical
+                catalog=catalog,
+                out=tmp / name,
+                model=tiny_model_dir,
+                shards=2,
+                lexical=lexical,
             )
         )
         out[name] = tmp / name

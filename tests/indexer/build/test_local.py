@@ -13,7 +13,7 @@ from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
 from indexer.storage.layout import IndexRoot
 from indexer.version import IndexVersion
-from tests.indexer.conftest import write_catalog
+from tests.helpers import write_catalog
 
 
 def _exact_top_k(xq: np.ndarray, xb: np.ndarray, k: int) -> np.ndarray:
