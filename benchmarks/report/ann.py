@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.figures import Context, Figure, _pyplot, _save, own_or_drawn
-from benchmarks.report.format import Metrics, Record, _config_line, _put, fmt, md_table
+from benchmarks.report.figures import Context, Figure, own_or_drawn, pyplot, save_figure
+from benchmarks.report.format import Metrics, Record, config_line, fmt, md_table, put_metric
 
 
 def _setting(row: Mapping[str, Any] | None) -> str:
@@ -18,7 +18,7 @@ def _setting(row: Mapping[str, Any] | None) -> str:
 
 def draw_ann(results: Mapping[str, Any], path: Path, k: int) -> None:
     """Recall@k vs queries/s (log) per index type and effort, batched and single-query."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = results["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax, mode in zip(axes, ("batched", "single"), strict=True):
@@ -38,7 +38,7 @@ def draw_ann(results: Mapping[str, Any], path: Path, k: int) -> None:
         ax.set_title(f"{mode}: {results.get('n_items', 0):,} vectors")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def ann_section(ctx: Context) -> tuple[list[str], list[Figure]]:
@@ -46,7 +46,7 @@ def ann_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     results = ctx.record.get("results") or {}
     k = config.get("k", 10)
     blocks = [
-        _config_line(config)
+        config_line(config)
         + f" {fmt(results.get('n_items'))} vectors ({fmt(results.get('n_real'))} real), "
         f"{fmt(results.get('n_queries'))} queries, dim {results.get('dim')}, "
         f"nlist {results.get('nlist')}."
@@ -152,7 +152,7 @@ def ann_metrics(record: Record) -> Metrics:
     for method, entry in (results.get("summary") or {}).items():
         for mode in ("batched", "single"):
             best = (entry or {}).get(mode) or {}
-            _put(out, f"ann/{method}/qps_{mode}@recall0.95", best.get("qps"), "higher")
+            put_metric(out, f"ann/{method}/qps_{mode}@recall0.95", best.get("qps"), "higher")
     for method, seconds in (results.get("build_s") or {}).items():
-        _put(out, f"ann/{method}/build_s", seconds, "lower")
+        put_metric(out, f"ann/{method}/build_s", seconds, "lower")
     return out

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.format import Record, _parse_time, fmt
+from benchmarks.report.format import Record, fmt, parse_time
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class Context:
 
 def _run_window(record: Record) -> tuple[datetime, datetime] | None:
     """(start, end) of the run that wrote ``record``, with a margin, where the record says."""
-    machine_time = _parse_time((record.get("machine") or {}).get("time"))
-    end = _parse_time(record.get("time"))
+    machine_time = parse_time((record.get("machine") or {}).get("time"))
+    end = parse_time(record.get("time"))
     wall = record.get("wall_s")
     start = machine_time or (end - timedelta(seconds=wall) if end and wall else None)
     if start is None:
@@ -42,7 +42,8 @@ def _run_window(record: Record) -> tuple[datetime, datetime] | None:
     return start - timedelta(seconds=5), (end + margin if end else datetime.max.replace(tzinfo=UTC))
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,11 +52,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Write ``fig`` as a PNG at ``path`` (its dir created) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def own_or_drawn(
@@ -88,11 +90,11 @@ def draw_pair(
     labels: Sequence[str], values: Sequence[float], ylabel: str, title: str, path: Path
 ) -> None:
     """Two bars side by side, each labelled with its value."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     bars = ax.bar(labels, values, color=["tab:blue", "tab:orange"][: len(values)])
     ax.bar_label(bars, labels=[fmt(float(v)) for v in values])
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)

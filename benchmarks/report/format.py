@@ -40,7 +40,8 @@ def bench_name(record: Record) -> str | None:
     return record.get("bench") or record.get("benchmark")
 
 
-def _parse_time(text: Any) -> datetime | None:
+def parse_time(text: Any) -> datetime | None:
+    """An ISO time stamp as an aware datetime (UTC when it has no zone), or None."""
     try:
         stamp = datetime.fromisoformat(str(text))
     except ValueError:
@@ -50,10 +51,11 @@ def _parse_time(text: Any) -> datetime | None:
 
 def record_time(record: Record) -> datetime | None:
     """When the run ended (``time``), else when it started (``machine.time``)."""
-    return _parse_time(record.get("time") or (record.get("machine") or {}).get("time"))
+    return parse_time(record.get("time") or (record.get("machine") or {}).get("time"))
 
 
-def _config_line(config: Mapping[str, Any], skip: Sequence[str] = ()) -> str:
+def config_line(config: Mapping[str, Any], skip: Sequence[str] = ()) -> str:
+    """A record's scalar settings as one "Config: ..." line, ``skip`` left out."""
     parts = [f"{k} `{v}`" for k, v in config.items() if k not in skip and not isinstance(v, dict)]
     return "Config: " + ", ".join(parts) + "." if parts else ""
 
@@ -64,7 +66,8 @@ def _metric(value: Any, better: str, **extra: Any) -> dict[str, Any] | None:
     return {"value": value, "better": better, **extra}
 
 
-def _put(out: Metrics, name: str, value: Any, better: str, **extra: Any) -> None:
+def put_metric(out: Metrics, name: str, value: Any, better: str, **extra: Any) -> None:
+    """Add a headline metric to ``out`` when ``value`` is a finite number."""
     metric = _metric(value, better, **extra)
     if metric is not None:
         out[name] = metric

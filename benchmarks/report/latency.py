@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.figures import Context, Figure, _pyplot, _save, own_or_drawn
-from benchmarks.report.format import Metrics, Record, _config_line, _put, fmt, md_table
+from benchmarks.report.figures import Context, Figure, own_or_drawn, pyplot, save_figure
+from benchmarks.report.format import Metrics, Record, config_line, fmt, md_table, put_metric
 
 
 def _stages(level: Mapping[str, Any]) -> list[Any]:
@@ -18,7 +18,7 @@ def _stages(level: Mapping[str, Any]) -> list[Any]:
 
 def draw_latency(record: Record, path: Path) -> None:
     """p50/p95/p99 per concurrency (bars, log scale) and the in-process floor's p50 (line)."""
-    plt = _pyplot()
+    plt = pyplot()
     served = record.get("served") or []
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.25
@@ -34,7 +34,7 @@ def draw_latency(record: Record, path: Path) -> None:
     ax.set_title(f"Served latency, {record.get('n_items', 0):,} items, k={record.get('k')}")
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 _LATENCY_HEADER = [
@@ -90,7 +90,7 @@ def _latency_rows(r: Record) -> list[list[Any]]:
 
 def _latency_blocks(r: Record) -> list[str]:
     blocks = [
-        _config_line(r.get("config") or {}) + f" {fmt(r.get('n_items'))} items.",
+        config_line(r.get("config") or {}) + f" {fmt(r.get('n_items'))} items.",
         md_table(_LATENCY_HEADER, _latency_rows(r)),
         f"**Served p50 / in-process floor p50 at concurrency 1: "
         f"{fmt(r.get('served_over_floor_p50'))}** (1.0 = gRPC and the server add nothing)"
@@ -165,14 +165,14 @@ def latency_metrics(record: Record) -> Metrics:
     for level in record.get("served") or []:
         c = level.get("concurrency")
         for q in ("p50_ms", "p95_ms", "p99_ms"):
-            _put(out, f"latency/c{c}/{q}", level.get(q), "lower")
-        _put(out, f"latency/c{c}/qps", level.get("qps"), "higher")
-        _put(out, f"latency/c{c}/errors", level.get("errors"), "lower")
-    _put(out, "latency/floor/p50_ms", (record.get("floor") or {}).get("p50_ms"), "lower")
-    _put(out, "latency/served_over_floor_p50", record.get("served_over_floor_p50"), "lower")
+            put_metric(out, f"latency/c{c}/{q}", level.get(q), "lower")
+        put_metric(out, f"latency/c{c}/qps", level.get("qps"), "higher")
+        put_metric(out, f"latency/c{c}/errors", level.get("errors"), "lower")
+    put_metric(out, "latency/floor/p50_ms", (record.get("floor") or {}).get("p50_ms"), "lower")
+    put_metric(out, "latency/served_over_floor_p50", record.get("served_over_floor_p50"), "lower")
     cached = record.get("cache_on_concurrency_8") or {}
-    _put(out, "latency/cache_on_c8/p50_ms", cached.get("p50_ms"), "lower")
+    put_metric(out, "latency/cache_on_c8/p50_ms", cached.get("p50_ms"), "lower")
     soak = record.get("soak") or {}
-    _put(out, "latency/soak/p99_ms", soak.get("p99_ms"), "lower")
-    _put(out, "latency/soak/errors", soak.get("errors"), "lower")
+    put_metric(out, "latency/soak/p99_ms", soak.get("p99_ms"), "lower")
+    put_metric(out, "latency/soak/errors", soak.get("errors"), "lower")
     return out

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.figures import Context, Figure, _pyplot, _save, own_or_drawn
-from benchmarks.report.format import Metrics, Record, _config_line, _put, md_table
+from benchmarks.report.figures import Context, Figure, own_or_drawn, pyplot, save_figure
+from benchmarks.report.format import Metrics, Record, config_line, md_table, put_metric
 
 
 def _metric_order(name: str) -> tuple[int, int]:
@@ -41,7 +41,7 @@ def _recall_for_plot(metrics: Mapping[str, Any]) -> str | None:
 def draw_quality(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Grouped bars per dataset x method, NDCG@10 and Recall@100 (the deepest recall a dataset
     has otherwise), with standard-error bars."""
-    plt = _pyplot()
+    plt = pyplot()
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -68,20 +68,20 @@ def draw_quality(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, ncol=2)
     fig.suptitle("Dev-split quality, mean ± standard error")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def quality_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     results = ctx.record.get("results") or {}
     rows = results.get("rows") or []
     config = ctx.record.get("config") or {}
-    blocks = [_config_line(config, skip=("fingerprints",))]
+    blocks = [config_line(config, skip=("fingerprints",))]
     for key, label in (("models", "Fine-tuned model"), ("train_configs", "Training config")):
         per_dataset = config.get(key)
         if isinstance(per_dataset, dict) and per_dataset:
             listed = ", ".join(f"{ds} `{value}`" for ds, value in per_dataset.items())
             blocks.append(f"{label} per dataset: {listed}.")
-    parts = _model_parts(rows)
+    parts = model_parts(rows)
     if parts:
         blocks.append(parts)
     for ds in dict.fromkeys(r["dataset"] for r in rows):
@@ -121,7 +121,7 @@ def quality_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     return blocks, figures
 
 
-def _model_parts(rows: list[dict]) -> str:
+def model_parts(rows: list[dict]) -> str:
     """One line on the optional parts of the models behind the rows: the trigram sketch
     (``lexical``) and the user tower's decay, with what the comparison rows mean."""
     notes = []
@@ -148,7 +148,7 @@ def quality_metrics(record: Record) -> Metrics:
     for r in (record.get("results") or {}).get("rows") or []:
         for name, m in r["metrics"].items():
             if name == "ndcg@10" or name.startswith("recall@"):
-                _put(
+                put_metric(
                     out,
                     f"quality/{r['dataset']}/{r['method']}/{name}",
                     m.get("mean"),

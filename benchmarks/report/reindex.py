@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.report.figures import Context, Figure, draw_pair, own_or_drawn
-from benchmarks.report.format import Metrics, Record, _config_line, _put, fmt, md_table
+from benchmarks.report.format import Metrics, Record, config_line, fmt, md_table, put_metric
 
 
 def reindex_section(ctx: Context) -> tuple[list[str], list[Figure]]:
@@ -21,7 +21,7 @@ def reindex_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     before = (ctx.record.get("machine") or {}).get("load_avg")
     after = r.get("load_avg_after")
     blocks = [
-        _config_line(config) + f" {fmt(r.get('n_items'))} items.",
+        config_line(config) + f" {fmt(r.get('n_items'))} items.",
         md_table(["path", "seconds", "items / s"], rows),
         f"**Spark overhead (Spark job s / local s, > 1 = Spark slower): "
         f"{fmt(r.get('spark_overhead_ratio'))}**; with the session start: "
@@ -54,7 +54,7 @@ def reindex_section(ctx: Context) -> tuple[list[str], list[Figure]]:
 def reindex_metrics(record: Record) -> Metrics:
     out: Metrics = {}
     r = record.get("results") or {}
-    _put(out, "reindex/local_items_per_s", r.get("local_items_per_s"), "higher")
-    _put(out, "reindex/spark_items_per_s", r.get("spark_items_per_s"), "higher")
-    _put(out, "reindex/spark_overhead_ratio", r.get("spark_overhead_ratio"), "lower")
+    put_metric(out, "reindex/local_items_per_s", r.get("local_items_per_s"), "higher")
+    put_metric(out, "reindex/spark_items_per_s", r.get("spark_items_per_s"), "higher")
+    put_metric(out, "reindex/spark_overhead_ratio", r.get("spark_overhead_ratio"), "lower")
     return out

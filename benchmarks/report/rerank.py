@@ -6,12 +6,12 @@ import re
 from collections.abc import Mapping
 
 from benchmarks.report.figures import Context, Figure
-from benchmarks.report.format import Metrics, Record, _config_line, _put, fmt, md_table
+from benchmarks.report.format import Metrics, Record, config_line, fmt, md_table, put_metric
 
 
 def rerank_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     r = ctx.record.get("results") or {}
-    blocks = [_config_line(ctx.record.get("config") or {})]
+    blocks = [config_line(ctx.record.get("config") or {})]
     for key, value in r.items():
         match = re.fullmatch(r"kernels_(\d+)", key)
         if match and isinstance(value, Mapping):
@@ -81,12 +81,12 @@ def rerank_metrics(record: Record) -> Metrics:
     for key, value in r.items():
         if key.startswith("kernels_") and isinstance(value, Mapping):
             for name, v in value.items():
-                _put(out, f"rerank/{key}/{name}/numba_p50_us", v.get("numba_p50_us"), "lower")
+                put_metric(out, f"rerank/{key}/{name}/numba_p50_us", v.get("numba_p50_us"), "lower")
         if key.startswith("rerank_") and isinstance(value, Mapping):
             for name, v in value.items():
-                _put(out, f"rerank/{key}/{name}/p50_us", v.get("p50_us"), "lower")
+                put_metric(out, f"rerank/{key}/{name}/p50_us", v.get("p50_us"), "lower")
     for name, v in (r.get("compact_vectors") or {}).items():
-        _put(
+        put_metric(
             out,
             f"rerank/compact/{name}/recall10_whole_catalog",
             v.get("recall10_whole_catalog"),

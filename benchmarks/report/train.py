@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from benchmarks.report.figures import Context, Figure, draw_pair, own_or_drawn
-from benchmarks.report.format import Metrics, Record, _config_line, _put, fmt, md_table
+from benchmarks.report.format import Metrics, Record, config_line, fmt, md_table, put_metric
 
 
 def _scalars(mapping: Mapping[str, Any], prefix: str = "") -> list[list[Any]]:
@@ -39,7 +39,7 @@ def train_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     results = ctx.record.get("results") or {}
     aisle, st = results.get("aisle_pairs_per_s"), results.get("st_pairs_per_s")
     blocks = [
-        _config_line(config),
+        config_line(config),
         f"**Aisle {fmt(aisle)} pairs/s vs sentence-transformers {fmt(st)} pairs/s: ratio "
         f"{fmt(results.get('ratio'))}** ({results.get('precision', '?')}, "
         f"{results.get('device', '?')}, {fmt(results.get('threads'))} threads; "
@@ -93,10 +93,10 @@ def train_section(ctx: Context) -> tuple[list[str], list[Figure]]:
 def train_metrics(record: Record) -> Metrics:
     out: Metrics = {}
     results = record.get("results") or {}
-    _put(out, "train/aisle_pairs_per_s", results.get("aisle_pairs_per_s"), "higher")
-    _put(out, "train/st_pairs_per_s", results.get("st_pairs_per_s"), "higher")
-    _put(out, "train/ratio", results.get("ratio"), "higher")
+    put_metric(out, "train/aisle_pairs_per_s", results.get("aisle_pairs_per_s"), "higher")
+    put_metric(out, "train/st_pairs_per_s", results.get("st_pairs_per_s"), "higher")
+    put_metric(out, "train/ratio", results.get("ratio"), "higher")
     for row in results.get("rows") or []:
         if row.get("precision") != results.get("precision"):
-            _put(out, f"train/{row.get('precision')}/ratio", row.get("ratio"), "higher")
+            put_metric(out, f"train/{row.get('precision')}/ratio", row.get("ratio"), "higher")
     return out

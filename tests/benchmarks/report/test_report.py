@@ -379,15 +379,15 @@ def test_latency_section_shows_hybrid_levels_and_the_other_scale(tmp_path: Path)
 
 
 def test_quality_section_names_the_model_parts() -> None:
-    from benchmarks.report.quality import _model_parts
+    from benchmarks.report.quality import model_parts
 
     rows = [
         {"dataset": "homedepot", "method": "fine-tuned", "lexical": {"dim": 256, "weight": 0.4}},
         {"dataset": "scientific", "method": "fine-tuned", "history_decay": 0.7},
         {"dataset": "scientific", "method": "zero-shot", "history_decay": 1.0},
     ]
-    text = _model_parts(rows)
+    text = model_parts(rows)
     assert "homedepot fine-tuned: BERT towers plus a 256-dim character-trigram sketch" in text
     assert "weight 0.4" in text and "scientific fine-tuned: user tower decay 0.7" in text
     assert "zero-shot: user tower" not in text
-    assert _model_parts([{"dataset": "esci", "method": "fine-tuned", "history_decay": 1.0}]) == ""
+    assert model_parts([{"dataset": "esci", "method": "fine-tuned", "history_decay": 1.0}]) == ""
