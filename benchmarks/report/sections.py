@@ -1,8 +1,8 @@
-"""The report's part for each benchmark (title, render, headline metrics), re-exporting its pieces.
+"""The registry of the report's parts: for each benchmark its title, renderer and headline metrics.
 
 Each part renders markdown tables, figures and headline metrics from the benchmark's JSON line
-(the record a ``bench_*.py`` appends); it lives in ``report_<benchmark>.py``, and what the parts
-share in ``report_format.py`` (cells, tables, times, metric entries) and ``report_figures.py``.
+(the record a ``bench_*.py`` appends); it lives in ``benchmarks/report/<benchmark>.py``, and what
+the parts share in ``format.py`` (cells, tables, times, metric entries) and ``figures.py``.
 """
 
 from __future__ import annotations
