@@ -195,13 +195,14 @@ class ShardService:
         found = snap.retriever.search(
             xq, k, spec=spec, boost=boost, diversity=diversity, params=params, base_depth=depth
         )
-        local = found.I[found.I >= 0]
+        keep = found.I >= 0
+        local = found.I[keep]
         vectors = snap.vectors.gather(local) if include_vectors else None  # (m, dim)
         total_ms = (time.perf_counter() - t0) * 1e3
         return ShardCandidates(
             rows=snap.rows[local],
-            scores=found.D[found.I >= 0],
-            similarities=found.sim[found.I >= 0],
+            scores=found.D[keep],
+            similarities=found.sim[keep],
             vectors=vectors,
             search_ms=found.search_ms,
             rerank_ms=total_ms - found.search_ms,

@@ -33,17 +33,7 @@ def similar_items(
     t0 = time.perf_counter()
     row = rows_of(snap.index, (item_id,), "item_id")
     xq = snap.retriever.gather(row)[0].astype(np.float32, copy=True)  # (dim,)
-    t1 = time.perf_counter()
-    found = snap.retriever.search(xq, offset + k + 1, spec=with_excluded(spec, [int(row[0])]))
-    keep = found.I >= 0
-    hits, has_more = page(snap, found.D[keep], found.I[keep], found.sim[keep], offset, k)
-    rerank_ms = (time.perf_counter() - t1) * 1e3 - found.search_ms
-    timings = {
-        "encode_ms": (t1 - t0) * 1e3,
-        "search_ms": found.search_ms,
-        "rerank_ms": rerank_ms,
-    }
-    return SearchResult(hits, has_more, snap.summary, timings)
+    return _nearest(snap, xq, k, offset, with_excluded(spec, [int(row[0])]), t0, False)
 
 
 def recommend(
@@ -71,17 +61,26 @@ def recommend(
     if not len(rows):
         return _popular(snap, k, offset, spec, t0)
     xq = pool_history(snap.retriever.gather(rows), snap.encoder.history_decay)  # (dim,)
+    return _nearest(snap, xq, k, offset, spec, t0, True)
+
+
+def _nearest(
+    snap: Snapshot,
+    xq: np.ndarray,
+    k: int,
+    offset: int,
+    spec: FilterSpec | None,
+    t0: float,
+    personalized: bool,
+) -> SearchResult:
+    """The page of items nearest the (dim,) vector `xq`, which took since `t0` to make."""
     t1 = time.perf_counter()
     found = snap.retriever.search(xq, offset + k + 1, spec=spec)
     keep = found.I >= 0
     hits, has_more = page(snap, found.D[keep], found.I[keep], found.sim[keep], offset, k)
     rerank_ms = (time.perf_counter() - t1) * 1e3 - found.search_ms
-    timings = {
-        "encode_ms": (t1 - t0) * 1e3,
-        "search_ms": found.search_ms,
-        "rerank_ms": rerank_ms,
-    }
-    return SearchResult(hits, has_more, snap.summary, timings, True)
+    timings = {"encode_ms": (t1 - t0) * 1e3, "search_ms": found.search_ms, "rerank_ms": rerank_ms}
+    return SearchResult(hits, has_more, snap.summary, timings, personalized)
 
 
 def _popular(
