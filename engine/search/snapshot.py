@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Snapshot:
     """One model and the index built with it, with what re-ranking needs; swapped as a whole.
 
