@@ -1,1 +1,1 @@
-"""Aisle engine: the gRPC server, request validation, search service and the Python client."""
+"""Aisle engine: the search domain, the gRPC edge, scale-out, the server and the Python client."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -68,8 +69,6 @@ class AisleClient:
 
     def wait_until_serving(self, timeout_s: float = 60.0) -> None:
         """Block until the server's health says SERVING; raise TimeoutError otherwise."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -24,9 +24,9 @@ from engine.api.interceptor import ServingInterceptor
 from engine.api.limits import AdmissionControl, RateLimiter
 from engine.api.metrics import ServerMetrics
 from engine.api.servicers import EventsServicer, IndexAdminServicer, RetrievalServicer, ServiceSlot
+from engine.cluster.clients import ShardClients
 from engine.cluster.config import RouterConfig
-from engine.cluster.router import create_router_service
-from engine.cluster.servicers import RouterIndexAdminServicer, RouterRetrievalServicer
+from engine.cluster.router import NO_LIVE_UPDATES, create_router_service
 from engine.cluster.shard import (
     SHARD_SERVICE_NAMES,
     ShardSpec,
@@ -130,7 +130,7 @@ class AisleServer:
         self.config = config
         self.metrics = ServerMetrics()
         self._health = health.HealthServicer()
-        # A shard server serves the internal shard API (engine.shard) instead of the public one.
+        # A shard server serves the internal shard API (engine.cluster.shard), not the public one.
         self._service_names = SERVICE_NAMES if config.shard is None else SHARD_SERVICE_NAMES
         for name in ("", *self._service_names):
             self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -163,16 +163,12 @@ class AisleServer:
         if config.shard is not None:
             add_shard_services(self._server, self._slot, str(config.index))
         else:
-            routed = config.router is not None
             retrieval_pb2_grpc.add_RetrievalServicer_to_server(
-                (RouterRetrievalServicer if routed else RetrievalServicer)(self._slot),
-                self._server,
+                RetrievalServicer(self._slot), self._server
             )
+            no_updates = NO_LIVE_UPDATES if config.router is not None else ""
             index_admin_pb2_grpc.add_IndexAdminServicer_to_server(
-                (RouterIndexAdminServicer if routed else IndexAdminServicer)(
-                    self._slot, str(config.index)
-                ),
-                self._server,
+                IndexAdminServicer(self._slot, str(config.index), no_updates), self._server
             )
             events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self._slot), self._server)
         address = f"{config.host}:{config.port}"
@@ -183,6 +179,7 @@ class AisleServer:
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         self.metrics_port: int | None = None
+        self._clients: ShardClients | None = None  # a router's, to its shard servers
 
     @property
     def service(self) -> SearchService | None:
@@ -206,11 +203,11 @@ class AisleServer:
         if self.config.shard is not None:  # one shard's index and vectors, no model
             service = load_shard_service(self.config.index, self.config.shard)
         elif self.config.router is not None:  # the model and catalog; shards are remote
+            self._clients = ShardClients(self.config.router, self.config.admin_token)
             service = create_router_service(
                 self.config.index,
                 self.config.model,
-                self.config.router,
-                token=self.config.admin_token,
+                self._clients,
                 encoding=self.config.encoding,
                 on_batch=on_batch,
                 events_dir=self._events_dir(),
@@ -268,6 +265,8 @@ class AisleServer:
         self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
         if self._slot.service is not None:
             self._slot.service.close()
+        if self._clients is not None:
+            self._clients.close()
         self.metrics.close()
 
     def wait(self) -> None:

@@ -1,1 +1,1 @@
-"""The gRPC edge: validation, paging, servicers, the interceptor, limits and metrics."""
+"""The gRPC edge: proto ⇄ domain conversion, paging, servicers, the interceptor, limits, metrics."""

@@ -1,1 +1,1 @@
-"""Scale-out: shard servers and the router that fans out to them."""
+"""Scale-out: shard servers, and the router: a retriever over them for the same search service."""

@@ -39,7 +39,9 @@ _REQUEST_ERRORS = {
 
 
 @dataclass
-class _Replica:
+class Replica:
+    """One shard server: its channel and stubs, and until when it is tried last."""
+
     address: str
     channel: grpc.Channel
     shard_stub: shard_pb2_grpc.ShardSearchStub
@@ -69,13 +71,13 @@ class ShardClients:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
-        self.replicas: list[list[_Replica]] = []
+        self.replicas: list[list[Replica]] = []
         for addresses in config.shards:
             group = []
             for address in addresses:
                 channel = grpc.insecure_channel(address, options=options)
                 group.append(
-                    _Replica(
+                    Replica(
                         address,
                         channel,
                         shard_pb2_grpc.ShardSearchStub(channel),
@@ -104,7 +106,7 @@ class ShardClients:
             for replica in group:
                 replica.channel.close()
 
-    def order(self, shard: int) -> list[_Replica]:
+    def order(self, shard: int) -> list[Replica]:
         """Replicas to try, in turn: round robin among healthy ones, recently failed last."""
         group = self.replicas[shard]
         start = next(self._turns[shard]) % len(group)

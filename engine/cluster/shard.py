@@ -11,35 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from aisle.v1 import index_admin_pb2, index_admin_pb2_grpc, shard_pb2, shard_pb2_grpc, types_pb2
-from engine.api import validation
-from engine.api.servicers import index_info
-from engine.search.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    Unimplemented,
-)
-from engine.search.pipeline import DEFAULT_CANDIDATES
-from engine.search.snapshot import cached_filter
+from engine.api import convert
+from engine.api.servicers import available_versions
+from engine.search.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unimplemented
+from engine.search.retriever import FilterCache, LocalRetriever, local_positions
+from engine.search.snapshot import load_version
 from engine.search.types import IndexSummary
 from indexer.rerank.columns import ItemColumns
-from indexer.rerank.filters import CompiledFilter
-from indexer.rerank.rerank import search_and_rerank
 from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
 from indexer.rerank.vectors import VectorStore
-from indexer.storage.layout import IndexRoot, resolve_version_dir
+from indexer.storage.layout import resolve_version_dir
 from indexer.storage.manifest import MANIFEST_NAME, IndexFormatError, load_manifest
 from indexer.version import IndexVersion
 
@@ -48,7 +38,6 @@ log = logging.getLogger(__name__)
 MAX_SHARD_K = 65_536  # candidates per shard call: a router asks for up to 4 * (offset + k + 1)
 MAX_EXCLUDE_ROWS = 20_000
 MAX_VECTOR_ROWS = 10_000
-MAX_COMPILED_FILTERS = 256
 SHARD_SERVICE_NAMES = (
     shard_pb2.DESCRIPTOR.services_by_name["ShardSearch"].full_name,
     index_admin_pb2.DESCRIPTOR.services_by_name["IndexAdmin"].full_name,
@@ -95,7 +84,7 @@ def shard_columns(columns: ItemColumns, rows: np.ndarray) -> ItemColumns:
     return ItemColumns(**values)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShardSnapshot:
     """One index version's shard with what re-ranking needs; swapped as a whole on reload."""
 
@@ -104,20 +93,12 @@ class ShardSnapshot:
     summary: IndexSummary
     rows: np.ndarray  # (n_s,) int64 global rows, ascending: local position → global row
     local_of: np.ndarray  # (n,) int64 global row → local position, -1 for other shards' rows
-    columns: ItemColumns  # the shard's rows of the global columns
     vectors: VectorStore  # the shard's stored vectors by local position
-    _filters: dict[FilterSpec, CompiledFilter] = field(default_factory=dict)
-    _filters_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def compiled(self, spec: FilterSpec) -> CompiledFilter:
-        """`spec` (exclude_rows in local positions) compiled against the shard's columns."""
-        return cached_filter(self._filters, self._filters_lock, spec, self.columns)
+    retriever: LocalRetriever  # over the shard's rows of the global columns, local positions
 
     def local(self, rows: np.ndarray) -> np.ndarray:
         """(m,) local positions of global `rows`; -1 for -1 and for rows of other shards."""
-        rows = np.asarray(rows, dtype=np.int64)
-        inside = (rows >= 0) & (rows < len(self.local_of))
-        return np.where(inside, self.local_of[np.where(inside, rows, 0)], -1)
+        return local_positions(self.local_of, rows)
 
 
 def load_shard_snapshot(index_path: str | Path, spec: ShardSpec) -> ShardSnapshot:
@@ -136,15 +117,16 @@ def load_shard_snapshot(index_path: str | Path, spec: ShardSpec) -> ShardSnapsho
     rows = np.asarray(index.shard_rows(spec.index), dtype=np.int64)
     local_of = np.full(index.n_items, -1, dtype=np.int64)
     local_of[rows] = np.arange(len(rows))
-    summary = IndexSummary.of(index.manifest, index.n_items)
+    columns = shard_columns(ItemColumns.from_table(index.items), rows)
+    vectors = index.vector_store(spec.index)
     return ShardSnapshot(
         index=index,
         shard=spec.index,
-        summary=summary,
+        summary=IndexSummary.of(index.manifest, index.n_items),
         rows=rows,
         local_of=local_of,
-        columns=shard_columns(ItemColumns.from_table(index.items), rows),
-        vectors=index.vector_store(spec.index),
+        vectors=vectors,
+        retriever=LocalRetriever(index, vectors, columns, FilterCache(columns), local_of=local_of),
     )
 
 
@@ -203,46 +185,27 @@ class ShardService:
         `spec.exclude_rows` are global rows; `depth` 0 fetches max(100, k) ANN candidates."""
         snap = self._snapshot
         self._check_version(snap, expected_version)
-        compiled = None
         if spec is not None:
             excluded = snap.local(np.asarray(spec.exclude_rows, dtype=np.int64))
-            local_spec = dataclasses.replace(
+            spec = dataclasses.replace(
                 spec, exclude_rows=tuple(int(r) for r in np.unique(excluded[excluded >= 0]))
             )
-            compiled = snap.compiled(local_spec)
         diversity = DiversitySpec(max_per_category=max_per_category) if max_per_category else None
-        search_s = 0.0
-
-        def ann(n_candidates: int) -> np.ndarray:
-            nonlocal search_s
-            t = time.perf_counter()
-            _, I = snap.index.search(xq[None, :], n_candidates, params=params or None)
-            search_s += time.perf_counter() - t
-            return snap.local(I[0])  # (depth,) local positions, -1 padding
-
         t0 = time.perf_counter()
-        D, I, sim = search_and_rerank(
-            xq,
-            k,
-            ann,
-            snap.vectors,
-            snap.columns,
-            compiled,
-            boost,
-            diversity,
-            base_depth=max(depth or DEFAULT_CANDIDATES, k),
+        found = snap.retriever.search(
+            xq, k, spec=spec, boost=boost, diversity=diversity, params=params, base_depth=depth
         )
-        keep = I >= 0
-        local = I[keep]
+        keep = found.I >= 0
+        local = found.I[keep]
         vectors = snap.vectors.gather(local) if include_vectors else None  # (m, dim)
         total_ms = (time.perf_counter() - t0) * 1e3
         return ShardCandidates(
             rows=snap.rows[local],
-            scores=D[keep],
-            similarities=sim[keep],
+            scores=found.D[keep],
+            similarities=found.sim[keep],
             vectors=vectors,
-            search_ms=search_s * 1e3,
-            rerank_ms=total_ms - search_s * 1e3,
+            search_ms=found.search_ms,
+            rerank_ms=total_ms - found.search_ms,
         )
 
     def warm_up(self) -> None:
@@ -279,21 +242,9 @@ class ShardService:
         snapshot they started with."""
         with self._swap_lock:
             previous = self._snapshot.summary.version
-            target: Path = self._index_path
-            if version:
-                root = IndexRoot(self._index_path)
-                if version not in root.versions():
-                    raise NotFound(
-                        f"index version {version} is not published in {self._index_path}; "
-                        f"available: {root.versions()}"
-                    )
-                target = root.version_dir(version)
-            try:
-                snapshot = load_shard_snapshot(target, self.spec)
-            except IndexFormatError as error:
-                raise FailedPrecondition(f"cannot load index version: {error}") from error
-            except (OSError, ValueError) as error:
-                raise Unavailable(f"cannot load index version: {error}") from error
+            snapshot = load_version(
+                self._index_path, version, lambda target: load_shard_snapshot(target, self.spec)
+            )
             self._snapshot = snapshot
             log.info(
                 "shard %s now serves index version %d (was %d)",
@@ -314,62 +265,10 @@ def load_shard_service(index_path: str | Path, spec: ShardSpec) -> ShardService:
 # ----------------------------------------------------------------------------- gRPC
 
 
-def vectors_bytes(vectors: np.ndarray) -> bytes:
-    """(m, dim) vectors as the wire format: little-endian float32, row-major."""
-    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-
-
-def vectors_from_bytes(data: bytes, dim: int) -> np.ndarray:
-    """The inverse of `vectors_bytes`: (m, dim) float32 (a read-only view of `data`)."""
-    if dim < 1 or len(data) % (4 * dim):
-        raise ValueError(f"{len(data)} bytes are not whole float32 vectors of dim {dim}")
-    return np.frombuffer(data, dtype="<f4").reshape(-1, dim).astype(np.float32, copy=False)
-
-
-def _query_vector(values, dim: int) -> np.ndarray:
-    xq = np.asarray(values, dtype=np.float32)  # (dim,)
-    if xq.shape != (dim,):
-        raise InvalidArgument.field("query_vector", f"must hold {dim} values, got {len(xq)}")
-    if not np.isfinite(xq).all():
-        raise InvalidArgument.field("query_vector", "holds NaN or infinite values")
-    return xq
-
-
-def _boost(message: types_pb2.Boost) -> BoostSpec | None:
-    weights = {"popularity": message.popularity, "rating": message.rating, "margin": message.margin}
-    for name, value in weights.items():
-        limit = validation.MAX_BOOST_WEIGHT
-        if not math.isfinite(value) or abs(value) > limit:
-            raise InvalidArgument.field(f"boost.{name}", f"must be in [-{limit}, {limit}]")
-    return BoostSpec(**weights) if any(weights.values()) else None
-
-
-def _effort(message: types_pb2.SearchEffort) -> tuple[dict[str, int], int]:
-    params = {}
-    for name, value, key in (
-        ("nprobe", message.nprobe, "nprobe"),
-        ("ef_search", message.ef_search, "efSearch"),
-    ):
-        if not 0 <= value <= validation.MAX_EFFORT:
-            raise InvalidArgument.field(
-                f"effort.{name}", f"must be between 1 and {validation.MAX_EFFORT}"
-            )
-        if value:
-            params[key] = value
-    if not 0 <= message.candidates <= validation.MAX_CANDIDATES:
-        raise InvalidArgument.field(
-            "effort.candidates", f"must be between 0 and {validation.MAX_CANDIDATES}"
-        )
-    return params, message.candidates
-
-
-def _filter(message: types_pb2.Filter, snap: ShardSnapshot, exclude_rows) -> FilterSpec | None:
-    violations: list[FieldViolation] = []
-    spec, excluded_ids = validation.filter_spec(message, "", violations)
-    if violations:
-        raise InvalidArgument(
-            "; ".join(f"{v.field}: {v.description}" for v in violations), violations
-        )
+def _shard_filter(
+    spec: FilterSpec | None, excluded_ids: tuple[str, ...], snap: ShardSnapshot, exclude_rows
+) -> FilterSpec | None:
+    """`spec` that also excludes `exclude_rows` and `excluded_ids` (global rows and ids)."""
     n = snap.index.n_items
     rows = [int(r) for r in exclude_rows if 0 <= r < n]  # out-of-range rows exclude nothing
     for item_id in excluded_ids:  # ids of other shards, or unknown ones, exclude nothing here
@@ -395,19 +294,31 @@ class ShardSearchServicer(shard_pb2_grpc.ShardSearchServicer):
     def SearchShard(self, request, context):  # noqa: N802 (gRPC method names)
         service = self._service
         snap = service.snapshot
-        xq = _query_vector(request.query_vector, snap.index.dim)
+        xq = convert.query_vector(request.query_vector, snap.index.dim)
         if not 1 <= request.k <= MAX_SHARD_K:
             raise InvalidArgument.field("k", f"must be between 1 and {MAX_SHARD_K}")
         if len(request.exclude_rows) > MAX_EXCLUDE_ROWS:
             raise InvalidArgument.field("exclude_rows", f"at most {MAX_EXCLUDE_ROWS} rows")
         if not 0 <= request.max_per_category <= MAX_SHARD_K:
             raise InvalidArgument.field("max_per_category", f"must be 0..{MAX_SHARD_K}")
-        params, depth = _effort(request.effort)
+        violations: list[FieldViolation] = []
+        params = convert.search_params(request.effort, "", violations)
+        depth = request.effort.candidates
+        if not 0 <= depth <= convert.MAX_CANDIDATES:
+            violations.append(
+                FieldViolation(
+                    "effort.candidates", f"must be between 0 and {convert.MAX_CANDIDATES}"
+                )
+            )
+        spec, excluded_ids = convert.filter_spec(request.filter, "", violations)
+        boost = convert.boost_spec(request.boost, "", violations)
+        if violations:
+            raise InvalidArgument.of(violations)
         result = service.search(
             xq,
             request.k,
-            spec=_filter(request.filter, snap, request.exclude_rows),
-            boost=_boost(request.boost),
+            spec=_shard_filter(spec, excluded_ids, snap, request.exclude_rows),
+            boost=boost,
             max_per_category=request.max_per_category,
             params=params,
             depth=depth,
@@ -425,7 +336,7 @@ class ShardSearchServicer(shard_pb2_grpc.ShardSearchServicer):
             timings=types_pb2.Timings(search_ms=result.search_ms, rerank_ms=result.rerank_ms),
         )
         if result.vectors is not None:
-            response.vectors = vectors_bytes(result.vectors)
+            response.vectors = convert.vectors_bytes(result.vectors)
         return response
 
     def GetShardVectors(self, request, context):  # noqa: N802
@@ -438,7 +349,7 @@ class ShardSearchServicer(shard_pb2_grpc.ShardSearchServicer):
             shard=snap.shard,
             index_version=snap.summary.version,
             dim=snap.index.dim,
-            vectors=vectors_bytes(vectors),
+            vectors=convert.vectors_bytes(vectors),
         )
 
     def DescribeShard(self, request, context):  # noqa: N802
@@ -447,7 +358,7 @@ class ShardSearchServicer(shard_pb2_grpc.ShardSearchServicer):
             shard=snap.shard,
             shard_count=snap.summary.shard_count,
             item_count=len(snap.rows),
-            index=index_info(snap.summary),
+            index=convert.index_info(snap.summary),
             vector_kind=snap.vectors.kind,
         )
 
@@ -469,21 +380,20 @@ class ShardAdminServicer(index_admin_pb2_grpc.IndexAdminServicer):
         if request.version < 0:
             raise InvalidArgument.field("version", "must be 0 (CURRENT) or a published version")
         previous, summary = self._slot.get().reload(request.version)
-        return index_admin_pb2.ReloadResponse(previous_version=previous, index=index_info(summary))
+        return index_admin_pb2.ReloadResponse(
+            previous_version=previous, index=convert.index_info(summary)
+        )
 
     def Status(self, request, context):  # noqa: N802
         service: ShardService = self._slot.get()
         snap = service.snapshot
         response = index_admin_pb2.StatusResponse(
-            index=index_info(snap.summary), uptime_s=time.time() - service.started_at
+            index=convert.index_info(snap.summary), uptime_s=time.time() - service.started_at
         )
         for info in snap.index.manifest.shards:
             location = "local" if info.shard == snap.shard else "elsewhere"
             response.shards.add(shard=info.shard, item_count=info.count, location=location)
-        try:
-            response.available_versions.extend(IndexRoot(self._index_path).versions())
-        except (OSError, ValueError):
-            pass  # served from a bare version dir: there is no root to list
+        response.available_versions.extend(available_versions(self._index_path))
         return response
 
 

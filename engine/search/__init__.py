@@ -1,1 +1,1 @@
-"""The search domain, free of gRPC: request types, snapshots, the pipeline and the service."""
+"""The search domain, free of gRPC: types, snapshots, retrievers, the pipeline and the service."""

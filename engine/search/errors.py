@@ -36,7 +36,13 @@ class InvalidArgument(AisleError):
 
     @classmethod
     def field(cls, field: str, description: str) -> InvalidArgument:
+        """The error of one bad field."""
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
+
+    @classmethod
+    def of(cls, violations: list[FieldViolation]) -> InvalidArgument:
+        """The error of several bad fields; the message lists every one."""
+        return cls("; ".join(f"{v.field}: {v.description}" for v in violations), violations)
 
 
 class NotFound(AisleError):

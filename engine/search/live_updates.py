@@ -1,4 +1,8 @@
-"""Live updates: upsert, attribute updates and deletes through the index root's update log."""
+"""Live updates: upsert, attribute updates and deletes through the index root's update log.
+
+Each write logs the change durably and applies it to the snapshot's live index; the caller
+(SearchService) then swaps in `refreshed(snap)`, so the change is searchable when it returns.
+"""
 
 from __future__ import annotations
 
@@ -13,74 +17,61 @@ from indexer.storage.manifest import ModelMismatchError
 from trainer.text import item_text
 
 
-class LiveUpdates:
-    """SearchService's live-update methods: each write logs the change durably, applies it, then
-    swaps in a snapshot of the new state, so the change is searchable when the call returns."""
+def live_index(snap: Snapshot) -> LiveIndex:
+    """The snapshot's live index; FAILED_PRECONDITION when it serves a bare version dir."""
+    if snap.live is None:
+        raise FailedPrecondition(
+            "this server serves a stand-alone version dir: live updates need an index root "
+            "(aisle-serve --index ROOT)"
+        )
+    return snap.live
 
-    # Set by SearchService.__init__.
-    _snapshot: Snapshot
-    _swap_lock: threading.Lock
-    _encode_lock: threading.Lock
 
-    def _live(self) -> LiveIndex:
-        live = self._snapshot.live
-        if live is None:
-            raise FailedPrecondition(
-                "this server serves a stand-alone version dir: live updates need an index root "
-                "(aisle-serve --index ROOT)"
-            )
-        return live
+def refreshed(snap: Snapshot) -> Snapshot:
+    """A snapshot of the live index's latest state (after an update), with the lexical channel
+    brought up to it; `snap` itself when it has no live index."""
+    if snap.live is None:
+        return snap
+    if snap.lexical is not None:
+        view = snap.live.snapshot()
+        sync_lexical(snap.lexical, view, snap.index.n_rows, set(snap.dead_rows))
+    return live_snapshot(snap.encoder, snap.live, snap.version_dir, snap.lexical)
 
-    def _refresh(self) -> Snapshot:
-        """Swap in a snapshot of the live index's latest state (after an update), with the
-        lexical channel brought up to it."""
-        with self._swap_lock:
-            snap = self._snapshot
-            if snap.live is not None:
-                view = snap.live.snapshot()
-                if snap.lexical is not None:
-                    sync_lexical(snap.lexical, view, snap.index.n_rows, set(snap.dead_rows))
-                self._snapshot = live_snapshot(
-                    snap.encoder, snap.live, snap.version_dir, snap.lexical
-                )
-            return self._snapshot
 
-    def upsert(self, records: list[dict[str, Any]]) -> int:
-        """Add or replace items: embed their text with the serving model, log durably, apply.
-        Searchable when this returns. Returns the update-log sequence number."""
-        live, encoder = self._live(), self._snapshot.encoder
-        texts = [item_text(r) for r in records]
-        with self._encode_lock:
-            vectors = encoder.encode_items(texts)  # (n, dim) float32
-        try:
-            seq = live.upsert(records, vectors, fingerprint=encoder.fingerprint)
-        except ModelMismatchError as error:
-            raise FailedPrecondition(str(error)) from error
-        except ValueError as error:
-            raise InvalidArgument.field("items", str(error)) from error
-        self._refresh()
-        return seq
+def upsert(snap: Snapshot, records: list[dict[str, Any]], encode_lock: threading.Lock) -> int:
+    """Add or replace items: embed their text with the serving model (holding `encode_lock`:
+    encodes run one at a time), log durably, apply. Returns the update-log sequence number."""
+    live, encoder = live_index(snap), snap.encoder
+    texts = [item_text(r) for r in records]
+    with encode_lock:
+        vectors = encoder.encode_items(texts)  # (n, dim) float32
+    try:
+        return live.upsert(records, vectors, fingerprint=encoder.fingerprint)
+    except ModelMismatchError as error:
+        raise FailedPrecondition(str(error)) from error
+    except ValueError as error:
+        raise InvalidArgument.field("items", str(error)) from error
 
-    def update_attributes(self, updates: dict[str, dict[str, Any]]) -> int:
-        """Change attribute columns (price, stock, ...) of existing items; no re-embedding."""
-        try:
-            seq = self._live().update_attributes(updates)
-        except UnknownItemError as error:
-            raise NotFound(str(error)) from error
-        except ValueError as error:
-            raise InvalidArgument.field("items", str(error)) from error
-        self._refresh()
-        return seq
 
-    def delete(self, item_ids: list[str]) -> tuple[int, int, list[str]]:
-        """Delete items; returns (log sequence, deleted count, ids that were not there)."""
-        try:
-            seq, not_found = self._live().delete(item_ids)
-        except ValueError as error:
-            raise InvalidArgument.field("item_ids", str(error)) from error
-        self._refresh()
-        return seq, len(dict.fromkeys(item_ids)) - len(not_found), not_found
+def update_attributes(snap: Snapshot, updates: dict[str, dict[str, Any]]) -> int:
+    """Change attribute columns (price, stock, ...) of existing items; no re-embedding."""
+    try:
+        return live_index(snap).update_attributes(updates)
+    except UnknownItemError as error:
+        raise NotFound(str(error)) from error
+    except ValueError as error:
+        raise InvalidArgument.field("items", str(error)) from error
 
-    def pending_updates(self) -> int:
-        live = self._snapshot.live
-        return 0 if live is None else int(live.pending_updates)
+
+def delete(snap: Snapshot, item_ids: list[str]) -> tuple[int, int, list[str]]:
+    """Delete items; returns (log sequence, deleted count, ids that were not there)."""
+    try:
+        seq, not_found = live_index(snap).delete(item_ids)
+    except ValueError as error:
+        raise InvalidArgument.field("item_ids", str(error)) from error
+    return seq, len(dict.fromkeys(item_ids)) - len(not_found), not_found
+
+
+def pending_updates(snap: Snapshot) -> int:
+    """Updates logged but not yet compacted into a version (0 without a live index)."""
+    return 0 if snap.live is None else int(snap.live.pending_updates)

@@ -1,35 +1,33 @@
-"""The search service: encode → search shards → top-k, over a swappable model+index snapshot."""
+"""The search service: the serving snapshot's lifecycle, composing search, recommendations,
+live updates and events over it."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.search import live_updates, pipeline, recommend
 from engine.search.batcher import MicroBatcher
-from engine.search.errors import FailedPrecondition, NotFound, Unavailable
+from engine.search.errors import FailedPrecondition, NotFound
 from engine.search.events import Event, EventLog, UserState
-from engine.search.live_updates import LiveUpdates
-from engine.search.recommend import Recommendations
-from engine.search.snapshot import (
-    Snapshot,
-    is_known,
-    load_snapshot,
-    with_excluded,
-)
+from engine.search.retriever import with_excluded
+from engine.search.snapshot import Snapshot, is_known, load_snapshot, load_version
 from engine.search.types import (
     MODE_DENSE,
     EncodingConfig,
     IndexSummary,
     SearchQuery,
+    SearchResult,
 )
 from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
-from indexer.storage.manifest import IndexFormatError
 from indexer.storage.users import read_users
 from trainer.text import query_text
 
@@ -38,10 +36,15 @@ __all__ = ["SearchService"]
 log = logging.getLogger(__name__)
 
 
-# The search pipeline, recommendations and live updates live in their own modules; this one
-# keeps the lifecycle (encoding, users and events, reload) and the names other modules import.
-class SearchService(LiveUpdates, Recommendations):
-    """Pure search logic over the current snapshot; no gRPC types here."""
+class SearchService:
+    """Pure search logic over the current snapshot; no gRPC types here.
+
+    The snapshot (model, catalog, retriever), its query batcher and the users' recent items
+    are swapped together by `reload` and by live updates; each request reads them once and
+    hands them to the pipeline (engine.search.pipeline, .recommend, .live_updates). `load`
+    opens a version dir for `reload`: `load_snapshot` by default, a router's loader over its
+    shard servers (engine.cluster.router).
+    """
 
     def __init__(
         self,
@@ -52,14 +55,17 @@ class SearchService(LiveUpdates, Recommendations):
         encoding: EncodingConfig | None = None,
         on_batch: Any = None,
         events_dir: Path | None = None,
+        load: Callable[[Path], Snapshot] | None = None,
     ) -> None:
         self._index_path = Path(index_path)
         self._event_log = EventLog(events_dir) if events_dir is not None else None
         self._events_lock = threading.Lock()
-        self._model_dir = model_dir
         self._encoding = encoding or EncodingConfig()
+        self._load = load or functools.partial(
+            load_snapshot, model_dir=model_dir, encoding=self._encoding
+        )
         self._on_batch = on_batch
-        self._swap_lock = threading.Lock()  # one reload at a time
+        self._swap_lock = threading.Lock()  # one reload or live update at a time
         # Fast tokenizers refuse concurrent calls with different settings ("Already borrowed"),
         # and torch already uses every core per call, so encodes run one at a time.
         self._encode_lock = threading.Lock()
@@ -121,6 +127,33 @@ class SearchService(LiveUpdates, Recommendations):
                 return snap.encoder.encode_items(texts), snap
             return snap.encoder.encode_queries([query_text(t) for t in texts]), snap
 
+    # -- search and recommendations -------------------------------------------------------------
+
+    def search_batch(
+        self, queries: list[SearchQuery], timeout_s: float | None = None
+    ) -> list[SearchResult]:
+        """Answer several searches with one encoder call, on one snapshot."""
+        snap, batcher = self._snapshot, self._batcher
+        return pipeline.search_batch(snap, batcher, self.users, queries, timeout_s)
+
+    def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
+        return self.search_batch([query], timeout_s)[0]
+
+    def similar_items(
+        self,
+        item_id: str,
+        k: int,
+        offset: int = 0,
+        expected_version: int | None = None,
+        spec: FilterSpec | None = None,
+    ) -> SearchResult:
+        """Neighbours of a catalog item by its stored vector (engine.search.recommend)."""
+        return recommend.similar_items(self._snapshot, item_id, k, offset, expected_version, spec)
+
+    def recommend(self, k: int, **kwargs: Any) -> SearchResult:
+        """Items for a user or a history (engine.search.recommend.recommend's keywords)."""
+        return recommend.recommend(self._snapshot, self.users, k, **kwargs)
+
     # -- events and items -----------------------------------------------------------------------
 
     def record_events(self, events: list[Event]) -> int:
@@ -169,35 +202,43 @@ class SearchService(LiveUpdates, Recommendations):
         self._batcher.cache.clear()  # the warm-up text is not a shopper's query
         log.info("warmed up in %.0f ms", (time.perf_counter() - t) * 1e3)
 
-    # -- versions -------------------------------------------------------------------------------
+    # -- live updates ---------------------------------------------------------------------------
 
-    def _load_snapshot(self, target: Path) -> Snapshot:
-        """Load `target` (an index root or version dir); engine.router overrides it."""
-        return load_snapshot(target, self._model_dir, encoding=self._encoding)
+    def _refresh(self) -> None:
+        """Swap in a snapshot of the live index's latest state, so an update is searchable
+        when its call returns."""
+        with self._swap_lock:
+            self._snapshot = live_updates.refreshed(self._snapshot)
+
+    def upsert(self, records: list[dict[str, Any]]) -> int:
+        """Add or replace items (embedded with the serving model); the update-log sequence."""
+        seq = live_updates.upsert(self._snapshot, records, self._encode_lock)
+        self._refresh()
+        return seq
+
+    def update_attributes(self, updates: dict[str, dict[str, Any]]) -> int:
+        """Change attribute columns (price, stock, ...) of existing items; no re-embedding."""
+        seq = live_updates.update_attributes(self._snapshot, updates)
+        self._refresh()
+        return seq
+
+    def delete(self, item_ids: list[str]) -> tuple[int, int, list[str]]:
+        """Delete items; returns (log sequence, deleted count, ids that were not there)."""
+        out = live_updates.delete(self._snapshot, item_ids)
+        self._refresh()
+        return out
+
+    def pending_updates(self) -> int:
+        return live_updates.pending_updates(self._snapshot)
+
+    # -- versions -------------------------------------------------------------------------------
 
     def reload(self, version: int = 0) -> tuple[int, IndexSummary]:
         """Switch to `version` of the index root (0: what CURRENT names). In-flight requests
         finish on the snapshot they started with; the next ones see the new one."""
-        from indexer.storage.layout import IndexRoot
-
         with self._swap_lock:
             previous = self._snapshot.summary.version
-            if version == 0:
-                target: Path = self._index_path
-            else:
-                root = IndexRoot(self._index_path)
-                if version not in root.versions():
-                    raise NotFound(
-                        f"index version {version} is not published in {self._index_path}; "
-                        f"available: {root.versions()}"
-                    )
-                target = root.version_dir(version)
-            try:
-                snapshot = self._load_snapshot(target)
-            except IndexFormatError as error:
-                raise FailedPrecondition(f"cannot load index version: {error}") from error
-            except (OSError, ValueError) as error:
-                raise Unavailable(f"cannot load index version: {error}") from error
+            snapshot = load_version(self._index_path, version, self._load)
             old_batcher = self._batcher
             with self._events_lock:  # no event can slip between the replay and the swap
                 users = self._load_users(snapshot)

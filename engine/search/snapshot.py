@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from engine.search.errors import InvalidArgument
+from engine.search.errors import FailedPrecondition, NotFound, Unavailable
+from engine.search.retriever import FilterCache, LocalRetriever, Retriever
 from engine.search.types import EncodingConfig, IndexSummary
 from indexer.lexical.files import LEXICAL_META_FILE
 from indexer.lexical.index import LexicalIndex
 from indexer.live.index import LiveIndex
 from indexer.live.view import LiveView
 from indexer.rerank.columns import ItemColumns
-from indexer.rerank.filters import CompiledFilter, compile_filter
-from indexer.rerank.specs import FilterSpec
 from indexer.rerank.vectors import VectorStore
-from indexer.storage.layout import resolve_version_dir
-from indexer.storage.manifest import IndexFormatError
+from indexer.storage.layout import IndexRoot, resolve_version_dir
+from indexer.storage.manifest import IndexFormatError, load_manifest
 from indexer.storage.sharding import shard_of
 from indexer.version import IndexVersion
 from trainer.encoder.load import Encoder, load_encoder
@@ -29,55 +29,59 @@ from trainer.text import item_text
 
 log = logging.getLogger(__name__)
 
-MAX_COMPILED_FILTERS = 256
+T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Snapshot:
     """One model and the index built with it, with what re-ranking needs; swapped as a whole.
 
-    `index` is an IndexVersion, or a LiveView (one consistent state of a live index: a version
-    plus the upserts and deletes since) when `live` is set; every request works on one snapshot.
+    `index` is the catalog (item ids, records, manifest): an IndexVersion, or a LiveView (one
+    consistent state of a live index: a version plus the upserts and deletes since) when `live`
+    is set. `retriever` searches its vectors, here or on shard servers; `vectors` are the stored
+    vectors when this process holds them (None on a router). Every request works on one
+    snapshot.
     """
 
     encoder: Encoder
     index: IndexVersion | LiveView
     summary: IndexSummary
     columns: ItemColumns
-    vectors: VectorStore
+    retriever: Retriever
+    filters: FilterCache
+    vectors: VectorStore | None = None
     live: LiveIndex | None = None
     version_dir: Path | None = None
     lexical: LexicalIndex | None = None  # the BM25 channel, when the version has one
     dead_rows: tuple[int, ...] = ()  # rows deleted or replaced since the version was built
-    _filters: dict[FilterSpec, CompiledFilter] = field(default_factory=dict)
-    _filters_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def compiled(self, spec: FilterSpec) -> CompiledFilter:
-        """The compiled filter for `spec`, cached: its full-catalog selectivity pass runs once."""
-        return cached_filter(self._filters, self._filters_lock, spec, self.columns)
 
 
-def cached_filter(
-    cache: dict[FilterSpec, CompiledFilter],
-    lock: threading.Lock,
-    spec: FilterSpec,
+def local_snapshot(
+    encoder: Encoder,
+    index: IndexVersion | LiveView,
     columns: ItemColumns,
-) -> CompiledFilter:
-    """`spec` compiled against `columns`, through a bounded cache (oldest entry out first);
-    an unknown attribute or a bad value is INVALID_ARGUMENT on `filter`."""
-    with lock:
-        hit = cache.get(spec)
-    if hit is not None:
-        return hit
-    try:
-        compiled = compile_filter(spec, columns)
-    except ValueError as error:
-        raise InvalidArgument.field("filter", str(error)) from error
-    with lock:
-        if len(cache) >= MAX_COMPILED_FILTERS:
-            cache.pop(next(iter(cache)))
-        cache[spec] = compiled
-    return compiled
+    vectors: VectorStore,
+    version_dir: Path,
+    *,
+    live: LiveIndex | None = None,
+    lexical: LexicalIndex | None = None,
+    dead_rows: tuple[int, ...] = (),
+) -> Snapshot:
+    """A Snapshot whose vectors this process holds and searches (a LocalRetriever)."""
+    filters = FilterCache(columns)
+    return Snapshot(
+        encoder=encoder,
+        index=index,
+        summary=IndexSummary.of(index.manifest, index.n_items),
+        columns=columns,
+        retriever=LocalRetriever(index, vectors, columns, filters, dead_rows),
+        filters=filters,
+        vectors=vectors,
+        live=live,
+        version_dir=version_dir,
+        lexical=lexical,
+        dead_rows=dead_rows,
+    )
 
 
 def open_model(
@@ -85,8 +89,6 @@ def open_model(
 ) -> tuple[str, Encoder]:
     """(fingerprint, query encoder) of ``model_dir``, or without it of the model the index
     version's manifest names; IndexFormatError when that model is not on this machine."""
-    from indexer.storage.manifest import load_manifest
-
     encoding = encoding or EncodingConfig()
     if model_dir is None:
         model_dir = Path(load_manifest(version_dir / "manifest.json").model_path)
@@ -129,16 +131,12 @@ def load_snapshot(
             sync_lexical(lexical, live.snapshot(), live.n_base, set())
         return live_snapshot(encoder, live, version_dir, lexical)
     index = IndexVersion.open(version_dir, verify=True, expected_fingerprint=fingerprint)
-    summary = IndexSummary.of(index.manifest, index.n_items)
-    columns = ItemColumns.from_table(index.items)
-    vectors = index.vector_store()  # the compact copy (f16/i8) when the build kept one
-    return Snapshot(
-        encoder=encoder,
-        index=index,
-        summary=summary,
-        columns=columns,
-        vectors=vectors,
-        version_dir=version_dir,
+    return local_snapshot(
+        encoder,
+        index,
+        ItemColumns.from_table(index.items),
+        index.vector_store(),  # the compact copy (f16/i8) when the build kept one
+        version_dir,
         lexical=_open_lexical(version_dir),
     )
 
@@ -175,16 +173,13 @@ def live_snapshot(
 ) -> Snapshot:
     """A Snapshot of the live index's current state (taken again after each update)."""
     view = live.snapshot()
-    manifest = view.manifest
-    summary = IndexSummary.of(manifest, view.n_items)
-    return Snapshot(
-        encoder=encoder,
-        index=view,
-        summary=summary,
-        columns=view.columns(),
-        vectors=view.vector_store(),
+    return local_snapshot(
+        encoder,
+        view,
+        view.columns(),
+        view.vector_store(),
+        version_dir,
         live=live,
-        version_dir=version_dir,
         dead_rows=tuple(int(r) for r in view.dead_rows()),
         lexical=lexical,
     )
@@ -199,18 +194,27 @@ def is_known(snap: Snapshot, item_id: str) -> bool:
     return True
 
 
-def with_excluded(spec: FilterSpec | None, rows: list[int]) -> FilterSpec | None:
-    """`spec` that also excludes `rows` (global rows)."""
-    if not rows:
-        return spec
-    spec = spec or FilterSpec()
-    merged = tuple(sorted(set(spec.exclude_rows) | set(rows)))
-    return FilterSpec(
-        category_prefix=spec.category_prefix,
-        brands=spec.brands,
-        price_min=spec.price_min,
-        price_max=spec.price_max,
-        attribute_ranges=spec.attribute_ranges,
-        in_stock=spec.in_stock,
-        exclude_rows=merged,
-    )
+def resolve_version(index_path: Path, version: int = 0) -> Path:
+    """The version dir that `version` names in the index at `index_path`: with 0, what CURRENT
+    names (or `index_path` itself, a version dir); NotFound when `version` is not published.
+    Raises IndexFormatError when `index_path` holds no version to serve."""
+    if version == 0:
+        return resolve_version_dir(index_path)
+    root = IndexRoot(index_path)
+    if version not in root.versions():
+        raise NotFound(
+            f"index version {version} is not published in {index_path}; "
+            f"available: {root.versions()}"
+        )
+    return root.version_dir(version)
+
+
+def load_version(index_path: Path, version: int, load: Callable[[Path], T]) -> T:
+    """`load` of the version dir `version` names (resolve_version), with what goes wrong as the
+    API says it: a corrupt index is FAILED_PRECONDITION, one that cannot be read UNAVAILABLE."""
+    try:
+        return load(resolve_version(index_path, version))
+    except IndexFormatError as error:
+        raise FailedPrecondition(f"cannot load index version: {error}") from error
+    except (OSError, ValueError) as error:
+        raise Unavailable(f"cannot load index version: {error}") from error

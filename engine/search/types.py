@@ -38,6 +38,8 @@ class SearchQuery:
 
 @dataclass(frozen=True)
 class Hit:
+    """One result: its global row and item id, final score (with boosts) and exact cosine."""
+
     row: int
     item_id: str
     score: float
@@ -46,6 +48,8 @@ class Hit:
 
 @dataclass(frozen=True)
 class IndexSummary:
+    """What the served index version is: the IndexInfo of every response."""
+
     version: int
     model_fingerprint: str
     item_count: int
@@ -66,6 +70,9 @@ class IndexSummary:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One page of results. `partial`: some shards did not answer (a router), and
+    `missing_shards` says which; their items are missing from the page."""
+
     hits: list[Hit]
     has_more: bool
     index: IndexSummary
@@ -74,6 +81,8 @@ class SearchResult:
     facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     popularity_fallback: bool = False
     mode: str = "dense"
+    partial: bool = False
+    missing_shards: tuple[int, ...] = ()
 
 
 MODE_DEFAULT, MODE_DENSE, MODE_LEXICAL, MODE_HYBRID = "default", "dense", "lexical", "hybrid"

@@ -1,13 +1,21 @@
-"""Request validation: protobuf requests in, validated domain queries out, or a typed error."""
+"""The one converter each way: proto requests → validated domain values (or a typed error),
+and domain results → proto responses, for the public API and the shard API alike."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from datetime import UTC, datetime
+from typing import Any
 
-from aisle.v1 import retrieval_pb2
-from engine.api.paging import MAX_DEPTH, decode_token, request_digest
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+
+from aisle.v1 import events_pb2, index_admin_pb2, retrieval_pb2, types_pb2
+from engine.api.paging import MAX_DEPTH, PageToken, decode_token, encode_token, request_digest
 from engine.search.errors import FieldViolation, InvalidArgument
+from engine.search.events import Event
 from engine.search.fusion import FusionParams
 from engine.search.query import parse_query
 from engine.search.types import (
@@ -16,7 +24,9 @@ from engine.search.types import (
     MODE_DENSE,
     MODE_HYBRID,
     MODE_LEXICAL,
+    IndexSummary,
     SearchQuery,
+    SearchResult,
 )
 from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
 
@@ -34,9 +44,21 @@ MAX_ATTRIBUTE_RANGES = 32
 MAX_EXCLUDED = 10_000
 MAX_BOOST_WEIGHT = 10.0
 FACET_FIELDS = ("category", "brand")
+MAX_UPSERT = 1000
+MAX_DELETE = 10_000
+MAX_EVENTS = 1000
+EVENT_TYPE_NAMES = {
+    events_pb2.EVENT_TYPE_VIEW: "view",
+    events_pb2.EVENT_TYPE_CLICK: "click",
+    events_pb2.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
+    events_pb2.EVENT_TYPE_PURCHASE: "purchase",
+}
+
+# ----------------------------------------------------------------------------- proto → domain
 
 
 def check_k(k: int, field: str = "k") -> None:
+    """INVALID_ARGUMENT unless 1 <= k <= MAX_K."""
     if not 1 <= k <= MAX_K:
         raise InvalidArgument.field(field, f"must be between 1 and {MAX_K}, got {k}")
 
@@ -106,7 +128,17 @@ def filter_spec(
     return (None if spec == FilterSpec() else spec), excluded
 
 
-def _boost(message, prefix: str, violations: list[FieldViolation]) -> BoostSpec | None:
+def filter_of(message: types_pb2.Filter) -> tuple[FilterSpec | None, tuple[str, ...]]:
+    """`filter_spec` of a request's only filter; INVALID_ARGUMENT when it is bad."""
+    violations: list[FieldViolation] = []
+    spec, excluded = filter_spec(message, "", violations)
+    if violations:
+        raise InvalidArgument.of(violations)
+    return spec, excluded
+
+
+def boost_spec(message, prefix: str, violations: list[FieldViolation]) -> BoostSpec | None:
+    """A proto Boost as a BoostSpec (None when every weight is 0)."""
     weights = {"popularity": message.popularity, "rating": message.rating, "margin": message.margin}
     for name, value in weights.items():
         if not math.isfinite(value) or abs(value) > MAX_BOOST_WEIGHT:
@@ -118,6 +150,22 @@ def _boost(message, prefix: str, violations: list[FieldViolation]) -> BoostSpec 
     if violations or not any(weights.values()):
         return None
     return BoostSpec(**weights)
+
+
+def search_params(effort, prefix: str, violations: list[FieldViolation]) -> dict[str, int]:
+    """A proto SearchEffort's FAISS parameters ({"nprobe": n, "efSearch": n}, those set)."""
+    params: dict[str, int] = {}
+    for name, value, key in (
+        ("nprobe", effort.nprobe, "nprobe"),
+        ("ef_search", effort.ef_search, "efSearch"),
+    ):
+        if value < 0 or value > MAX_EFFORT:
+            violations.append(
+                FieldViolation(f"{prefix}effort.{name}", f"must be between 1 and {MAX_EFFORT}")
+            )
+        elif value:
+            params[key] = value
+    return params
 
 
 def _diversity(message, prefix: str, violations: list[FieldViolation]) -> DiversitySpec | None:
@@ -217,18 +265,8 @@ def search_query(
         violations.append(
             FieldViolation(f"{prefix}personalization_weight", f"must be in [0, 1], got {weight}")
         )
-    params: dict[str, int] = {}
     effort = request.effort
-    for name, value, key in (
-        ("nprobe", effort.nprobe, "nprobe"),
-        ("ef_search", effort.ef_search, "efSearch"),
-    ):
-        if value < 0 or value > MAX_EFFORT:
-            violations.append(
-                FieldViolation(f"{prefix}effort.{name}", f"must be between 1 and {MAX_EFFORT}")
-            )
-        elif value:
-            params[key] = value
+    params = search_params(effort, prefix, violations)
     if effort.candidates and not request.k <= effort.candidates <= MAX_CANDIDATES:
         violations.append(
             FieldViolation(f"{prefix}effort.candidates", f"must be between k and {MAX_CANDIDATES}")
@@ -238,7 +276,7 @@ def search_query(
             FieldViolation(f"{prefix}field_names", "only meaningful with include_fields")
         )
     spec, excluded = filter_spec(request.filter, prefix, violations)
-    boost = _boost(request.boost, prefix, violations)
+    boost = boost_spec(request.boost, prefix, violations)
     diversity = _diversity(request.diversity, prefix, violations)
     for i, name in enumerate(request.facets):
         if name not in FACET_FIELDS:
@@ -252,9 +290,7 @@ def search_query(
         violations.append(FieldViolation(f"{prefix}mode", f"unknown mode {request.mode}"))
     fusion = _fusion(request, prefix, violations)
     if violations:
-        raise InvalidArgument(
-            "; ".join(f"{v.field}: {v.description}" for v in violations), violations
-        )
+        raise InvalidArgument.of(violations)
     parsed = None
     encoded = text
     if not request.disable_query_parsing:
@@ -288,6 +324,7 @@ def search_query(
 
 
 def embed_texts(request: retrieval_pb2.EmbedRequest) -> list[str]:
+    """The texts of an EmbedRequest, each 1 to MAX_EMBED_CHARS characters."""
     if not 1 <= len(request.texts) <= MAX_EMBED_TEXTS:
         raise InvalidArgument.field(
             "texts", f"give 1 to {MAX_EMBED_TEXTS} texts, got {len(request.texts)}"
@@ -300,3 +337,181 @@ def embed_texts(request: retrieval_pb2.EmbedRequest) -> list[str]:
     if violations:
         raise InvalidArgument(violations[0].field + ": " + violations[0].description, violations)
     return list(request.texts)
+
+
+def upsert_records(request: index_admin_pb2.UpsertRequest) -> list[dict[str, Any]]:
+    """The items of an UpsertRequest as catalog records (fields plus item_id)."""
+    if not 1 <= len(request.items) <= MAX_UPSERT:
+        raise InvalidArgument.field(
+            "items", f"give 1 to {MAX_UPSERT} items, got {len(request.items)}"
+        )
+    records = []
+    for i, item in enumerate(request.items):
+        if not 1 <= len(item.item_id) <= 256:
+            raise InvalidArgument.field(f"items[{i}].item_id", "1 to 256 characters")
+        fields = MessageToDict(item.fields)
+        if "item_id" in fields and fields["item_id"] != item.item_id:
+            raise InvalidArgument.field(f"items[{i}].fields.item_id", "differs from item_id")
+        records.append({**fields, "item_id": item.item_id})
+    if len({r["item_id"] for r in records}) != len(records):
+        raise InvalidArgument.field("items", "an item id appears twice")
+    return records
+
+
+def events(request: events_pb2.RecordRequest, received: datetime) -> list[Event]:
+    """The events of a RecordRequest; one without a time gets `received` (aware UTC)."""
+    if not 1 <= len(request.events) <= MAX_EVENTS:
+        raise InvalidArgument.field(
+            "events", f"give 1 to {MAX_EVENTS} events, got {len(request.events)}"
+        )
+    violations = []
+    out = []
+    for i, e in enumerate(request.events):
+        if not 1 <= len(e.user_id) <= 256:
+            violations.append(FieldViolation(f"events[{i}].user_id", "1 to 256 characters"))
+        if not e.item_id:
+            violations.append(FieldViolation(f"events[{i}].item_id", "must be set"))
+        if e.type not in EVENT_TYPE_NAMES:
+            violations.append(
+                FieldViolation(f"events[{i}].type", "must be VIEW, CLICK, ADD_TO_CART or PURCHASE")
+            )
+        if len(e.query) > MAX_QUERY_CHARS:
+            violations.append(FieldViolation(f"events[{i}].query", "at most 1000 characters"))
+        when = e.time.ToDatetime(tzinfo=UTC) if e.HasField("time") else received
+        out.append(Event(e.user_id, e.item_id, EVENT_TYPE_NAMES.get(e.type, ""), e.query, when))
+    if violations:
+        raise InvalidArgument.of(violations)
+    return out
+
+
+def query_vector(values, dim: int) -> np.ndarray:
+    """A shard request's query vector as (dim,) float32, finite."""
+    xq = np.asarray(values, dtype=np.float32)  # (dim,)
+    if xq.shape != (dim,):
+        raise InvalidArgument.field("query_vector", f"must hold {dim} values, got {len(xq)}")
+    if not np.isfinite(xq).all():
+        raise InvalidArgument.field("query_vector", "holds NaN or infinite values")
+    return xq
+
+
+def vectors_from_bytes(data: bytes, dim: int) -> np.ndarray:
+    """The inverse of `vectors_bytes`: (m, dim) float32 (a read-only view of `data`)."""
+    if dim < 1 or len(data) % (4 * dim):
+        raise ValueError(f"{len(data)} bytes are not whole float32 vectors of dim {dim}")
+    return np.frombuffer(data, dtype="<f4").reshape(-1, dim).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- domain → proto
+
+
+def index_info(summary: IndexSummary) -> types_pb2.IndexInfo:
+    """The IndexInfo of a served index version."""
+    return types_pb2.IndexInfo(
+        version=summary.version,
+        model_fingerprint=summary.model_fingerprint,
+        item_count=summary.item_count,
+        shard_count=summary.shard_count,
+        factory=summary.factory,
+    )
+
+
+def filter_proto(spec: FilterSpec | None) -> types_pb2.Filter:
+    """The proto form of a validated FilterSpec; exclude_rows travel separately."""
+    if spec is None:
+        return types_pb2.Filter()
+    message = types_pb2.Filter(category_prefix=spec.category_prefix, brands=list(spec.brands))
+    if spec.price_min is not None:
+        message.price.min = spec.price_min
+    if spec.price_max is not None:
+        message.price.max = spec.price_max
+    for name, lo, hi in spec.attribute_ranges:
+        entry = message.attributes.add(name=name)
+        if lo is not None:
+            entry.range.min = lo
+        if hi is not None:
+            entry.range.max = hi
+    if spec.in_stock is not None:
+        message.in_stock = spec.in_stock
+    return message
+
+
+def boost_proto(boost: BoostSpec) -> types_pb2.Boost:
+    """The proto form of a BoostSpec."""
+    return types_pb2.Boost(popularity=boost.popularity, rating=boost.rating, margin=boost.margin)
+
+
+def vectors_bytes(vectors: np.ndarray) -> bytes:
+    """(m, dim) vectors as the wire format: little-endian float32, row-major."""
+    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def _json_safe(value: Any) -> Any:
+    """Struct holds JSON values only: NaN/inf become null, numpy scalars plain numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        return _json_safe(value.item())
+    return value
+
+
+def fill_results(
+    response: Any,
+    result: SearchResult,
+    request: Any,
+    started: float,
+    *,
+    fields: list[dict[str, Any]] | None = None,
+    offset: int = 0,
+    k: int = 0,
+) -> None:
+    """Put a page of results on a Search, Recommend or SimilarItems response: the hits (with
+    `fields`, each hit's record), the next page's token, the index and the timings (the total
+    since `started`, a time.perf_counter())."""
+    for i, hit in enumerate(result.hits):
+        out = response.hits.add(item_id=hit.item_id, score=hit.score, similarity=hit.similarity)
+        if fields is not None:
+            out.fields.update({key: _json_safe(v) for key, v in fields[i].items()})
+    if result.has_more:
+        response.next_page_token = encode_token(
+            PageToken(offset + k, result.index.version, request_digest(request))
+        )
+    response.index.CopyFrom(index_info(result.index))
+    timings = result.timings_ms
+    response.timings.CopyFrom(
+        types_pb2.Timings(
+            encode_ms=timings.get("encode_ms", 0.0),
+            search_ms=timings.get("search_ms", 0.0),
+            rerank_ms=timings.get("rerank_ms", 0.0),
+            total_ms=(time.perf_counter() - started) * 1e3,
+        )
+    )
+
+
+def fill_search(
+    response: retrieval_pb2.SearchResponse,
+    request: retrieval_pb2.SearchRequest,
+    query: SearchQuery,
+    result: SearchResult,
+    started: float,
+    fields: list[dict[str, Any]] | None = None,
+) -> None:
+    """A SearchResponse: `fill_results`, and the facets, the mode that answered, what query
+    understanding took out of the query, and which shards a partial answer lacks."""
+    response.personalized = result.personalized
+    for name, values in result.facets.items():
+        facet = response.facets.add(field=name)
+        for value, count in values:
+            facet.values.add(value=value, count=count)
+    response.mode = MODE_ENUMS[result.mode]
+    parsed = query.parsed
+    if parsed is not None:
+        response.parsed_query.text = parsed.text
+        if parsed.price_min is not None:
+            response.parsed_query.price.min = parsed.price_min
+        if parsed.price_max is not None:
+            response.parsed_query.price.max = parsed.price_max
+    response.partial = result.partial
+    response.missing_shards.extend(result.missing_shards)
+    fill_results(response, result, request, started, fields=fields, offset=query.offset, k=query.k)
