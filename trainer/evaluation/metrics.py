@@ -31,7 +31,7 @@ GRADE_GAINS: dict[int, float] = {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0}
 GAIN_TABLES: dict[str, dict[int, float]] = {"esci": ESCI_GAINS, "grade": GRADE_GAINS}
 
 # The lowest grade that counts as relevant for Recall and MRR, per dataset: ESCI Exact (3),
-# Home Depot grade 2. Recommendation targets are judged 1 (see trainer.evaluate).
+# Home Depot grade 2. Recommendation targets are judged 1 (see trainer.evaluation.recommend).
 DEFAULT_RECALL_GRADE: dict[str, int] = {"esci": 3, "homedepot": 2}
 
 

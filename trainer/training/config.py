@@ -13,7 +13,7 @@ from typing import Any
 
 from trainer.encoder.trigram import DEFAULT_BUCKETS, DEFAULT_HASHES, check_lexical_settings
 from trainer.encoder.user import check_history_decay
-from trainer.evaluation.evaluate import dataset_preset
+from trainer.evaluation.presets import dataset_preset
 
 TASKS = ("search", "recommend")
 AMP_MODES = ("auto", "bf16", "off")

@@ -20,8 +20,9 @@ from trainer.data.labels import (
     read_labels,
 )
 from trainer.data.rows import DataError
-from trainer.evaluation.evaluate import DATASET_PRESETS, infer_dataset, next_item_targets
 from trainer.evaluation.metrics import ESCI_GAINS, GAIN_TABLES, GRADE_GAINS
+from trainer.evaluation.presets import DATASET_PRESETS, infer_dataset
+from trainer.evaluation.recommend import next_item_targets
 from trainer.text import query_text
 from trainer.training.batches import (
     STREAM_EVAL_SAMPLE,

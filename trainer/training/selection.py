@@ -13,8 +13,9 @@ import numpy as np
 from trainer.data.catalog import Catalog
 from trainer.encoder.trigram import DEFAULT_WEIGHT, WEIGHT_GRID, LexicalSketch
 from trainer.encoder.user import DECAY_GRID
-from trainer.evaluation.evaluate import evaluate_recommendation, exact_search
 from trainer.evaluation.metrics import evaluate_rankings
+from trainer.evaluation.recommend import evaluate_recommendation
+from trainer.evaluation.search import exact_search
 from trainer.training.batches import item_texts
 from trainer.training.config import EARLY_STOP_METRIC, RECOMMEND_EVAL_KS, SEARCH_EVAL_KS
 

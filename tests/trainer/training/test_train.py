@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import train_config
 from trainer.data.catalog import Catalog, read_catalog
 from trainer.data.labels import Interactions, Labels
 from trainer.data.rows import DataError
@@ -51,30 +52,6 @@ def _catalog(ids: list[str]) -> Catalog:
     return Catalog(
         table=pa.table({"item_id": ids, "title": [f"item {i}" for i in ids]}), path="cat"
     )
-
-
-def _config(tmp_path: Path, model: Path, data: dict[str, Path], **kwargs) -> TrainConfig:
-    datasets = kwargs.pop(
-        "datasets",
-        (DatasetSpec(catalog=data["products"], train=data["labels_train"]),),
-    )
-    settings = {
-        "datasets": datasets,
-        "out": tmp_path / "model",
-        "base_model": model,
-        "batch_size": 8,
-        "max_steps": 4,
-        "lr": 1e-3,
-        "warmup_steps": 0,
-        "max_query_length": 16,
-        "max_item_length": 32,
-        "checkpoint_every": 0,
-        "progress": False,
-        "num_threads": 1,
-        "export_onnx": False,  # covered by the CLI test; it costs seconds per run
-        **kwargs,
-    }
-    return TrainConfig(**settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,19 +289,21 @@ def test_resume_after_a_kill_matches_a_straight_run(
         "warmup_steps": 2,
         "projection_dim": 16,
     }
-    straight = train(_config(tmp_path / "a", tiny_model_dir, data, **common))
+    straight = train(train_config(tmp_path / "a", tiny_model_dir, data, **common))
 
     def kill_at_3(step: int, logs: dict) -> None:
         if step == 3:
             raise SimulatedKill
 
-    killed = _config(tmp_path / "b", tiny_model_dir, data, checkpoint_every=3, **common)
+    killed = train_config(tmp_path / "b", tiny_model_dir, data, checkpoint_every=3, **common)
     with pytest.raises(SimulatedKill):
         train(killed, on_step=kill_at_3)
     assert not (tmp_path / "b" / "model").exists()
     assert CheckpointDir(killed.checkpoint_root).steps() == [3]
     resumed = train(
-        _config(tmp_path / "b", tiny_model_dir, data, checkpoint_every=3, resume=True, **common)
+        train_config(
+            tmp_path / "b", tiny_model_dir, data, checkpoint_every=3, resume=True, **common
+        )
     )
 
     assert resumed.steps == straight.steps == 6
@@ -343,7 +322,7 @@ def test_early_stopping_exports_the_best(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
     # lr ~ 0: the dev metric never improves after the first evaluation.
-    config = _config(
+    config = train_config(
         tmp_path,
         tiny_model_dir,
         data,
@@ -375,16 +354,16 @@ def test_early_stopping_exports_the_best(
 def test_resume_refuses_other_settings(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
-    config = _config(tmp_path, tiny_model_dir, data, max_steps=2, checkpoint_every=1)
+    config = train_config(tmp_path, tiny_model_dir, data, max_steps=2, checkpoint_every=1)
     train(config)
-    changed = _config(
+    changed = train_config(
         tmp_path, tiny_model_dir, data, max_steps=2, checkpoint_every=1, lr=5e-4, resume=True
     )
     with pytest.raises(ValueError, match="other settings .*lr: 0.001 -> 0.0005"):
         train(changed)
     # A finished run resumed with the same settings just exports again.
     again = train(
-        _config(
+        train_config(
             tmp_path,
             tiny_model_dir,
             data,
@@ -526,7 +505,7 @@ def test_config_files(tmp_path: Path) -> None:
 def test_ddp_two_processes_end_with_identical_parameters(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
-    config = _config(
+    config = train_config(
         tmp_path,
         tiny_model_dir,
         data,
@@ -576,7 +555,7 @@ def test_tensorboard_logs_the_loss_and_the_dev_metric(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logs = tmp_path / "tb"
-    config = _config(
+    config = train_config(
         tmp_path,
         tiny_model_dir,
         data,
