@@ -64,7 +64,7 @@ def make_tiny_model(out_dir: str | Path, *, hidden_size: int = 32, seed: int = 0
     """Write a tiny random 2-layer BERT + WordPiece tokenizer in HF format (safetensors).
 
     Deterministic for a seed (same weights → same ``model_fingerprint``) and fast (well under a
-    second once transformers is imported). ``trainer.encoder.load_encoder(out_dir)`` loads it.
+    second once transformers is imported). ``trainer.encoder.load.load_encoder(out_dir)`` loads it.
 
     Args:
         out_dir: created if missing.

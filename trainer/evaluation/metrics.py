@@ -270,7 +270,7 @@ def evaluate_rankings(
         rankings: query_id → item ids, best first (at least max(ks) long for exact numbers;
             shorter rankings count missing ranks as misses). Every judged query needs one.
         labels: ``Labels`` or its ``judgments`` (query_id → {item_id: grade}).
-        gains: grade → NDCG gain, or a name in ``trainer.metrics.GAIN_TABLES``.
+        gains: grade → NDCG gain, or a name in ``GAIN_TABLES``.
         recall_grade: items with grade >= this are relevant for Recall and MRR.
         ks: cutoffs; NDCG@k and Recall@k for each, MRR within the top max(ks).
         task: recorded in the report.

@@ -86,7 +86,7 @@ def evaluate_search(
     """Rank the whole catalog for every labeled query (exact search) and score it.
 
     Args:
-        encoder: a loaded ``trainer.encoder.Encoder``.
+        encoder: a loaded ``trainer.encoder.load.Encoder``.
         catalog: every item is a candidate; judged items must all be in it.
         labels: the queries and their graded judgments.
         gains, recall_grade, ks: as in ``evaluate_rankings``.

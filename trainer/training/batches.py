@@ -276,7 +276,7 @@ class RecommendData:
         log_q: (n_items,) float32 log probability of an item being a target.
         bank: (n_items, dim) float32 item vectors from the item tower (refreshed periodically);
             users are their history's rows pooled with ``history_decay``
-            (``trainer.user_tower``), as the server pools them.
+            (``trainer.encoder.user``), as the server pools them.
     """
 
     name: str

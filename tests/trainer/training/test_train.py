@@ -1,5 +1,6 @@
-"""Tests for trainer.batches and trainer.train: graded pairs, batches and masks, mining, one
-step that lowers the loss, exact resume after a kill, early stopping, checkpoints, DDP."""
+"""Tests for trainer.training.batches and the training loop: graded pairs, batches and masks,
+mining, one step that lowers the loss, exact resume after a kill, early stopping, checkpoints,
+DDP."""
 
 from __future__ import annotations
 
@@ -35,8 +36,7 @@ from trainer.training.config import DatasetSpec, TrainConfig, read_config_file
 from trainer.training.losses import sampled_softmax_loss
 from trainer.training.model import build_two_tower
 from trainer.training.prepare import prepare_datasets
-from trainer.training.run import train, train_distributed
-from trainer.training.setup import SimulatedKill
+from trainer.training.run import SimulatedKill, train, train_distributed
 
 
 @pytest.fixture(scope="module")
@@ -538,14 +538,14 @@ def test_ddp_two_processes_end_with_identical_parameters(
 
 
 def test_eval_sample_keeps_the_judged_items() -> None:
-    from trainer.training.prepare import _eval_rows
+    from trainer.training.prepare import sample_eval_rows
 
     needed = np.array([5, 7, 7, 99])
-    rows = _eval_rows(1000, needed, 50, seed=0, k=0)
+    rows = sample_eval_rows(1000, needed, 50, seed=0, k=0)
     assert len(rows) == 50 and set(needed.tolist()) <= set(rows.tolist())
     assert np.array_equal(rows, np.unique(rows))  # sorted, no repeats
-    assert np.array_equal(rows, _eval_rows(1000, needed, 50, seed=0, k=0))  # fixed per run
-    assert _eval_rows(40, needed, 50, seed=0, k=0) is None  # small catalog: rank all of it
+    assert np.array_equal(rows, sample_eval_rows(1000, needed, 50, seed=0, k=0))  # fixed per run
+    assert sample_eval_rows(40, needed, 50, seed=0, k=0) is None  # small catalog: rank all of it
 
 
 def test_tensorboard_logs_the_loss_and_the_dev_metric(

@@ -1,5 +1,5 @@
 """Training runs that fit the optional parts of a model dir: the user tower's history decay
-and the character-trigram sketch's weight (see trainer.user_tower, trainer.lexical_tower)."""
+and the character-trigram sketch's weight (see trainer.encoder.user, trainer.encoder.trigram)."""
 
 from __future__ import annotations
 
