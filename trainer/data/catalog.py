@@ -16,6 +16,7 @@ from trainer.data.fields import (
     KNOWN_FIELDS,
     BadValue,
     infer_text_column,
+    required_field,
     scalar_kind,
     to_str,
 )
@@ -75,16 +76,7 @@ def catalog_item_id(
     Raises:
         DataError: with ``field="item_id"``.
     """
-    value = obj.get("item_id")
-    if value is None:
-        raise DataError(path, line, "missing required field 'item_id'", field="item_id")
-    try:
-        item_id = to_str(value, text)
-    except BadValue as e:
-        raise DataError(path, line, f"field 'item_id' {e}", field="item_id") from None
-    if not item_id.strip():
-        raise DataError(path, line, "field 'item_id' is empty", field="item_id")
-    return item_id
+    return required_field(path, line, obj, "item_id", to_str, text)
 
 
 def extra_kind_problem(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from trainer.data.rows import json_kind
+from trainer.data.rows import DataError, json_kind
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _INT_TEXT = re.compile(r"[+-]?\d+")
@@ -19,6 +20,28 @@ _INT_TEXT = re.compile(r"[+-]?\d+")
 
 class BadValue(Exception):
     """A field value problem; the caller adds file, line and field name."""
+
+
+def required_field(
+    path: str | Path,
+    line: int,
+    obj: Mapping[str, Any],
+    name: str,
+    convert: Callable[[Any, bool], Any],
+    text: bool,
+) -> Any:
+    """Field ``name`` of a record, converted (``text``: from CSV): it must be present, of its
+    type and, if a string, not blank, else a DataError names the path, line and field."""
+    value = obj.get(name)
+    if value is None:
+        raise DataError(path, line, f"missing required field {name!r}", field=name)
+    try:
+        converted = convert(value, text)
+    except BadValue as e:
+        raise DataError(path, line, f"field {name!r} {e}", field=name) from None
+    if isinstance(converted, str) and not converted.strip():
+        raise DataError(path, line, f"field {name!r} is empty", field=name)
+    return converted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,11 +56,7 @@ def _describe(value: Any) -> str:
 
 
 def to_str(value: Any, text: bool) -> str:
-    """``value`` as a string (``text``: it came from CSV; a string either way).
-
-    Raises:
-        BadValue: not a string.
-    """
+    """``value`` as a string, else raise BadValue (``text``: from CSV, changes nothing)."""
     if not isinstance(value, str):
         raise BadValue(f"must be a string, got {_describe(value)}")
     return value
@@ -61,11 +80,8 @@ def _to_float(value: Any, text: bool) -> float:
 
 
 def to_int(value: Any, text: bool) -> int:
-    """``value`` as a 64-bit int: a JSON int or integral float, or (``text``) its CSV digits.
-
-    Raises:
-        BadValue: not an integer, or out of the int64 range.
-    """
+    """``value`` (a JSON int or integral float; ``text``: CSV digits) as an int64, else raise
+    BadValue."""
     if text and isinstance(value, str):
         if not _INT_TEXT.fullmatch(value.strip()):
             raise BadValue(f"must be an integer, got {_describe(value)}")
@@ -146,11 +162,8 @@ KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "a boolean", "st
 
 
 def scalar_kind(value: Any) -> str:
-    """The kind of an extra attribute's JSON value: "int", "float", "bool" or "str".
-
-    Raises:
-        BadValue: not a scalar, a non-finite number, or an int outside the int64 range.
-    """
+    """An extra attribute's kind: "int", "float", "bool" or "str"; BadValue for any other
+    value, a non-finite number or an int beyond int64."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
@@ -172,10 +185,7 @@ def scalar_kind(value: Any) -> str:
 
 def infer_text_column(values: list[str | None]) -> tuple[str, list[Any]]:
     """Type a CSV extra column: int64, else float64, else bool ("true"/"false"), else string.
-
-    Returns:
-        (the kind: "int", "float", "bool" or "str", the values converted to it; None stays).
-    """
+    Returns (kind, the values converted; None stays None)."""
     present = [v.strip() for v in values if v is not None]
     for kind, convert in (("int", to_int), ("float", _to_float), ("bool", _to_bool)):
         try:

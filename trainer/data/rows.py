@@ -170,11 +170,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def iter_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], bool]:
     """The (1-based line, record) pairs of any supported file, and whether the values are CSV
-    strings (else JSON values).
-
-    Raises:
-        DataError: an unsupported or missing file (at once), or a bad row (when iterated).
-    """
+    strings (else JSON values). DataError for a bad file (at once) or row (when iterated)."""
     fmt = _file_format(path)
     if not path.is_file():
         raise DataError(path, None, "no such file")

@@ -53,11 +53,8 @@ def no_transformers_progress_bar() -> Iterator[None]:
 
 
 def load_hf_model(tower_dir: Path) -> tuple[Any, Any]:
-    """A tower dir's Hugging Face tokenizer and float32 ``AutoModel``, offline.
-
-    Raises:
-        ValueError: transformers cannot load the dir (the message names it).
-    """
+    """A tower dir's Hugging Face tokenizer and float32 ``AutoModel``, offline (ValueError naming
+    the dir if transformers cannot load it)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -161,20 +158,8 @@ class TorchTower:
 def load_torch_towers(
     path: Path, info: ModelInfo, tower_dirs: list[str], device: str, num_threads: int | None
 ) -> dict[str, TorchTower]:
-    """Load the named towers of a model dir on torch (offline), checking device and dims.
-
-    Args:
-        path: the model dir; info: its ModelInfo.
-        tower_dirs: normalised tower paths (``trainer.encoder.model_dir.tower_dirs``).
-        device: torch device; num_threads: ``torch.set_num_threads`` if given.
-
-    Returns:
-        tower path → its TorchTower.
-
-    Raises:
-        ValueError: torch missing, a bad or unavailable device, or a tower's dim differs from
-            ``info.dim``.
-    """
+    """tower path → its TorchTower, for the named (normalised) towers of the model dir ``path``;
+    ValueError when torch is missing, the device unusable or a tower's dim is not ``info.dim``."""
     # Offline first, before transformers reads its environment; local_files_only below is the
     # guarantee, these stop any hub lookups by code that ignores it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -92,10 +92,7 @@ class CheckpointDir:
         step: int,
         ctx: DistContext,
         device: torch.device,
-        *,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        stateful: Mapping[str, Any],
         datasets: Sequence[PreparedDataset],
         state: Mapping[str, Any],
         keep: int,
@@ -104,6 +101,8 @@ class CheckpointDir:
         the rest), point LATEST at it and keep the newest ``keep`` checkpoints (0 = all).
 
         Args:
+            stateful: name → object with ``state_dict()`` (model, optimizer, scheduler), saved
+                as ``<name>.pt``.
             datasets: their mined negatives and item banks go into ``arrays.npz``.
             state: what ``state.json`` records (the trainer's counters and the config).
         """
@@ -119,9 +118,8 @@ class CheckpointDir:
         torch.save(rng, staging / f"rng-rank{ctx.rank}.pt")
         ctx.barrier()
         if ctx.is_main:
-            torch.save(model.state_dict(), staging / "model.pt")
-            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-            torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+            for name, part in stateful.items():
+                torch.save(part.state_dict(), staging / f"{name}.pt")
             np.savez(staging / "arrays.npz", **_dataset_arrays(datasets))
             write_atomic(staging / STATE_NAME, json.dumps(state, indent=1) + "\n")
             final = self.root / _step_dir_name(step)
@@ -140,14 +138,11 @@ class CheckpointDir:
         config: TrainConfig,
         ctx: DistContext,
         device: torch.device,
-        *,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        stateful: Mapping[str, Any],
         datasets: Sequence[PreparedDataset],
     ) -> dict[str, Any]:
-        """Restore the checkpoint at ``path`` into the model, optimizer, schedule, this rank's
-        RNG and the datasets' mined negatives and item banks.
+        """Restore the checkpoint at ``path`` into ``stateful`` (as ``save`` names them), this
+        rank's RNG and the datasets' mined negatives and item banks.
 
         Returns:
             Its ``state.json``: the counters the trainer and its collaborators continue from.
@@ -158,11 +153,10 @@ class CheckpointDir:
         """
         state = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
         _check_resumable(path, state, config, ctx.world_size)
-        model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
-        optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-        )
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        for name, part in stateful.items():
+            part.load_state_dict(
+                torch.load(path / f"{name}.pt", map_location=device, weights_only=True)
+            )
         rng = torch.load(path / f"rng-rank{ctx.rank}.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and device.type == "cuda":

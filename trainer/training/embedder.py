@@ -29,17 +29,9 @@ def autocast(
 
 
 class Embedder:
-    """Encodes token ids with the towers of ``model`` in inference mode, for hard-negative
-    mining, item banks and dev evaluation.
-
-    Args:
-        model: the model being trained (its towers are put back in their training mode).
-        ctx: the process group; collective calls split the texts between the ranks.
-        device, amp_dtype: where and in which autocast dtype (None = float32) to encode.
-        pad_id: the tokenizer's padding id.
-        batch_size: texts per forward pass.
-        progress: draw a progress bar on rank 0 for long inputs.
-    """
+    """Encodes token ids with the towers of ``model`` in inference mode (on ``device``, autocast
+    to ``amp_dtype``, ``batch_size`` texts per pass), for hard-negative mining, item banks and
+    dev evaluation; ``progress`` draws a bar on rank 0 for long inputs."""
 
     def __init__(
         self,

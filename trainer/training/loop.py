@@ -132,6 +132,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(self.total_steps, self.warmup)
         )
+        # What a checkpoint saves with state_dict(), by file name.
+        self.stateful = dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.feed = BatchFeed(config, datasets, ctx, pad_id)
         self.embedder = Embedder(
             self.model,
@@ -380,29 +382,14 @@ class Trainer:
         }
 
     def _save_checkpoint(self) -> None:
+        state, keep = self._state(), self.config.keep_checkpoints
         self.checkpoints.save(
-            self.step,
-            self.ctx,
-            self.device,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            datasets=self.datasets,
-            state=self._state(),
-            keep=self.config.keep_checkpoints,
+            self.step, self.ctx, self.device, self.stateful, self.datasets, state, keep
         )
 
     def _resume(self, path: Path) -> None:
-        state = self.checkpoints.load(
-            path,
-            self.config,
-            self.ctx,
-            self.device,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            datasets=self.datasets,
-        )
+        cfg, ctx = self.config, self.ctx
+        state = self.checkpoints.load(path, cfg, ctx, self.device, self.stateful, self.datasets)
         self.step = int(state["step"])
         self.feed.restore(state)
         self.selection.restore(state)

@@ -22,6 +22,7 @@ parameters as one that never stopped.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 from trainer.io import write_atomic
 from trainer.training.checkpoints import CheckpointDir
 from trainer.training.config import TrainConfig
-from trainer.training.distributed import init_from_env
+from trainer.training.distributed import init_from_env, spawn_workers
 from trainer.training.loop import Trainer, TrainResult
 from trainer.training.prepare import PreparedDataset, prepare_datasets
 
@@ -108,10 +109,6 @@ def train_distributed(
 
     The datasets are checked here first, so bad input fails before any process starts.
     """
-    import tempfile
-
-    from trainer.training.distributed import spawn_workers
-
     check_can_start(config)
     prepare_datasets(config)
     with tempfile.TemporaryDirectory(prefix="aisle-train-") as tmp:

@@ -17,6 +17,7 @@ from trainer.data.labels import Interactions, Labels
 from trainer.data.rows import DataError
 from trainer.data.synthetic import write_synthetic_dataset
 from trainer.encoder.load import load_encoder
+from trainer.encoder.user import history_vectors
 from trainer.training.batches import (
     epoch_batches,
     mine_hard_negatives,
@@ -29,7 +30,6 @@ from trainer.training.batches import (
     split_interactions,
     split_labels,
     tokenize,
-    user_vectors,
 )
 from trainer.training.checkpoints import LATEST_NAME, CheckpointDir
 from trainer.training.config import DatasetSpec, TrainConfig, read_config_file
@@ -171,7 +171,7 @@ def test_recommendation_examples_and_user_vectors() -> None:
     # history_length 1: each user is their last item's (unit) vector.
     np.testing.assert_allclose(batch.user_vectors, np.eye(4, dtype=np.float32)[[0, 1, 2]])
     assert batch.items.tolist() == [1, 2, 0] and not batch.mask.any()
-    xu = user_vectors(np.array([[3.0, 0.0], [0.0, 4.0]], dtype=np.float32), [np.array([0, 1])])
+    xu = history_vectors(np.array([[3.0, 0.0], [0.0, 4.0]], dtype=np.float32), [np.array([0, 1])])
     np.testing.assert_allclose(xu, [[0.6, 0.8]], atol=1e-6)
     with pytest.raises(ValueError, match="not in the catalog"):
         recommend_data("r", catalog, Interactions({"u": ["a", "zz"]}, "x"), history_length=5)
