@@ -1,7 +1,7 @@
 """Retrieval quality on the shared dev splits: lexical, dense and hybrid, zero-shot and fine-tuned.
 
 Rows, every one a full-catalog ranking scored with the dataset's own convention
-(``trainer.evaluate``: ESCI gains E=1, S=0.1, C=0.01; Home Depot gain = grade; Scientific the
+(``trainer.evaluation``: ESCI gains E=1, S=0.1, C=0.01; Home Depot gain = grade; Scientific the
 UniSRec next-item protocol), mean and standard error over queries (users):
 
 * ``bm25s``: the ``bm25s`` package (Lucene BM25, k1=1.5, b=0.75), English stop words and
@@ -55,13 +55,11 @@ from trainer.data.catalog import Catalog, read_catalog
 from trainer.data.labels import Labels, read_interactions, read_labels
 from trainer.encoder.load import Encoder, load_encoder
 from trainer.encoder.model_dir import default_model_dir, model_fingerprint
-from trainer.evaluation.evaluate import (
-    DATASET_PRESETS,
-    catalog_vectors,
-    evaluate_recommendation,
-    exact_search,
-)
 from trainer.evaluation.metrics import EvalReport, evaluate_rankings
+from trainer.evaluation.presets import DATASET_PRESETS
+from trainer.evaluation.recommend import evaluate_recommendation
+from trainer.evaluation.search import exact_search
+from trainer.evaluation.vector_cache import catalog_vectors
 from trainer.text import item_text, query_text
 from trainer.training.batches import split_labels
 from trainer.training.config import read_config_file

@@ -1,5 +1,5 @@
 """Shared test helpers: a tiny, randomly initialised BERT model dir that loads like a real one,
-and small synthetic catalogs."""
+small synthetic catalogs, and the trainer tests' in-memory catalogs, labels and run config."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import string
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+
+from trainer.data.catalog import Catalog
+from trainer.data.labels import Labels
+from trainer.text import item_text
+from trainer.training.config import DatasetSpec, TrainConfig
 
 # Common English and shop words, so test texts mostly tokenise to whole words (more realistic
 # vectors than letter-by-letter pieces); anything else falls back to single characters.
@@ -58,7 +64,7 @@ def make_tiny_model(out_dir: str | Path, *, hidden_size: int = 32, seed: int = 0
     """Write a tiny random 2-layer BERT + WordPiece tokenizer in HF format (safetensors).
 
     Deterministic for a seed (same weights → same ``model_fingerprint``) and fast (well under a
-    second once transformers is imported). ``trainer.encoder.load_encoder(out_dir)`` loads it.
+    second once transformers is imported). ``trainer.encoder.load.load_encoder(out_dir)`` loads it.
 
     Args:
         out_dir: created if missing.
@@ -157,3 +163,60 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer tests: in-memory catalogs, six items with search labels, a short training run
+
+
+def catalog_of(records: list[dict], path: str = "catalog.jsonl") -> Catalog:
+    """A Catalog of ``records`` as they are (not validated), as if read from ``path``."""
+    return Catalog(table=pa.Table.from_pylist(records), path=path)
+
+
+SEARCH_RECORDS = [
+    {"item_id": "S1", "title": "red velvet sofa", "brand": "Acme"},
+    {"item_id": "S2", "title": "stainless steel cordless drill", "category": "tools > drill"},
+    {"item_id": "S3", "title": "usb cable", "bullets": ["two pack", "black"]},
+    {"item_id": "S4", "title": "oak desk with three drawers"},
+    {"item_id": "S5", "title": "blue cotton shirt"},
+    {"item_id": "S6", "title": "coffee maker with glass pot"},
+]
+
+
+def search_labels() -> Labels:
+    """Three queries over SEARCH_RECORDS: two are an item's own text, one judges only grade 0."""
+    # each query is an item's full item text → that item ranks first (same tower, same text)
+    queries = {
+        "q1": item_text(SEARCH_RECORDS[0]),
+        "q2": item_text(SEARCH_RECORDS[3]),
+        "q3": "garden hose",
+    }
+    judgments = {"q1": {"S1": 3, "S5": 0}, "q2": {"S4": 3}, "q3": {"S2": 0}}
+    return Labels(queries=queries, judgments=judgments, path="labels.jsonl")
+
+
+def train_config(tmp_path: Path, model: Path, data: dict[str, Path], **kwargs) -> TrainConfig:
+    """A few CPU steps on the synthetic dataset ``data`` (search on its labels unless
+    ``datasets`` is given), writing under ``tmp_path``; ``kwargs`` override any setting."""
+    datasets = kwargs.pop(
+        "datasets",
+        (DatasetSpec(catalog=data["products"], train=data["labels_train"]),),
+    )
+    settings = {
+        "datasets": datasets,
+        "out": tmp_path / "model",
+        "base_model": model,
+        "batch_size": 8,
+        "max_steps": 4,
+        "lr": 1e-3,
+        "warmup_steps": 0,
+        "max_query_length": 16,
+        "max_item_length": 32,
+        "checkpoint_every": 0,
+        "progress": False,
+        "num_threads": 1,
+        "export_onnx": False,  # covered by the CLI test; it costs seconds per run
+        **kwargs,
+    }
+    return TrainConfig(**settings)

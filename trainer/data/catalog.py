@@ -11,14 +11,16 @@ from typing import Any
 import pyarrow as pa
 
 from trainer.data.fields import (
-    _EXTRA_TYPES,
-    _KIND_WORDS,
+    EXTRA_TYPES,
+    KIND_WORDS,
     KNOWN_FIELDS,
-    _infer_text_column,
-    _scalar_kind,
-    _to_str,
+    BadValue,
+    infer_text_column,
+    required_field,
+    scalar_kind,
+    to_str,
 )
-from trainer.data.rows import DataError, _Bad, _iter_rows
+from trainer.data.rows import DataError, iter_rows
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +76,7 @@ def catalog_item_id(
     Raises:
         DataError: with ``field="item_id"``.
     """
-    value = obj.get("item_id")
-    if value is None:
-        raise DataError(path, line, "missing required field 'item_id'", field="item_id")
-    try:
-        item_id = _to_str(value, text)
-    except _Bad as e:
-        raise DataError(path, line, f"field 'item_id' {e}", field="item_id") from None
-    if not item_id.strip():
-        raise DataError(path, line, "field 'item_id' is empty", field="item_id")
-    return item_id
+    return required_field(path, line, obj, "item_id", to_str, text)
 
 
 def extra_kind_problem(
@@ -100,7 +93,7 @@ def extra_kind_problem(
     if previous is None or previous[0] == kind or {previous[0], kind} == {"int", "float"}:
         return None  # integers and numbers mix (into float64)
     return (
-        f"is {_KIND_WORDS[kind]} here but {_KIND_WORDS[previous[0]]} on line {previous[1]}; "
+        f"is {KIND_WORDS[kind]} here but {KIND_WORDS[previous[0]]} on line {previous[1]}; "
         "a column must have one type"
     )
 
@@ -185,12 +178,12 @@ def validate_catalog_record(
             else:
                 converted = value
                 if not text:
-                    kind = _scalar_kind(value)
+                    kind = scalar_kind(value)
                     problem = extra_kind_problem(extra_kind, name, kind) if extra_kind else None
                     if problem is not None:
-                        raise _Bad(problem)
+                        raise BadValue(problem)
                     kinds[name] = kind
-        except _Bad as e:
+        except BadValue as e:
             raise bad(name, str(e)) from None
         record[name] = converted
     title = record.get("title")
@@ -222,7 +215,7 @@ def catalog_schema(columns: Iterable[str], extra_kinds: Mapping[str, str]) -> pa
     ]
     for name in columns:
         if name not in KNOWN_FIELDS:
-            fields.append(pa.field(name, _EXTRA_TYPES[extra_kinds.get(name, "str")]))
+            fields.append(pa.field(name, EXTRA_TYPES[extra_kinds.get(name, "str")]))
     return pa.schema(fields)
 
 
@@ -260,7 +253,7 @@ def read_catalog(path: str | Path) -> Catalog:
             for a file without any.
     """
     path = Path(path)
-    rows_iter, text = _iter_rows(path)
+    rows_iter, text = iter_rows(path)
     return _catalog_from_rows(rows_iter, path, text=text)
 
 
@@ -302,7 +295,7 @@ def _catalog_from_rows(
 
     extra_kinds = {name: kind for name, (kind, _) in extra_kind.items()}
     for name in text_extras:  # CSV: typed per column, now that every row is in
-        extra_kinds[name], values = _infer_text_column([r.get(name) for r in rows])
+        extra_kinds[name], values = infer_text_column([r.get(name) for r in rows])
         for record, value in zip(rows, values, strict=True):
             if value is not None:
                 record[name] = value

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from trainer.data.catalog import Catalog
-from trainer.data.fields import _to_int, _to_str
-from trainer.data.rows import DataError, _Bad, _iter_rows
+from trainer.data.fields import required_field, to_int, to_str
+from trainer.data.rows import DataError, iter_rows
 
 logger = logging.getLogger(__name__)
 
@@ -31,26 +29,6 @@ class Labels:
     queries: dict[str, str]
     judgments: dict[str, dict[str, int]]
     path: str
-
-
-def _required(
-    path: Path,
-    line: int,
-    obj: dict[str, Any],
-    name: str,
-    convert: Callable[[Any, bool], Any],
-    text: bool,
-) -> Any:
-    value = obj.get(name)
-    if value is None:
-        raise DataError(path, line, f"missing required field {name!r}", field=name)
-    try:
-        converted = convert(value, text)
-    except _Bad as e:
-        raise DataError(path, line, f"field {name!r} {e}", field=name) from None
-    if isinstance(converted, str) and not converted.strip():
-        raise DataError(path, line, f"field {name!r} is empty", field=name)
-    return converted
 
 
 def _add_query(
@@ -90,17 +68,17 @@ def read_labels(path: str | Path, *, grades: tuple[int, ...] = (0, 1, 2, 3)) -> 
         raise ValueError(f"grades must be a non-empty tuple of ints, got {grades!r}")
     path = Path(path)
     allowed = set(grades)
-    rows_iter, text = _iter_rows(path)
+    rows_iter, text = iter_rows(path)
     queries: dict[str, str] = {}
     query_lines: dict[str, int] = {}
     judgments: dict[str, dict[str, int]] = {}
     judgment_lines: dict[tuple[str, str], int] = {}
     repeats = 0
     for line, obj in rows_iter:
-        query_id = _required(path, line, obj, "query_id", _to_str, text)
-        query = _required(path, line, obj, "query", _to_str, text)
-        item_id = _required(path, line, obj, "item_id", _to_str, text)
-        grade = _required(path, line, obj, "grade", _to_int, text)
+        query_id = required_field(path, line, obj, "query_id", to_str, text)
+        query = required_field(path, line, obj, "query", to_str, text)
+        item_id = required_field(path, line, obj, "item_id", to_str, text)
+        grade = required_field(path, line, obj, "grade", to_int, text)
         if grade not in allowed:
             raise DataError(
                 path, line, f"grade {grade} is not one of {sorted(allowed)}", field="grade"
@@ -137,12 +115,12 @@ def read_queries(path: str | Path) -> dict[str, str]:
         DataError: a missing or empty field, a query_id with two query texts, or no queries.
     """
     path = Path(path)
-    rows_iter, text = _iter_rows(path)
+    rows_iter, text = iter_rows(path)
     queries: dict[str, str] = {}
     query_lines: dict[str, int] = {}
     for line, obj in rows_iter:
-        query_id = _required(path, line, obj, "query_id", _to_str, text)
-        query = _required(path, line, obj, "query", _to_str, text)
+        query_id = required_field(path, line, obj, "query_id", to_str, text)
+        query = required_field(path, line, obj, "query", to_str, text)
         _add_query(path, line, queries, query_lines, query_id, query)
     if not queries:
         raise DataError(path, None, "no queries")
@@ -201,12 +179,12 @@ def read_interactions(path: str | Path) -> Interactions:
             position) twice, or no interactions.
     """
     path = Path(path)
-    rows_iter, text = _iter_rows(path)
+    rows_iter, text = iter_rows(path)
     by_user: dict[str, dict[int, tuple[str, int]]] = {}  # user → position → (item, line)
     for line, obj in rows_iter:
-        user_id = _required(path, line, obj, "user_id", _to_str, text)
-        item_id = _required(path, line, obj, "item_id", _to_str, text)
-        position = _required(path, line, obj, "position", _to_int, text)
+        user_id = required_field(path, line, obj, "user_id", to_str, text)
+        item_id = required_field(path, line, obj, "item_id", to_str, text)
+        position = required_field(path, line, obj, "position", to_int, text)
         if position < 0:
             raise DataError(
                 path, line, f"field 'position' must be >= 0, got {position}", field="position"

@@ -12,8 +12,6 @@ from typing import Any
 
 import pyarrow as pa
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_INT_TEXT = re.compile(r"[+-]?\d+")
 # Text decoded with errors="surrogateescape" holds these code points exactly where the bytes were
 # not valid UTF-8 (valid UTF-8 never decodes to a lone surrogate).
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
@@ -50,10 +48,6 @@ class DataError(ValueError):
 
 def _rebuild_data_error(path: str, line: int | None, problem: str, field: str | None) -> DataError:
     return DataError(path, line, problem, field=field)
-
-
-class _Bad(Exception):
-    """A field value problem; the caller adds file, line and field name."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +100,7 @@ def parse_json_line(text: str, path: str | Path, line: int) -> dict[str, Any] | 
     except json.JSONDecodeError as e:
         raise DataError(path, line, f"invalid JSON: {e.msg} at column {e.colno}") from None
     if not isinstance(obj, dict):
-        raise DataError(path, line, f"expected a JSON object, got {_json_kind(obj)}")
+        raise DataError(path, line, f"expected a JSON object, got {json_kind(obj)}")
     return obj
 
 
@@ -174,8 +168,9 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield row, record
 
 
-def _iter_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], bool]:
-    """The rows of any supported file, and whether their values are CSV strings."""
+def iter_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], bool]:
+    """The (1-based line, record) pairs of any supported file, and whether the values are CSV
+    strings (else JSON values). DataError for a bad file (at once) or row (when iterated)."""
     fmt = _file_format(path)
     if not path.is_file():
         raise DataError(path, None, "no such file")
@@ -205,7 +200,8 @@ def check_data_file(path: str | Path) -> str:
     return fmt
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """A JSON value's kind for messages: "an object", "a list", else its type's name."""
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):

@@ -13,7 +13,6 @@ import argparse
 import gzip
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from trainer.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -584,18 +585,16 @@ def _make_histories(
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write rows as compact JSON lines, gzipped when the name ends in .gz; atomic."""
-    tmp = path.with_name(path.name + ".tmp")
     data = "".join(
         json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n" for row in rows
     ).encode("utf-8")
-    with open(tmp, "wb") as raw:
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
         if path.name.endswith(".gz"):
             # mtime=0 and no file name in the header: same seed → same bytes.
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
                 gz.write(data)
         else:
             raw.write(data)
-    os.replace(tmp, path)
 
 
 def write_synthetic_dataset(

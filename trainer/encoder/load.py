@@ -5,9 +5,10 @@ tower shared by queries and items) or an Aisle model dir written by the trainer,
 ``aisle_model.json`` names the towers (``"."`` or a subdir each), the pooling, the max token
 lengths and the output dim. A tower dir may also hold ``projection.safetensors`` (a linear map
 applied after pooling, written by the trainer for a smaller output dim). torch and transformers
-are imported only when a model is loaded, so ``import trainer.encoder`` stays cheap for readers
-of model metadata. Model dir metadata and the fingerprint live in ``trainer.model_dir``, the
-backends in ``trainer.torch_tower`` and ``trainer.onnx_tower``; their names are re-exported here.
+are imported only when a model is loaded, so importing this module stays cheap for readers of
+model metadata. Model dir metadata and the fingerprint live in ``trainer.encoder.model_dir``;
+``load_encoder`` picks a ``TowerBackend`` per tower: ``trainer.encoder.torch_tower`` or, for
+queries, ``trainer.encoder.onnx_tower``.
 """
 
 from __future__ import annotations
@@ -24,21 +25,15 @@ import numpy as np
 from trainer.encoder.model_dir import (
     MODEL_INFO_NAME,
     ModelInfo,
-    _check_tower_dir,
-    _config_max_positions,
-    _norm_tower,
-    _tower_dirs,
+    check_model_dir,
+    config_max_positions,
     default_model_dir,
     model_fingerprint,
-    read_model_info,
+    norm_tower,
+    tower_dirs,
 )
-from trainer.encoder.onnx_tower import (
-    _OnnxTower,
-    query_onnx_path,
-)
-from trainer.encoder.torch_tower import (
-    _load_torch_towers,
-)
+from trainer.encoder.onnx_tower import OnnxTower, query_onnx_path
+from trainer.encoder.torch_tower import load_torch_towers
 from trainer.encoder.trigram import LexicalSketch
 
 logger = logging.getLogger(__name__)
@@ -46,9 +41,11 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnx")
 
 
-class _Tower(Protocol):
-    """A backend for one tower: raw pooled vectors for one batch (no normalisation)."""
+class TowerBackend(Protocol):
+    """A backend for one tower (``TorchTower``, ``OnnxTower``): vectors for one batch, not yet
+    L2-normalised by the Encoder."""
 
+    backend: str  # "torch" or "onnx"
     dim: int
     max_positions: int
 
@@ -63,11 +60,11 @@ class _LazyTower:
 
     backend = "torch"
 
-    def __init__(self, load: Callable[[], _Tower], *, dim: int, max_positions: int) -> None:
+    def __init__(self, load: Callable[[], TowerBackend], *, dim: int, max_positions: int) -> None:
         self.dim = dim
         self.max_positions = max_positions
         self._load = load
-        self._tower: _Tower | None = None
+        self._tower: TowerBackend | None = None
         self._lock = threading.Lock()
 
     def encode(self, texts: list[str], max_length: int) -> np.ndarray:
@@ -78,7 +75,7 @@ class _LazyTower:
         return self._tower.encode(texts, max_length)
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Row-normalise (n, dim) float32 in place; all-zero rows stay zero (no NaN)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)  # (n, 1)
     np.divide(x, norms, out=x, where=norms > 0)
@@ -103,13 +100,13 @@ class Encoder:
         info: its ModelInfo, with ``fingerprint`` filled in.
         dim: output vector size.
         fingerprint: ``model_fingerprint(model_dir)``; indexes record it to detect a model swap.
-        history_decay: the user tower's recency decay (``trainer.user_tower``).
+        history_decay: the user tower's recency decay (``trainer.encoder.user``).
         lexical: the trigram sketch appended to both towers' vectors
-            (``trainer.lexical_tower``), or None; ``dim`` counts it.
+            (``trainer.encoder.trigram``), or None; ``dim`` counts it.
     """
 
     def __init__(
-        self, model_dir: Path, info: ModelInfo, query_tower: _Tower, item_tower: _Tower
+        self, model_dir: Path, info: ModelInfo, query_tower: TowerBackend, item_tower: TowerBackend
     ) -> None:
         self.model_dir = model_dir
         self.info = info
@@ -125,7 +122,7 @@ class Encoder:
     @property
     def query_backend(self) -> str:
         """What encodes queries: "onnx" (ONNX Runtime) or "torch"."""
-        return getattr(self._query_tower, "backend", "torch")
+        return self._query_tower.backend
 
     def encode_queries(
         self, texts: Sequence[str], *, batch_size: int = 64, max_length: int | None = None
@@ -169,7 +166,7 @@ class Encoder:
 
     def _encode(
         self,
-        tower: _Tower,
+        tower: TowerBackend,
         texts: Sequence[str],
         batch_size: int,
         max_length: int,
@@ -206,7 +203,7 @@ class Encoder:
                 progress.close()
         if not self.info.normalize:
             return out
-        out = _l2_normalize(out)
+        out = l2_normalize(out)
         return self.lexical.combine(out, texts) if self.lexical is not None else out
 
 
@@ -225,7 +222,7 @@ def load_encoder(
         num_threads: if given, CPU threads for inference: ``torch.set_num_threads``
             (process-wide) and ONNX Runtime's intra-op threads.
         backend: "torch"; "onnx": queries on ONNX Runtime from the export
-            (``trainer.onnx_export``), which must exist, be current and the device be "cpu";
+            (``trainer.encoder.onnx_export``), which must exist, be current and the device be "cpu";
             "auto": "onnx" when it can, else "torch". With ONNX queries, the item tower is
             loaded on torch at the first ``encode_items`` call, so a process that only encodes
             queries never imports torch.
@@ -238,9 +235,7 @@ def load_encoder(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = default_model_dir() if model_dir is None else Path(model_dir)
-    info = read_model_info(path)
-    for tower in _tower_dirs(info):
-        _check_tower_dir(path, tower)
+    info = check_model_dir(path)
     if num_threads is not None and (
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
     ):
@@ -257,22 +252,22 @@ def load_encoder(
         )
     info = replace(info, fingerprint=fingerprint)
 
-    query_tower, item_tower = _norm_tower(info.query_tower), _norm_tower(info.item_tower)
+    query_tower, item_tower = norm_tower(info.query_tower), norm_tower(info.item_tower)
     onnx_tower = None
     if backend != "torch":
         onnx_tower = _load_onnx_query_tower(
             path, info, device=device, num_threads=num_threads, required=backend == "onnx"
         )
     if onnx_tower is None:
-        towers = _load_torch_towers(path, info, _tower_dirs(info), device, num_threads)
-        query_backend: _Tower = towers[query_tower]
-        item_backend: _Tower = towers[item_tower]
+        towers = load_torch_towers(path, info, tower_dirs(info), device, num_threads)
+        query_backend: TowerBackend = towers[query_tower]
+        item_backend: TowerBackend = towers[item_tower]
     else:
         query_backend = onnx_tower
         item_backend = _LazyTower(
-            lambda: _load_torch_towers(path, info, [item_tower], device, num_threads)[item_tower],
+            lambda: load_torch_towers(path, info, [item_tower], device, num_threads)[item_tower],
             dim=info.dim,
-            max_positions=_config_max_positions(path / item_tower),
+            max_positions=config_max_positions(path / item_tower),
         )
     for name, length, tower_backend in (
         ("max_query_length", info.max_query_length, query_backend),
@@ -299,7 +294,7 @@ def load_encoder(
 
 def _load_onnx_query_tower(
     path: Path, info: ModelInfo, *, device: str, num_threads: int | None, required: bool
-) -> _OnnxTower | None:
+) -> OnnxTower | None:
     """The ONNX query tower, or None (logged) when it cannot serve; ``required`` → raise."""
     onnx_path = query_onnx_path(path, info)
     export_hint = f"python -m trainer.encoder.onnx_export {path}"
@@ -318,7 +313,7 @@ def _load_onnx_query_tower(
             logging.DEBUG,
         )
     try:
-        tower = _OnnxTower(onnx_path, num_threads=num_threads)
+        tower = OnnxTower(onnx_path, num_threads=num_threads)
     except ImportError as exc:
         return unusable(f"onnxruntime/tokenizers cannot be imported ({exc})", logging.INFO)
     except ValueError as exc:

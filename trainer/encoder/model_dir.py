@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import posixpath
 import re
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from trainer.encoder.trigram import LEXICAL_FILE, check_lexical_settings
 from trainer.encoder.user import DEFAULT_HISTORY_DECAY, check_history_decay
+from trainer.io import write_atomic
 
 MODEL_INFO_NAME = "aisle_model.json"
 FORMAT_VERSION = 1
@@ -52,11 +50,11 @@ class ModelInfo:
 
     ``query_tower`` / ``item_tower`` are paths relative to the model dir (``"."`` = the dir
     itself); with ``shared_towers`` they are the same path. ``dim`` is the towers' output size
-    (their hidden size). ``history_decay`` is the user tower (``trainer.user_tower``: a user is
+    (their hidden size). ``history_decay`` is the user tower (``trainer.encoder.user``: a user is
     the recency-weighted mean of their history's item vectors; 1 = plain mean); it shapes no
     item or query vector, so it is not part of the fingerprint. ``lexical`` (None = none) holds
     the settings of the trigram sketch both towers append to their vector
-    (``trainer.lexical_tower``: ``dim``, ``weight``, ``hashes``, ``buckets``); the vectors are
+    (``trainer.encoder.trigram``: ``dim``, ``weight``, ``hashes``, ``buckets``); the vectors are
     then ``dim + lexical["dim"]`` long. ``fingerprint`` is ``model_fingerprint(dir)`` or ``""``
     when not yet computed.
     """
@@ -103,7 +101,7 @@ class ModelInfo:
                     "ModelInfo.lexical needs normalize=true: the trigram sketch is mixed into "
                     "unit vectors"
                 )
-        same = _norm_tower(self.query_tower) == _norm_tower(self.item_tower)
+        same = norm_tower(self.query_tower) == norm_tower(self.item_tower)
         if self.shared_towers and not same:
             raise ValueError(
                 "ModelInfo.shared_towers is true but query_tower "
@@ -146,7 +144,8 @@ def _check_tower_path(name: str, value: Any) -> None:
         )
 
 
-def _norm_tower(value: str) -> str:
+def norm_tower(value: str) -> str:
+    """A tower path of ``aisle_model.json`` normalised (posix, no ``./``): ``"."`` or a subdir."""
     return posixpath.normpath(value.replace("\\", "/"))
 
 
@@ -175,7 +174,8 @@ def _existing_dir(model_dir: str | Path) -> Path:
     return path
 
 
-def _is_default_model_dir(path: Path) -> bool:
+def is_default_model_dir(path: Path) -> bool:
+    """Whether ``path`` is the packaged base model's dir (which must not be written to)."""
     try:
         return path.resolve() == default_model_dir().resolve()
     except ValueError:
@@ -248,34 +248,35 @@ def _synthesize_model_info(path: Path) -> ModelInfo:
             "pooling_mode_mean_tokens"
         ):
             pooling = "cls"
-    base_model = DEFAULT_BASE_MODEL if _is_default_model_dir(path) else path.resolve().name
+    base_model = DEFAULT_BASE_MODEL if is_default_model_dir(path) else path.resolve().name
     return ModelInfo(base_model=base_model, pooling=pooling, dim=hidden_size)
 
 
 def write_model_info(model_dir: str | Path, info: ModelInfo) -> None:
-    """Write ``info`` to ``model_dir/aisle_model.json`` atomically (temp file + ``os.replace``)."""
+    """Write ``info`` to ``model_dir/aisle_model.json`` atomically (``trainer.io.write_atomic``)."""
     path = Path(model_dir)
     path.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(asdict(info), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{MODEL_INFO_NAME}.", suffix=".tmp", dir=path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path / MODEL_INFO_NAME)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path / MODEL_INFO_NAME, json.dumps(asdict(info), indent=2) + "\n")
 
 
-def _tower_dirs(info: ModelInfo) -> list[str]:
+def tower_dirs(info: ModelInfo) -> list[str]:
     """Distinct normalised tower paths, query tower first."""
-    towers = [_norm_tower(info.query_tower)]
-    if _norm_tower(info.item_tower) not in towers:
-        towers.append(_norm_tower(info.item_tower))
+    towers = [norm_tower(info.query_tower)]
+    if norm_tower(info.item_tower) not in towers:
+        towers.append(norm_tower(info.item_tower))
     return towers
+
+
+def check_model_dir(model_dir: Path) -> ModelInfo:
+    """``read_model_info``, then check that each tower dir holds config, weights and tokenizer.
+
+    Raises:
+        ValueError: as ``read_model_info``, or a tower dir that is missing or incomplete.
+    """
+    info = read_model_info(model_dir)
+    for tower in tower_dirs(info):
+        _check_tower_dir(model_dir, tower)
+    return info
 
 
 def _weight_files(tower_dir: Path) -> list[Path]:
@@ -319,7 +320,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     path = _existing_dir(model_dir)
     info = read_model_info(path)
     files: dict[str, Path] = {}
-    for tower in _tower_dirs(info):
+    for tower in tower_dirs(info):
         tower_dir = _check_tower_dir(path, tower)
         candidates = [tower_dir / name for name in _CONFIG_FILES] + _weight_files(tower_dir)
         for file in candidates:
@@ -355,7 +356,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _config_max_positions(tower_dir: Path) -> int:
+def config_max_positions(tower_dir: Path) -> int:
     """config.json's ``max_position_embeddings`` (0 when absent), read without transformers."""
     value = _read_json_object(tower_dir / "config.json").get("max_position_embeddings")
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -4,7 +4,7 @@ The graph takes token ids (``input_ids``, ``attention_mask`` and, for BERT, ``to
 int64, shape (batch, seq), both axes dynamic) and returns ``sentence_embedding``: the pooled,
 projected (when the tower has ``projection.safetensors``) and, when the model normalises,
 L2-normalised (batch, dim) float32 vector. The file's metadata carries the tokenizer and the
-model fingerprint, so ``trainer.encoder.load_encoder(..., backend="onnx")`` needs neither torch
+model fingerprint, so ``trainer.encoder.load.load_encoder(..., backend="onnx")`` needs neither torch
 nor transformers and can tell when the export is stale.
 
 CLI: ``python -m trainer.encoder.onnx_export MODEL_DIR [--out OUT_DIR] [--opset N]``.
@@ -26,21 +26,20 @@ from typing import Any
 
 import numpy as np
 
-from trainer.encoder.load import _l2_normalize
+from trainer.encoder.load import l2_normalize
 from trainer.encoder.model_dir import (
     MODEL_INFO_NAME,
     ModelInfo,
-    _check_tower_dir,
-    _existing_dir,
-    _is_default_model_dir,
-    _norm_tower,
-    _tower_dirs,
+    check_model_dir,
+    is_default_model_dir,
     model_fingerprint,
+    norm_tower,
     read_model_info,
     write_model_info,
 )
-from trainer.encoder.onnx_tower import ONNX_META_KEYS, ONNX_OUTPUT_NAME, QUERY_ONNX_FILE, _OnnxTower
-from trainer.encoder.torch_tower import _TorchTower, pool_embeddings
+from trainer.encoder.onnx_tower import ONNX_META_KEYS, ONNX_OUTPUT_NAME, QUERY_ONNX_FILE, OnnxTower
+from trainer.encoder.torch_tower import TorchTower, pool_embeddings
+from trainer.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +91,16 @@ def export_query_tower(
     """
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 17):
         raise ValueError(f"opset must be an int >= 17 or None (exporter default), got {opset!r}")
-    src = _existing_dir(model_dir)
-    info = read_model_info(src)
-    for tower in _tower_dirs(info):
-        _check_tower_dir(src, tower)
+    src = Path(model_dir)
+    info = check_model_dir(src)
     if out_dir is not None and Path(out_dir).resolve() != src.resolve():
         return _export_into_copy(src, Path(out_dir), info, opset)
-    if _is_default_model_dir(src):
+    if is_default_model_dir(src):
         raise ValueError(
             f"{str(src)!r} is the packaged base model, which must not be written to; pass an "
             "out dir to export into a copy (python -m trainer.encoder.onnx_export DIR --out OUT)"
         )
-    tower_dir = src / _norm_tower(info.query_tower)
+    tower_dir = src / norm_tower(info.query_tower)
     if not os.access(tower_dir, os.W_OK):
         raise ValueError(
             f"cannot write into {str(tower_dir)!r}; pass an out dir to export into a copy"
@@ -138,9 +135,9 @@ def _export_into_copy(src: Path, dest: Path, info: ModelInfo, opset: int | None)
 
 def _export(model_dir: Path, info: ModelInfo, opset: int | None) -> Path:
     """Export the query tower into its own dir; returns the ONNX file's path."""
-    tower_dir = model_dir / _norm_tower(info.query_tower)
+    tower_dir = model_dir / norm_tower(info.query_tower)
     fingerprint = model_fingerprint(model_dir)
-    tower = _TorchTower(tower_dir, pooling=info.pooling, device="cpu")
+    tower = TorchTower(tower_dir, pooling=info.pooling, device="cpu")
     if tower.dim != info.dim:
         raise ValueError(
             f"the query tower of {str(model_dir)!r} outputs {tower.dim} dims but "
@@ -165,21 +162,13 @@ def _export(model_dir: Path, info: ModelInfo, opset: int | None) -> Path:
         ONNX_META_KEYS["normalize"]: str(info.normalize).lower(),
     }
     final = tower_dir / QUERY_ONNX_FILE
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{QUERY_ONNX_FILE}.", suffix=".tmp", dir=tower_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # Replaced only once ORT reproduced torch on the written file (else the old one stays).
+    with atomic_path(final) as tmp:
         program = _torch_export(tower, info, opset)
         program.model.metadata_props.update(metadata)
         # One self-contained file: MiniLM's 90 MB of weights are far below protobuf's 2 GB cap.
         program.save(str(tmp), external_data=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; serving may run as another user
         _check_parity(tmp, tower, info)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     logger.info(
         "exported the query tower to %s (%.1f MB, model fingerprint %s)",
         final.relative_to(model_dir),
@@ -189,7 +178,7 @@ def _export(model_dir: Path, info: ModelInfo, opset: int | None) -> Path:
     return final
 
 
-def _query_graph(tower: _TorchTower, info: ModelInfo) -> Any:
+def _query_graph(tower: TorchTower, info: ModelInfo) -> Any:
     """The torch module that is exported: tokens → the vector ``Encoder`` would return."""
     import torch
 
@@ -224,7 +213,7 @@ def _query_graph(tower: _TorchTower, info: ModelInfo) -> Any:
     return QueryGraph().eval()
 
 
-def _torch_export(tower: _TorchTower, info: ModelInfo, opset: int | None) -> Any:
+def _torch_export(tower: TorchTower, info: ModelInfo, opset: int | None) -> Any:
     """torch.onnx.export (the torch.export-based exporter) → an ``ONNXProgram``."""
     import torch
 
@@ -282,15 +271,15 @@ def _quiet_exporter() -> Iterator[None]:
             log.setLevel(level)
 
 
-def _check_parity(onnx_path: Path, tower: _TorchTower, info: ModelInfo) -> None:
+def _check_parity(onnx_path: Path, tower: TorchTower, info: ModelInfo) -> None:
     """Raise ValueError unless ORT on ``onnx_path`` matches ``tower`` on the probe texts."""
-    onnx_tower = _OnnxTower(onnx_path, num_threads=1)
+    onnx_tower = OnnxTower(onnx_path, num_threads=1)
     texts = list(_PROBE_TEXTS)
     worst = 0.0
     for batch in [texts, *([t] for t in texts)]:  # padded batch, then one by one
         expected = tower.encode(batch, info.max_query_length)  # (b, dim)
         if info.normalize:
-            expected = _l2_normalize(expected)
+            expected = l2_normalize(expected)
         got = onnx_tower.encode(batch, info.max_query_length)  # (b, dim)
         if got.shape != expected.shape:
             raise ValueError(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.encoder.model_dir import ModelInfo, _norm_tower, read_model_info
+from trainer.encoder.model_dir import ModelInfo, norm_tower, read_model_info
 
-# The query tower exported by trainer.onnx_export: one self-contained ONNX file in the query
+# The query tower exported by trainer.encoder.onnx_export: one self-contained ONNX file in the query
 # tower's dir (token ids in, the pooled/projected/normalised vector out, the tokenizer in its
 # metadata). Derived from the fingerprinted files, so not fingerprinted itself; it records the
 # fingerprint it was exported from instead, which tells a stale export.
@@ -33,10 +33,10 @@ ONNX_META_KEYS = {
 
 
 def query_onnx_path(model_dir: str | Path, info: ModelInfo | None = None) -> Path:
-    """Where ``trainer.onnx_export`` puts the query tower's ONNX file in a model dir."""
+    """Where ``trainer.encoder.onnx_export`` puts the query tower's ONNX file in a model dir."""
     path = Path(model_dir)
     info = read_model_info(path) if info is None else info
-    return path / _norm_tower(info.query_tower) / QUERY_ONNX_FILE
+    return path / norm_tower(info.query_tower) / QUERY_ONNX_FILE
 
 
 # ONNX graph input → the tokenizers.Encoding attribute that feeds it.
@@ -47,8 +47,9 @@ _ONNX_INPUT_FIELDS = {
 }
 
 
-class _OnnxTower:
-    """The exported query tower on ONNX Runtime + the ``tokenizers`` fast tokenizer.
+class OnnxTower:
+    """The exported query tower on ONNX Runtime + the ``tokenizers`` fast tokenizer (a
+    ``trainer.encoder.load.TowerBackend``).
 
     Imports neither torch nor transformers: the graph does the model, pooling, projection and
     normalisation, and the tokenizer (with the pad and truncation settings transformers used at
@@ -91,7 +92,7 @@ class _OnnxTower:
         except Exception as exc:  # KeyError, int(), tokenizers' own Exception
             raise ValueError(
                 f"{str(onnx_path)!r} lacks valid Aisle metadata ({type(exc).__name__}: {exc}); "
-                "it was not written by trainer.onnx_export, re-export it"
+                "it was not written by trainer.encoder.onnx_export, re-export it"
             ) from exc
         self._tokenizer = tokenizer
         self._inputs = [node.name for node in self.session.get_inputs()]
@@ -110,6 +111,7 @@ class _OnnxTower:
         self._tokenizer_lock = threading.Lock()
 
     def encode(self, texts: list[str], max_length: int) -> np.ndarray:
+        """texts (b,) → (b, dim) float32 vectors as the graph outputs them."""
         with self._tokenizer_lock:
             if max_length != self._max_length:
                 self._tokenizer.enable_truncation(max_length, direction=self._truncation_side)

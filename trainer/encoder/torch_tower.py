@@ -36,9 +36,10 @@ def pool_embeddings(hidden: Any, attention_mask: Any, pooling: str) -> Any:
 
 
 @contextlib.contextmanager
-def _no_transformers_progress_bar() -> Iterator[None]:
+def no_transformers_progress_bar() -> Iterator[None]:
+    """Turn transformers' progress bars off inside the block (restored afterwards)."""
     # transformers 5 draws a "Loading weights" bar on every from_pretrained; a server loading a
-    # model should not write bars to stderr. Restore the global setting afterwards.
+    # model should not write bars to stderr.
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
@@ -49,6 +50,25 @@ def _no_transformers_progress_bar() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+def load_hf_model(tower_dir: Path) -> tuple[Any, Any]:
+    """A tower dir's Hugging Face tokenizer and float32 ``AutoModel``, offline (ValueError naming
+    the dir if transformers cannot load it)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tower_dir), local_files_only=True)
+        with no_transformers_progress_bar():
+            model = AutoModel.from_pretrained(
+                str(tower_dir), local_files_only=True, dtype=torch.float32
+            )
+    except Exception as exc:  # transformers raises OSError/ValueError/KeyError/... here
+        raise ValueError(
+            f"cannot load a Hugging Face model from {str(tower_dir)!r}: {exc}"
+        ) from exc
+    return tokenizer, model
 
 
 def load_projection(tower_dir: str | Path, hidden_size: int) -> dict[str, Any] | None:
@@ -91,28 +111,19 @@ def load_projection(tower_dir: str | Path, hidden_size: int) -> dict[str, Any] |
     return out
 
 
-class _TorchTower:
-    """One tower on torch: HF tokenizer + AutoModel + pooling."""
+class TorchTower:
+    """One tower on torch (a ``trainer.encoder.load.TowerBackend``): HF tokenizer + AutoModel +
+    pooling + the optional projection; raw pooled vectors, not normalised."""
 
     backend = "torch"
 
     def __init__(self, tower_dir: Path, *, pooling: str, device: str) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         self._torch = torch
         self.pooling = pooling
         self.device = torch.device(device)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(tower_dir), local_files_only=True)
-            with _no_transformers_progress_bar():
-                model = AutoModel.from_pretrained(
-                    str(tower_dir), local_files_only=True, dtype=torch.float32
-                )
-        except Exception as exc:  # transformers raises OSError/ValueError/KeyError/... here
-            raise ValueError(
-                f"cannot load a Hugging Face model from {str(tower_dir)!r}: {exc}"
-            ) from exc
+        self.tokenizer, model = load_hf_model(tower_dir)
         self.model = model.to(self.device).eval()
         hidden_size = int(model.config.hidden_size)
         self.projection = load_projection(tower_dir, hidden_size)
@@ -127,6 +138,7 @@ class _TorchTower:
         self._tokenizer_lock = threading.Lock()
 
     def encode(self, texts: list[str], max_length: int) -> np.ndarray:
+        """texts (b,) → (b, dim) float32 pooled vectors, texts truncated to max_length tokens."""
         torch = self._torch
         with self._tokenizer_lock:
             batch = self.tokenizer(
@@ -143,10 +155,11 @@ class _TorchTower:
         return pooled.to(torch.float32).cpu().numpy()
 
 
-def _load_torch_towers(
+def load_torch_towers(
     path: Path, info: ModelInfo, tower_dirs: list[str], device: str, num_threads: int | None
-) -> dict[str, _TorchTower]:
-    """Load the named towers (normalised tower paths) on torch; checks device and dims."""
+) -> dict[str, TorchTower]:
+    """tower path → its TorchTower, for the named (normalised) towers of the model dir ``path``;
+    ValueError when torch is missing, the device unusable or a tower's dim is not ``info.dim``."""
     # Offline first, before transformers reads its environment; local_files_only below is the
     # guarantee, these stop any hub lookups by code that ignores it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -168,9 +181,9 @@ def _load_torch_towers(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
 
-    towers: dict[str, _TorchTower] = {}
+    towers: dict[str, TorchTower] = {}
     for tower in tower_dirs:
-        towers[tower] = _TorchTower(path / tower, pooling=info.pooling, device=device)
+        towers[tower] = TorchTower(path / tower, pooling=info.pooling, device=device)
     for tower, backend in towers.items():
         if backend.dim != info.dim:
             raise ValueError(

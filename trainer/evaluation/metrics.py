@@ -31,7 +31,7 @@ GRADE_GAINS: dict[int, float] = {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0}
 GAIN_TABLES: dict[str, dict[int, float]] = {"esci": ESCI_GAINS, "grade": GRADE_GAINS}
 
 # The lowest grade that counts as relevant for Recall and MRR, per dataset: ESCI Exact (3),
-# Home Depot grade 2. Recommendation targets are judged 1 (see trainer.evaluate).
+# Home Depot grade 2. Recommendation targets are judged 1 (see trainer.evaluation.recommend).
 DEFAULT_RECALL_GRADE: dict[str, int] = {"esci": 3, "homedepot": 2}
 
 
@@ -270,7 +270,7 @@ def evaluate_rankings(
         rankings: query_id → item ids, best first (at least max(ks) long for exact numbers;
             shorter rankings count missing ranks as misses). Every judged query needs one.
         labels: ``Labels`` or its ``judgments`` (query_id → {item_id: grade}).
-        gains: grade → NDCG gain, or a name in ``trainer.metrics.GAIN_TABLES``.
+        gains: grade → NDCG gain, or a name in ``GAIN_TABLES``.
         recall_grade: items with grade >= this are relevant for Recall and MRR.
         ks: cutoffs; NDCG@k and Recall@k for each, MRR within the top max(ks).
         task: recorded in the report.

@@ -276,7 +276,7 @@ class RecommendData:
         log_q: (n_items,) float32 log probability of an item being a target.
         bank: (n_items, dim) float32 item vectors from the item tower (refreshed periodically);
             users are their history's rows pooled with ``history_decay``
-            (``trainer.user_tower``), as the server pools them.
+            (``trainer.encoder.user``), as the server pools them.
     """
 
     name: str
@@ -389,10 +389,6 @@ def split_interactions(
             path=path + " (held-out targets)",
         ),
     )
-
-
-# Users from the item bank: the user tower's pooling, the same the server and evaluation use.
-user_vectors = history_vectors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,7 +543,8 @@ def recommend_batch(data: RecommendData, rows: np.ndarray, *, pad_id: int) -> Ba
     item_ids, item_mask = pad_ids([data.item_tokens[r] for r in targets.tolist()], pad_id)
     return Batch(
         task="recommend",
-        user_vectors=user_vectors(data.bank, histories, data.history_decay),
+        # users from the item bank: the user tower's pooling, as the server and evaluation do
+        user_vectors=history_vectors(data.bank, histories, data.history_decay),
         item_ids=item_ids,
         item_mask=item_mask,
         items=targets,

@@ -13,7 +13,7 @@ from typing import Any
 
 from trainer.encoder.trigram import DEFAULT_BUCKETS, DEFAULT_HASHES, check_lexical_settings
 from trainer.encoder.user import check_history_decay
-from trainer.evaluation.evaluate import dataset_preset
+from trainer.evaluation.presets import dataset_preset
 
 TASKS = ("search", "recommend")
 AMP_MODES = ("auto", "bf16", "off")
@@ -96,16 +96,16 @@ class TrainConfig:
     ``mine_window`` [lo, hi), plus labeled-irrelevant items if ``labeled_negatives``.
 
     Recommendation: users are the item-bank vectors of their last ``history_length`` items
-    pooled by the user tower (``trainer.user_tower``: the recency-weighted mean, item ``a``
+    pooled by the user tower (``trainer.encoder.user``: the recency-weighted mean, item ``a``
     steps before the newest weighing ``history_decay``**a; 1 = plain mean); the bank is
     re-encoded every ``refresh_every`` steps. With ``fit_history_decay`` each evaluation also
-    scores the decays of ``trainer.user_tower.DECAY_GRID`` on the eval users (the dev file's,
+    scores the decays of ``trainer.encoder.user.DECAY_GRID`` on the eval users (the dev file's,
     or the held-out ones) and keeps the best (one decay for all recommendation datasets, by
     their weighted NDCG@10); the exported model records the decay of its best step
     (``aisle_model.json`` ``history_decay``), otherwise ``history_decay``.
 
     Lexical part: with ``lexical_dim`` > 0 the exported towers append a ``lexical_dim``-sized
-    hashed character-trigram sketch to their vectors (``trainer.lexical_tower``; IDF fitted on
+    hashed character-trigram sketch to their vectors (``trainer.encoder.trigram``; IDF fitted on
     the item texts of every dataset's catalog), mixed in with weight ``lexical_weight``; None =
     fitted after training on the search eval queries (``WEIGHT_GRID``, best weighted NDCG@10,
     with the best step's weights). Training itself is unchanged: the BERT towers learn alone.
@@ -126,9 +126,9 @@ class TrainConfig:
     (None = ``<out>.checkpoints``), the newest ``keep_checkpoints`` kept; ``resume`` continues
     from the newest.
 
-    Export: the model dir at ``out``, plus the ONNX query tower (``trainer.onnx_export``) when
-    ``export_onnx`` and the exporter's packages (onnx, onnxscript) are installed; without them
-    a warning says how to export later.
+    Export: the model dir at ``out``, plus the ONNX query tower (``trainer.encoder.onnx_export``)
+    when ``export_onnx`` and the exporter's packages (onnx, onnxscript) are installed; without
+    them a warning says how to export later.
     """
 
     datasets: tuple[DatasetSpec, ...]

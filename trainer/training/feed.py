@@ -1,40 +1,72 @@
-"""The trainer's data side: batches, catalog encoding, hard-negative mining, item-bank refresh."""
+"""Which micro-batch trains next: each dataset's epochs of duplicate-free batches, the dataset of
+each micro-batch, and this rank's slice of the global batch.
+
+Every draw is a pure function of (seed, counters), so ``micro`` (micro-batches drawn so far) and
+each dataset's stream position are all a checkpoint needs to resume the feed exactly.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
 from trainer.training.batches import (
     STREAM_EPOCH,
     STREAM_HARD,
     STREAM_MIX,
     Batch,
-    RecommendData,
     SearchData,
     epoch_batches,
-    length_batches,
-    mine_hard_negatives,
-    pad_ids,
     recommend_batch,
     rng_for,
     search_batch,
 )
-from trainer.training.model import Tower
+from trainer.training.config import TrainConfig
+from trainer.training.distributed import DistContext
+from trainer.training.prepare import PreparedDataset
 
-logger = logging.getLogger(__name__)
 
+class BatchFeed:
+    """The micro-batches of a run, in order: every rank walks the same global batches and takes
+    its own slice of each.
 
-class _DataMixin:
-    """Batches of each dataset, whole-catalog vectors, and their periodic refresh."""
+    Attributes:
+        micro: micro-batches drawn so far (it seeds the dataset pick and the hard negatives).
+        streams: per dataset, [epoch, next batch in that epoch].
+    """
 
-    # -- data ----------------------------------------------------------------------------
+    def __init__(
+        self,
+        config: TrainConfig,
+        datasets: list[PreparedDataset],
+        ctx: DistContext,
+        pad_id: int,
+    ) -> None:
+        self.config = config
+        self.datasets = datasets
+        self.ctx = ctx
+        self.pad_id = pad_id
+        self.micro = 0
+        self.streams = [[0, 0] for _ in datasets]
+        self._epoch_cache: dict[int, tuple[int, list[np.ndarray]]] = {}
+
+    def next(self) -> tuple[str, Batch]:
+        """The next micro-batch of this rank, and the name of its dataset."""
+        k = self._pick_dataset()
+        batch = self._batch(k)
+        self.micro += 1
+        return self.datasets[k].spec.name, batch
+
+    def state(self) -> dict[str, Any]:
+        """The feed's part of a checkpoint: ``micro`` and ``streams``."""
+        return {"micro": self.micro, "streams": self.streams}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's ``state()``."""
+        self.micro = int(state["micro"])
+        self.streams = [list(s) for s in state["streams"]]
 
     def _epoch(self, k: int, epoch: int) -> list[np.ndarray]:
         cached = self._epoch_cache.get(k)
@@ -76,89 +108,3 @@ class _DataMixin:
                 pad_id=self.pad_id,
             )
         return recommend_batch(data, rows, pad_id=self.pad_id)
-
-    # -- inference over whole catalogs ---------------------------------------------------
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def _embed(
-        self, tower: Tower, seqs: Sequence[np.ndarray], desc: str = "", *, collective: bool = True
-    ) -> np.ndarray:
-        """(len(seqs), dim) float32 vectors, the work split between ranks (``collective``:
-        every rank must call it), or all of it on this rank alone."""
-        from tqdm.auto import tqdm
-
-        mine = self.ctx.shard(len(seqs)) if collective else np.arange(len(seqs), dtype=np.int64)
-        local = np.zeros((len(mine), self.model.dim), dtype=np.float32)
-        was_training = tower.training
-        tower.eval()
-        bar = tqdm(
-            total=len(mine),
-            desc=desc or "encode",
-            unit="text",
-            leave=False,
-            disable=not (self.config.progress and self.ctx.is_main and len(mine) >= 2000),
-        )
-        try:
-            with torch.inference_mode(), self._autocast():
-                part = [seqs[i] for i in mine.tolist()]
-                for rows in length_batches(part, self.config.eval_batch_size):
-                    ids, mask = pad_ids([part[r] for r in rows.tolist()], self.pad_id)
-                    out = tower(
-                        torch.from_numpy(ids).to(self.device),
-                        torch.from_numpy(mask).to(self.device),
-                    )
-                    local[rows] = out.float().cpu().numpy()
-                    bar.update(len(rows))
-        finally:
-            bar.close()
-            tower.train(was_training)
-        return self.ctx.gather_rows(local, len(seqs), self.device) if collective else local
-
-    def _catalog_vectors(
-        self, data: SearchData | RecommendData, rows: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Item vectors of the catalog (or of its ``rows``) under the current weights; the
-        whole catalog is encoded once per step however many users (mining, bank, eval)."""
-        key = (data.catalog.path, self.step)
-        if key in self._vectors:
-            xb = self._vectors[key]
-            return xb if rows is None else xb[rows]
-        t0 = time.perf_counter()
-        if rows is not None:  # a sample for evaluation: encode only that
-            xb = self._embed(self.model.item_tower, [data.item_tokens[r] for r in rows.tolist()])
-        else:
-            self._vectors = {k: v for k, v in self._vectors.items() if k[1] == self.step}
-            xb = self._embed(self.model.item_tower, data.item_tokens, desc=f"encode {data.name}")
-            self._vectors[key] = xb
-        logger.info(
-            "encoded %d items of %s in %.1f s",
-            len(xb),
-            data.catalog.path,
-            time.perf_counter() - t0,
-        )
-        return xb
-
-    def _maintain(self, *, start: bool) -> None:
-        """Refresh recommendation item banks and re-mine hard negatives when due."""
-        cfg = self.config
-        for prepared in self.datasets:
-            data = prepared.data
-            if isinstance(data, RecommendData):
-                if start or self.step % cfg.refresh_every == 0:
-                    data.bank = self._catalog_vectors(data)
-            elif cfg.hard_negatives > 0 and (
-                start or (cfg.mine_every and self.step % cfg.mine_every == 0)
-            ):
-                xb = self._catalog_vectors(data)
-                xq = self._embed(self.model.query_tower, data.query_tokens)
-                data.mined = mine_hard_negatives(xq, xb, data.relevant, cfg.mine_window)
-                logger.info(
-                    "%s: mined %.1f hard negatives per query (ranks %d-%d)",
-                    data.name,
-                    float(np.mean([len(m) for m in data.mined])),
-                    *cfg.mine_window,
-                )

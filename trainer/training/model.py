@@ -1,12 +1,12 @@
 """The two-tower model: BERT query and item towers, pooling, optional projection, model dirs.
 
 A tower is a Hugging Face encoder + pooling (mean or CLS) + an optional linear projection to a
-smaller dim + L2 normalisation, exactly what ``trainer.encoder`` computes at inference time, so
-a saved model dir gives the same vectors there as ``TwoTowerModel`` gives here. With
-``shared_towers`` one tower encodes both queries and items (one set of weights, saved at the
-model dir's root); otherwise each has its own copy, saved in ``query_tower/`` and
+smaller dim + L2 normalisation, exactly what ``trainer.encoder.load.Encoder`` computes at
+inference time, so a saved model dir gives the same vectors there as ``TwoTowerModel`` gives
+here. With ``shared_towers`` one tower encodes both queries and items (one set of weights, saved
+at the model dir's root); otherwise each has its own copy, saved in ``query_tower/`` and
 ``item_tower/``. The ONNX export of the query tower is not written here (see
-``trainer/onnx_export.py`` where present).
+``trainer.encoder.onnx_export``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from trainer.encoder.model_dir import (
     write_model_info,
 )
 from trainer.encoder.torch_tower import (
-    _no_transformers_progress_bar,
+    load_hf_model,
     load_projection,
+    no_transformers_progress_bar,
     pool_embeddings,
 )
 from trainer.encoder.trigram import LexicalSketch
@@ -187,7 +188,7 @@ def bucketed_forward(
     that padding (about 15 % less compute per step on Home Depot titles on CPU). The vectors
     are the same up to float rounding. Each bucket reads its length back from the tensor, a
     device sync, so on GPUs (where padding is cheap and syncs are not) keep ``buckets`` at 1.
-    Expects right padding (``trainer.batches.pad_ids``).
+    Expects right padding (``trainer.training.batches.pad_ids``).
 
     Returns:
         (batch, dim) float32.
@@ -213,18 +214,7 @@ def bucketed_forward(
 def _load_hf_tower(
     tower_dir: Path, pooling: str, projection_dim: int | None, seed: int, *, dropout: bool
 ) -> Tower:
-    from transformers import AutoModel, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tower_dir), local_files_only=True)
-        with _no_transformers_progress_bar():
-            encoder = AutoModel.from_pretrained(
-                str(tower_dir), local_files_only=True, dtype=torch.float32
-            )
-    except Exception as exc:  # transformers raises OSError/ValueError/KeyError/... here
-        raise ValueError(
-            f"cannot load a Hugging Face model from {str(tower_dir)!r}: {exc}"
-        ) from exc
+    tokenizer, encoder = load_hf_model(tower_dir)
     if not dropout:
         for module in encoder.modules():
             if isinstance(module, nn.Dropout):
@@ -330,7 +320,7 @@ def build_two_tower(
 
 def _save_tower(tower: Tower, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with _no_transformers_progress_bar():
+    with no_transformers_progress_bar():
         # safetensors: the only format transformers 5 writes.
         tower.encoder.save_pretrained(str(out))
     tower.tokenizer.save_pretrained(str(out))
@@ -353,7 +343,7 @@ def save_model_dir(
     lexical: LexicalSketch | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as an Aisle model dir that ``trainer.encoder.load_encoder`` loads.
+    """Write ``model`` as an Aisle model dir that ``trainer.encoder.load.load_encoder`` loads.
 
     Layout: shared towers at the dir's root (so it is also a plain Hugging Face dir), separate
     ones in ``query_tower/`` and ``item_tower/``; each tower holds config.json,

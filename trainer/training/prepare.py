@@ -20,8 +20,9 @@ from trainer.data.labels import (
     read_labels,
 )
 from trainer.data.rows import DataError
-from trainer.evaluation.evaluate import DATASET_PRESETS, infer_dataset, next_item_targets
 from trainer.evaluation.metrics import ESCI_GAINS, GAIN_TABLES, GRADE_GAINS
+from trainer.evaluation.presets import DATASET_PRESETS, infer_dataset
+from trainer.evaluation.recommend import next_item_targets
 from trainer.text import query_text
 from trainer.training.batches import (
     STREAM_EVAL_SAMPLE,
@@ -84,10 +85,16 @@ def _check_grades(labels: Labels, gains: Mapping[int, float]) -> None:
                 )
 
 
-def _eval_rows(
+def sample_eval_rows(
     n_items: int, needed: np.ndarray, max_items: int | None, seed: int, k: int
 ) -> np.ndarray | None:
-    """Catalog rows to rank at evaluation: all (None) or ``needed`` + a fixed random sample."""
+    """Catalog rows to rank at evaluation: all of them (None) when ``n_items <= max_items`` (or
+    ``max_items`` is None), else ``needed`` plus a random sample up to ``max_items`` rows in all,
+    fixed by ``seed`` and the dataset index ``k``.
+
+    Returns:
+        None, or sorted unique int64 rows.
+    """
     if max_items is None or n_items <= max_items:
         return None
     needed = np.unique(needed)
@@ -184,7 +191,7 @@ def _prepare_search(
     if eval_labels is not None:
         out.eval_query_texts = [query_text(q) for q in eval_labels.queries.values()]
         judged = [item_rows[i] for j in eval_labels.judgments.values() for i in j]
-        out.eval_rows = _eval_rows(
+        out.eval_rows = sample_eval_rows(
             len(catalog), np.asarray(judged, dtype=np.int64), config.eval_max_items, config.seed, k
         )
     return out
@@ -224,5 +231,7 @@ def _prepare_recommend(
                 f"{catalog.path}: {', '.join(repr(i) for i in unknown[:5])}"
             )
         needed = np.asarray([row_of[i] for i in ids], dtype=np.int64)
-        out.eval_rows = _eval_rows(len(catalog), needed, config.eval_max_items, config.seed, k)
+        out.eval_rows = sample_eval_rows(
+            len(catalog), needed, config.eval_max_items, config.seed, k
+        )
     return out

@@ -1,17 +1,13 @@
 """The training entry points: ``train``, ``train_distributed`` and ``check_can_start``.
 
-The loop itself lives in ``trainer.train_loop`` (setup, data, evaluation and checkpoint mixins in
-``train_setup``, ``train_data``, ``train_eval``, ``train_checkpoint``); its names are
-re-exported here.
-
-The training loop: the steps (AdamW, warm-up + linear decay, accumulation, bf16 autocast,
-clipping), periodic hard-negative mining and item-bank refresh, evaluation with early stopping,
-atomic checkpoints, exact resume, DDP, and export of the best weights as a model dir. The
-settings live in ``trainer.config``; every dataset is read and checked before any step by
-``trainer.prepare``.
+Training: the steps (AdamW, warm-up + linear decay, accumulation, bf16 autocast, clipping),
+periodic hard-negative mining and item-bank refresh, evaluation with early stopping, atomic
+checkpoints, exact resume, DDP, and export of the best weights as a model dir. The loop is
+``trainer.training.loop.Trainer``; the settings live in ``trainer.training.config``; every
+dataset is read and checked before any step by ``trainer.training.prepare``.
 
 Recommendation: a user is the normalised mean of the item vectors of their last 50 items,
-exactly as ``trainer.evaluate`` and the server compute users, so there is no separate user
+exactly as ``trainer.evaluation`` and the server compute users, so there is no separate user
 tower to serve. Encoding every history through BERT each step is too slow on CPU, so the
 history side comes from an item bank (the item tower over the catalog, refreshed every
 ``refresh_every`` steps) and gradients flow through the freshly encoded target items (and the
@@ -26,7 +22,7 @@ parameters as one that never stopped.
 from __future__ import annotations
 
 import json
-import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,16 +32,13 @@ import torch
 from trainer.io import write_atomic
 from trainer.training.checkpoints import CheckpointDir
 from trainer.training.config import TrainConfig
-from trainer.training.distributed import init_from_env
-from trainer.training.loop import _Trainer
+from trainer.training.distributed import init_from_env, spawn_workers
+from trainer.training.loop import Trainer, TrainResult
 from trainer.training.prepare import PreparedDataset, prepare_datasets
-from trainer.training.setup import (
-    TrainResult,
-)
 
-__all__ = ["check_can_start", "train", "train_distributed"]
 
-logger = logging.getLogger(__name__)
+class SimulatedKill(Exception):  # noqa: N818 (it is a signal, not an error)
+    """Raised by an ``on_step`` callback to stop a run as if the process were killed."""
 
 
 def check_can_start(config: TrainConfig) -> None:
@@ -98,7 +91,7 @@ def train(
     ctx = init_from_env()
     threads = torch.get_num_threads()
     try:
-        return _Trainer(config, datasets, ctx, on_step).run()
+        return Trainer(config, datasets, ctx, on_step).run()
     finally:
         torch.set_num_threads(threads)  # num_threads is process-wide; leave it as found
 
@@ -116,10 +109,6 @@ def train_distributed(
 
     The datasets are checked here first, so bad input fails before any process starts.
     """
-    import tempfile
-
-    from trainer.training.distributed import spawn_workers
-
     check_can_start(config)
     prepare_datasets(config)
     with tempfile.TemporaryDirectory(prefix="aisle-train-") as tmp:

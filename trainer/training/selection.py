@@ -1,4 +1,5 @@
-"""Evaluation during training: dev metrics, best-step tracking and early stopping."""
+"""Model selection during training: dev metrics, the best step, early stopping, and the
+settings fitted on the eval data (the user tower's decay, the trigram sketch's weight)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -13,20 +15,74 @@ import numpy as np
 from trainer.data.catalog import Catalog
 from trainer.encoder.trigram import DEFAULT_WEIGHT, WEIGHT_GRID, LexicalSketch
 from trainer.encoder.user import DECAY_GRID
-from trainer.evaluation.evaluate import evaluate_recommendation, exact_search
 from trainer.evaluation.metrics import evaluate_rankings
+from trainer.evaluation.recommend import evaluate_recommendation
+from trainer.evaluation.search import exact_search
 from trainer.training.batches import item_texts
-from trainer.training.config import EARLY_STOP_METRIC, RECOMMEND_EVAL_KS, SEARCH_EVAL_KS
+from trainer.training.checkpoints import CheckpointDir
+from trainer.training.config import (
+    EARLY_STOP_METRIC,
+    RECOMMEND_EVAL_KS,
+    SEARCH_EVAL_KS,
+    TrainConfig,
+)
+from trainer.training.distributed import DistContext
+from trainer.training.embedder import Embedder
+from trainer.training.model import TwoTowerModel
+from trainer.training.prepare import PreparedDataset
 
 logger = logging.getLogger(__name__)
 
 
-class _EvalMixin:
-    """Evaluate on the dev splits, keep the best weights, decide early stopping."""
+class Selection:
+    """Evaluates the model on the dev splits, keeps the best weights (``checkpoints.save_best``)
+    and decides early stopping; at the end, fits the trigram sketch.
 
-    # -- evaluation ----------------------------------------------------------------------
+    Attributes:
+        best_metric, best_step: the best weighted NDCG@10 so far and its step (None: none yet).
+        bad_evals: evaluations since the last improvement.
+        stopped_early: ``config.patience`` evaluations went by without improvement.
+        history: the record of every evaluation (rank 0).
+    """
 
-    def _evaluate(self) -> dict[str, Any] | None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        datasets: list[PreparedDataset],
+        ctx: DistContext,
+        model: TwoTowerModel,
+        embedder: Embedder,
+        checkpoints: CheckpointDir,
+    ) -> None:
+        self.config = config
+        self.datasets = datasets
+        self.ctx = ctx
+        self.model = model
+        self.embedder = embedder
+        self.checkpoints = checkpoints
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.history: list[dict[str, Any]] = []
+
+    def state(self) -> dict[str, Any]:
+        """Its part of a checkpoint: the best step and metric, the early-stopping count, history."""
+        return {
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "bad_evals": self.bad_evals,
+            "stopped_early": self.stopped_early,
+            "history": self.history,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's ``state()``."""
+        self.best_metric, self.best_step = state["best_metric"], state["best_step"]
+        self.bad_evals, self.stopped_early = int(state["bad_evals"]), bool(state["stopped_early"])
+        self.history = list(state["history"])
+
+    def _metrics(self, step: int) -> dict[str, Any] | None:
         """Dev metrics of every dataset that has an eval split (collective; rank 0 scores).
 
         Recommendation datasets are scored with each decay of ``_decays()``; the one with the
@@ -42,12 +98,12 @@ class _EvalMixin:
                 continue
             data = prepared.data
             rows = prepared.eval_rows
-            xb = self._catalog_vectors(data, rows)
+            xb = self.embedder.catalog_vectors(data, step, rows)
             ids = np.asarray(data.catalog.item_ids, dtype=object)
             if rows is not None:
                 ids = ids[rows]
             if prepared.task == "search":
-                xq = self._embed(self.model.query_tower, prepared.eval_query_tokens)
+                xq = self.embedder.embed(self.model.query_tower, prepared.eval_query_tokens)
                 if not self.ctx.is_main:
                     continue
                 _, I = exact_search(xq, xb, max(SEARCH_EVAL_KS))
@@ -90,7 +146,7 @@ class _EvalMixin:
         if not self.ctx.is_main or not results:
             return None
         score = weighted / weights if weights else math.nan
-        record: dict[str, Any] = {"step": self.step, "metric": score, "datasets": results}
+        record: dict[str, Any] = {"step": step, "metric": score, "datasets": results}
         if recommend_weight:
             record["history_decay"] = decay
             if len(fit) > 1:
@@ -122,7 +178,7 @@ class _EvalMixin:
                 best, best_score = decay, score
         return best, fit
 
-    def _fit_lexical(self) -> tuple[LexicalSketch, dict[str, float]]:
+    def fit_lexical(self) -> tuple[LexicalSketch, dict[str, float]]:
         """The trigram sketch to export, on rank 0 once the best weights are loaded: IDF over
         every dataset's item texts; the weight from the config, or the one of ``WEIGHT_GRID``
         with the best weighted NDCG@10 on the search eval queries (ties: the smaller weight).
@@ -150,11 +206,13 @@ class _EvalMixin:
             rows = prepared.eval_rows
             if rows is None:
                 rows = np.arange(len(data.catalog), dtype=np.int64)
-            xb = self._embed(
+            xb = self.embedder.embed(
                 self.model.item_tower, [data.item_tokens[r] for r in rows.tolist()],
                 collective=False,
             )  # fmt: skip
-            xq = self._embed(self.model.query_tower, prepared.eval_query_tokens, collective=False)
+            xq = self.embedder.embed(
+                self.model.query_tower, prepared.eval_query_tokens, collective=False
+            )
             all_texts = texts_of[data.catalog.path]
             parts.append((
                 prepared.spec.weight, prepared.eval_labels, prepared.gains,
@@ -191,8 +249,15 @@ class _EvalMixin:
         )  # fmt: skip
         return sketch.with_weight(best), fit
 
-    def _eval_and_track(self) -> None:
-        record = self._evaluate()
+    def evaluate(self, step: int) -> dict[str, Any] | None:
+        """Evaluate the weights of ``step`` (collective), keep them if they are the best so far,
+        and decide early stopping (the same decision on every rank).
+
+        Returns:
+            The evaluation's record on rank 0 (``"metric"``: weighted NDCG@10); None on other
+            ranks or when no dataset has an eval split.
+        """
+        record = self._metrics(step)
         improved = False
         if self.ctx.is_main and record is not None:
             self.history.append(record)
@@ -201,8 +266,8 @@ class _EvalMixin:
                 self.best_metric is None or score > self.best_metric
             )
             if improved:
-                self.best_metric, self.best_step, self.bad_evals = score, self.step, 0
-                meta = {"step": self.step, "metric": score}
+                self.best_metric, self.best_step, self.bad_evals = score, step, 0
+                meta = {"step": step, "metric": score}
                 if "history_decay" in record:
                     meta["history_decay"] = record["history_decay"]
                 self.checkpoints.save_best(
@@ -213,7 +278,7 @@ class _EvalMixin:
                 self.bad_evals += 1
             logger.info(
                 "step %d: dev %s %.4f%s (best %.4f at step %s) %s",
-                self.step,
+                step,
                 EARLY_STOP_METRIC,
                 score,
                 " *" if improved else "",
@@ -221,12 +286,12 @@ class _EvalMixin:
                 self.best_step,
                 json.dumps(record["datasets"]),
             )
-            self._log_scalars({"eval/metric": score}, self.step)
         stop = self.ctx.is_main and self.bad_evals >= self.config.patience
         self.stopped_early = bool(self.ctx.broadcast(stop))
         if self.stopped_early and self.ctx.is_main:
             logger.info(
                 "early stopping at step %d: no improvement in %d evaluations",
-                self.step,
+                step,
                 self.bad_evals,
             )
+        return record

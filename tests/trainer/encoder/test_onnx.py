@@ -1,4 +1,4 @@
-"""Tests for trainer.onnx_export and the ONNX Runtime query backend of trainer.encoder."""
+"""Tests for trainer.encoder.onnx_export and the ONNX Runtime query backend (onnx_tower, load)."""
 
 from __future__ import annotations
 

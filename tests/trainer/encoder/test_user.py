@@ -1,4 +1,5 @@
-"""The user tower: recency-weighted history pooling, its place in the model dir and evaluation."""
+"""The user tower: recency-weighted history pooling and its place in the model dir (its use in
+evaluation: tests/trainer/evaluation/test_recommend.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tests.trainer.evaluation.test_evaluate import TOY, TOY_XB, _interactions
 from trainer.encoder.load import load_encoder
 from trainer.encoder.model_dir import (
     ModelInfo,
@@ -19,7 +19,6 @@ from trainer.encoder.model_dir import (
     write_model_info,
 )
 from trainer.encoder.user import check_history_decay, history_vectors, history_weights, pool_history
-from trainer.evaluation.evaluate import evaluate_recommendation
 
 
 def test_weights_halve_per_step_back_with_decay_one_half() -> None:
@@ -50,21 +49,6 @@ def test_bad_decays_are_refused(bad) -> None:
         check_history_decay(bad)
     with pytest.raises(ValueError, match="ModelInfo.history_decay"):
         ModelInfo(base_model="m", history_decay=bad)
-
-
-def test_evaluation_uses_the_decay() -> None:
-    # history c then d, target c. Mean of c, d = [-0.71, 0.71]: c and d tie, c first (rank 1).
-    # decay 0.3 leans on d = [-1, 0]: d 1st, a last, c ([0, 1]) scores 0.29 → rank 2.
-    train = _interactions({"u": ["c", "d"]}, "train")
-    dev = _interactions({"u": ["c"]}, "dev")
-    mean = evaluate_recommendation(TOY_XB, TOY, train, dev, ks=(10,))
-    assert mean.per_query["u"]["ndcg@10"] == pytest.approx(1.0)
-    assert mean.info["history_decay"] == 1.0
-    recent = evaluate_recommendation(TOY_XB, TOY, train, dev, ks=(10,), history_decay=0.3)
-    assert recent.per_query["u"]["ndcg@10"] == pytest.approx(1 / math.log2(3))
-    assert recent.info["history_decay"] == 0.3
-    with pytest.raises(ValueError, match="history_decay"):
-        evaluate_recommendation(TOY_XB, TOY, train, dev, history_decay=2.0)
 
 
 def test_model_dir_records_the_decay_outside_the_fingerprint(tiny_model_dir, tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for trainer.metrics: hand-computed NDCG, Recall, MRR, standard errors and
+"""Tests for trainer.evaluation.metrics: hand-computed NDCG, Recall, MRR, standard errors and
 evaluate_rankings."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Tests for trainer.batches and trainer.train: graded pairs, batches and masks, mining, one
-step that lowers the loss, exact resume after a kill, early stopping, checkpoints, DDP."""
+"""Tests for trainer.training.batches and the training loop: graded pairs, batches and masks,
+mining, one step that lowers the loss, exact resume after a kill, early stopping, checkpoints,
+DDP."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import train_config
 from trainer.data.catalog import Catalog, read_catalog
 from trainer.data.labels import Interactions, Labels
 from trainer.data.rows import DataError
 from trainer.data.synthetic import write_synthetic_dataset
 from trainer.encoder.load import load_encoder
+from trainer.encoder.user import history_vectors
 from trainer.training.batches import (
     epoch_batches,
     mine_hard_negatives,
@@ -27,15 +30,13 @@ from trainer.training.batches import (
     split_interactions,
     split_labels,
     tokenize,
-    user_vectors,
 )
 from trainer.training.checkpoints import LATEST_NAME, CheckpointDir
 from trainer.training.config import DatasetSpec, TrainConfig, read_config_file
 from trainer.training.losses import sampled_softmax_loss
 from trainer.training.model import build_two_tower
 from trainer.training.prepare import prepare_datasets
-from trainer.training.run import train, train_distributed
-from trainer.training.setup import SimulatedKill
+from trainer.training.run import SimulatedKill, train, train_distributed
 
 
 @pytest.fixture(scope="module")
@@ -51,30 +52,6 @@ def _catalog(ids: list[str]) -> Catalog:
     return Catalog(
         table=pa.table({"item_id": ids, "title": [f"item {i}" for i in ids]}), path="cat"
     )
-
-
-def _config(tmp_path: Path, model: Path, data: dict[str, Path], **kwargs) -> TrainConfig:
-    datasets = kwargs.pop(
-        "datasets",
-        (DatasetSpec(catalog=data["products"], train=data["labels_train"]),),
-    )
-    settings = {
-        "datasets": datasets,
-        "out": tmp_path / "model",
-        "base_model": model,
-        "batch_size": 8,
-        "max_steps": 4,
-        "lr": 1e-3,
-        "warmup_steps": 0,
-        "max_query_length": 16,
-        "max_item_length": 32,
-        "checkpoint_every": 0,
-        "progress": False,
-        "num_threads": 1,
-        "export_onnx": False,  # covered by the CLI test; it costs seconds per run
-        **kwargs,
-    }
-    return TrainConfig(**settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +171,7 @@ def test_recommendation_examples_and_user_vectors() -> None:
     # history_length 1: each user is their last item's (unit) vector.
     np.testing.assert_allclose(batch.user_vectors, np.eye(4, dtype=np.float32)[[0, 1, 2]])
     assert batch.items.tolist() == [1, 2, 0] and not batch.mask.any()
-    xu = user_vectors(np.array([[3.0, 0.0], [0.0, 4.0]], dtype=np.float32), [np.array([0, 1])])
+    xu = history_vectors(np.array([[3.0, 0.0], [0.0, 4.0]], dtype=np.float32), [np.array([0, 1])])
     np.testing.assert_allclose(xu, [[0.6, 0.8]], atol=1e-6)
     with pytest.raises(ValueError, match="not in the catalog"):
         recommend_data("r", catalog, Interactions({"u": ["a", "zz"]}, "x"), history_length=5)
@@ -312,19 +289,21 @@ def test_resume_after_a_kill_matches_a_straight_run(
         "warmup_steps": 2,
         "projection_dim": 16,
     }
-    straight = train(_config(tmp_path / "a", tiny_model_dir, data, **common))
+    straight = train(train_config(tmp_path / "a", tiny_model_dir, data, **common))
 
     def kill_at_3(step: int, logs: dict) -> None:
         if step == 3:
             raise SimulatedKill
 
-    killed = _config(tmp_path / "b", tiny_model_dir, data, checkpoint_every=3, **common)
+    killed = train_config(tmp_path / "b", tiny_model_dir, data, checkpoint_every=3, **common)
     with pytest.raises(SimulatedKill):
         train(killed, on_step=kill_at_3)
     assert not (tmp_path / "b" / "model").exists()
     assert CheckpointDir(killed.checkpoint_root).steps() == [3]
     resumed = train(
-        _config(tmp_path / "b", tiny_model_dir, data, checkpoint_every=3, resume=True, **common)
+        train_config(
+            tmp_path / "b", tiny_model_dir, data, checkpoint_every=3, resume=True, **common
+        )
     )
 
     assert resumed.steps == straight.steps == 6
@@ -343,7 +322,7 @@ def test_early_stopping_exports_the_best(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
     # lr ~ 0: the dev metric never improves after the first evaluation.
-    config = _config(
+    config = train_config(
         tmp_path,
         tiny_model_dir,
         data,
@@ -375,16 +354,16 @@ def test_early_stopping_exports_the_best(
 def test_resume_refuses_other_settings(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
-    config = _config(tmp_path, tiny_model_dir, data, max_steps=2, checkpoint_every=1)
+    config = train_config(tmp_path, tiny_model_dir, data, max_steps=2, checkpoint_every=1)
     train(config)
-    changed = _config(
+    changed = train_config(
         tmp_path, tiny_model_dir, data, max_steps=2, checkpoint_every=1, lr=5e-4, resume=True
     )
     with pytest.raises(ValueError, match="other settings .*lr: 0.001 -> 0.0005"):
         train(changed)
     # A finished run resumed with the same settings just exports again.
     again = train(
-        _config(
+        train_config(
             tmp_path,
             tiny_model_dir,
             data,
@@ -526,7 +505,7 @@ def test_config_files(tmp_path: Path) -> None:
 def test_ddp_two_processes_end_with_identical_parameters(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
-    config = _config(
+    config = train_config(
         tmp_path,
         tiny_model_dir,
         data,
@@ -559,14 +538,14 @@ def test_ddp_two_processes_end_with_identical_parameters(
 
 
 def test_eval_sample_keeps_the_judged_items() -> None:
-    from trainer.training.prepare import _eval_rows
+    from trainer.training.prepare import sample_eval_rows
 
     needed = np.array([5, 7, 7, 99])
-    rows = _eval_rows(1000, needed, 50, seed=0, k=0)
+    rows = sample_eval_rows(1000, needed, 50, seed=0, k=0)
     assert len(rows) == 50 and set(needed.tolist()) <= set(rows.tolist())
     assert np.array_equal(rows, np.unique(rows))  # sorted, no repeats
-    assert np.array_equal(rows, _eval_rows(1000, needed, 50, seed=0, k=0))  # fixed per run
-    assert _eval_rows(40, needed, 50, seed=0, k=0) is None  # small catalog: rank all of it
+    assert np.array_equal(rows, sample_eval_rows(1000, needed, 50, seed=0, k=0))  # fixed per run
+    assert sample_eval_rows(40, needed, 50, seed=0, k=0) is None  # small catalog: rank all of it
 
 
 def test_tensorboard_logs_the_loss_and_the_dev_metric(
@@ -576,7 +555,7 @@ def test_tensorboard_logs_the_loss_and_the_dev_metric(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logs = tmp_path / "tb"
-    config = _config(
+    config = train_config(
         tmp_path,
         tiny_model_dir,
         data,

@@ -1,5 +1,5 @@
 """Training runs that fit the optional parts of a model dir: the user tower's history decay
-and the character-trigram sketch's weight (see trainer.user_tower, trainer.lexical_tower)."""
+and the character-trigram sketch's weight (see trainer.encoder.user, trainer.encoder.trigram)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.trainer.training.test_train import _config
+from tests.helpers import train_config
 from trainer.data.catalog import read_catalog
 from trainer.data.synthetic import write_synthetic_dataset
 from trainer.encoder.load import load_encoder
@@ -29,7 +29,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_fit_history_decay_exports_the_best_decay(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
-    config = _config(
+    config = train_config(
         tmp_path,
         tiny_model_dir,
         data,
@@ -58,7 +58,7 @@ def test_fit_history_decay_exports_the_best_decay(
     meta = json.loads((config.out / "training_metrics.json").read_text())
     assert meta["history_decay"] == chosen
     # Without fitting, the model keeps the training decay.
-    plain = _config(
+    plain = train_config(
         tmp_path / "plain",
         tiny_model_dir,
         data,
@@ -76,7 +76,7 @@ def test_fit_history_decay_exports_the_best_decay(
 def test_lexical_sketch_is_fitted_and_exported(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
-    config = _config(
+    config = train_config(
         tmp_path, tiny_model_dir, data, max_steps=1, holdout_fraction=0.25, lexical_dim=64
     )
     train(config)
@@ -104,7 +104,7 @@ def test_lexical_sketch_is_fitted_and_exported(
     assert lex == pytest.approx(1.0, abs=1e-5)
     assert float(xq[0] @ xb[0]) == pytest.approx((bert + w * lex) / (1 + w), abs=1e-5)
     # A fixed weight is kept as given.
-    fixed = _config(
+    fixed = train_config(
         tmp_path / "fixed", tiny_model_dir, data, max_steps=1, lexical_dim=64, lexical_weight=0.7
     )
     train(fixed)
@@ -118,7 +118,7 @@ def test_lexical_weight_falls_back_when_no_query_can_score_it(
 
     nan = SimpleNamespace(metrics={"ndcg@10": SimpleNamespace(mean=float("nan"))})
     monkeypatch.setattr(train_eval, "evaluate_rankings", lambda *args, **kwargs: nan)
-    config = _config(
+    config = train_config(
         tmp_path, tiny_model_dir, data, max_steps=1, holdout_fraction=0.25, lexical_dim=64
     )
     train(config)  # the trained weights are exported, not lost
