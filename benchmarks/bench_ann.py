@@ -7,11 +7,11 @@ the neighbourhoods stay those of real data (random Gaussian vectors are meaningl
 Queries are the encoded real Home Depot search terms (dev + train splits, a seeded sample).
 
 For each index type and effort setting: recall@10 against exact search (tie-aware, as
-``indexer.tune``), queries/s batched (all queries in one call, every core) and single-query (one
+``indexer.build.tune``), queries/s batched (all queries in one call, every core) and single-query (one
 call per query, p50 latency), build seconds and memory per million items. The types: exact Flat
 (the reference), FAISS HNSW32, IVF-Flat, IVF-SQ8 and IVF-PQ fast-scan (whose top 100 is
 re-scored exactly, as the engine does, with float32, float16 and int8 vector copies), and
-hnswlib (same M and efConstruction) as the peer. Also: the efforts ``indexer.tune`` picks from
+hnswlib (same M and efConstruction) as the peer. Also: the efforts ``indexer.build.tune`` picks from
 perturbed items and from other real queries, and the recall they give on the measured queries.
 
 Embeddings are cached in ``bench-out/cache/`` keyed by model fingerprint, catalog sha256 and
@@ -414,7 +414,7 @@ def _tuning_check(
     recall each gives on the measured queries."""
     out = {}
     sources = {
-        # The build's stand-in (indexer.tune.DEFAULT_NOISE), and real queries not measured.
+        # The build's stand-in (indexer.build.tune.DEFAULT_NOISE), and real queries not measured.
         "perturbed items": perturbed_queries(xb, config.tune_queries, seed=config.seed + 1),
         "real queries": xq_tune,
     }

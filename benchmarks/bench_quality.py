@@ -6,7 +6,7 @@ UniSRec next-item protocol), mean and standard error over queries (users):
 
 * ``bm25s``: the ``bm25s`` package (Lucene BM25, k1=1.5, b=0.75), English stop words and
   Snowball stemming (PyStemmer): the reference baseline.
-* ``lexical``: Aisle's own BM25 channel (``indexer.lexical``), what the engine serves.
+* ``lexical``: Aisle's own BM25 channel (``indexer.lexical.index``), what the engine serves.
 * ``zero-shot``: the packaged all-MiniLM-L6-v2, exact search.
 * ``fine-tuned``: the towers trained by ``aisle-train`` (``--model DIR``, or trained here from
   the preset's training configs and cached under ``OUT/models/<digest>`` so a second run reuses
@@ -15,9 +15,9 @@ UniSRec next-item protocol), mean and standard error over queries (users):
   ESCI (``train_search.toml``) and a recommendation model on Scientific
   (``train_recommend.toml``), as two shops would each train their own.
 * ``hybrid zero-shot`` / ``hybrid fine-tuned``: the dense top 100 and the lexical top 100 fused
-  as the engine fuses them (``engine.fusion.fuse``), with the fusion method and weights chosen
+  as the engine fuses them (``engine.search.fusion.fuse``), with the fusion method and weights chosen
   per model on the slice of the train split that the training run held out for early stopping
-  (the same queries: ``trainer.batches.split_labels`` with the config's fraction and seed), never
+  (the same queries: ``trainer.training.batches.split_labels`` with the config's fraction and seed), never
   on dev.
 * ``popularity`` (Scientific): every user gets the items most interacted with in train.
 
@@ -118,7 +118,7 @@ def parse_model_args(values: Sequence[str], datasets: Sequence[str]) -> dict[str
     return out
 
 
-# The fusion settings tried on the held-out train slice (engine.fusion.FusionParams).
+# The fusion settings tried on the held-out train slice (engine.search.fusion.FusionParams).
 FUSION_GRID: tuple[FusionParams, ...] = (
     *(FusionParams(method="rrf", k_rrf=k) for k in (10, 30, 60)),
     *(FusionParams(method="rrf", k_rrf=60, rrf_weights=w) for w in ((2.0, 1.0), (1.0, 2.0))),
@@ -323,7 +323,7 @@ def load_search_set(name: str, train_config: dict[str, Any] | None) -> SearchSet
             if spec.task == "search" and spec.name == name and spec.dev is None:
                 fraction = train_config.get("holdout_fraction", 0.0)
                 if fraction > 0:
-                    # The same call as trainer.prepare._prepare_search: the same queries.
+                    # The same split as trainer.training.prepare makes for search: the same queries.
                     _, tune = split_labels(
                         read_labels(spec.train), fraction, train_config.get("seed", 0) + k
                     )

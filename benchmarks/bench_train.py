@@ -6,7 +6,7 @@ same (query, item text) pairs (Home Depot train labels, grade 2; texts from
 learning rate, LR warm-up, weight decay, clipping, threads and precision, one after the other,
 each in a fresh process (spawn):
 
-* Aisle: ``trainer.train.train`` with shared towers, query/item lengths 32/64, in-batch
+* Aisle: ``trainer.training.run.train`` with shared towers, query/item lengths 32/64, in-batch
   negatives only (no hard or labeled negatives), logQ correction on, no evaluation, no
   checkpoints, no ONNX export.
 * sentence-transformers, the way its documentation recommends for this loss:

@@ -115,7 +115,7 @@ def ann_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     ]
     if tuning:
         blocks.append(
-            "Effort `indexer.tune` picks for recall 0.95, and what it gives on the measured "
+            "Effort `indexer.build.tune` picks for recall 0.95, and what it gives on the measured "
             "queries\n\n"
             + md_table(["index", "tuned on", "effort", "tuning recall", "measured recall"], tuning)
         )
