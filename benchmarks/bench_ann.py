@@ -7,8 +7,8 @@ the neighbourhoods stay those of real data (random Gaussian vectors are meaningl
 Queries are the encoded real Home Depot search terms (dev + train splits, a seeded sample).
 
 For each index type and effort setting: recall@10 against exact search (tie-aware, as
-``indexer.build.tune``), queries/s batched (all queries in one call, every core) and single-query (one
-call per query, p50 latency), build seconds and memory per million items. The types: exact Flat
+``indexer.build.tune``), queries/s batched (all queries in one call, every core) and single-query
+(one call per query, p50 latency), build seconds and memory per million items. The types: exact Flat
 (the reference), FAISS HNSW32, IVF-Flat, IVF-SQ8 and IVF-PQ fast-scan (whose top 100 is
 re-scored exactly, as the engine does, with float32, float16 and int8 vector copies), and
 hnswlib (same M and efConstruction) as the peer. Also: the efforts ``indexer.build.tune`` picks from

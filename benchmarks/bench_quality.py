@@ -15,10 +15,10 @@ UniSRec next-item protocol), mean and standard error over queries (users):
   ESCI (``train_search.toml``) and a recommendation model on Scientific
   (``train_recommend.toml``), as two shops would each train their own.
 * ``hybrid zero-shot`` / ``hybrid fine-tuned``: the dense top 100 and the lexical top 100 fused
-  as the engine fuses them (``engine.search.fusion.fuse``), with the fusion method and weights chosen
-  per model on the slice of the train split that the training run held out for early stopping
-  (the same queries: ``trainer.training.batches.split_labels`` with the config's fraction and seed), never
-  on dev.
+  as the engine fuses them (``engine.search.fusion.fuse``), with the fusion method and weights
+  chosen per model on the slice of the train split that the training run held out for early
+  stopping (the same queries: ``trainer.training.batches.split_labels`` with the config's
+  fraction and seed), never on dev.
 * ``popularity`` (Scientific): every user gets the items most interacted with in train.
 
 Item vectors are cached by model fingerprint, item length and item texts (``--cache-dir``).
