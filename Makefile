@@ -71,8 +71,9 @@ proto: $(STAMP)
 # a Debian bookworm root file system from debootstrap (deploy/debian-base.sh, as root), imported
 # once as IMAGE_BASE; with a registry, `docker build .` uses python:3.11-slim instead.
 # INSTALL=full builds the indexer variant (with torch); IMAGE_BUILD_ARGS adds buildah options, e.g.
-#   make image INSTALL=full IMAGE=localhost/aisle-full:latest \
-#     IMAGE_BUILD_ARGS="--volume /opt/wheels:/opt/wheels:ro --build-arg WHEELS=/opt/wheels --build-arg TORCH_INDEX="
+#   make image INSTALL=full IMAGE=localhost/aisle-full:latest IMAGE_BUILD_ARGS="--build-arg TORCH_INDEX="
+# (TORCH_INDEX empty: the CPU torch wheel comes from PIP_FIND_LINKS, download.pytorch.org is not
+# reachable here).
 IMAGE ?= localhost/aisle:latest
 IMAGE_BASE ?= localhost/aisle-base:bookworm
 INSTALL ?= serve
@@ -81,17 +82,17 @@ BUILDAH ?= buildah --storage-driver vfs
 # pip inside the build sees what pip sees here: the CA bundle (a TLS-inspecting proxy) and a
 # local wheel directory (the CPU torch wheel), mounted read-only into the RUN steps.
 ifneq ($(PIP_CERT),)
-IMAGE_BUILD_ARGS += --volume $(abspath $(PIP_CERT)):/run/pip-cert.pem:ro --build-arg PIP_CERT=/run/pip-cert.pem
+IMAGE_PIP_ARGS += --volume $(abspath $(PIP_CERT)):/run/pip-cert.pem:ro --build-arg PIP_CERT=/run/pip-cert.pem
 endif
 ifneq ($(PIP_FIND_LINKS),)
-IMAGE_BUILD_ARGS += --volume $(PIP_FIND_LINKS):/run/wheels:ro --build-arg WHEELS=/run/wheels
+IMAGE_PIP_ARGS += --volume $(PIP_FIND_LINKS):/run/wheels:ro --build-arg WHEELS=/run/wheels
 endif
 
 image:
 	$(BUILDAH) inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 \
 		|| deploy/debian-base.sh build/rootfs $(IMAGE_BASE)
 	$(BUILDAH) bud --isolation chroot --format docker --build-arg BASE=$(IMAGE_BASE) \
-		--build-arg INSTALL=$(INSTALL) $(IMAGE_BUILD_ARGS) -f Containerfile -t $(IMAGE) .
+		--build-arg INSTALL=$(INSTALL) $(IMAGE_PIP_ARGS) $(IMAGE_BUILD_ARGS) -f Containerfile -t $(IMAGE) .
 	$(BUILDAH) images $(IMAGE)
 
 clean:
