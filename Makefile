@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FAISS_GPU ?=
 STAMP := $(VENV)/.aisle-installed
 
-.PHONY: install install-serve demo test test-fast bench lint proto clean image
+.PHONY: install install-serve demo test test-fast bench lint proto clean image image-prometheus
 
 install: $(STAMP)
 
@@ -94,6 +94,11 @@ image:
 	$(BUILDAH) bud --isolation chroot --format docker --build-arg BASE=$(IMAGE_BASE) \
 		--build-arg INSTALL=$(INSTALL) $(IMAGE_PIP_ARGS) $(IMAGE_BUILD_ARGS) -f Containerfile -t $(IMAGE) .
 	$(BUILDAH) images $(IMAGE)
+
+# Prometheus for deploy/compose.yaml where docker.io/prom/prometheus cannot be pulled.
+image-prometheus:
+	$(BUILDAH) bud --isolation chroot --format docker --build-arg BASE=$(IMAGE_BASE) \
+		-f deploy/prometheus.Containerfile -t localhost/prometheus:bookworm deploy
 
 clean:
 	rm -rf demo-out .pytest_cache

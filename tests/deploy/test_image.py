@@ -52,7 +52,7 @@ def test_final_stage_is_non_root_with_an_init_and_no_build_inputs():
     final = final_stage(text)
     assert re.search(r"^USER 10001:10001$", final, flags=re.M)
     assert 'ENTRYPOINT ["dumb-init", "--", "aisle-serve"]' in final
-    assert re.search(r'^VOLUME \["/index"\]$', final, flags=re.M)
+    assert re.search(r'^VOLUME \["/index", "/var/lib/aisle"\]$', final, flags=re.M)
     assert "HEALTHCHECK" in final and "/opt/aisle/healthcheck.py" in final
     # Only the build stage's venv comes over: no sources, tests, pip runs or compilers.
     copies = re.findall(r"^COPY .*$", final, flags=re.M)

@@ -262,7 +262,11 @@ def test_images_are_rewritten_and_the_reindex_job_submits_its_own_image(rendered
     assert env["SPARK_IMAGE"]["value"] == container["image"]
     script = container["args"][0]
     assert "--master k8s://https://kubernetes.default.svc" in script
-    assert '--shards "$SHARDS"' in script and "client.reload()" in script
+    assert '--shards "$SHARDS"' in script and ".reload()" in script
+    # The Reload step is Python in a heredoc: at least it must compile.
+    python = script.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    assert "AisleClient(" in python
+    compile(python, "reindex.yaml: Reload step", "exec")
     assert env["SHARDS"]["valueFrom"]["configMapKeyRef"]["key"] == "shards"
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
 
@@ -303,3 +307,28 @@ def test_render_refuses_kustomize_features_it_does_not_implement(tmp_path):
     (tmp_path / "p.yaml").write_text("kind: Service\nmetadata: {name: nothing}\n")
     with pytest.raises(ValueError, match="matches no object"):
         render(tmp_path)
+
+
+def test_the_reindex_job_reloads_every_router_and_speaks_their_tls(rendered):
+    cron = named(rendered, "CronJob", "aisle-reindex")
+    pod = pod_specs(cron)[0]
+    script = pod["containers"][0]["args"][0]
+    assert 'getaddrinfo("aisle-router-pods", 50051' in script
+    pods_service = named(rendered, "Service", "aisle-router-pods")
+    assert pods_service["spec"]["clusterIP"] == "None"
+    router = named(rendered, "Deployment", "aisle-router")
+    assert selects(
+        pods_service["spec"]["selector"], router["spec"]["template"]["metadata"]["labels"]
+    )
+    (container,) = pod_specs(router)[0]["containers"]
+    tls_cert = arg(container, "--tls-cert")
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    if tls_cert is None:
+        assert "/etc/aisle/tls" not in mounts
+        return
+    # The job trusts the CA of the Secret the router's certificate comes from.
+    router_mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    tls_dir = str(Path(tls_cert).parent)
+    router_secret = {v["name"]: v for v in pod_specs(router)[0]["volumes"]}[router_mounts[tls_dir]]
+    job_secret = {v["name"]: v for v in pod["volumes"]}[mounts["/etc/aisle/tls"]]
+    assert job_secret["secret"]["secretName"] == router_secret["secret"]["secretName"]
