@@ -10,11 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.kustomize import pod_specs, render, strategic_merge
-
-kubernetes_validate = pytest.importorskip(
-    "kubernetes_validate", reason="the dev extra (kubernetes-validate) is not installed"
-)
+from tests.deploy.kustomize import pod_specs, render
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -53,7 +49,15 @@ def rendered(request) -> list[dict[str, Any]]:
     return render(K8S / request.param)
 
 
+def validator():
+    """kubernetes-validate (the dev extra): only the schema checks need it."""
+    return pytest.importorskip(
+        "kubernetes_validate", reason="the dev extra (kubernetes-validate) is not installed"
+    )
+
+
 def test_every_object_validates_against_the_kubernetes_schemas(rendered):
+    kubernetes_validate = validator()
     for version in K8S_VERSIONS:
         for obj in rendered:
             # strict: unknown fields (a typo, a field in the wrong place) are errors too.
@@ -62,6 +66,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered):
 
 def test_the_validator_rejects_a_broken_object():
     # The check above is only worth something if the offline schemas catch mistakes.
+    kubernetes_validate = validator()
     deployment = named(render(K8S / "overlays/small"), "Deployment", "aisle-router")
     broken = copy.deepcopy(deployment)
     broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "x"
@@ -279,34 +284,6 @@ def test_overlays_differ_where_they_should():
         assert statefulset["spec"]["replicas"] == 3
     binding = named(large, "RoleBinding", "aisle-spark")
     assert binding["subjects"][0]["namespace"] == "aisle"
-
-
-# The renderer itself: the features the overlays rely on, checked on small inputs.
-
-
-def test_strategic_merge_merges_containers_by_name_and_replaces_scalar_lists():
-    base = {"containers": [{"name": "a", "args": ["x", "y"], "env": [{"name": "E", "value": "1"}]}]}
-    patch = {"containers": [{"name": "a", "args": ["z"], "env": [{"name": "F", "value": "2"}]}]}
-    merged = strategic_merge(base, patch)
-    assert merged["containers"][0]["args"] == ["z"]
-    assert [e["name"] for e in merged["containers"][0]["env"]] == ["E", "F"]
-    assert base["containers"][0]["args"] == ["x", "y"]  # inputs are not modified
-
-
-def test_strategic_merge_patch_replace_drops_the_old_map():
-    base = {"readinessProbe": {"grpc": {"port": 1}, "periodSeconds": 5}}
-    patch = {"readinessProbe": {"$patch": "replace", "exec": {"command": ["true"]}}}
-    assert strategic_merge(base, patch) == {"readinessProbe": {"exec": {"command": ["true"]}}}
-
-
-def test_render_refuses_kustomize_features_it_does_not_implement(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text("resources: []\nreplicas: []\n")
-    with pytest.raises(ValueError, match="replicas"):
-        render(tmp_path)
-    (tmp_path / "kustomization.yaml").write_text("patches:\n  - path: p.yaml\n")
-    (tmp_path / "p.yaml").write_text("kind: Service\nmetadata: {name: nothing}\n")
-    with pytest.raises(ValueError, match="matches no object"):
-        render(tmp_path)
 
 
 def test_the_reindex_job_reloads_every_router_and_speaks_their_tls(rendered):
