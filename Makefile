@@ -67,7 +67,7 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
 
-# The container image (Containerfile), built with buildah: no Docker daemon, no registry. The base is
+# The container image (deploy/Containerfile), built with buildah: no Docker daemon, no registry. The base is
 # a Debian bookworm root file system from debootstrap (deploy/debian-base.sh, as root), imported
 # once as IMAGE_BASE; with a registry, `docker build .` uses python:3.11-slim instead.
 # INSTALL=full builds the indexer variant (with torch); IMAGE_BUILD_ARGS adds buildah options, e.g.
@@ -92,7 +92,7 @@ image:
 	$(BUILDAH) inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 \
 		|| deploy/debian-base.sh build/rootfs $(IMAGE_BASE)
 	$(BUILDAH) bud --isolation chroot --format docker --build-arg BASE=$(IMAGE_BASE) \
-		--build-arg INSTALL=$(INSTALL) $(IMAGE_PIP_ARGS) $(IMAGE_BUILD_ARGS) -f Containerfile -t $(IMAGE) .
+		--build-arg INSTALL=$(INSTALL) $(IMAGE_PIP_ARGS) $(IMAGE_BUILD_ARGS) -f deploy/Containerfile -t $(IMAGE) .
 	$(BUILDAH) images $(IMAGE)
 
 # Prometheus for deploy/compose.yaml where docker.io/prom/prometheus cannot be pulled.

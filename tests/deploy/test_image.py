@@ -47,7 +47,7 @@ def final_stage(containerfile: str) -> str:
 
 
 def test_final_stage_is_non_root_with_an_init_and_no_build_inputs():
-    text = (ROOT / "Containerfile").read_text()
+    text = (ROOT / "deploy" / "Containerfile").read_text()
     assert re.search(r"^ARG BASE=python:3\.11-slim$", text, flags=re.M)
     final = final_stage(text)
     assert re.search(r"^USER 10001:10001$", final, flags=re.M)
@@ -65,7 +65,7 @@ def test_build_context_leaves_out_tests_and_local_state():
     assert "*" in ignore  # everything is left out unless a "!" line lets it in
     included = {line[1:] for line in ignore if line.startswith("!")}
     assert "tests" not in included and ".venv" not in included
-    copied = re.findall(r"^COPY (?!--from)(.*) \S+$", (ROOT / "Containerfile").read_text(), re.M)
+    copied = re.findall(r"^COPY (?!--from)(.*) \S+$", (ROOT / "deploy" / "Containerfile").read_text(), re.M)
     for sources in copied:
         for source in sources.split():
             assert source in included, f"{source} is copied but not in the build context"
