@@ -65,7 +65,9 @@ def test_build_context_leaves_out_tests_and_local_state():
     assert "*" in ignore  # everything is left out unless a "!" line lets it in
     included = {line[1:] for line in ignore if line.startswith("!")}
     assert "tests" not in included and ".venv" not in included
-    copied = re.findall(r"^COPY (?!--from)(.*) \S+$", (ROOT / "deploy" / "Containerfile").read_text(), re.M)
+    copied = re.findall(
+        r"^COPY (?!--from)(.*) \S+$", (ROOT / "deploy" / "Containerfile").read_text(), re.M
+    )
     for sources in copied:
         for source in sources.split():
             assert source in included, f"{source} is copied but not in the build context"
