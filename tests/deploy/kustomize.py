@@ -1,10 +1,12 @@
 """Render a kustomization offline: the subset of kustomize that deploy/k8s uses, and no more.
 
-kustomize is a Go binary the test machines lack, so the tests render the overlays with this:
+The tests must not depend on the kustomize binary (or kubectl, which embeds it), so they render
+the overlays with this:
 `resources` (files and directories with their own kustomization.yaml), `patches` (strategic
 merge patches, optionally with a `target` whose name is a regex), `images`, `namespace` and
 `labels` (metadata only). Any other field raises, so an overlay cannot silently use a feature
-this renderer would ignore. `kubectl kustomize DIR` gives the same objects.
+this renderer would ignore. Where kubectl is installed, tests/deploy/test_kustomize.py checks that
+`kubectl kustomize DIR` gives the same objects.
 """
 
 from __future__ import annotations
@@ -55,14 +57,15 @@ def strategic_merge(base: Any, patch: Any, key: str | None = None) -> Any:
     if isinstance(patch, list) and isinstance(base, list) and key in MERGE_KEYS:
         merge_key = MERGE_KEYS[key]
         merged = copy.deepcopy(base)
+        added = []
         for item in patch:
             for i, existing in enumerate(merged):
                 if existing.get(merge_key) == item.get(merge_key):
                     merged[i] = strategic_merge(existing, item)
                     break
             else:
-                merged.append(copy.deepcopy(item))
-        return merged
+                added.append(copy.deepcopy(item))
+        return added + merged  # new items first, in patch order, as kustomize 5 puts them
     return copy.deepcopy(patch)
 
 
