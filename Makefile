@@ -62,7 +62,7 @@ bench: $(BENCH_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check engine indexer trainer benchmarks tests proto/generate.py
+	$(BIN)/ruff format --check engine indexer trainer benchmarks tests proto/generate.py deploy
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
