@@ -44,8 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model",
         type=Path,
         default=None,
-        help="model dir to encode queries with (default: the model the index manifest names; "
-        "it must be the model the index was built with)",
+        help="model dir to encode queries with; it must be the model the index was built with "
+        "(default: the manifest's model path if it exists here, else ROOT/models/<fingerprint>, "
+        "$AISLE_MODELS/<fingerprint>, or the packaged base model when it is that model)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one")

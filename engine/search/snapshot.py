@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from indexer.storage.manifest import IndexFormatError, load_manifest
 from indexer.storage.sharding import shard_of
 from indexer.version import IndexVersion
 from trainer.encoder.load import Encoder, load_encoder
-from trainer.encoder.model_dir import model_fingerprint
+from trainer.encoder.model_dir import default_model_dir, model_fingerprint
 from trainer.text import item_text
 
 log = logging.getLogger(__name__)
@@ -84,19 +85,60 @@ def local_snapshot(
     )
 
 
+MODELS_ENV = "AISLE_MODELS"
+MODELS_DIR = "models"
+
+
+def find_model_dir(version_dir: Path) -> Path:
+    """The model dir an index version was built with, looked up on this machine.
+
+    An index built elsewhere (in CI, on a build cluster) names its model by an absolute path
+    that may not exist here; the model is then found by its content fingerprint, in order:
+
+    1. the manifest's ``model_path``, when that dir exists;
+    2. ``ROOT/models/<fingerprint>/``: a model copied beside the index root's ``versions/``;
+    3. ``<dir>/<fingerprint>/`` for each dir of ``$AISLE_MODELS`` (``os.pathsep``-separated);
+    4. the packaged base model (all-MiniLM-L6-v2), when the fingerprint is its own.
+
+    ``<fingerprint>`` is the manifest's ``model_fingerprint`` (``aisle-index info ROOT`` prints
+    it). The fingerprint of the dir found is checked when the index opens.
+
+    Raises:
+        IndexFormatError: no candidate exists; the message lists where it looked.
+    """
+    manifest = load_manifest(version_dir / "manifest.json")
+    fingerprint = manifest.model_fingerprint
+    candidates = [Path(manifest.model_path)]
+    if version_dir.parent.name == "versions":
+        candidates.append(version_dir.parent.parent / MODELS_DIR / fingerprint)
+    for base in filter(None, os.environ.get(MODELS_ENV, "").split(os.pathsep)):
+        candidates.append(Path(base) / fingerprint)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    try:
+        packaged = default_model_dir()
+        if model_fingerprint(packaged) == fingerprint:
+            return packaged
+    except ValueError:
+        pass  # the packaged model is not installed, or not readable
+    tried = ", ".join(str(c) for c in candidates)
+    raise IndexFormatError(
+        f"{version_dir}: the model it was built with (fingerprint {fingerprint[:12]}) is not on "
+        f"this machine (looked in {tried}, and the packaged base model); pass --model DIR with "
+        f"a copy of that model, or put the copy at ROOT/{MODELS_DIR}/{fingerprint} or "
+        f"${MODELS_ENV}/{fingerprint}"
+    )
+
+
 def open_model(
     version_dir: Path, model_dir: str | Path | None, encoding: EncodingConfig | None
 ) -> tuple[str, Encoder]:
     """(fingerprint, query encoder) of ``model_dir``, or without it of the model the index
-    version's manifest names; IndexFormatError when that model is not on this machine."""
+    version was built with (``find_model_dir``)."""
     encoding = encoding or EncodingConfig()
     if model_dir is None:
-        model_dir = Path(load_manifest(version_dir / "manifest.json").model_path)
-        if not model_dir.exists():
-            raise IndexFormatError(
-                f"{version_dir}: the model it was built with ({model_dir}) is not on this machine; "
-                "pass --model DIR with a copy of that model"
-            )
+        model_dir = find_model_dir(version_dir)
     fingerprint = model_fingerprint(model_dir)
     encoder = load_encoder(
         model_dir, backend=encoding.backend, num_threads=encoding.encoder_threads
@@ -112,8 +154,9 @@ def load_snapshot(
 ) -> Snapshot:
     """Open an index (root or version dir) and the model that embedded it.
 
-    Without `model_dir` the manifest's model path is used. Raises IndexFormatError when the index
-    is corrupt, or when the model does not match the one the index was built with. The query
+    Without `model_dir` the model is looked up as ``find_model_dir`` says. Raises
+    IndexFormatError when the index is corrupt, or when the model does not match the one the
+    index was built with. The query
     encoder backend and threads come from `encoding` (ONNX Runtime when the model dir has the
     export: no torch in the serving process until an item text must be encoded).
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import grpc
 import pytest
 
 from engine.client import AisleClient
+from engine.search.snapshot import MODELS_ENV, find_model_dir
 from engine.server import ServerConfig, create_server
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
@@ -102,3 +104,33 @@ def test_a_moved_model_needs_model_flag(own_root, tmp_path, tiny_model_dir) -> N
     # A byte-identical copy of the model is the same model: it is accepted.
     server = create_server(ServerConfig(index=own_root, model=moved, port=0))
     server.stop(0)
+
+
+def test_a_moved_model_is_found_by_its_fingerprint(
+    own_root, tmp_path, tiny_model_dir, monkeypatch
+) -> None:
+    # An index copied to another machine: the manifest's model path does not exist there.
+    manifest_path = _version_dir(own_root) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    fingerprint = manifest["model_fingerprint"]
+    manifest["model_path"] = str(tmp_path / "gone")
+    manifest_path.write_text(json.dumps(manifest))
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+    # 1. beside the index root's versions/, named by the fingerprint
+    shutil.copytree(tiny_model_dir, own_root / "models" / fingerprint)
+    assert find_model_dir(_version_dir(own_root)) == own_root / "models" / fingerprint
+    server = create_server(ServerConfig(index=own_root, port=0))
+    server.stop(0)
+    shutil.rmtree(own_root / "models")
+    # 2. in a directory of models named by $AISLE_MODELS
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / fingerprint)
+    monkeypatch.setenv(MODELS_ENV, f"{tmp_path / 'nowhere'}{os.pathsep}{tmp_path / 'models'}")
+    assert find_model_dir(_version_dir(own_root)) == tmp_path / "models" / fingerprint
+    monkeypatch.delenv(MODELS_ENV)
+    # 3. the packaged base model, when the fingerprint is its own (here: the tiny model)
+    monkeypatch.setattr("engine.search.snapshot.default_model_dir", lambda: tiny_model_dir)
+    assert find_model_dir(_version_dir(own_root)) == tiny_model_dir
+    other = make_tiny_model(tmp_path / "other_model", seed=1)
+    monkeypatch.setattr("engine.search.snapshot.default_model_dir", lambda: other)
+    with pytest.raises(IndexFormatError, match=f"models/{fingerprint}"):
+        find_model_dir(_version_dir(own_root))
