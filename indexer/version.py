@@ -28,6 +28,7 @@ from indexer.storage.manifest import (
 __all__ = [
     "SEARCH_PARAMS",
     "IndexVersion",
+    "merge_topk",
     "search_parameters",
     "vector_files",
     "vector_kind",
@@ -40,7 +41,7 @@ SEARCH_PARAMS = ("nprobe", "efSearch")
 # one query at a time, ~8x slower at batch 64 with the same results.
 _BLAS_THRESHOLD = 16
 _MISSING_SCORE = np.float32(-np.finfo(np.float32).max)  # FAISS's own "no result" score for IP
-# Suffix of a shard's vectors file -> encoding (names written by rerank.VectorStore.save).
+# Suffix of a shard's vectors file -> encoding (names written by VectorStore.save).
 _VECTOR_SUFFIXES = {".vectors.npy": "f32", ".vectors_f16.npy": "f16", ".vectors_i8.npy": "i8"}
 
 
@@ -258,7 +259,7 @@ class IndexVersion:
         return self._shard_rows[shard]
 
     def vector_store(self, shard: int | None = None) -> VectorStore:
-        """The stored vectors as an ``indexer.rerank.VectorStore`` (in ``vector_kind``).
+        """The stored vectors as an ``indexer.rerank.vectors.VectorStore`` (in ``vector_kind``).
 
         Args:
             shard: None for a global view indexed by global row (what ``rerank`` takes), or a
@@ -358,13 +359,23 @@ class IndexVersion:
             D_s, I_s = index.search(xq, min(k, info.count), params=sp)
             D_parts.append(D_s)
             I_parts.append(I_s)
-        return _merge_topk(D_parts, I_parts, nq, k)
+        return merge_topk(D_parts, I_parts, nq, k)
 
 
-def _merge_topk(
+def merge_topk(
     D_parts: list[np.ndarray], I_parts: list[np.ndarray], nq: int, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard results (nq, k_s) into the global top-k, ties broken by lower row."""
+    """Merge partial results (per shard, or base and delta) into one top-k per query.
+
+    Args:
+        D_parts: (nq, k_p) float32 scores of each part.
+        I_parts: (nq, k_p) int rows of each part; -1 = no result (its score is ignored).
+        nq: queries; k: results per query, >= 1.
+
+    Returns:
+        D: (nq, k) float32 scores, descending (ties by lower row); padding -FLT_MAX.
+        I: (nq, k) int64 rows; padding -1.
+    """
     D = np.full((nq, k), _MISSING_SCORE, dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)  # noqa: E741 - FAISS notation
     if not D_parts:

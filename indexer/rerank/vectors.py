@@ -1,7 +1,7 @@
 """Stored item vectors for exact re-scoring, in float32, float16 or int8 encoding.
 
 ``VectorStore`` holds the vectors by global row, scores a query against rows with the numba
-kernels of ``indexer.kernels``, decodes rows back to float32, and saves / loads its files.
+kernels of ``indexer.rerank.kernels``, decodes rows back to float32, and saves / loads its files.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from indexer.rerank import kernels
 from indexer.storage.manifest import IndexFormatError
 
-__all__ = ["VECTOR_KINDS", "VectorStore"]
+__all__ = ["VECTOR_KINDS", "VectorStore", "as_query"]
 
 VECTOR_KINDS = ("f32", "f16", "i8")
 _F16_MAX = 65504.0
@@ -86,7 +86,7 @@ class VectorStore:
 
     @classmethod
     def from_index(cls, version: Any, kind: str = "f32", *, chunk: int = 65536) -> VectorStore:
-        """Gather every stored vector of an opened ``indexer.store.IndexVersion`` by global row."""
+        """Gather every stored vector of an opened ``IndexVersion`` by global row."""
         n, dim = version.n_items, version.dim
         parts = []
         for start in range(0, n, chunk):  # chunks bound the float32 copy for compact kinds
@@ -119,7 +119,7 @@ class VectorStore:
         Returns:
             (m,) float32; -inf for -1 rows.
         """
-        xq = _as_query(xq, self.dim)
+        xq = as_query(xq, self.dim)
         rows = self.check_rows(rows)
         if self.kind == "f32":
             return kernels.exact_scores_f32(xq, self.data, rows)
@@ -193,7 +193,9 @@ def _file_names(prefix: str, kind: str) -> list[str]:
     raise ValueError(f"vector kind must be one of {VECTOR_KINDS}, got {kind!r}")
 
 
-def _as_query(xq: np.ndarray, dim: int) -> np.ndarray:
+def as_query(xq: np.ndarray, dim: int) -> np.ndarray:
+    """One query as a contiguous (dim,) float32 vector ((1, dim) is accepted); ValueError
+    otherwise."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     if xq.ndim == 2 and xq.shape[0] == 1:
         xq = xq[0]
