@@ -28,6 +28,7 @@ from indexer.storage.manifest import (
 __all__ = [
     "SEARCH_PARAMS",
     "IndexVersion",
+    "check_queries",
     "merge_topk",
     "search_parameters",
     "vector_files",
@@ -322,13 +323,7 @@ class IndexVersion:
             D: (nq, k) float32 scores, descending (ties by lower row); padding is -FLT_MAX.
             I: (nq, k) int64 global rows; padding is -1.
         """
-        xq = np.asarray(xq)
-        if xq.ndim != 2 or xq.shape[1] != self.dim:
-            raise ValueError(f"xq must have shape (nq, {self.dim}), got {xq.shape}")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        k = int(k)
-        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        xq, k = check_queries(xq, k, self.dim)
         # search_defaults also records how the effort was tuned (measured_recall, ...): only
         # the search parameters in it apply.
         defaults = {
@@ -360,6 +355,17 @@ class IndexVersion:
             D_parts.append(D_s)
             I_parts.append(I_s)
         return merge_topk(D_parts, I_parts, nq, k)
+
+
+def check_queries(xq: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, int]:
+    """The arguments of a ``search``: ``xq`` as C-contiguous (nq, dim) float32 and ``k`` as an
+    int >= 1; ValueError otherwise."""
+    xq = np.asarray(xq)
+    if xq.ndim != 2 or xq.shape[1] != dim:
+        raise ValueError(f"xq must have shape (nq, {dim}), got {xq.shape}")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return np.ascontiguousarray(xq, dtype=np.float32), int(k)
 
 
 def merge_topk(

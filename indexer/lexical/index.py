@@ -91,9 +91,9 @@ class LexicalIndex:
         self.n_docs = built.n_docs  # N at build time (frozen, see the module docstring)
         self.avg_doc_len = built.avg_doc_len
         self.n_build_terms = len(built.df)
+        self._built = built  # what ``save`` writes
         self._vocab = built.vocab  # term -> id; writers append ids for new terms (atomic dict ops)
-        self._df = built.df
-        self._idf = idf(self._df.astype(np.float64), self.n_docs)  # (n_build_terms,) float64
+        self._idf = idf(built.df.astype(np.float64), self.n_docs)  # (n_build_terms,) float64
         self._state = _State(shards=built.shards, segments=())
         self._write_lock = threading.Lock()
         # Writer-only bookkeeping, read and changed under _write_lock only. Build rows by global
@@ -216,15 +216,7 @@ class LexicalIndex:
             )
         if any(p is None for p in state.shards):
             raise ValueError("save needs every shard loaded (this index was loaded with shards=)")
-        built = LexicalBuild(
-            params=self.params,
-            vocab=self._vocab,
-            df=self._df,
-            n_docs=self.n_docs,
-            avg_doc_len=self.avg_doc_len,
-            shards=state.shards,
-        )
-        return write_lexical(directory, built)
+        return write_lexical(directory, self._built)  # no live change: still what it holds
 
     @classmethod
     def load(cls, directory: str | Path, *, shards: Sequence[int] | None = None) -> LexicalIndex:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from indexer.rerank.columns import ItemColumns
 from indexer.rerank.vectors import VectorStore
-from indexer.version import IndexVersion, merge_topk
+from indexer.version import IndexVersion, check_queries, merge_topk
 
 __all__ = ["GrowableRows", "LiveState", "LiveView", "RescoringStore", "UnknownItemError"]
 
@@ -341,13 +341,7 @@ class LiveView:
             D: (nq, k) float32 scores, descending (ties by lower row); padding -FLT_MAX.
             I: (nq, k) int64 rows; padding -1.
         """
-        xq = np.asarray(xq)
-        if xq.ndim != 2 or xq.shape[1] != self.dim:
-            raise ValueError(f"xq must have shape (nq, {self.dim}), got {xq.shape}")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        k = int(k)
-        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        xq, k = check_queries(xq, k, self.dim)
         nq = len(xq)
         state = self._state
         D_parts, I_parts = [], []

@@ -94,7 +94,7 @@ def rerank(
     score = sim
     if boost is not None and boost.is_active:
         score = kernels.boost_scores(sim, candidates, columns.signals, boost.weights)
-    positions = _select(score, candidates, k, store, columns, diversity)
+    positions = select(score, candidates, k, store, columns, diversity)
     n_out = len(positions)
     D[:n_out] = score[positions]
     I[:n_out] = candidates[positions]
@@ -102,7 +102,7 @@ def rerank(
     return D, I, sim_out
 
 
-def _select(
+def select(
     score: np.ndarray,
     candidates: np.ndarray,
     k: int,
@@ -110,7 +110,9 @@ def _select(
     columns: ItemColumns,
     diversity: DiversitySpec | None,
 ) -> np.ndarray:
-    """Positions of the results in ``candidates``, in result order."""
+    """Positions of the top-k of (m,) float32 ``score`` over (m,) int64 ``candidates``, in result
+    order, with the diversity rules applied: ``rerank``'s last step, and for callers that score
+    candidates their own way (hybrid fusion) but want the same top-k, category cap and MMR."""
     if diversity is None or not diversity.is_active:
         return kernels.topk_indices(score, candidates, k)
     use_mmr = diversity.mmr_lambda > 0
@@ -131,20 +133,6 @@ def _select(
         )
         positions = positions[picked]
     return positions
-
-
-def select(
-    score: np.ndarray,
-    candidates: np.ndarray,
-    k: int,
-    store: VectorStore,
-    columns: ItemColumns,
-    diversity: DiversitySpec | None,
-) -> np.ndarray:
-    """Positions of the top-k of (m,) float32 ``score`` over (m,) int64 ``candidates``, in result
-    order, with the diversity rules applied: for callers that score candidates their own way
-    (hybrid fusion) but want the same top-k, category cap and MMR as ``rerank``."""
-    return _select(score, candidates, k, store, columns, diversity)
 
 
 def search_and_rerank(
