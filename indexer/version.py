@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.rerank.vectors import VECTOR_KINDS, VectorStore
+from indexer.rerank.vectors import VECTOR_KINDS, VectorStore, vector_file_names
 from indexer.storage.layout import ITEMS_FILE, resolve_version_dir
 from indexer.storage.manifest import (
     MANIFEST_NAME,
@@ -43,7 +43,7 @@ SEARCH_PARAMS = ("nprobe", "efSearch")
 _BLAS_THRESHOLD = 16
 _MISSING_SCORE = np.float32(-np.finfo(np.float32).max)  # FAISS's own "no result" score for IP
 # Suffix of a shard's vectors file -> encoding (names written by VectorStore.save).
-_VECTOR_SUFFIXES = {".vectors.npy": "f32", ".vectors_f16.npy": "f16", ".vectors_i8.npy": "i8"}
+_VECTOR_SUFFIXES = {vector_file_names("", kind)[0]: kind for kind in VECTOR_KINDS}
 
 
 def vector_files(shard: int, kind: str = "f32") -> list[str]:
@@ -51,11 +51,7 @@ def vector_files(shard: int, kind: str = "f32") -> list[str]:
     (``ShardInfo.vectors_file``), then the i8 scales file. f32: ``shard_000.vectors.npy``;
     f16: ``shard_000.vectors_f16.npy``; i8: ``shard_000.vectors_i8.npy`` + ``shard_000.scales.npy``.
     """
-    if kind not in VECTOR_KINDS:
-        raise ValueError(f"vector kind must be one of {VECTOR_KINDS}, got {kind!r}")
-    prefix = f"shard_{shard:03d}"
-    suffix = next(sfx for sfx, k in _VECTOR_SUFFIXES.items() if k == kind)
-    return [prefix + suffix] + ([f"{prefix}.scales.npy"] if kind == "i8" else [])
+    return vector_file_names(f"shard_{shard:03d}", kind)
 
 
 def vector_kind(vectors_file: str) -> tuple[str, str]:

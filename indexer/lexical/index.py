@@ -271,7 +271,6 @@ class LexicalIndex:
         state = self._state  # one snapshot for the whole search
         if shards is None:
             wanted = [s for s, p in enumerate(state.shards) if p is not None]
-            segment_filter = None if len(wanted) == self.n_shards else np.asarray(wanted)
         else:
             wanted = sorted({int(s) for s in shards})
             for s in wanted:
@@ -279,7 +278,7 @@ class LexicalIndex:
                     raise ValueError(
                         f"shard {s} is not loaded (loaded: {list(self.loaded_shards)})"
                     )
-            segment_filter = None if len(wanted) == self.n_shards else np.asarray(wanted)
+        segment_filter = None if len(wanted) == self.n_shards else np.asarray(wanted)
         term_ids = self.term_ids(query) if isinstance(query, str) else np.asarray(query, np.int64)
         parts = [top_k(state.shards[s], term_ids, k, None) for s in wanted]  # type: ignore[arg-type]
         parts += [top_k(seg, term_ids, k, segment_filter) for seg in state.segments]

@@ -14,7 +14,7 @@ import numpy as np
 from indexer.rerank import kernels
 from indexer.storage.manifest import IndexFormatError
 
-__all__ = ["VECTOR_KINDS", "VectorStore", "as_query"]
+__all__ = ["VECTOR_KINDS", "VectorStore", "as_query", "vector_file_names"]
 
 VECTOR_KINDS = ("f32", "f16", "i8")
 _F16_MAX = 65504.0
@@ -143,7 +143,7 @@ class VectorStore:
         float16) or ``<prefix>.vectors_i8.npy`` + ``<prefix>.scales.npy`` (i8) into
         ``directory``; returns the file names written (for the manifest checksums)."""
         directory = Path(directory)
-        names = _file_names(prefix, self.kind)
+        names = vector_file_names(prefix, self.kind)
         data = self.data.view(np.float16) if self.kind == "f16" else self.data
         np.save(directory / names[0], data, allow_pickle=False)
         if self.scales is not None:
@@ -163,13 +163,13 @@ class VectorStore:
         """
         directory = Path(directory)
         kinds = [kind] if kind is not None else VECTOR_KINDS
-        found = [k for k in kinds if (directory / _file_names(prefix, k)[0]).is_file()]
+        found = [k for k in kinds if (directory / vector_file_names(prefix, k)[0]).is_file()]
         if len(found) != 1:
-            wanted = [_file_names(prefix, k)[0] for k in kinds]
+            wanted = [vector_file_names(prefix, k)[0] for k in kinds]
             problem = "none of" if not found else "several of"
             raise IndexFormatError(f"{directory}: found {problem} {wanted}; pass kind=")
         kind = found[0]
-        names = _file_names(prefix, kind)
+        names = vector_file_names(prefix, kind)
         try:
             arrays = [
                 np.load(directory / name, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -183,7 +183,9 @@ class VectorStore:
             ) from e
 
 
-def _file_names(prefix: str, kind: str) -> list[str]:
+def vector_file_names(prefix: str, kind: str) -> list[str]:
+    """The files ``VectorStore.save`` writes for ``prefix`` in encoding ``kind``: the vectors
+    file first, then (i8) the scales file."""
     if kind == "f32":
         return [f"{prefix}.vectors.npy"]  # the same name as the f32 vectors beside each shard
     if kind == "f16":
