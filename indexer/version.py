@@ -367,17 +367,8 @@ def check_queries(xq: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, int]:
 def merge_topk(
     D_parts: list[np.ndarray], I_parts: list[np.ndarray], nq: int, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Merge partial results (per shard, or base and delta) into one top-k per query.
-
-    Args:
-        D_parts: (nq, k_p) float32 scores of each part.
-        I_parts: (nq, k_p) int rows of each part; -1 = no result (its score is ignored).
-        nq: queries; k: results per query, >= 1.
-
-    Returns:
-        D: (nq, k) float32 scores, descending (ties by lower row); padding -FLT_MAX.
-        I: (nq, k) int64 rows; padding -1.
-    """
+    """Merge parts (per shard, or base and delta) of (nq, k_p) float32 scores and int rows (-1 =
+    none) into the (nq, k) top-k: scores descending, ties by lower row, padded (-FLT_MAX, -1)."""
     D = np.full((nq, k), _MISSING_SCORE, dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)  # noqa: E741 - FAISS notation
     if not D_parts:

@@ -14,18 +14,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = [
-    "BM25Params",
-    "Postings",
-    "build_shards",
-    "document_postings",
-    "finish",
-    "idf",
-    "live_postings",
-    "top_k",
-    "weights",
-]
-
 _MISSING_SCORE = np.float32(-np.finfo(np.float32).max)  # padding score, as IndexVersion.search
 
 
