@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.rerank.vectors import VECTOR_KINDS, VectorStore
+from indexer.rerank.vectors import VECTOR_KINDS, VectorStore, vector_file_names
 from indexer.storage.layout import ITEMS_FILE, resolve_version_dir
 from indexer.storage.manifest import (
     MANIFEST_NAME,
@@ -28,6 +28,8 @@ from indexer.storage.manifest import (
 __all__ = [
     "SEARCH_PARAMS",
     "IndexVersion",
+    "check_queries",
+    "merge_topk",
     "search_parameters",
     "vector_files",
     "vector_kind",
@@ -40,8 +42,8 @@ SEARCH_PARAMS = ("nprobe", "efSearch")
 # one query at a time, ~8x slower at batch 64 with the same results.
 _BLAS_THRESHOLD = 16
 _MISSING_SCORE = np.float32(-np.finfo(np.float32).max)  # FAISS's own "no result" score for IP
-# Suffix of a shard's vectors file -> encoding (names written by rerank.VectorStore.save).
-_VECTOR_SUFFIXES = {".vectors.npy": "f32", ".vectors_f16.npy": "f16", ".vectors_i8.npy": "i8"}
+# Suffix of a shard's vectors file -> encoding (names written by VectorStore.save).
+_VECTOR_SUFFIXES = {vector_file_names("", kind)[0]: kind for kind in VECTOR_KINDS}
 
 
 def vector_files(shard: int, kind: str = "f32") -> list[str]:
@@ -49,11 +51,7 @@ def vector_files(shard: int, kind: str = "f32") -> list[str]:
     (``ShardInfo.vectors_file``), then the i8 scales file. f32: ``shard_000.vectors.npy``;
     f16: ``shard_000.vectors_f16.npy``; i8: ``shard_000.vectors_i8.npy`` + ``shard_000.scales.npy``.
     """
-    if kind not in VECTOR_KINDS:
-        raise ValueError(f"vector kind must be one of {VECTOR_KINDS}, got {kind!r}")
-    prefix = f"shard_{shard:03d}"
-    suffix = next(sfx for sfx, k in _VECTOR_SUFFIXES.items() if k == kind)
-    return [prefix + suffix] + ([f"{prefix}.scales.npy"] if kind == "i8" else [])
+    return vector_file_names(f"shard_{shard:03d}", kind)
 
 
 def vector_kind(vectors_file: str) -> tuple[str, str]:
@@ -258,7 +256,7 @@ class IndexVersion:
         return self._shard_rows[shard]
 
     def vector_store(self, shard: int | None = None) -> VectorStore:
-        """The stored vectors as an ``indexer.rerank.VectorStore`` (in ``vector_kind``).
+        """The stored vectors as an ``indexer.rerank.vectors.VectorStore`` (in ``vector_kind``).
 
         Args:
             shard: None for a global view indexed by global row (what ``rerank`` takes), or a
@@ -321,13 +319,7 @@ class IndexVersion:
             D: (nq, k) float32 scores, descending (ties by lower row); padding is -FLT_MAX.
             I: (nq, k) int64 global rows; padding is -1.
         """
-        xq = np.asarray(xq)
-        if xq.ndim != 2 or xq.shape[1] != self.dim:
-            raise ValueError(f"xq must have shape (nq, {self.dim}), got {xq.shape}")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        k = int(k)
-        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        xq, k = check_queries(xq, k, self.dim)
         # search_defaults also records how the effort was tuned (measured_recall, ...): only
         # the search parameters in it apply.
         defaults = {
@@ -358,13 +350,25 @@ class IndexVersion:
             D_s, I_s = index.search(xq, min(k, info.count), params=sp)
             D_parts.append(D_s)
             I_parts.append(I_s)
-        return _merge_topk(D_parts, I_parts, nq, k)
+        return merge_topk(D_parts, I_parts, nq, k)
 
 
-def _merge_topk(
+def check_queries(xq: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, int]:
+    """The arguments of a ``search``: ``xq`` as C-contiguous (nq, dim) float32 and ``k`` as an
+    int >= 1; ValueError otherwise."""
+    xq = np.asarray(xq)
+    if xq.ndim != 2 or xq.shape[1] != dim:
+        raise ValueError(f"xq must have shape (nq, {dim}), got {xq.shape}")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return np.ascontiguousarray(xq, dtype=np.float32), int(k)
+
+
+def merge_topk(
     D_parts: list[np.ndarray], I_parts: list[np.ndarray], nq: int, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard results (nq, k_s) into the global top-k, ties broken by lower row."""
+    """Merge parts (per shard, or base and delta) of (nq, k_p) float32 scores and int rows (-1 =
+    none) into the (nq, k) top-k: scores descending, ties by lower row, padded (-FLT_MAX, -1)."""
     D = np.full((nq, k), _MISSING_SCORE, dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)  # noqa: E741 - FAISS notation
     if not D_parts:

@@ -7,7 +7,7 @@ keeping one-digit numbers beat bm25s's default pattern (``\\w\\w+``) on the Home
 (NDCG@10 0.251 vs 0.239, 2,000 queries) and matched it on ESCI.
 
 An index is only valid with the analyzer it was built with: ``ANALYZER`` is saved with it and
-checked on load (``indexer.lexical_files``).
+checked on load (``indexer.lexical.files``).
 """
 
 from __future__ import annotations

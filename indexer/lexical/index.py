@@ -11,16 +11,16 @@ documents and ``avgdl`` their mean length. A term repeated in the query counts o
 occurrence, as in bm25s and in a Lucene boolean query.
 
 Global statistics. ``N``, ``df`` and ``avgdl`` come from the whole catalog, while the postings are
-split by the dense side's shard assignment (``indexer.shards.shard_of``; document ids are global
-rows). Every shard's weights use the same idf and avgdl, so scores from different shards (or
-shard servers) compare and a merged top-k equals the top-k of one unsharded index. bm25s cannot
-do that (it computes idf per index), which is why this module precomputes its own weights: per
-shard a CSC term-document matrix (``indptr`` over the shared vocabulary, ``docs`` local
-positions, ``weights`` float32 BM25 weights), scored at query time by summing the query terms'
-columns. Equality with bm25s on one index is checked in the tests.
+split by the dense side's shard assignment (``indexer.storage.sharding.shard_of``; document ids are
+global rows). Every shard's weights use the same idf and avgdl, so scores from different shards (or
+shard servers) compare and a merged top-k equals the top-k of one unsharded index. bm25s cannot do
+that (it computes idf per index), which is why this module precomputes its own weights: per shard a
+CSC term-document matrix (``indptr`` over the shared vocabulary, ``docs`` local positions,
+``weights`` float32 BM25 weights), scored at query time by summing the query terms' columns.
+Equality with bm25s on one index is checked in the tests.
 
-Analysis (``analyze``, ``indexer.lexical_analysis``): NFKC, casefold, diacritics removed, runs of
-letters or digits, English stopwords dropped, Snowball English stems.
+Analysis (``analyze``, ``indexer.lexical.analysis``): NFKC, casefold, diacritics removed, runs
+of letters or digits, English stopwords dropped, Snowball English stems.
 
 Live updates. ``upsert`` and ``delete`` change a small in-memory delta, searchable when they
 return. Statistics stay frozen at build time (N, df, avgdl): a new or replaced document is
@@ -33,10 +33,9 @@ Concurrency: copy-on-write snapshots. Readers take ``self._state`` (an immutable
 per search and need no lock; writers are serialised by one lock, build a new state and publish it
 with one reference assignment, so a search sees an update completely or not at all.
 
-Modules. ``LexicalIndex`` (build, search) is here; the analyzer is in ``indexer.lexical_analysis``,
-the BM25 weights, postings and top-k in ``indexer.lexical_postings``, ``save`` / ``load`` and the
-file names in ``indexer.lexical_files``, ``upsert`` / ``delete`` in ``indexer.lexical_updates``.
-This module is the import point: it re-exports their public names and constants.
+Modules. ``LexicalIndex`` (build, search, upsert, delete, save, load) is here; the analyzer is
+in ``indexer.lexical.analysis``, the BM25 weights, postings and top-k in
+``indexer.lexical.bm25``, the file format in ``indexer.lexical.files``.
 """
 
 from __future__ import annotations
@@ -44,52 +43,62 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from indexer.lexical.analysis import analyze
-from indexer.lexical.bm25 import BM25Params, _finish, _idf, _Postings, _State, _top_k, _weights
-from indexer.lexical.files import (
-    _LexicalFiles,
+from indexer.lexical.bm25 import (
+    BM25Params,
+    Postings,
+    build_shards,
+    document_postings,
+    finish,
+    idf,
+    live_postings,
+    top_k,
+    weights,
 )
-from indexer.lexical.updates import _check_rows, _LexicalUpdates
+from indexer.lexical.files import LexicalBuild, read_lexical, write_lexical
 
-__all__ = ["LexicalIndex"]
+__all__ = ["MAX_SEGMENTS", "LexicalIndex"]
 
 logger = logging.getLogger(__name__)
 
+MAX_SEGMENTS = 8  # delta segments kept before they are merged into one
 
-class LexicalIndex(_LexicalFiles, _LexicalUpdates):
+
+@dataclass(frozen=True)
+class _State:
+    """What a search reads: immutable, replaced whole by writers."""
+
+    shards: tuple[Postings | None, ...]  # None: a shard not loaded in this process
+    segments: tuple[Postings, ...]  # the live delta, one segment per upsert (until merged)
+
+
+class LexicalIndex:
     """A BM25 index over item texts, split by shard, with global statistics and a live delta.
 
     Make one with ``build`` or ``load``. ``search`` is safe from any number of threads while one
     thread at a time calls ``upsert`` / ``delete`` (see the module docstring).
     """
 
-    def __init__(
-        self,
-        *,
-        params: BM25Params,
-        vocab: dict[str, int],
-        df: np.ndarray,
-        n_docs: int,
-        avg_doc_len: float,
-        n_shards: int,
-        shards: Sequence[_Postings | None],
-    ) -> None:
-        self.params = params
-        self.n_shards = n_shards
-        self.n_docs = n_docs  # N at build time (frozen, see the module docstring)
-        self.avg_doc_len = avg_doc_len
-        self.n_build_terms = len(df)
-        self._vocab = vocab  # term -> id; writers append ids for new terms (dict ops are atomic)
-        self._df = np.asarray(df, dtype=np.int64)
-        self._idf = _idf(self._df.astype(np.float64), n_docs)  # (n_build_terms,) float64
-        self._state = _State(shards=tuple(shards), segments=())
+    def __init__(self, built: LexicalBuild) -> None:
+        self.params = built.params
+        self.n_shards = len(built.shards)
+        self.n_docs = built.n_docs  # N at build time (frozen, see the module docstring)
+        self.avg_doc_len = built.avg_doc_len
+        self.n_build_terms = len(built.df)
+        self._built = built  # what ``save`` writes
+        self._vocab = built.vocab  # term -> id; writers append ids for new terms (atomic dict ops)
+        self._idf = idf(built.df.astype(np.float64), self.n_docs)  # (n_build_terms,) float64
+        self._state = _State(shards=built.shards, segments=())
         self._write_lock = threading.Lock()
         # Writer-only bookkeeping, read and changed under _write_lock only. Build rows by global
         # row (arrays: a catalog has millions); delta rows in a dict (the delta is small).
+        shards = built.shards
         n_rows = max(
             (int(p.rows.max()) + 1 for p in shards if p is not None and p.n_docs), default=0
         )
@@ -128,7 +137,7 @@ class LexicalIndex(_LexicalFiles, _LexicalUpdates):
         Args:
             texts: n item texts.
             rows: (n,) int global rows of the texts (unique, >= 0): search returns these.
-            shard_ids: (n,) int shard of each text (``indexer.shards.shard_of``), in
+            shard_ids: (n,) int shard of each text (``indexer.storage.sharding.shard_of``), in
                 [0, n_shards).
             n_shards: number of shards, >= 1.
             params: BM25 parameters; None = ``BM25Params()``.
@@ -161,61 +170,66 @@ class LexicalIndex(_LexicalFiles, _LexicalUpdates):
             doc_terms.append(
                 np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms), np.int64, len(terms))
             )
-        lengths = np.fromiter((len(t) for t in doc_terms), dtype=np.int64, count=n)
-        n_terms = len(vocab)
-        # (doc, term) pairs with their counts, vectorised: one key per occurrence, then unique.
-        all_terms = np.concatenate(doc_terms) if lengths.sum() else np.zeros(0, np.int64)
-        all_docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        pairs, tf = np.unique(all_docs * max(n_terms, 1) + all_terms, return_counts=True)
-        pair_doc, pair_term = pairs // max(n_terms, 1), pairs % max(n_terms, 1)
-        df = np.bincount(pair_term, minlength=n_terms).astype(np.int64)
-        # An all-empty catalog has avgdl 0; 1.0 keeps later upserts finite (nothing else uses it).
-        avg_doc_len = float(lengths.mean()) if n and lengths.sum() else 1.0
-
-        idf = _idf(df.astype(np.float64), n)
-        weights = _weights(
-            tf.astype(np.float64), lengths[pair_doc], idf[pair_term], avg_doc_len, params
+        n_shards = int(n_shards)
+        df, avg_doc_len, shards = build_shards(
+            doc_terms, rows, shard_ids, n_shards, len(vocab), params
         )
-        # Per shard, local position = rank of the row within the shard (rows ascending).
-        shards: list[_Postings | None] = []
-        pair_shard = shard_ids[pair_doc]
-        local_of = np.empty(n, dtype=np.int64)
-        for s in range(int(n_shards)):
-            members = np.flatnonzero(shard_ids == s)
-            members = members[np.argsort(rows[members], kind="stable")]
-            local_of[members] = np.arange(len(members))
-            sel = pair_shard == s
-            p_local, p_term, p_w = local_of[pair_doc[sel]], pair_term[sel], weights[sel]
-            order = np.lexsort((p_local, p_term))
-            indptr = np.zeros(n_terms + 1, dtype=np.int64)
-            np.cumsum(np.bincount(p_term, minlength=n_terms), out=indptr[1:])
-            shards.append(
-                _Postings(
-                    indptr=indptr,
-                    docs=p_local[order].astype(np.int32),
-                    weights=p_w[order].astype(np.float32),
-                    rows=rows[members].astype(np.int64),
-                    shards=np.full(len(members), s, dtype=np.int32),
-                )
-            )
         index = cls(
-            params=params,
-            vocab=vocab,
-            df=df,
-            n_docs=n,
-            avg_doc_len=avg_doc_len,
-            n_shards=int(n_shards),
-            shards=shards,
+            LexicalBuild(
+                params=params,
+                vocab=vocab,
+                df=df,
+                n_docs=n,
+                avg_doc_len=avg_doc_len,
+                shards=tuple(shards),
+            )
         )
         logger.info(
             "built lexical index: %d docs, %d terms, %d postings, %d shards, avgdl %.1f",
             n,
-            n_terms,
-            len(pairs),
+            len(vocab),
+            sum(len(p.docs) for p in shards),
             n_shards,
             avg_doc_len,
         )
         return index
+
+    # ------------------------------------------------------------------------------ files
+
+    def save(self, directory: str | Path) -> list[str]:
+        """Write the index into ``directory`` (an index version dir being built).
+
+        Only a freshly built or loaded index is saved: live changes belong to the update log,
+        which replays them on top of the saved index.
+
+        Returns:
+            The names written, relative to ``directory`` (``lexical_file_names(n_shards)``).
+
+        Raises:
+            ValueError: the index has live changes, or does not hold every shard.
+        """
+        state = self._state
+        if state.segments or any(p is not None and len(p.dead) for p in state.shards):
+            raise ValueError(
+                "this lexical index has live updates; save the built index (build it again) "
+                "and let the update log replay the changes"
+            )
+        if any(p is None for p in state.shards):
+            raise ValueError("save needs every shard loaded (this index was loaded with shards=)")
+        return write_lexical(directory, self._built)  # no live change: still what it holds
+
+    @classmethod
+    def load(cls, directory: str | Path, *, shards: Sequence[int] | None = None) -> LexicalIndex:
+        """Read an index ``save`` wrote.
+
+        Args:
+            directory: the dir holding ``lexical_file_names(n_shards)``.
+            shards: load only these shards' postings (a shard server); None = all.
+
+        Raises:
+            IndexFormatError: a missing or corrupt file, another format version or analyzer.
+        """
+        return cls(read_lexical(directory, shards=shards))
 
     # ------------------------------------------------------------------------------ search
 
@@ -257,7 +271,6 @@ class LexicalIndex(_LexicalFiles, _LexicalUpdates):
         state = self._state  # one snapshot for the whole search
         if shards is None:
             wanted = [s for s, p in enumerate(state.shards) if p is not None]
-            segment_filter = None if len(wanted) == self.n_shards else np.asarray(wanted)
         else:
             wanted = sorted({int(s) for s in shards})
             for s in wanted:
@@ -265,12 +278,164 @@ class LexicalIndex(_LexicalFiles, _LexicalUpdates):
                     raise ValueError(
                         f"shard {s} is not loaded (loaded: {list(self.loaded_shards)})"
                     )
-            segment_filter = None if len(wanted) == self.n_shards else np.asarray(wanted)
+        segment_filter = None if len(wanted) == self.n_shards else np.asarray(wanted)
         term_ids = self.term_ids(query) if isinstance(query, str) else np.asarray(query, np.int64)
-        parts = [_top_k(state.shards[s], term_ids, k, None) for s in wanted]  # type: ignore[arg-type]
-        parts += [_top_k(seg, term_ids, k, segment_filter) for seg in state.segments]
+        parts = [top_k(state.shards[s], term_ids, k, None) for s in wanted]  # type: ignore[arg-type]
+        parts += [top_k(seg, term_ids, k, segment_filter) for seg in state.segments]
         if not parts:
-            return _finish(np.zeros(0, np.float32), np.zeros(0, np.int64), k)
-        return _finish(
+            return finish(np.zeros(0, np.float32), np.zeros(0, np.int64), k)
+        return finish(
             np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), k
         )
+
+    # ------------------------------------------------------------------------------ updates
+
+    def upsert(
+        self, rows: np.ndarray, texts: Sequence[str], shard_ids: np.ndarray | None = None
+    ) -> None:
+        """Add documents, or replace the text of rows already indexed; searchable on return.
+
+        New documents are weighted with the build's statistics (N, df, avgdl); a term the build
+        never saw gets the idf of df = 1. A replaced row's old text stops matching at once.
+
+        Args:
+            rows: (n,) int global rows, unique, >= 0.
+            texts: n item texts (``trainer.text.item_text``).
+            shard_ids: (n,) int shard of each row; may be None when there is one shard or every
+                row is already indexed (it keeps its shard).
+
+        Raises:
+            ValueError: bad rows or shard ids, or a new row without a shard when n_shards > 1.
+        """
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of item texts, not one string")
+        rows = np.asarray(rows)
+        n = len(texts)
+        _check_rows(rows, n, "rows")
+        if n == 0:
+            return
+        analyzed = [analyze(t) for t in texts]  # outside the lock: analysis is the slow part
+        with self._write_lock:
+            shards = self._upsert_shards(rows, shard_ids)
+            vocab = self._vocab
+            doc_terms, doc_weights = [], []
+            for terms in analyzed:
+                ids = np.fromiter(
+                    (vocab.setdefault(t, len(vocab)) for t in terms), np.int64, len(terms)
+                )
+                uniq, tf = np.unique(ids, return_counts=True)
+                # Unseen terms get the idf of df = 1 (the rarest) until the next build counts them.
+                term_idf = np.full(len(uniq), idf(np.float64(1.0), self.n_docs))
+                known = uniq < self.n_build_terms
+                term_idf[known] = self._idf[uniq[known]]
+                w = weights(
+                    tf.astype(np.float64), len(terms), term_idf, self.avg_doc_len, self.params
+                )
+                doc_terms.append(uniq)
+                doc_weights.append(w)
+            segment = document_postings(doc_terms, doc_weights, rows, shards, len(vocab))
+            state = self._kill(self._state, rows)
+            seg_id = self._next_segment
+            self._next_segment += 1
+            self._segment_ids.append(seg_id)
+            self._delta_loc.update((int(r), (seg_id, i)) for i, r in enumerate(rows))
+            state = replace(state, segments=(*state.segments, segment))
+            if len(state.segments) > MAX_SEGMENTS:
+                state = self._merge_segments(state)
+            self._state = state
+
+    def delete(self, rows: np.ndarray) -> int:
+        """Remove rows from search at once; rows not indexed are ignored.
+
+        Returns:
+            How many indexed rows were removed.
+        """
+        rows = np.asarray(rows)
+        _check_rows(rows, len(rows), "rows", unique=False)
+        with self._write_lock:
+            found = [int(r) for r in dict.fromkeys(rows.tolist()) if self._is_live(int(r))]
+            if found:
+                self._state = self._kill(self._state, np.asarray(found, dtype=np.int64))
+        return len(found)
+
+    @property
+    def n_delta(self) -> int:
+        """Live documents in the delta (upserted since the build and not deleted)."""
+        return len(self._delta_loc)
+
+    @property
+    def n_segments(self) -> int:
+        """Delta segments searched beside the shards (at most ``MAX_SEGMENTS``: merged past it)."""
+        return len(self._state.segments)
+
+    def _in_main(self, row: int) -> bool:
+        return row < len(self._main_shard) and self._main_shard[row] >= 0
+
+    def _is_live(self, row: int) -> bool:
+        return row in self._delta_loc or self._in_main(row)
+
+    def _upsert_shards(self, rows: np.ndarray, shard_ids: np.ndarray | None) -> np.ndarray:
+        if shard_ids is not None:
+            shard_ids = np.asarray(shard_ids)
+            if shard_ids.shape != rows.shape or not np.issubdtype(shard_ids.dtype, np.integer):
+                raise ValueError(f"shard_ids must be {rows.shape} integers, got {shard_ids.shape}")
+            if shard_ids.min() < 0 or shard_ids.max() >= self.n_shards:
+                raise ValueError(f"shard_ids must be in [0, {self.n_shards})")
+            return shard_ids.astype(np.int32)
+        if self.n_shards == 1:
+            return np.zeros(len(rows), dtype=np.int32)
+        out = np.empty(len(rows), dtype=np.int32)
+        state = self._state
+        for i, r in enumerate(rows.tolist()):
+            if r in self._delta_loc:
+                seg_id, local = self._delta_loc[r]
+                out[i] = state.segments[self._segment_ids.index(seg_id)].shards[local]
+            elif self._in_main(r):
+                out[i] = self._main_shard[r]
+            else:
+                raise ValueError(
+                    f"row {r} is new and there are {self.n_shards} shards: pass shard_ids "
+                    "(indexer.shards.shard_of(item_ids, n_shards))"
+                )
+        return out
+
+    def _kill(self, state: _State, rows: np.ndarray) -> _State:
+        """A state where ``rows`` (main or delta) are dead; updates the writer bookkeeping."""
+        main_dead: dict[int, list[int]] = {}
+        seg_dead: dict[int, list[int]] = {}
+        for r in rows.tolist():
+            if self._in_main(r):
+                main_dead.setdefault(int(self._main_shard[r]), []).append(int(self._main_local[r]))
+                self._main_shard[r] = -1
+            if r in self._delta_loc:
+                seg_id, local = self._delta_loc.pop(r)
+                seg_dead.setdefault(seg_id, []).append(local)
+
+        shards = tuple(
+            p.with_dead(main_dead[s]) if p is not None and s in main_dead else p
+            for s, p in enumerate(state.shards)
+        )
+        segments = tuple(
+            seg.with_dead(seg_dead[sid]) if sid in seg_dead else seg
+            for sid, seg in zip(self._segment_ids, state.segments, strict=True)
+        )
+        return _State(shards=shards, segments=segments)
+
+    def _merge_segments(self, state: _State) -> _State:
+        """One segment holding every live delta document (dead ones dropped)."""
+        merged = live_postings(state.segments, len(self._vocab))
+        seg_id = self._next_segment
+        self._next_segment += 1
+        self._segment_ids = [seg_id]
+        self._delta_loc = {int(r): (seg_id, i) for i, r in enumerate(merged.rows)}
+        logger.debug("merged %d delta segments: %d docs", len(state.segments), merged.n_docs)
+        return replace(state, segments=(merged,))
+
+
+def _check_rows(rows: np.ndarray, n: int, name: str, *, unique: bool = True) -> None:
+    if rows.shape != (n,) or (n and not np.issubdtype(rows.dtype, np.integer)):
+        raise ValueError(f"{name} must be ({n},) integers, got shape {rows.shape} {rows.dtype}")
+    if n and rows.min() < 0:
+        raise ValueError(f"{name} must be >= 0 (global rows), got {rows.min()}")
+    if unique and len(np.unique(rows)) != n:
+        raise ValueError(f"{name} must be unique")

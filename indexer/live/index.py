@@ -1,10 +1,9 @@
 """The live index: a published version plus the update log's changes, searchable at once.
 
 ``LiveIndex`` applies upserts, deletes and attribute changes on top of a published version;
-each is searchable the moment its call returns. The write path lives here; the read side
-(``LiveView``, the base + delta merge) is in ``indexer.live_view``, the replay of the log on
-open in ``indexer.live_replay``, and the checks of update input in ``indexer.live_records``.
-The names of those modules that callers use are re-exported from here.
+each is searchable the moment its call returns. The write path and the replay of the log on open
+live here; the read side (``LiveView`` over a ``LiveState``, the base + delta merge) is in
+``indexer.live.view``, and the checks of update input in ``indexer.live.records``.
 
 Rows. The base version's global rows ``0 .. n_base-1`` keep their numbers; each upserted item
 gets a new row ``n_base + j`` in a small delta (its vector kept in RAM, searched exactly). An
@@ -14,12 +13,15 @@ live index. ``n_rows`` is the size of that row space, ``n_items`` the number of 
 
 Durability. Every change is appended to the ``UpdateLog`` (fsynced) before it is applied and
 before the call returns; opening replays the records newer than the version's ``applied_seq``.
+A replayed update was acknowledged long ago, so it is applied as far as it still fits this
+version (misfit columns and values dropped with a warning), and upserts whose vectors came from
+another model (the index was rebuilt since) are re-embedded with the version's model.
 
 Concurrency: multi-version snapshots, no reader locks. Writers are serialised by one lock. Every
-change is stamped with its log seq: tombstones store the seq that killed a row, attribute
-overrides and id -> row entries are append-only lists of (seq, value), delta rows are appended
-into buffers with spare capacity (a full buffer is copied into a larger one, never shrunk).
-After applying a change the writer publishes a new ``LiveView`` (an immutable object: seq, row
+change is stamped with its log seq: tombstones store the seq that killed a row, attribute overrides
+and id -> row entries are append-only lists of (seq, value), delta rows are appended into buffers
+with spare capacity (a full buffer is copied into a larger one, never shrunk). After applying a
+change the writer publishes a new ``LiveView`` over a ``LiveState`` (an immutable object: seq, row
 counts, buffer references) with one reference assignment. A reader works on one view and ignores
 everything stamped after its seq, so it sees each update completely or not at all, even across
 several calls (take ``snapshot()`` for that), while the writer goes on appending.
@@ -37,41 +39,23 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.live.records import (
-    _check_attribute_column,
-    _check_vectors,
-    _validate,
+    TEXT_FIELDS,
+    check_attribute_column,
+    check_vectors,
+    conform_fields,
+    conform_records,
+    validate_records,
 )
-from indexer.live.replay import replay_log
-from indexer.live.view import LiveView, UnknownItemError, _at
+from indexer.live.view import GrowableRows, LiveState, LiveView, RescoringStore, UnknownItemError
 from indexer.storage.manifest import IndexFormatError, ModelMismatchError
-from indexer.storage.update_log import UpdateLog
+from indexer.storage.update_log import LogRecord, UpdateLog, UpdateLogError
 from indexer.version import IndexVersion
+from trainer.encoder.load import load_encoder
+from trainer.text import item_text
 
 __all__ = ["LiveIndex"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Rows:
-    """Append-only rows with spare capacity. ``buf[:n]`` is valid; growth copies into a new buffer,
-    so a reader holding the old buffer keeps a consistent prefix."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
-        self.buf = np.zeros((16, *shape), dtype=dtype)
-        self.n = 0
-
-    def append(self, block: np.ndarray) -> None:
-        end = self.n + len(block)
-        if end > len(self.buf):
-            # Geometric growth (x2 while small, x1.25 once large): O(1) amortised appends
-            # without doubling the memory of a million-row store.
-            size = len(self.buf)
-            capacity = max(end, size + max(size // 4, min(size, 4096)))
-            grown = np.zeros((capacity, *self.buf.shape[1:]), self.buf.dtype)
-            grown[: self.n] = self.buf[: self.n]
-            self.buf = grown  # readers of the old buffer are unaffected
-        self.buf[self.n : end] = block
-        self.n = end
 
 
 class LiveIndex:
@@ -100,20 +84,19 @@ class LiveIndex:
         self._overlay_lock = threading.Lock()  # guards iteration of _overrides vs new keys
         # Shared, stamped state (see the module docstring); mutated only under _write_lock.
         self._dead_base = np.zeros(self.n_base, dtype=np.int64)  # seq that killed row, 0 = alive
-        self._delta_vectors = _Rows((version.dim,), np.float32)
-        self._delta_dead = _Rows((), np.int64)
+        self._delta_vectors = GrowableRows((version.dim,), np.float32)
+        self._delta_dead = GrowableRows((), np.int64)
         self._delta_ids: list[str] = []
         self._delta_records: list[dict[str, Any]] = []
         self._id_rows: dict[str, list[tuple[int, int]]] = {}  # id -> [(seq, row or -1)]
         self._overrides: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # row -> [(seq, fields)]
-        self._store: _Rows | None = None  # re-scoring vectors by row, made on first use
-        self._store_scales: _Rows | None = None
-        self._store_kind = "f32"
+        # Re-scoring vectors by row, made on first use.
+        self._store = RescoringStore(version, self._delta_vectors, self._write_lock)
         self._n_live = self.n_base
         self._n_dead_base = 0
         self._seq = version.manifest.applied_seq
         self._pending = 0
-        replay_log(self)
+        self._replay()
         self._view = self._make_view()
 
     @classmethod
@@ -255,7 +238,7 @@ class LiveIndex:
 
         Args:
             records: catalog records (``item_id``, ``title``, ...), validated with the rules of
-                ``trainer.data.read_catalog`` and fitted to the index's columns.
+                ``trainer.data.catalog.read_catalog`` and fitted to the index's columns.
             vectors: (len(records), dim) float32 item vectors, finite.
             fingerprint: fingerprint of the model that made ``vectors``; None = the index's.
 
@@ -270,7 +253,7 @@ class LiveIndex:
         records = list(records)
         if not records:
             raise ValueError("upsert needs at least one record")
-        vectors = _check_vectors(vectors, len(records), self.dim)
+        vectors = check_vectors(vectors, len(records), self.dim)
         expected = self.manifest.model_fingerprint
         if fingerprint is not None and fingerprint != expected:
             raise ModelMismatchError(
@@ -278,7 +261,7 @@ class LiveIndex:
                 f"{self.base.version} was built with {expected}; encode items with the model "
                 f"the index serves"
             )
-        typed = _validate(records, self._schema, "upsert")
+        typed = validate_records(records, self._schema, "upsert")
         with self._write_lock:
             seq = self.log.append_upsert(typed, vectors, expected)
             self._apply_upsert(seq, typed, vectors)
@@ -330,7 +313,7 @@ class LiveIndex:
             if not isinstance(fields, Mapping) or not fields:
                 raise ValueError(f"item {item_id!r}: give a non-empty {{column: value}} mapping")
             for name in fields:
-                _check_attribute_column(name, self._schema)
+                check_attribute_column(name, self._schema)
         with self._write_lock:
             merged = []
             for item_id in updates:
@@ -339,14 +322,14 @@ class LiveIndex:
                     raise UnknownItemError(
                         f"update_attributes: no live item {item_id!r} in this index"
                     )
-                current = self._record_at(row, self._seq)
+                current = self._view.record(row)  # the view at self._seq
                 for name, value in updates[item_id].items():
                     if value is None:
                         current.pop(name, None)
                     else:
                         current[name] = value
                 merged.append(current)
-            typed = _validate(merged, self._schema, "update_attributes")
+            typed = validate_records(merged, self._schema, "update_attributes")
             changes = {
                 r["item_id"]: {name: r.get(name) for name in updates[r["item_id"]]} for r in typed
             }
@@ -371,8 +354,7 @@ class LiveIndex:
             self._n_live += 1
         self._delta_vectors.append(vectors)
         self._delta_dead.append(np.zeros(len(items), dtype=np.int64))
-        if self._store is not None:
-            self._append_store(vectors)
+        self._store.append(vectors)
 
     def _apply_delete(self, seq: int, item_ids: list[str]) -> None:
         for item_id in item_ids:
@@ -413,64 +395,116 @@ class LiveIndex:
         except KeyError:
             return None
 
-    def _record_at(self, row: int, seq: int) -> dict[str, Any]:
-        if row < self.n_base:
-            record = self.base.record(row)
-        else:
-            record = dict(self._delta_records[row - self.n_base])
-        fields = _at(self._overrides.get(row), seq)
-        if fields:
-            for name, value in fields.items():
-                if value is None:
-                    record.pop(name, None)
-                else:
-                    record[name] = value
-        return record
-
     def _publish(self, seq: int) -> None:
         self._seq = seq
         self._pending += 1
         self._view = self._make_view()  # one reference assignment: readers switch atomically
 
     def _make_view(self) -> LiveView:
-        return LiveView(self, self._seq)
+        return LiveView(
+            LiveState(
+                seq=self._seq,
+                n_delta=len(self._delta_ids),
+                n_items=self._n_live,
+                n_dead_base=self._n_dead_base,
+                pending_updates=self._pending,
+                base=self.base,
+                dead_base=self._dead_base,
+                delta_vectors=self._delta_vectors.buf,
+                delta_dead=self._delta_dead.buf,
+                delta_ids=self._delta_ids,
+                delta_records=self._delta_records,
+                id_rows=self._id_rows,
+                overrides=self._overrides,
+                overlay_lock=self._overlay_lock,
+                store=self._store,
+            )
+        )
 
-    # ------------------------------------------------------------------ re-scoring store
+    # ------------------------------------------------------------------ replay
 
-    def _vector_store_rows(self) -> tuple[_Rows, _Rows | None, str]:
-        """The re-scoring store by row (base store + delta), made on first use."""
-        if self._store is None:
-            with self._write_lock:  # the writer must not append while the store is filled
-                if self._store is None:
-                    self._fill_store()
-        assert self._store is not None
-        return self._store, self._store_scales, self._store_kind
+    def _replay(self) -> None:
+        """Apply the update log's records newer than this index's seq, each as far as it still
+        fits (the last step of ``__init__``, before the first view is published).
 
-    def _fill_store(self) -> None:
-        from indexer.rerank.vectors import VectorStore
+        Raises:
+            UpdateLogError: the log was pruned past the seq this version holds.
+            IndexFormatError: an upsert record without vectors.
+            ModelMismatchError: upserts of another model that cannot be re-embedded.
+        """
+        truncated = self.log.truncated()
+        if truncated is not None and truncated[0] > self._seq:
+            raise UpdateLogError(
+                f"index version {self.version} holds updates up to seq {self._seq}, but the "
+                f"update log no longer has records up to seq {truncated[0]} (pruned with the "
+                f"versions that held them): serve a newer version (aisle-index rollback --to) "
+                f"or rebuild"
+            )
+        records = self.log.records(after=self._seq)
+        for record in records:
+            if record.op == "upsert":
+                items = conform_records(record.items, self._schema, f"update seq {record.seq}")
+                vectors = record.vectors
+                if vectors is None:  # the log's decoder never lets that through
+                    raise IndexFormatError(f"update seq {record.seq}: upsert without vectors")
+                if record.fingerprint != self.manifest.model_fingerprint:
+                    vectors = self._reembed(items, record)
+                self._apply_upsert(record.seq, items, vectors)
+            elif record.op == "delete":
+                self._apply_delete(record.seq, list(record.item_ids))  # skips ids not live
+            else:
+                self._apply_attributes(record.seq, self._replayable_attributes(record))
+            self._seq = record.seq
+            self._pending += 1
+        if records:
+            logger.info(
+                "replayed %d update(s) (seq %d..%d) onto index version %d: %d live items",
+                len(records),
+                records[0].seq,
+                records[-1].seq,
+                self.base.version,
+                self._n_live,
+            )
 
-        base = self.base
-        store = base.vector_store() if hasattr(base, "vector_store") else None
-        if store is None:
-            store = VectorStore.from_index(base)
-        data = _Rows(store.data.shape[1:], store.data.dtype)
-        data.append(np.asarray(store.data))
-        scales = None
-        if store.scales is not None:
-            scales = _Rows((), np.float32)
-            scales.append(np.asarray(store.scales))
-        self._store_kind = store.kind
-        self._store_scales = scales
-        self._store = data
-        n_delta = len(self._delta_ids)
-        if n_delta:
-            self._append_store(self._delta_vectors.buf[:n_delta])
+    def _replayable_attributes(self, record: LogRecord) -> dict[str, dict[str, Any]]:
+        out = {}
+        for item_id, fields in record.attributes.items():
+            where = f"update seq {record.seq}: item {item_id!r}"
+            if self._live_row(item_id) is None:
+                logger.warning(
+                    "%s: attributes skipped: not in index version %d", where, self.version
+                )
+                continue
+            text = [name for name in fields if name in TEXT_FIELDS or name == "item_id"]
+            if text:
+                logger.warning("%s: text columns %s cannot change without an upsert", where, text)
+            fields = {k: v for k, v in fields.items() if k not in text}
+            out[item_id] = conform_fields(fields, self._schema, where, keep_nulls=True)
+        return out
 
-    def _append_store(self, vectors: np.ndarray) -> None:
-        from indexer.rerank.vectors import VectorStore
-
-        assert self._store is not None
-        encoded = VectorStore.encode(vectors, self._store_kind)
-        if self._store_scales is not None:
-            self._store_scales.append(encoded.scales)
-        self._store.append(encoded.data)
+    def _reembed(self, items: list[dict[str, Any]], record: LogRecord) -> np.ndarray:
+        """Vectors for a replayed upsert made by another model (the index was rebuilt since)."""
+        manifest = self.manifest
+        if self._encoder is None:
+            logger.info(
+                "update seq %d has vectors of model %s; re-embedding with %s",
+                record.seq,
+                record.fingerprint,
+                manifest.model_path,
+            )
+            try:
+                self._encoder = load_encoder(manifest.model_path)
+            except (ValueError, OSError) as e:
+                raise ModelMismatchError(
+                    f"update seq {record.seq} holds vectors of model {record.fingerprint}, but "
+                    f"index version {self.base.version} uses {manifest.model_fingerprint} "
+                    f"and its model cannot be loaded to re-embed them ({e}); pass encoder="
+                ) from e
+        if self._encoder.fingerprint != manifest.model_fingerprint:
+            raise ModelMismatchError(
+                f"cannot re-embed update seq {record.seq}: the encoder has fingerprint "
+                f"{self._encoder.fingerprint}, index version {self.base.version} needs "
+                f"{manifest.model_fingerprint}"
+            )
+        vectors = self._encoder.encode_items([item_text(r) for r in items])
+        return check_vectors(vectors, len(items), self.dim)

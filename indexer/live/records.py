@@ -1,9 +1,9 @@
 """Checks and type coercion of live-update input: records, vectors and attribute columns.
 
-The rules of ``trainer.data.read_catalog`` for records a caller sends (``_validate``: refused
-with a message that names the record and field), and the lenient fit of records replayed from
-the update log to an index's columns (``conform_records`` / ``conform_fields``: misfits dropped
-with a warning, never refused).
+The rules of ``trainer.data.catalog.read_catalog`` for records a caller sends
+(``validate_records``: refused with a message that names the record and field), and the lenient
+fit of records replayed from the update log to an index's columns (``conform_records`` /
+``conform_fields``: misfits dropped with a warning, never refused).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from trainer.data.catalog import catalog_from_records
+from trainer.data.rows import DataError, parse_json_line
+
 logger = logging.getLogger(__name__)
 
 # Fields trainer.text.item_text reads: changing one changes the item's vector, so it takes an
@@ -23,7 +26,9 @@ logger = logging.getLogger(__name__)
 TEXT_FIELDS = ("title", "brand", "color", "category", "bullets", "description")
 
 
-def _check_vectors(vectors: Any, n: int, dim: int) -> np.ndarray:
+def check_vectors(vectors: Any, n: int, dim: int) -> np.ndarray:
+    """``vectors`` as a C-contiguous (n, dim) float32 array; ValueError unless it is a finite
+    float array of that shape (one vector per record)."""
     vectors = np.asarray(vectors)
     if vectors.shape != (n, dim) or not np.issubdtype(vectors.dtype, np.floating):
         raise ValueError(
@@ -36,7 +41,9 @@ def _check_vectors(vectors: Any, n: int, dim: int) -> np.ndarray:
     return vectors
 
 
-def _check_attribute_column(name: Any, schema: pa.Schema) -> None:
+def check_attribute_column(name: Any, schema: pa.Schema) -> None:
+    """ValueError unless ``name`` is a column of ``schema`` that an attribute update may change
+    (not ``item_id``, not one of ``TEXT_FIELDS``)."""
     if name == "item_id":
         raise ValueError("item_id cannot be changed by an attribute update; delete and upsert")
     if name in TEXT_FIELDS:
@@ -59,20 +66,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
-def _validate(
+def validate_records(
     records: Sequence[Mapping[str, Any]], schema: pa.Schema, what: str
 ) -> list[dict[str, Any]]:
     """Check records with the catalog reader's rules, then fit them to the index's columns.
 
     Each record goes through JSON (as a catalog file's lines do) and then
-    ``trainer.data.catalog_from_records``: the same rules and messages as a catalog file.
+    ``trainer.data.catalog.catalog_from_records``: the same rules and messages as a catalog
+    file.
 
     Returns:
         The typed records (nulls omitted), in input order.
     """
-    from trainer.data.catalog import catalog_from_records
-    from trainer.data.rows import DataError, parse_json_line
-
     lines = []
     for i, record in enumerate(records, 1):
         if not isinstance(record, Mapping):

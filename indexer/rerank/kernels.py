@@ -4,7 +4,8 @@ Arrays in, arrays out; no IO, no logging, no state. FAISS notation: ``xq`` (dim,
 ``xb`` (n, dim) stored vectors indexed by global row, ``rows`` (m,) int64 candidate global rows
 with -1 = none, ``D`` scores, ``I`` ids (global rows). A candidate is *valid* when its row is
 >= 0 and its score is a number above -inf. Callers guarantee ``rows < n`` (numba does not check
-bounds); ``indexer.rerank`` validates its inputs before calling in here.
+bounds); ``indexer.rerank.rerank`` and ``VectorStore`` validate their inputs before calling in
+here.
 
 Selection kernels (``topk_indices``, ``cap_per_group``, ``mmr_select``) return positions into
 their input arrays, at most k of them and no padding; ``topk`` pads to k with -inf / -1.

@@ -14,7 +14,8 @@ the compiled filter):
    (``candidate_depth``, SAFETY = 2: a query's neighbourhood may pass less often than the
    catalog as a whole).
 
-``indexer.rerank.search_and_rerank`` follows the plan and widens it when too few results pass.
+``indexer.rerank.rerank.search_and_rerank`` follows the plan and widens it when too few results
+pass.
 """
 
 from __future__ import annotations

@@ -1,21 +1,19 @@
 """Exact re-ranking of ANN candidates: filters, business boosts, diversity, top-k.
 
 Per index version, prepare once: ``ItemColumns.from_table(version.items)`` (attributes as
-columns, ``indexer.item_columns``) and a ``VectorStore`` (the stored vectors, float32 or a
-compact float16 / int8 copy, ``indexer.vector_store``). Per request: ``compile_filter(FilterSpec,
-columns)`` (``indexer.rerank_specs``, ``indexer.compiled_filter``) then ``rerank`` runs
+columns, ``indexer.rerank.columns``) and a ``VectorStore`` (the stored vectors, float32 or a
+compact float16 / int8 copy, ``indexer.rerank.vectors``). Per request: ``compile_filter(FilterSpec,
+columns)`` (``indexer.rerank.specs``, ``indexer.rerank.filters``) then ``rerank`` runs
 dedupe -> filter -> exact scores -> boost -> diversity -> top-k with the numba kernels of
-``indexer.kernels``. ``search_and_rerank`` wraps the whole thing around an ANN search callable.
+``indexer.rerank.kernels``. ``search_and_rerank`` wraps the whole thing around an ANN search
+callable.
 
-Widening for selective filters. ``plan_candidates`` (``indexer.candidate_plan``, which explains
+Widening for selective filters. ``plan_candidates`` (``indexer.rerank.plan``, which explains
 the plan) picks an ANN depth, or exhaustive scoring of the matching rows, from the filter's exact
 selectivity. If an ANN plan still yields fewer than ``offset + k`` results while more items
 match, ``search_and_rerank`` widens the depth 4x and, past ``MAX_ANN_DEPTH`` (or the catalog
 size), falls back to exhaustive scoring. Exhaustive scoring of the matching rows cannot miss a
 match, so whenever ``offset + k`` matching items exist, that many results come back.
-
-This module is the import point for all of re-ranking: it re-exports the names of the modules
-above, so ``from indexer.rerank import X`` works for each of them.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from indexer.rerank.plan import (
     plan_candidates,
 )
 from indexer.rerank.specs import BoostSpec, DiversitySpec
-from indexer.rerank.vectors import VectorStore, _as_query
+from indexer.rerank.vectors import VectorStore, as_query
 
 __all__ = ["rerank", "search_and_rerank", "select"]
 
@@ -81,7 +79,7 @@ def rerank(
     if compiled_filter is not None and compiled_filter.columns is not columns:
         raise ValueError("the filter was compiled against other ItemColumns; compile it again")
     k = int(k)
-    xq = _as_query(xq, store.dim)
+    xq = as_query(xq, store.dim)
     rows = store.check_rows(rows)
     D = np.full(k, -np.inf, dtype=np.float32)
     I = np.full(k, -1, dtype=np.int64)  # noqa: E741 - FAISS notation
@@ -96,7 +94,7 @@ def rerank(
     score = sim
     if boost is not None and boost.is_active:
         score = kernels.boost_scores(sim, candidates, columns.signals, boost.weights)
-    positions = _select(score, candidates, k, store, columns, diversity)
+    positions = select(score, candidates, k, store, columns, diversity)
     n_out = len(positions)
     D[:n_out] = score[positions]
     I[:n_out] = candidates[positions]
@@ -104,7 +102,7 @@ def rerank(
     return D, I, sim_out
 
 
-def _select(
+def select(
     score: np.ndarray,
     candidates: np.ndarray,
     k: int,
@@ -112,7 +110,9 @@ def _select(
     columns: ItemColumns,
     diversity: DiversitySpec | None,
 ) -> np.ndarray:
-    """Positions of the results in ``candidates``, in result order."""
+    """Positions of the top-k of (m,) float32 ``score`` over (m,) int64 ``candidates``, in result
+    order, with the diversity rules applied: ``rerank``'s last step, and for callers that score
+    candidates their own way (hybrid fusion) but want the same top-k, category cap and MMR."""
     if diversity is None or not diversity.is_active:
         return kernels.topk_indices(score, candidates, k)
     use_mmr = diversity.mmr_lambda > 0
@@ -133,20 +133,6 @@ def _select(
         )
         positions = positions[picked]
     return positions
-
-
-def select(
-    score: np.ndarray,
-    candidates: np.ndarray,
-    k: int,
-    store: VectorStore,
-    columns: ItemColumns,
-    diversity: DiversitySpec | None,
-) -> np.ndarray:
-    """Positions of the top-k of (m,) float32 ``score`` over (m,) int64 ``candidates``, in result
-    order, with the diversity rules applied: for callers that score candidates their own way
-    (hybrid fusion) but want the same top-k, category cap and MMR as ``rerank``."""
-    return _select(score, candidates, k, store, columns, diversity)
 
 
 def search_and_rerank(

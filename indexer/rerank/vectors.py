@@ -1,7 +1,7 @@
 """Stored item vectors for exact re-scoring, in float32, float16 or int8 encoding.
 
 ``VectorStore`` holds the vectors by global row, scores a query against rows with the numba
-kernels of ``indexer.kernels``, decodes rows back to float32, and saves / loads its files.
+kernels of ``indexer.rerank.kernels``, decodes rows back to float32, and saves / loads its files.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from indexer.rerank import kernels
 from indexer.storage.manifest import IndexFormatError
 
-__all__ = ["VECTOR_KINDS", "VectorStore"]
+__all__ = ["VECTOR_KINDS", "VectorStore", "as_query", "vector_file_names"]
 
 VECTOR_KINDS = ("f32", "f16", "i8")
 _F16_MAX = 65504.0
@@ -86,7 +86,7 @@ class VectorStore:
 
     @classmethod
     def from_index(cls, version: Any, kind: str = "f32", *, chunk: int = 65536) -> VectorStore:
-        """Gather every stored vector of an opened ``indexer.store.IndexVersion`` by global row."""
+        """Gather every stored vector of an opened ``IndexVersion`` by global row."""
         n, dim = version.n_items, version.dim
         parts = []
         for start in range(0, n, chunk):  # chunks bound the float32 copy for compact kinds
@@ -119,7 +119,7 @@ class VectorStore:
         Returns:
             (m,) float32; -inf for -1 rows.
         """
-        xq = _as_query(xq, self.dim)
+        xq = as_query(xq, self.dim)
         rows = self.check_rows(rows)
         if self.kind == "f32":
             return kernels.exact_scores_f32(xq, self.data, rows)
@@ -143,7 +143,7 @@ class VectorStore:
         float16) or ``<prefix>.vectors_i8.npy`` + ``<prefix>.scales.npy`` (i8) into
         ``directory``; returns the file names written (for the manifest checksums)."""
         directory = Path(directory)
-        names = _file_names(prefix, self.kind)
+        names = vector_file_names(prefix, self.kind)
         data = self.data.view(np.float16) if self.kind == "f16" else self.data
         np.save(directory / names[0], data, allow_pickle=False)
         if self.scales is not None:
@@ -163,13 +163,13 @@ class VectorStore:
         """
         directory = Path(directory)
         kinds = [kind] if kind is not None else VECTOR_KINDS
-        found = [k for k in kinds if (directory / _file_names(prefix, k)[0]).is_file()]
+        found = [k for k in kinds if (directory / vector_file_names(prefix, k)[0]).is_file()]
         if len(found) != 1:
-            wanted = [_file_names(prefix, k)[0] for k in kinds]
+            wanted = [vector_file_names(prefix, k)[0] for k in kinds]
             problem = "none of" if not found else "several of"
             raise IndexFormatError(f"{directory}: found {problem} {wanted}; pass kind=")
         kind = found[0]
-        names = _file_names(prefix, kind)
+        names = vector_file_names(prefix, kind)
         try:
             arrays = [
                 np.load(directory / name, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -183,7 +183,9 @@ class VectorStore:
             ) from e
 
 
-def _file_names(prefix: str, kind: str) -> list[str]:
+def vector_file_names(prefix: str, kind: str) -> list[str]:
+    """The files ``VectorStore.save`` writes for ``prefix`` in encoding ``kind``: the vectors
+    file first, then (i8) the scales file."""
     if kind == "f32":
         return [f"{prefix}.vectors.npy"]  # the same name as the f32 vectors beside each shard
     if kind == "f16":
@@ -193,7 +195,9 @@ def _file_names(prefix: str, kind: str) -> list[str]:
     raise ValueError(f"vector kind must be one of {VECTOR_KINDS}, got {kind!r}")
 
 
-def _as_query(xq: np.ndarray, dim: int) -> np.ndarray:
+def as_query(xq: np.ndarray, dim: int) -> np.ndarray:
+    """One query as a contiguous (dim,) float32 vector ((1, dim) is accepted); ValueError
+    otherwise."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     if xq.ndim == 2 and xq.shape[0] == 1:
         xq = xq[0]

@@ -6,7 +6,7 @@
       CURRENT            the live version number, e.g. "3\\n" (replaced atomically)
       versions/<n>/      complete, published versions (never modified after publish)
       staging/<n>/       a version being built; invisible to readers until published
-      updates/           the durable log of live updates (indexer.updates)
+      updates/           the durable log of live updates (indexer.storage.update_log)
 
 Publishing keeps the newest ``DEFAULT_KEEP_VERSIONS`` versions (and always CURRENT); ``rollback``
 points CURRENT back at an older kept version.
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from indexer.storage.faults import fault_point
 from indexer.storage.manifest import MANIFEST_NAME, IndexFormatError, load_manifest, verify_files
+from indexer.storage.update_log import truncate_applied
 from trainer.io import fsync_dir, write_atomic
 
 __all__ = [
@@ -175,7 +176,7 @@ class IndexRoot:
 
     def prune(self, keep: int = DEFAULT_KEEP_VERSIONS) -> list[int]:
         """Delete all but the newest ``keep`` versions, never the CURRENT one, then the update
-        log segments no kept version needs (``indexer.updates.truncate_applied``).
+        log segments no kept version needs (``truncate_applied``).
 
         Callers outside a build should hold ``build_lock``. A crash halfway leaves a renamed
         ``versions/.pruning-<n>`` dir that the next prune removes; it is never listed.
@@ -198,9 +199,6 @@ class IndexRoot:
         if self.versions_dir.is_dir():
             for leftover in self.versions_dir.glob(f"{_PRUNING_PREFIX}*"):
                 shutil.rmtree(leftover, ignore_errors=True)
-        # Imported here: indexer.updates itself reads this layout.
-        from indexer.storage.update_log import truncate_applied
-
         truncate_applied(self.root)
         return removed
 

@@ -72,8 +72,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # relative name -> sha256 hex
     build: dict[str, Any] = field(default_factory=dict)
     search_defaults: dict[str, Any] = field(default_factory=dict)
-    # Highest update-log seq folded into this version (indexer.updates); a live index replays
-    # only newer records. Manifests written before live updates existed load as 0.
+    # Highest update-log seq folded into this version (indexer.storage.update_log); a live index
+    # replays only newer records. Manifests written before live updates existed load as 0.
     applied_seq: int = 0
 
     def to_json_dict(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ One JSON object per line, keys sorted, with a ``seq`` that rises by one per reco
 segments and a ``crc`` (zlib.crc32 of the line's canonical JSON without the crc):
 
 - ``{"op": "upsert", "items": [record, ...], "vectors": base64, "dim": d, "fingerprint": ...}``:
-  catalog records (typed like ``trainer.data.read_catalog`` rows) and their (n, dim) float32
+  catalog records (typed like ``trainer.data.catalog.read_catalog`` rows) and their (n, dim) float32
   little-endian vectors, so replay needs no model and is deterministic; ``fingerprint`` names
   the model that made the vectors;
 - ``{"op": "delete", "item_ids": [...]}``;

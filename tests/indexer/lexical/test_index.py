@@ -12,12 +12,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from indexer.lexical import files as lexical_files
-from indexer.lexical import updates as lexical_updates
 from indexer.lexical.analysis import ANALYZER, analyze
 from indexer.lexical.bm25 import BM25Params
-from indexer.lexical.files import LEXICAL_META_FILE, lexical_file_names
-from indexer.lexical.index import LexicalIndex
+from indexer.lexical.files import FORMAT_VERSION, LEXICAL_META_FILE, lexical_file_names
+from indexer.lexical.index import MAX_SEGMENTS, LexicalIndex
 from indexer.storage.manifest import IndexFormatError
 from indexer.storage.sharding import shard_of
 
@@ -274,7 +272,7 @@ def test_load_rejects_bad_files(tmp_path):
     (tmp_path / LEXICAL_META_FILE).write_text(json.dumps(meta))
     with pytest.raises(IndexFormatError, match="format"):
         LexicalIndex.load(tmp_path)
-    meta["format_version"] = lexical_files.FORMAT_VERSION
+    meta["format_version"] = FORMAT_VERSION
     (tmp_path / LEXICAL_META_FILE).write_text(json.dumps(meta))
     (tmp_path / "shard_000.lexical.npz").write_bytes(b"not a zip")
     with pytest.raises(IndexFormatError, match="shard_000"):
@@ -357,9 +355,9 @@ def test_upsert_and_delete_against_reference():
             assert index.delete(rows) == len(rows) - 1
             for r in rows[:-1]:
                 del model.docs[int(r)]
-        assert len(index._state.segments) <= lexical_updates.MAX_SEGMENTS
-        merged |= len(index._state.segments) < n_segments  # only a merge makes fewer
-        n_segments = len(index._state.segments)
+        assert index.n_segments <= MAX_SEGMENTS
+        merged |= index.n_segments < n_segments  # only a merge makes fewer
+        n_segments = index.n_segments
         for query in queries:
             _assert_same(index.search(query, 25), model.expected(query, 25))
         _assert_same(
