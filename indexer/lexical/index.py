@@ -395,7 +395,7 @@ class LexicalIndex:
             else:
                 raise ValueError(
                     f"row {r} is new and there are {self.n_shards} shards: pass shard_ids "
-                    "(indexer.shards.shard_of(item_ids, n_shards))"
+                    "(indexer.storage.sharding.shard_of(item_ids, n_shards))"
                 )
         return out
 
