@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.build.factory import parse_memory
-from indexer.rerank.vectors import VECTOR_KINDS
 from indexer.build.tune import TuneConfig
+from indexer.rerank.vectors import VECTOR_KINDS
 
 
 @dataclass(frozen=True)

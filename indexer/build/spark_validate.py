@@ -31,7 +31,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.data.catalog import Catalog, catalog_item_id, catalog_schema, catalog_table, extra_kind_problem, note_extra_kinds, read_catalog, validate_catalog_record
+from trainer.data.catalog import (
+    Catalog,
+    catalog_item_id,
+    catalog_schema,
+    catalog_table,
+    extra_kind_problem,
+    note_extra_kinds,
+    read_catalog,
+    validate_catalog_record,
+)
 from trainer.data.rows import DataError, check_data_file, parse_json_line
 
 __all__ = ["ROW", "ValidatedCatalog", "validate_catalog_spark"]
