@@ -39,13 +39,7 @@ from indexer.storage.layout import (
     index_file_name,
     rows_file_name,
 )
-from indexer.storage.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    ShardInfo,
-    file_sha256,
-    save_manifest,
-)
+from indexer.storage.manifest import MANIFEST_NAME, Manifest, ShardInfo, file_sha256, save_manifest
 from indexer.storage.sharding import shard_of
 
 __all__ = ["compact"]

@@ -14,15 +14,13 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.build.config import BuildConfig
-from indexer.build.embed import ShardVectorWriter, encode_chunks, item_text_chunks
-from indexer.build.item_vectors import StoredItemVectors
-from indexer.build.pipeline import (
-    BuildJob,
-    ShardBuild,
-    ShardSettings,
-    build_version,
-    write_shard,
+from indexer.build.embed import (
+    ShardVectorWriter,
+    StoredItemVectors,
+    encode_chunks,
+    item_text_chunks,
 )
+from indexer.build.pipeline import BuildJob, ShardBuild, ShardSettings, build_version, write_shard
 from indexer.storage.layout import IndexRoot, rows_file_name, vectors_file_name
 from indexer.storage.manifest import file_sha256
 from trainer.data.catalog import read_catalog

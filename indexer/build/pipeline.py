@@ -5,7 +5,7 @@ can train the factory; read and encode the tuning queries (a bad file fails befo
 embedding); under the build lock, replay the live updates the catalog may lack
 (``indexer.live.fold``); embed every item; tune on perturbed item vectors when there is no
 query file; build each shard's files (``write_shard``); write ``items.parquet``, the BM25 and
-users files and the manifest; publish atomically.
+users files (``write_companions``) and the manifest; publish atomically.
 
 Two steps are the engine's, one switch as in autofaiss: how items are embedded and how shards
 are built (``BuildEngine``), in this process (``indexer.build.local``) or as a Spark job with
@@ -28,7 +28,6 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from indexer.build.companions import write_companions
 from indexer.build.config import BuildConfig
 from indexer.build.factory import choose_factory
 from indexer.build.shard import (
@@ -46,6 +45,7 @@ from indexer.build.tune import (
     query_vectors_from_file,
     tune_effort,
 )
+from indexer.lexical.index import LexicalIndex
 from indexer.live.fold import BuildUpdates, updates_for_build
 from indexer.rerank.vectors import VectorStore
 from indexer.storage.faults import fault_point
@@ -65,17 +65,13 @@ from indexer.storage.manifest import (
     save_manifest,
 )
 from indexer.storage.sharding import shard_of
+from indexer.storage.users import USERS_FILE, users_table, write_users
 from indexer.version import vector_files
 from trainer.data.catalog import Catalog
+from trainer.data.labels import read_interactions
+from trainer.text import item_text
 
-__all__ = [
-    "BuildEngine",
-    "BuildJob",
-    "ShardBuild",
-    "ShardSettings",
-    "build_version",
-    "write_shard",
-]
+__all__ = ["BuildEngine", "BuildJob", "ShardBuild", "ShardSettings", "build_version", "write_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,27 +146,22 @@ class BuildEngine(Protocol):
     ) -> AbstractContextManager[Path]:
         """The dir the version's files are written into, for a block that ends by publishing
         them (from ``root``'s staging dir for ``version``; another dir is moved there)."""
-        ...
 
     def embed(self, job: BuildJob, version_dir: Path) -> float:
         """Embed every catalog item, ``job.updates.kept`` put in; returns the seconds taken."""
-        ...
 
     def sample_vectors(self, job: BuildJob, version_dir: Path, rows: np.ndarray) -> np.ndarray:
         """(len(rows), dim) float32 embedded vectors of the ascending catalog ``rows``, ordered
         by shard, then row (``kept`` put in)."""
-        ...
 
     def build_shards(
         self, job: BuildJob, version_dir: Path, settings: ShardSettings
     ) -> list[ShardBuild]:
         """Write every shard's files into ``version_dir`` (``write_shard``); their builds, in
         shard order."""
-        ...
 
     def build_info(self, job: BuildJob) -> dict[str, Any]:
         """What the manifest's ``build`` records about this engine's run."""
-        ...
 
 
 def build_version(
@@ -457,3 +448,37 @@ def _manifest(
         search_defaults=defaults,
         applied_seq=job.updates.applied_seq,
     )
+
+
+def write_companions(
+    staging: Path,
+    catalog: Any,
+    shard_ids: np.ndarray,
+    n_shards: int,
+    *,
+    lexical: bool = True,
+    interactions: Path | None = None,
+) -> dict[str, Any]:
+    """Write the lexical index (same item text and shard assignment as the dense side, corpus
+    statistics global to the catalog) and, given an interactions file, each user's recent items
+    into `staging`. Returns build info for the manifest."""
+    info: dict[str, Any] = {}
+    if lexical:
+        t = time.perf_counter()
+        texts = [item_text(r) for r in catalog.records()]
+        index = LexicalIndex.build(
+            texts, np.arange(len(texts), dtype=np.int64), shard_ids, n_shards
+        )
+        files = index.save(staging)
+        info["lexical"] = {
+            "files": files,
+            "terms": index.n_terms,
+            "seconds": round(time.perf_counter() - t, 3),
+        }
+        logger.info("lexical index: %d terms in %.1f s", index.n_terms, time.perf_counter() - t)
+    if interactions is not None:
+        table = users_table(read_interactions(interactions), set(catalog.item_ids))
+        write_users(table, staging / USERS_FILE)
+        info["users"] = {"interactions": str(Path(interactions).resolve()), "users": table.num_rows}
+        logger.info("users: %d with recent items", table.num_rows)
+    return info

@@ -45,13 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.build.config import BuildConfig
-from indexer.build.pipeline import (
-    BuildJob,
-    ShardBuild,
-    ShardSettings,
-    build_version,
-    write_shard,
-)
+from indexer.build.pipeline import BuildJob, ShardBuild, ShardSettings, build_version, write_shard
 from indexer.build.spark_validate import ROW, ValidatedCatalog, validate_catalog_spark
 from indexer.build.tune import TuneResult
 from indexer.live.fold import BuildUpdates, KeptVectors

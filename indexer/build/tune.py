@@ -179,8 +179,10 @@ def float_codes(index: faiss.Index) -> bool:
     return isinstance(part, faiss.IndexFlat | faiss.IndexIVFFlat)
 
 
-def exact_search(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product.
+def exact_search(
+    xq: np.ndarray, xb: np.ndarray, k: int, *, block_rows: int = _EXACT_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product, over ``block_rows`` rows of xb at a time.
 
     Args:
         xq: (nq, dim) float32 queries.
@@ -193,8 +195,8 @@ def exact_search(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     k = min(k, len(xb))
     heap = faiss.ResultHeap(len(xq), k, keep_max=True)
-    for start in range(0, len(xb), _EXACT_CHUNK):
-        block = np.ascontiguousarray(xb[start : start + _EXACT_CHUNK], dtype=np.float32)
+    for start in range(0, len(xb), block_rows):
+        block = np.ascontiguousarray(xb[start : start + block_rows], dtype=np.float32)
         D, I = faiss.knn(xq, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(D, np.where(I >= 0, I + start, -1))
     heap.finalize()
