@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class ItemEncoder(Protocol):
-    """What embedding needs from ``trainer.encoder.Encoder``."""
+    """What embedding needs from ``trainer.encoder.load.Encoder``."""
 
     dim: int
 

@@ -258,7 +258,7 @@ def query_vectors_from_file(
     """Encode up to ``n`` queries (a fixed-seed sample) of a queries or labels file.
 
     Args:
-        encoder: a ``trainer.encoder.Encoder``.
+        encoder: a ``trainer.encoder.load.Encoder``.
         path: ``queries_<split>.jsonl`` or ``labels_<split>.jsonl[.gz]`` (shared schema: rows
             with ``query_id`` and ``query``).
 
@@ -266,7 +266,7 @@ def query_vectors_from_file(
         (min(n, distinct queries), dim) float32 query vectors.
 
     Raises:
-        trainer.data.DataError: the file is missing or malformed.
+        trainer.data.rows.DataError: the file is missing or malformed.
     """
     from trainer.data.labels import read_queries
     from trainer.text import query_text
