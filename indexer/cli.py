@@ -10,6 +10,7 @@ from pathlib import Path
 from indexer.build.compact import compact
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
+from indexer.build.spark import SparkConfig, build_index_spark
 from indexer.storage.layout import DEFAULT_KEEP_VERSIONS, IndexRoot, resolve_version_dir
 from indexer.storage.manifest import MANIFEST_NAME, load_manifest
 
@@ -42,7 +43,8 @@ On success the new version dir is printed on stdout. Progress goes to stderr.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def arg_parser() -> argparse.ArgumentParser:
+    """The ``aisle-index`` parser: build, info, compact, rollback and prune subcommands."""
     parser = argparse.ArgumentParser(
         prog="aisle-index",
         description=_DESCRIPTION,
@@ -181,13 +183,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_spark_arguments(build: argparse.ArgumentParser) -> None:
-    """``build`` flags for the Spark engine (``indexer.spark_build``; needs ``aisle[spark]``)."""
+    """``build`` flags for the Spark engine (``indexer.build.spark``; needs ``aisle[spark]``)."""
     build.add_argument(
         "--engine",
         choices=("local", "spark"),
         default="local",
         help="local: embed and build on this machine (default); spark: run the batch reindex "
-        "as a PySpark job (see README, 'Batch reindexing on Spark')",
+        "as a PySpark job (see docs/spark.md)",
     )
     build.add_argument(
         "--master",
@@ -296,7 +298,7 @@ def _info(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``aisle-index``; returns the exit code (2 for bad input or config, 1 for IO errors)."""
-    args = _parser().parse_args(argv)
+    args = arg_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -328,8 +330,6 @@ def main(argv: list[str] | None = None) -> int:
                         "--item-vectors is for the local engine; the Spark build encodes the "
                         "catalog itself (drop --engine spark, or drop --item-vectors)"
                     )
-                from indexer.build.spark import SparkConfig, build_index_spark
-
                 spark_config = SparkConfig(
                     master=args.master,
                     partitions=args.partitions,

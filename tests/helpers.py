@@ -1,5 +1,6 @@
 """Shared test helpers: a tiny, randomly initialised BERT model dir that loads like a real one,
-small synthetic catalogs, and the trainer tests' in-memory catalogs, labels and run config."""
+small synthetic catalogs, the trainer tests' in-memory catalogs, labels and run config, and live
+updates with the item state they leave."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from indexer.live.index import LiveIndex
+from indexer.version import IndexVersion
 from trainer.data.catalog import Catalog
 from trainer.data.labels import Labels
 from trainer.text import item_text
@@ -220,3 +223,37 @@ def train_config(tmp_path: Path, model: Path, data: dict[str, Path], **kwargs) -
         **kwargs,
     }
     return TrainConfig(**settings)
+
+
+def unit(n: int, dim: int, seed: int) -> np.ndarray:
+    """(n, dim) float32 random unit vectors."""
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def live_state(live: LiveIndex) -> dict[str, dict]:
+    """item_id → record of every live item of ``live``."""
+    view = live.snapshot()
+    rows = np.setdiff1d(np.arange(view.n_rows), view.dead_rows())
+    return {view.item_id(r): view.record(r) for r in rows}
+
+
+def version_state(version: IndexVersion) -> dict[str, dict]:
+    """item_id → record of every item of ``version``."""
+    return {version.item_ids[r]: version.record(r) for r in range(version.n_items)}
+
+
+def some_updates(live: LiveIndex) -> np.ndarray:
+    """Upsert two items (one new, one replaced), delete one, reprice one; returns the upserted
+    vectors (made up: not what the model would give, so re-use is visible)."""
+    xb = unit(2, live.dim, 0)
+    live.upsert(
+        [
+            {"item_id": "NEW", "title": "green kettle", "price": 7.0, "brand": "Acme"},
+            {"item_id": "SKU0001", "title": "blue lamp v2"},
+        ],
+        xb,
+    )
+    live.delete(["SKU0002"])
+    live.update_attributes({"SKU0004": {"price": 1.25}})
+    return xb

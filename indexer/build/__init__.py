@@ -1,1 +1,1 @@
-"""Building index versions: embed, shard, FAISS, tune, publish; on one machine or on Spark; compaction."""
+"""Building index versions: embed, shard, FAISS, tune, publish; locally or on Spark; compaction."""

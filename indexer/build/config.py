@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.build.factory import parse_memory
-from indexer.rerank.vectors import VECTOR_KINDS
 from indexer.build.tune import TuneConfig
+from indexer.rerank.vectors import VECTOR_KINDS
 
 
 @dataclass(frozen=True)
@@ -15,19 +15,20 @@ class BuildConfig:
     """What to index and how.
 
     Attributes:
-        catalog: catalog file (.jsonl[.gz], .parquet, .csv[.gz]; see trainer.data.read_catalog).
+        catalog: catalog file (.jsonl[.gz], .parquet, .csv[.gz]; see
+            ``trainer.data.catalog.read_catalog``).
         out: index root; each build adds ``versions/<n>`` and points ``CURRENT`` at it.
         model: model dir; None = the packaged all-MiniLM-L6-v2.
         shards: number of shards (items are assigned by a stable hash of their id).
         factory: FAISS index_factory string, e.g. "Flat", "HNSW32", "IVF1024,Flat",
-            "IVF1024,PQ32", "IVF1024,PQ192x4fs", or "auto" (``indexer.factory.choose_factory``
-            by shard size and ``memory_budget``).
+            "IVF1024,PQ32", "IVF1024,PQ192x4fs", or "auto"
+            (``indexer.build.factory.choose_factory`` by shard size and ``memory_budget``).
         batch_size: items per encoder forward pass.
         max_item_length: token cap for item texts; None = the model's own max_item_length.
         memory_budget: RAM for the FAISS indexes of all shards, bytes or a string like "2GB";
             only with ``factory="auto"``; None = no limit.
         target_recall: tune nprobe / efSearch to the smallest value reaching this recall@k
-            against exact search (``indexer.tune``); None = no tuning (fixed defaults).
+            against exact search (``indexer.build.tune``); None = no tuning (fixed defaults).
         tune_k: the k of that recall@k.
         tune_queries: a queries or labels file (shared schema) whose queries, encoded, are the
             tuning queries; None = sampled item vectors perturbed by noise.
@@ -36,7 +37,7 @@ class BuildConfig:
         lexical: also build the BM25 index of the item texts (hybrid search).
         interactions: an interactions file (user_id, item_id, position): each user's recent
             items are published with the version for personalisation and Recommend.
-        discard_updates: drop the live updates the catalog may lack (``indexer.updates``;
+        discard_updates: drop the live updates the catalog may lack (``indexer.live.fold``;
             newer than CURRENT or than the catalog file) instead of replaying them onto the
             catalog; either way the log and the manifest say which.
         item_vectors: a float32 (or float16 / float64) ``.npy`` file of shape

@@ -88,7 +88,25 @@ def check_trainable(dim: int, factory: str, counts: np.ndarray) -> None:
         )
 
 
-def _search_defaults(index: faiss.Index) -> dict[str, Any]:
+def is_exact_factory(dim: int, factory: str) -> bool:
+    """Whether ``factory`` searches exactly (Flat): nothing to tune then."""
+    index = _new_index(dim, factory)  # keep this proxy: it owns the C++ object `part` points into
+    part = faiss.downcast_index(index)
+    return isinstance(part, faiss.IndexIDMap2) and isinstance(
+        faiss.downcast_index(part.index), faiss.IndexFlat
+    )
+
+
+def builder_name(factory: str, device: str) -> str:
+    """What built a shard, for the manifest: the CPU, FAISS's GPU IVF, or CAGRA on the GPU."""
+    if device == "cpu":
+        return "faiss-cpu"
+    return "cuvs-cagra->hnsw" if factory.startswith("HNSW") else "faiss-gpu"
+
+
+def search_defaults(index: faiss.Index) -> dict[str, Any]:
+    """The manifest's untuned ``search_defaults`` for a built shard index: an nprobe for IVF,
+    an efSearch for HNSW, nothing for exact indexes."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         # FAISS's default nprobe=1 gives poor recall; probe ~1/32 of the lists, at least 16.

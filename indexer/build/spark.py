@@ -1,19 +1,19 @@
-"""Batch reindexing as a PySpark job: embed on executors, one FAISS shard per Spark task.
+"""The Spark build: embed on executors, one FAISS shard per Spark task (``SparkEngine``).
 
-Stages (each restartable, clip-retrieval style reader → model → writer):
+The steps are the single-machine build's (``indexer.build.pipeline``); what runs where
+(clip-retrieval style reader → model → writer, each stage restartable):
 
-1. Spark reads the catalog and executors validate it (``indexer.spark_validate``: the rules
-   and messages of ``trainer.data.read_catalog``), writing the typed items with their row to
-   Parquet: the job's DataFrame. The driver loads that table (columnar) for the steps that
-   need every item: replaying pending live updates exactly as ``indexer.build.build_index``
-   does (their result is then the DataFrame's input instead), the BM25 and users files, and
-   ``items.parquet``.
+1. Spark reads the catalog and executors validate it (``indexer.build.spark_validate``: the
+   rules and messages of ``trainer.data.catalog.read_catalog``), writing the typed items with
+   their row to Parquet: the job's DataFrame. The driver loads that table (columnar) for the
+   steps that need every item: replaying pending live updates (their result is then the
+   DataFrame's input instead), the BM25 and users files, and ``items.parquet``.
 2. ``mapInArrow`` embeds items on the executors; each Python worker loads the model once
    (cached per process) on its GPU when it has one. Embeddings go to Parquet
    (``item_id, row, shard, vector``) and are reused by a rerun.
-3. The embeddings are grouped by the ``indexer.shards.shard_of`` hash and each shard's index is
-   built by ``indexer.build.build_shard_index`` in one Spark task, so factories and tuning
-   behave as in the single-machine build.
+3. The embeddings are grouped by the ``indexer.storage.sharding.shard_of`` hash and each
+   shard's files are written by ``indexer.build.pipeline.write_shard`` in one Spark task, so
+   factories and tuning behave as in the single-machine build.
 4. The driver writes ``items.parquet`` and the manifest and publishes via ``IndexRoot``.
 
 The work dir ``<out>/.spark/<key>`` is named by a hash of the catalog's sha256, the model
@@ -35,34 +35,31 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.build.config import BuildConfig
-from indexer.build.local import _builder, _is_exact_factory, _write_compact_vectors, resolve_factory
-from indexer.build.shard import _search_defaults, build_shard_index
-from indexer.build.manifest import version_manifest
-from indexer.build.companions import write_companions
-from indexer.storage.faults import fault_point
-from indexer.storage.layout import ITEMS_FILE, IndexRoot, index_file_name, rows_file_name, vectors_file_name
-from indexer.storage.manifest import MANIFEST_NAME, Manifest, ShardInfo, file_sha256, save_manifest
-from indexer.storage.sharding import shard_of
+from indexer.build.pipeline import BuildJob, ShardBuild, ShardSettings, build_version, write_shard
 from indexer.build.spark_validate import ROW, ValidatedCatalog, validate_catalog_spark
+from indexer.build.tune import TuneResult
+from indexer.live.fold import BuildUpdates, KeptVectors
+from indexer.storage.layout import IndexRoot, index_file_name, rows_file_name, vectors_file_name
+from indexer.storage.manifest import file_sha256
+from indexer.storage.sharding import shard_of
 from indexer.version import vector_files
-from indexer.build.tune import TuneResult, combine_results, perturbed_queries, query_vectors_from_file
+from trainer.io import atomic_path, write_atomic
 
-__all__ = ["SparkConfig", "build_index_spark", "spark_session"]
+__all__ = ["SparkConfig", "SparkEngine", "build_index_spark", "spark_session"]
 
 logger = logging.getLogger(__name__)
 
 WORK_DIR = ".spark"  # under the index root; one sub dir per (catalog, model, settings)
-_ROW = ROW  # the input column the job adds to the items; prefixed so no attribute clashes
 _EMBEDDINGS_SCHEMA = "item_id string, row long, shard int, vector array<float>"
 _SHARD_RESULT_SCHEMA = "shard int, seconds double"
 _KEY_FILE = "_AISLE_KEY"  # in the embeddings dir: which build they belong to
@@ -174,7 +171,7 @@ def _embed_batches(
                 continue
             rows = batch.to_pylist()
             texts = [
-                item_text({k: v for k, v in r.items() if v is not None and k != _ROW}) for r in rows
+                item_text({k: v for k, v in r.items() if v is not None and k != ROW}) for r in rows
             ]
             shards = shard_of(batch.column("item_id").to_pylist(), n_shards)  # (n,) int32
             xb = np.asarray(
@@ -189,7 +186,7 @@ def _embed_batches(
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column("item_id"),
-                    batch.column(_ROW),
+                    batch.column(ROW),
                     pa.array(shards),
                     vector,
                 ],
@@ -203,18 +200,21 @@ def _shard_done_file(work: Path, shard: int) -> Path:
     return work / "done" / f"shard_{shard:03d}.json"
 
 
-def _shard_ok(work: Path, shard: int) -> dict[str, Any] | None:
-    """A shard's record when all its files exist with the recorded checksums, else None."""
+def _done_shard(work: Path, shard: int) -> ShardBuild | None:
+    """A shard's build when all its files exist with the recorded checksums, else None."""
     try:
         record = json.loads(_shard_done_file(work, shard).read_text(encoding="utf-8"))
         version_dir = work / "version"
-        for name, digest in record["files"].items():
+        for name, digest in record.pop("files").items():
             if file_sha256(version_dir / name) != digest:
                 logger.info("shard %d: %s fails its checksum; rebuilding the shard", shard, name)
                 return None
-    except (OSError, ValueError, KeyError):
+        tune = record["tune"]
+        if tune is not None:
+            record["tune"] = TuneResult(**{**tune, "curve": tuple(map(tuple, tune["curve"]))})
+        return ShardBuild(**record)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return record
 
 
 def _build_one_shard(
@@ -222,77 +222,32 @@ def _build_one_shard(
     rows: np.ndarray,
     xb: np.ndarray,
     work: Path,
-    settings: dict[str, Any],
-    xq_tune: np.ndarray | None,
-    kept_rows: np.ndarray,
-    kept_vectors: np.ndarray | None,
+    settings: ShardSettings,
+    kept: KeptVectors,
 ) -> float:
     """Build, write and checksum one shard's files (on an executor, or the driver if empty)."""
-    t_shard = time.perf_counter()
     version_dir = work / "version"
     order = np.argsort(rows, kind="stable")  # ascending global rows, as the local build has
     rows = np.ascontiguousarray(rows[order], dtype=np.int64)  # (n_s,)
     xb = np.ascontiguousarray(xb[order], dtype=np.float32)  # (n_s, dim)
-    if kept_vectors is not None and len(kept_rows):
-        # Replayed upserts keep their logged vectors (same model), as in the local build.
-        hit = np.isin(rows, kept_rows)
-        xb[hit] = kept_vectors[np.searchsorted(kept_rows, rows[hit])]
-    for name in vector_files(shard, settings["vectors"]) + [vectors_file_name(shard)]:
+    xb = kept.patch(rows, xb)  # replayed upserts keep their logged vectors, as in a local build
+    for name in vector_files(shard, settings.vectors) + [vectors_file_name(shard)]:
         (version_dir / name).unlink(missing_ok=True)
     np.save(version_dir / vectors_file_name(shard), xb)
     np.save(version_dir / rows_file_name(shard), rows)
-    index, device = build_shard_index(xb, rows, settings["factory"], shard=shard)
-    faiss.write_index(index, str(version_dir / index_file_name(shard)))
-    tune = None
-    if settings["tune"] is not None and xq_tune is not None:
-        from indexer.build.tune import tune_effort
-
-        t = settings["tune"]
-        tune = dataclasses.asdict(
-            tune_effort(
-                index,
-                xb,
-                rows,
-                xq_tune,
-                k=t["k"],
-                target_recall=t["target_recall"],
-                rescore_depth=t["rescore_depth"],
-                shard=shard,
-            )
-        )
-    vectors_file = vectors_file_name(shard)
-    if settings["vectors"] != "f32":
-        vectors_file = _write_compact_vectors(version_dir, shard, settings["vectors"], xb)[0]
-    names = [index_file_name(shard), rows_file_name(shard)] + vector_files(
-        shard, settings["vectors"]
-    )
-    seconds = time.perf_counter() - t_shard
+    build = write_shard(version_dir, shard, xb, rows, settings)
+    names = [index_file_name(shard), rows_file_name(shard)] + vector_files(shard, settings.vectors)
     record = {
-        "shard": shard,
-        "count": len(rows),
-        "vectors_file": vectors_file,
-        "device": device,
-        "builder": _builder(settings["factory"], device),
-        "seconds": round(seconds, 3),
-        "search_defaults": _search_defaults(index),
-        "tune": tune,
+        **dataclasses.asdict(build),
         "files": {name: file_sha256(version_dir / name) for name in names},
     }
     done = _shard_done_file(work, shard)
     done.parent.mkdir(parents=True, exist_ok=True)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, done)  # the record appears only once every file is written
-    return seconds
+    write_atomic(done, json.dumps(record))  # the record appears only once every file is written
+    return build.seconds
 
 
-def _shard_task(
-    work: str,
-    settings: dict[str, Any],
-    xq_tune: np.ndarray | None,
-    kept_rows: np.ndarray,
-    kept_vectors: np.ndarray | None,
-) -> Any:
+def _shard_task(work: str, settings: ShardSettings, kept: KeptVectors) -> Any:
     """The ``applyInPandas`` function: all embeddings of one shard → its files."""
     import pandas as pd
 
@@ -300,15 +255,13 @@ def _shard_task(
         shard = int(pdf["shard"].iloc[0])
         xb = np.stack(pdf["vector"].to_numpy()).astype(np.float32)  # (n_s, dim)
         rows = pdf["row"].to_numpy(dtype=np.int64)
-        seconds = _build_one_shard(
-            shard, rows, xb, Path(work), settings, xq_tune, kept_rows, kept_vectors
-        )
+        seconds = _build_one_shard(shard, rows, xb, Path(work), settings, kept)
         return pd.DataFrame({"shard": [shard], "seconds": [seconds]})
 
     return build
 
 
-def _work_key(config: BuildConfig, fingerprint: str, updates: Any) -> str:
+def _work_key(config: BuildConfig, fingerprint: str, updates: BuildUpdates) -> str:
     """Hash of everything that decides the build's files: the work dir's name."""
     parts = {
         "catalog_sha256": file_sha256(config.catalog),
@@ -329,54 +282,11 @@ def _work_key(config: BuildConfig, fingerprint: str, updates: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _embed(
-    spark: Any,
-    validated: ValidatedCatalog | None,
-    catalog: Any,
-    work: Path,
-    emb_dir: Path,
-    key: str,
-    config: BuildConfig,
-    spark_config: SparkConfig,
-) -> None:
-    """Embed every item on the executors into ``emb_dir`` (Parquet), unless already done.
-
-    The items are the validated catalog's DataFrame; ``validated=None`` (replayed live updates
-    changed them) makes the driver's ``catalog`` table the input instead.
-    """
-    marker = emb_dir / _KEY_FILE
-    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == key:
-        logger.info("reusing the embeddings in %s (same catalog, model and settings)", emb_dir)
-        return
-    inputs = None
-    if validated is not None:
-        df = validated.dataframe(spark)
-    else:
-        inputs = work / "input.parquet"
-        rows = pa.array(np.arange(len(catalog), dtype=np.int64))
-        tmp = inputs.with_suffix(".tmp")
-        # row groups = Spark's read splits
-        pq.write_table(catalog.table.append_column(_ROW, rows), tmp, row_group_size=8192)
-        os.replace(tmp, inputs)
-        df = spark.read.parquet(str(inputs))
-    if spark_config.partitions is not None:
-        df = df.repartition(spark_config.partitions)
-    embed = _embed_batches(
-        str(config.model) if config.model is not None else None,
-        config.batch_size,
-        config.max_item_length,
-        config.shards,
-    )
-    df.mapInArrow(embed, _EMBEDDINGS_SCHEMA).write.mode("overwrite").parquet(str(emb_dir))
-    marker.write_text(key + "\n", encoding="utf-8")
-    if inputs is not None:
-        inputs.unlink()
-
-
 def build_index_spark(
     config: BuildConfig, spark_config: SparkConfig | None = None, *, spark: Any = None
 ) -> Path:
-    """``indexer.build.build_index`` as a Spark job; the same files, manifest and publishing.
+    """``indexer.build.local.build_index`` as a Spark job; the same files, manifest and
+    publishing.
 
     Args:
         config: what to index and how (as for the single-machine build).
@@ -388,10 +298,12 @@ def build_index_spark(
         and a rerun with the same inputs resumes from it.
 
     Raises:
-        trainer.data.DataError: a bad catalog, with ``read_catalog``'s message.
+        trainer.data.rows.DataError: a bad catalog, with ``read_catalog``'s message.
     """
+    from trainer.encoder.load import load_encoder
+
     spark_config = spark_config or SparkConfig()
-    t_start = time.perf_counter()
+    started = time.perf_counter()
     if spark is None:
         spark = spark_session(spark_config.master, spark_config.app_name)
     root = IndexRoot(config.out.resolve())
@@ -400,114 +312,117 @@ def build_index_spark(
     scratch = root.root / WORK_DIR / f"catalog-{uuid.uuid4().hex[:16]}"
     try:
         validated = validate_catalog_spark(spark, config.catalog, scratch)
-        return _build_validated(validated, config, spark_config, spark, root, t_start)
+        # The driver-side steps (live updates, BM25, users, items.parquet) need every item: the
+        # typed Arrow table only (read_catalog on the driver also held every row as a dict).
+        catalog = validated.to_catalog()
+        # The driver loads the model too: its fingerprint and dim, and tuning queries to encode.
+        encoder = load_encoder(config.model, device="cpu")
+        engine = SparkEngine(spark, spark_config, validated)
+        return build_version(config, catalog, encoder, engine, started=started)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):
             scratch.parent.rmdir()  # only when no work dir is left
 
 
-def _build_validated(
-    validated: ValidatedCatalog,
-    config: BuildConfig,
-    spark_config: SparkConfig,
-    spark: Any,
-    root: IndexRoot,
-    t_start: float,
-) -> Path:
-    """The build once the catalog is validated: see ``build_index_spark``."""
-    from indexer.build.compact import updates_for_build
-    from trainer.encoder.load import load_encoder
+class SparkEngine:
+    """Embeds items on Spark executors and builds one shard per Spark task
+    (``indexer.build.pipeline.BuildEngine``), in the work dir ``<out>/.spark/<key>``.
 
-    # The driver-side steps (live updates, BM25, users, items.parquet) need every item: the
-    # typed Arrow table only (read_catalog on the driver also held every row as a dict).
-    catalog = validated.to_catalog()
-    # The driver loads the model too: its fingerprint and dim, and tuning queries to encode.
-    encoder = load_encoder(config.model, device="cpu")
-    shard_ids = shard_of(catalog.item_ids, config.shards)
-    config, factory_choice = resolve_factory(config, shard_ids, encoder.dim)
-    exact = _is_exact_factory(encoder.dim, config.factory)
-    tune = config.tune_config() if config.target_recall is not None and not exact else None
-    xq_tune = None
-    if tune is not None and config.tune_queries is not None:
-        xq_tune = query_vectors_from_file(
-            encoder, config.tune_queries, tune.n_queries, seed=tune.seed
-        )
-    with root.build_lock():
-        updates = updates_for_build(
-            root.root, catalog, encoder.fingerprint, discard=config.discard_updates
-        )
-        if updates.changed:
-            catalog = updates.catalog
-            shard_ids = shard_of(catalog.item_ids, config.shards)
-        key = _work_key(config, encoder.fingerprint, updates)
-        work = root.root / WORK_DIR / key
-        (work / "version").mkdir(parents=True, exist_ok=True)
-        emb_dir = spark_config.embeddings_out or work / "embeddings"
-        logger.info("spark work dir %s", work)
+    Args:
+        spark: the SparkSession.
+        spark_config: how Spark runs.
+        validated: the validated catalog, the embedding's input unless live updates changed
+            the items (then the driver's table is written out for Spark to read instead).
+    """
 
+    def __init__(self, spark: Any, spark_config: SparkConfig, validated: ValidatedCatalog) -> None:
+        self.spark = spark
+        self.spark_config = spark_config
+        self.validated = validated
+        self.work: Path | None = None  # set by workspace
+        self.embeddings: Any = None  # the embeddings DataFrame, set by embed
+        self.rebuilt: list[int] = []  # set by build_shards
+
+    @contextmanager
+    def workspace(self, job: BuildJob, root: IndexRoot, version: int) -> Iterator[Path]:
+        """The version dir of the work dir of ``job``; the work dir is kept when the build
+        fails (a rerun resumes from it) and deleted once the version is published."""
+        self.work = (
+            root.root / WORK_DIR / _work_key(job.config, job.encoder.fingerprint, job.updates)
+        )
+        (self.work / "version").mkdir(parents=True, exist_ok=True)
+        logger.info("spark work dir %s", self.work)
+        yield self.work / "version"
+        shutil.rmtree(self.work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.work.parent.rmdir()  # only when no other build's work dir is left
+
+    def embed(self, job: BuildJob, version_dir: Path) -> float:
+        """Embed every item on the executors into the embeddings dir (Parquet: ``item_id, row,
+        shard, vector``), unless a run with the same key already did."""
         t_encode = time.perf_counter()
-        items = None if updates.changed else validated
-        _embed(spark, items, catalog, work, emb_dir, key, config, spark_config)
-        encode_seconds = time.perf_counter() - t_encode
-        fault_point("after-embed")
-        embeddings = spark.read.parquet(str(emb_dir))
-
-        if tune is not None and xq_tune is None:
-            # The same sample as the local build: fixed-seed rows, gathered shard by shard.
-            rng = np.random.default_rng(tune.seed)
-            sample = rng.choice(len(shard_ids), min(tune.n_queries, len(shard_ids)), replace=False)
-            picked = (
-                embeddings.where(embeddings.row.isin([int(r) for r in sample]))
-                .select("row", "shard", "vector")
-                .toPandas()
-                .sort_values(["shard", "row"])
+        emb_dir = self.spark_config.embeddings_out or self.work / "embeddings"
+        marker, key = emb_dir / _KEY_FILE, self.work.name
+        if marker.is_file() and marker.read_text(encoding="utf-8").strip() == key:
+            logger.info("reusing the embeddings in %s (same catalog, model and settings)", emb_dir)
+        else:
+            inputs = None
+            if not job.updates.changed:
+                df = self.validated.dataframe(self.spark)
+            else:
+                inputs = self.work / "input.parquet"
+                rows = pa.array(np.arange(len(job.catalog), dtype=np.int64))
+                with atomic_path(inputs, suffix=".parquet") as tmp:
+                    # row groups = Spark's read splits
+                    table = job.catalog.table.append_column(ROW, rows)
+                    pq.write_table(table, tmp, row_group_size=8192)
+                df = self.spark.read.parquet(str(inputs))
+            if self.spark_config.partitions is not None:
+                df = df.repartition(self.spark_config.partitions)
+            config = job.config
+            embed = _embed_batches(
+                str(config.model) if config.model is not None else None,
+                config.batch_size,
+                config.max_item_length,
+                config.shards,
             )
-            sampled = np.stack(picked["vector"].to_numpy()).astype(np.float32)  # (n, dim)
-            kept = updates.kept_rows
-            if updates.kept_vectors is not None and len(kept):
-                # The local build samples after replayed upserts got their logged vectors.
-                rows = picked["row"].to_numpy(dtype=np.int64)
-                hit = np.isin(rows, kept)
-                sampled[hit] = updates.kept_vectors[np.searchsorted(kept, rows[hit])]
-            xq_tune = perturbed_queries(
-                sampled,
-                tune.n_queries,
-                noise=tune.noise,
-                seed=tune.seed,
-            )
+            df.mapInArrow(embed, _EMBEDDINGS_SCHEMA).write.mode("overwrite").parquet(str(emb_dir))
+            marker.write_text(key + "\n", encoding="utf-8")
+            if inputs is not None:
+                inputs.unlink()
+        seconds = time.perf_counter() - t_encode
+        self.embeddings = self.spark.read.parquet(str(emb_dir))
+        return seconds
 
-        settings = {
-            "factory": config.factory,
-            "vectors": config.vectors,
-            "tune": (
-                {
-                    "k": tune.k,
-                    "target_recall": tune.target_recall,
-                    "rescore_depth": tune.rescore_depth,
-                }
-                if tune is not None
-                else None
-            ),
-        }
-        kept_rows, kept_vectors = updates.kept_rows, updates.kept_vectors
-        counts = np.bincount(shard_ids, minlength=config.shards)
-        todo = [s for s in range(config.shards) if _shard_ok(work, s) is None]
-        logger.info("building %d of %d shards: %s", len(todo), config.shards, todo)
+    def sample_vectors(self, job: BuildJob, version_dir: Path, rows: np.ndarray) -> np.ndarray:
+        """The vectors of ``rows`` gathered from the embeddings."""
+        embeddings = self.embeddings
+        picked = (
+            embeddings.where(embeddings.row.isin([int(r) for r in rows]))
+            .select("row", "shard", "vector")
+            .toPandas()
+            .sort_values(["shard", "row"])
+        )
+        xb = np.stack(picked["vector"].to_numpy()).astype(np.float32)  # (n, dim)
+        return job.updates.kept.patch(picked["row"].to_numpy(dtype=np.int64), xb)
+
+    def build_shards(
+        self, job: BuildJob, version_dir: Path, settings: ShardSettings
+    ) -> list[ShardBuild]:
+        """Build each shard whose files are missing or fail their checksums in a Spark task
+        (an empty shard on the driver); the others are kept from an earlier run."""
+        work, n_shards, kept = self.work, job.config.shards, job.updates.kept
+        counts = np.bincount(job.shard_ids, minlength=n_shards)
+        todo = [s for s in range(n_shards) if _done_shard(work, s) is None]
+        logger.info("building %d of %d shards: %s", len(todo), n_shards, todo)
         for s in [s for s in todo if counts[s] == 0]:  # no rows → no Spark group: build here
-            _build_one_shard(
-                s,
-                np.zeros(0, np.int64),
-                np.zeros((0, encoder.dim), np.float32),
-                work,
-                settings,
-                xq_tune,
-                kept_rows,
-                kept_vectors,
-            )
+            empty = np.zeros((0, job.encoder.dim), np.float32)
+            _build_one_shard(s, np.zeros(0, np.int64), empty, work, settings, kept)
         busy = [s for s in todo if counts[s] > 0]
         if busy:
-            task = _shard_task(str(work), settings, xq_tune, kept_rows, kept_vectors)
+            task = _shard_task(str(work), settings, kept)
+            embeddings = self.embeddings
             (
                 embeddings.where(embeddings.shard.isin(busy))
                 # Range partitioning on distinct shard numbers: one shard per partition (task),
@@ -517,105 +432,19 @@ def _build_validated(
                 .applyInPandas(task, _SHARD_RESULT_SCHEMA)
                 .collect()
             )
-        records = []
-        for s in range(config.shards):
-            record = _shard_ok(work, s)
-            if record is None:
+        self.rebuilt = todo
+        shards = []
+        for s in range(n_shards):
+            shard = _done_shard(work, s)
+            if shard is None:
                 raise RuntimeError(f"shard {s}: its task finished but its files are missing")
-            records.append(record)
+            shards.append(shard)
+        return shards
 
-        version_dir = work / "version"
-        pq.write_table(catalog.table, version_dir / ITEMS_FILE)
-        # The same BM25 index and users file as the single-machine build (driver side: BM25
-        # over the item texts takes seconds per 100k items).
-        companions = write_companions(
-            version_dir, catalog, shard_ids, config.shards,
-            lexical=config.lexical, interactions=config.interactions,
-        )  # fmt: skip
-        fault_point("after-shards-written")
-        manifest = _manifest(
-            config, catalog, encoder, records, version_dir, tune, xq_tune, encode_seconds
-        )
-        build = {
-            **manifest.build,
-            **companions,
+    def build_info(self, job: BuildJob) -> dict[str, Any]:
+        """The engine, the Spark master, and which shards this run built."""
+        return {
             "engine": "spark",
-            "spark_master": spark.sparkContext.master,
-            "shards_rebuilt": todo,
-            "seconds": round(time.perf_counter() - t_start, 3),
+            "spark_master": self.spark.sparkContext.master,
+            "shards_rebuilt": self.rebuilt,
         }
-        if factory_choice is not None:
-            build["factory_choice"] = factory_choice
-        if updates.summary:
-            build["updates"] = updates.summary
-        n = root.next_version()
-        manifest = dataclasses.replace(
-            manifest, version=n, build=build, applied_seq=updates.applied_seq
-        )
-        save_manifest(manifest, version_dir / MANIFEST_NAME)
-        fault_point("after-manifest")
-        staging = root.prepare_staging(n)
-        staging.rmdir()
-        os.rename(version_dir, staging)
-        published = root.publish(n)
-        shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            work.parent.rmdir()  # only when no other build's work dir is left
-        return published
-
-
-def _manifest(
-    config: BuildConfig,
-    catalog: Any,
-    encoder: Any,
-    records: list[dict[str, Any]],
-    version_dir: Path,
-    tune: Any,
-    xq_tune: np.ndarray | None,
-    encode_seconds: float,
-) -> Manifest:
-    """The version's manifest (version number and run details are filled in by the caller)."""
-    n_items = len(catalog)
-    search_defaults = records[-1]["search_defaults"]
-    tuning = None
-    if tune is not None:
-        results = [
-            TuneResult(**{**r["tune"], "curve": tuple(tuple(c) for c in r["tune"]["curve"])})
-            for r in records
-        ]
-        search_defaults = combine_results(results, tune)
-        tuning = {
-            "target_recall": tune.target_recall,
-            "k": tune.k,
-            "queries": (
-                str(Path(config.tune_queries).resolve())
-                if config.tune_queries is not None
-                else f"perturbed item vectors (noise {tune.noise}, seed {tune.seed})"
-            ),
-            "n_queries": len(xq_tune),
-            "shards": [{"shard": s, **r.to_json_dict()} for s, r in enumerate(results)],
-        }
-    shards = tuple(
-        ShardInfo(
-            shard=r["shard"],
-            count=r["count"],
-            index_file=index_file_name(r["shard"]),
-            vectors_file=r["vectors_file"],
-            rows_file=rows_file_name(r["shard"]),
-        )
-        for r in records
-    )
-    return version_manifest(
-        config,
-        encoder,
-        version_dir,
-        version=0,
-        n_items=n_items,
-        shards=shards,
-        shard_builds=[
-            {k: r[k] for k in ("shard", "device", "builder", "seconds")} for r in records
-        ],
-        encode_seconds=encode_seconds,
-        tuning=tuning,
-        search_defaults=search_defaults,
-    )

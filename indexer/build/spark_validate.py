@@ -1,7 +1,8 @@
 """Catalog validation on Spark executors, with the rules and messages of the local reader.
 
 Spark reads the catalog (JSON lines as text lines, Parquet as rows) and each executor checks
-its records with ``trainer.data.validate_catalog_record``, the function ``read_catalog`` uses.
+its records with ``trainer.data.catalog.validate_catalog_record``, the function
+``read_catalog`` uses.
 Rules that span rows are settled without the rows on the driver: a duplicate ``item_id`` by a
 shuffle on the id, an extra attribute's one-type rule from each partition's first line per
 value kind. Only a few facts per partition reach the driver (the first problem, the order in
@@ -31,7 +32,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.data.catalog import Catalog, catalog_item_id, catalog_schema, catalog_table, extra_kind_problem, note_extra_kinds, read_catalog, validate_catalog_record
+from trainer.data.catalog import (
+    Catalog,
+    catalog_item_id,
+    catalog_schema,
+    catalog_table,
+    extra_kind_problem,
+    note_extra_kinds,
+    read_catalog,
+    validate_catalog_record,
+)
 from trainer.data.rows import DataError, check_data_file, parse_json_line
 
 __all__ = ["ROW", "ValidatedCatalog", "validate_catalog_spark"]

@@ -179,8 +179,10 @@ def float_codes(index: faiss.Index) -> bool:
     return isinstance(part, faiss.IndexFlat | faiss.IndexIVFFlat)
 
 
-def exact_search(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product.
+def exact_search(
+    xq: np.ndarray, xb: np.ndarray, k: int, *, block_rows: int = _EXACT_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product, over ``block_rows`` rows of xb at a time.
 
     Args:
         xq: (nq, dim) float32 queries.
@@ -193,8 +195,8 @@ def exact_search(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     k = min(k, len(xb))
     heap = faiss.ResultHeap(len(xq), k, keep_max=True)
-    for start in range(0, len(xb), _EXACT_CHUNK):
-        block = np.ascontiguousarray(xb[start : start + _EXACT_CHUNK], dtype=np.float32)
+    for start in range(0, len(xb), block_rows):
+        block = np.ascontiguousarray(xb[start : start + block_rows], dtype=np.float32)
         D, I = faiss.knn(xq, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(D, np.where(I >= 0, I + start, -1))
     heap.finalize()
@@ -256,7 +258,7 @@ def query_vectors_from_file(
     """Encode up to ``n`` queries (a fixed-seed sample) of a queries or labels file.
 
     Args:
-        encoder: a ``trainer.encoder.Encoder``.
+        encoder: a ``trainer.encoder.load.Encoder``.
         path: ``queries_<split>.jsonl`` or ``labels_<split>.jsonl[.gz]`` (shared schema: rows
             with ``query_id`` and ``query``).
 
@@ -264,7 +266,7 @@ def query_vectors_from_file(
         (min(n, distinct queries), dim) float32 query vectors.
 
     Raises:
-        trainer.data.DataError: the file is missing or malformed.
+        trainer.data.rows.DataError: the file is missing or malformed.
     """
     from trainer.data.labels import read_queries
     from trainer.text import query_text

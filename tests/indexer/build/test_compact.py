@@ -17,40 +17,9 @@ from indexer.live.index import LiveIndex
 from indexer.storage.layout import IndexRoot
 from indexer.storage.update_log import UpdateLog, UpdateLogError
 from indexer.version import IndexVersion
-from tests.helpers import write_catalog
+from tests.helpers import live_state, some_updates, unit, version_state, write_catalog
 from trainer.encoder.load import load_encoder
 from trainer.text import item_text
-
-
-def unit(n: int, dim: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def live_state(live: LiveIndex) -> dict[str, dict]:
-    view = live.snapshot()
-    rows = np.setdiff1d(np.arange(view.n_rows), view.dead_rows())
-    return {view.item_id(r): view.record(r) for r in rows}
-
-
-def version_state(version: IndexVersion) -> dict[str, dict]:
-    return {version.item_ids[r]: version.record(r) for r in range(version.n_items)}
-
-
-def some_updates(live: LiveIndex) -> np.ndarray:
-    """Upsert two items (one new, one replaced), delete one, reprice one; returns the upserted
-    vectors (made up: not what the model would give, so re-use is visible)."""
-    xb = unit(2, live.dim, 0)
-    live.upsert(
-        [
-            {"item_id": "NEW", "title": "green kettle", "price": 7.0, "brand": "Acme"},
-            {"item_id": "SKU0001", "title": "blue lamp v2"},
-        ],
-        xb,
-    )
-    live.delete(["SKU0002"])
-    live.update_attributes({"SKU0004": {"price": 1.25}})
-    return xb
 
 
 def test_compact_folds_updates_into_a_new_version(flat_root_copy):
@@ -208,7 +177,7 @@ def test_full_build_can_discard_updates(flat_root_copy, catalog, tiny_model_dir,
     config = BuildConfig(
         catalog=catalog[0], out=flat_root_copy, model=tiny_model_dir, discard_updates=True
     )
-    with caplog.at_level(logging.WARNING, logger="indexer.build.compact"):
+    with caplog.at_level(logging.WARNING, logger="indexer.live.fold"):
         path = build_index(config)
     assert "discarding 3 live update(s)" in caplog.text
     version = IndexVersion.open(path)

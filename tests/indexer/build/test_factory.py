@@ -11,11 +11,10 @@ import faiss
 import numpy as np
 import pytest
 
-import indexer.build.local
 from indexer.build.config import BuildConfig
 from indexer.build.factory import choose_factory, estimate_index_bytes, nlist_for, parse_memory
 from indexer.build.local import build_index
-from indexer.build.shard import build_shard_index
+from indexer.build.shard import build_shard_index, builder_name
 from indexer.build.tune import exact_search, perturbed_queries, rescore, tie_aware_recall
 from indexer.cli import main
 from indexer.version import IndexVersion
@@ -293,7 +292,7 @@ def test_cagra_branch_builds_hnsw_with_global_ids(monkeypatch, caplog):
     index, device = build_shard_index(xb, ids, "HNSW16", shard=2)
     assert device == "gpu"
     assert "shard 2: built the HNSW16 graph of 500 vectors with CAGRA" in caplog.text
-    assert indexer.build.local._builder("HNSW16", device) == "cuvs-cagra->hnsw"
+    assert builder_name("HNSW16", device) == "cuvs-cagra->hnsw"
     _, I = index.search(xb[:5], 1)
     assert I[:, 0].tolist() == ids[:5].tolist()  # FAISS ids are the global rows
     copy = faiss.deserialize_index(faiss.serialize_index(index))

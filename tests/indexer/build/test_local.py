@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import indexer.build.local
+import indexer.build.pipeline
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
 from indexer.storage.layout import IndexRoot
@@ -145,7 +145,7 @@ def test_failure_before_publish_keeps_old_version(tmp_path, catalog, tiny_model_
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(indexer.build.local, "save_manifest", boom)
+    monkeypatch.setattr(indexer.build.pipeline, "save_manifest", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         build_index(config)
     root = IndexRoot(tmp_path)

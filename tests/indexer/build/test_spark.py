@@ -11,15 +11,14 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-import indexer.build.spark  # noqa: E402
+import indexer.build.pipeline  # noqa: E402
 from indexer.build.config import BuildConfig  # noqa: E402
 from indexer.build.local import build_index  # noqa: E402
 from indexer.build.spark import SparkConfig, build_index_spark, spark_session  # noqa: E402
-from indexer.cli import _parser  # noqa: E402
+from indexer.cli import arg_parser  # noqa: E402
 from indexer.live.index import LiveIndex  # noqa: E402
 from indexer.version import IndexVersion  # noqa: E402
-from tests.helpers import write_catalog  # noqa: E402
-from tests.indexer.build.test_compact import live_state, some_updates, version_state  # noqa: E402
+from tests.helpers import live_state, some_updates, version_state, write_catalog  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_config_validation(tmp_path):
 
 
 def test_cli_flags():
-    args = _parser().parse_args(
+    args = arg_parser().parse_args(
         ["build", "--catalog", "c.jsonl", "--out", "i", "--engine", "spark", "--master",
          "local[2]", "--partitions", "4", "--embeddings-out", "emb"]
     )  # fmt: skip
@@ -64,7 +63,7 @@ def test_cli_flags():
         4,
         "emb",
     )
-    assert _parser().parse_args(["build", "--catalog", "c", "--out", "i"]).engine == "local"
+    assert arg_parser().parse_args(["build", "--catalog", "c", "--out", "i"]).engine == "local"
 
 
 @pytest.mark.slow
@@ -145,7 +144,7 @@ def test_restart_rebuilds_only_broken_shard(
         if name == "after-shards-written":  # like AISLE_FAULT_AT, without killing pytest
             raise Stop(name)
 
-    monkeypatch.setattr(indexer.build.spark, "fault_point", stop_at)
+    monkeypatch.setattr(indexer.build.pipeline, "fault_point", stop_at)
     with pytest.raises(Stop):
         build_index_spark(config, spark=spark)
     assert not (tmp_path / "versions").exists()

@@ -150,18 +150,15 @@ def test_tie_aware_recall_counts_tied_items():
     assert tie_aware_recall(xq, xb, np.array([[0, 3, -1]]), D_ref) == pytest.approx(2 / 3)
 
 
-def test_exact_search_in_blocks_matches_numpy(monkeypatch):
-    import indexer.build.tune
-
-    monkeypatch.setattr(indexer.build.tune, "_EXACT_CHUNK", 70)  # several blocks, a ragged last one
+def test_exact_search_in_blocks_matches_numpy():
     xb = _clustered(500, seed=3)
     xq = perturbed_queries(xb, 20, seed=4)
-    D, I = exact_search(xq, xb, 7)
+    D, I = exact_search(xq, xb, 7, block_rows=70)  # several blocks, a ragged last one
     scores = xq @ xb.T
     ref = np.argsort(-scores, axis=1, kind="stable")[:, :7]
     np.testing.assert_allclose(D, np.take_along_axis(scores, ref, axis=1), rtol=1e-5, atol=1e-6)
     assert (I == ref).mean() > 0.99  # equal up to float ties
-    assert exact_search(xq, xb[:3], 7)[1].shape == (20, 3)
+    assert exact_search(xq, xb[:3], 7, block_rows=70)[1].shape == (20, 3)
 
 
 def test_rescore_orders_candidates_exactly():
