@@ -650,10 +650,9 @@ def write_synthetic_dataset(
         {"user_id": user, "item_id": items[-1], "position": len(items) - 1}
         for user, items in histories.items()
     )
-    paths["interactions_train"] = out / "interactions_train.jsonl.gz"
-    _write_jsonl(paths["interactions_train"], train_rows)
-    paths["interactions_dev"] = out / "interactions_dev.jsonl.gz"
-    _write_jsonl(paths["interactions_dev"], dev_rows)
+    for split, rows in (("train", train_rows), ("dev", dev_rows)):
+        paths[f"interactions_{split}"] = out / f"interactions_{split}.jsonl.gz"
+        _write_jsonl(paths[f"interactions_{split}"], rows)
     logger.info(
         "wrote %d items, %d queries (%d dev), %d users to %s",
         len(catalog),
