@@ -68,7 +68,10 @@ def page_offset(request, index_version: int, k: int, prefix: str = "") -> int:
     if not request.page_token:
         return 0
     offset = decode_token(
-        request.page_token, digest=request_digest(request), index_version=index_version
+        request.page_token,
+        digest=request_digest(request),
+        index_version=index_version,
+        field=f"{prefix}page_token",
     )
     if offset + k > MAX_DEPTH:
         raise InvalidArgument.field(f"{prefix}page_token", f"pages end at result {MAX_DEPTH}")
