@@ -47,6 +47,9 @@ FACET_FIELDS = ("category", "brand")
 MAX_UPSERT = 1000
 MAX_DELETE = 10_000
 MAX_EVENTS = 1000
+# The Timestamp range (0001-01-01 to 9999-12-31 UTC): outside it a time is not a time.
+MIN_TIMESTAMP_S = -62_135_596_800
+MAX_TIMESTAMP_S = 253_402_300_799
 EVENT_TYPE_NAMES = {
     events_pb2.EVENT_TYPE_VIEW: "view",
     events_pb2.EVENT_TYPE_CLICK: "click",
@@ -380,7 +383,17 @@ def events(request: events_pb2.RecordRequest, received: datetime) -> list[Event]
             )
         if len(e.query) > MAX_QUERY_CHARS:
             violations.append(FieldViolation(f"events[{i}].query", "at most 1000 characters"))
-        when = e.time.ToDatetime(tzinfo=UTC) if e.HasField("time") else received
+        when = received
+        if e.HasField("time"):
+            if not (
+                MIN_TIMESTAMP_S <= e.time.seconds <= MAX_TIMESTAMP_S
+                and 0 <= e.time.nanos < 1_000_000_000
+            ):
+                violations.append(
+                    FieldViolation(f"events[{i}].time", "must be within 0001-01-01..9999-12-31")
+                )
+                continue
+            when = e.time.ToDatetime(tzinfo=UTC)
         out.append(Event(e.user_id, e.item_id, EVENT_TYPE_NAMES.get(e.type, ""), e.query, when))
     if violations:
         raise InvalidArgument.of(violations)
