@@ -10,6 +10,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from engine.api.interceptor import MAX_MESSAGE_CHARS
 from engine.server import ServerConfig, create_server
 
 
@@ -47,4 +48,5 @@ def violated_fields(error: grpc.RpcError) -> list[str]:
 def refused(call, request, code=grpc.StatusCode.INVALID_ARGUMENT) -> grpc.RpcError:
     error = pytest.raises(grpc.RpcError, call, request, timeout=10).value
     assert error.code() == code, (error.code(), error.details()[:300])
+    assert len(error.details()) <= MAX_MESSAGE_CHARS
     return error
