@@ -144,6 +144,7 @@ class AisleServer:
                 if config.rate_limit > 0
                 else None
             ),
+            max_response_bytes=MAX_MESSAGE_BYTES,
         )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aisle-rpc"),

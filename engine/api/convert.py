@@ -47,6 +47,11 @@ FACET_FIELDS = ("category", "brand")
 MAX_UPSERT = 1000
 MAX_DELETE = 10_000
 MAX_EVENTS = 1000
+MAX_ID_CHARS = 256
+MAX_ITEM_FIELDS_BYTES = 64 * 1024  # an item's fields, serialized: a page of hits must fit a reply
+# The Timestamp range (0001-01-01 to 9999-12-31 UTC): outside it a time is not a time.
+MIN_TIMESTAMP_S = -62_135_596_800
+MAX_TIMESTAMP_S = 253_402_300_799
 EVENT_TYPE_NAMES = {
     events_pb2.EVENT_TYPE_VIEW: "view",
     events_pb2.EVENT_TYPE_CLICK: "click",
@@ -68,7 +73,10 @@ def page_offset(request, index_version: int, k: int, prefix: str = "") -> int:
     if not request.page_token:
         return 0
     offset = decode_token(
-        request.page_token, digest=request_digest(request), index_version=index_version
+        request.page_token,
+        digest=request_digest(request),
+        index_version=index_version,
+        field=f"{prefix}page_token",
     )
     if offset + k > MAX_DEPTH:
         raise InvalidArgument.field(f"{prefix}page_token", f"pages end at result {MAX_DEPTH}")
@@ -347,8 +355,13 @@ def upsert_records(request: index_admin_pb2.UpsertRequest) -> list[dict[str, Any
         )
     records = []
     for i, item in enumerate(request.items):
-        if not 1 <= len(item.item_id) <= 256:
-            raise InvalidArgument.field(f"items[{i}].item_id", "1 to 256 characters")
+        if not 1 <= len(item.item_id) <= MAX_ID_CHARS:
+            raise InvalidArgument.field(f"items[{i}].item_id", f"1 to {MAX_ID_CHARS} characters")
+        size = item.fields.ByteSize()
+        if size > MAX_ITEM_FIELDS_BYTES:
+            raise InvalidArgument.field(
+                f"items[{i}].fields", f"is {size} bytes serialized; at most {MAX_ITEM_FIELDS_BYTES}"
+            )
         fields = MessageToDict(item.fields)
         if "item_id" in fields and fields["item_id"] != item.item_id:
             raise InvalidArgument.field(f"items[{i}].fields.item_id", "differs from item_id")
@@ -377,7 +390,17 @@ def events(request: events_pb2.RecordRequest, received: datetime) -> list[Event]
             )
         if len(e.query) > MAX_QUERY_CHARS:
             violations.append(FieldViolation(f"events[{i}].query", "at most 1000 characters"))
-        when = e.time.ToDatetime(tzinfo=UTC) if e.HasField("time") else received
+        when = received
+        if e.HasField("time"):
+            if not (
+                MIN_TIMESTAMP_S <= e.time.seconds <= MAX_TIMESTAMP_S
+                and 0 <= e.time.nanos < 1_000_000_000
+            ):
+                violations.append(
+                    FieldViolation(f"events[{i}].time", "must be within 0001-01-01..9999-12-31")
+                )
+                continue
+            when = e.time.ToDatetime(tzinfo=UTC)
         out.append(Event(e.user_id, e.item_id, EVENT_TYPE_NAMES.get(e.type, ""), e.query, when))
     if violations:
         raise InvalidArgument.of(violations)
@@ -470,7 +493,10 @@ def fill_results(
     `fields`, each hit's record), the next page's token, the index and the timings (the total
     since `started`, a time.perf_counter())."""
     for i, hit in enumerate(result.hits):
-        out = response.hits.add(item_id=hit.item_id, score=hit.score, similarity=hit.similarity)
+        # A hit with no similarity (a popularity-fallback recommendation: no query or user
+        # vector to compare with) reports 0.0, the API's "unrelated", never NaN.
+        similarity = hit.similarity if math.isfinite(hit.similarity) else 0.0
+        out = response.hits.add(item_id=hit.item_id, score=hit.score, similarity=similarity)
         if fields is not None:
             out.fields.update({key: _json_safe(v) for key, v in fields[i].items()})
     if result.has_more:

@@ -2,36 +2,79 @@
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from engine.api.decode import RejectedRequest, checked_deserializer
 from engine.api.limits import AdmissionControl, RateLimiter
 from engine.api.metrics import ServerMetrics
-from engine.search.errors import AisleError, InvalidArgument, ResourceExhausted, Unauthenticated
+from engine.search.errors import (
+    AisleError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/aisle.v1."
 ADMIN_SERVICE_PREFIX = "/aisle.v1.IndexAdmin/"
 CLIENT_ID_KEY = "x-aisle-client"
+# A status message travels in a header: a client's default limit is ~8-16 KB, grpc-js hangs on
+# more, so a message (which may echo the request) is cut well below that.
+MAX_MESSAGE_CHARS = 1000
+MAX_ECHO_CHARS = 200  # a quoted value in a message (an echoed id, text) is cut to this
+# Quoted values ('...' or "...") longer than MAX_ECHO_CHARS: the echo of caller input.
+_LONG_QUOTED = re.compile(rf"(['\"])([^'\"]{{{MAX_ECHO_CHARS}}})[^'\"]+\1")
+# Absolute paths (two components or more): the server's layout is no business of a caller's.
+_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+@-]+/)+[\w.+@-]*")
+# OSErrors a caller can understand without the server's log (no path: errno only).
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def safe_message(text: str) -> str:
+    """`text` fit for a status message: echoed values cut to MAX_ECHO_CHARS, server paths
+    replaced by "<path>", the whole cut to MAX_MESSAGE_CHARS."""
+    text = _LONG_QUOTED.sub(lambda m: f"{m[1]}{m[2]}…{m[1]}", text)
+    text = _PATH.sub("<path>", text)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return text
+
+
+def os_error(error: OSError) -> AisleError | None:
+    """The client-facing error of an OSError a caller can act on (a full or read-only disk);
+    None for the rest (INTERNAL). Nothing was acknowledged: the write raised before it."""
+    if error.errno in _DISK_FULL:
+        return ResourceExhausted("the index root's disk is full: nothing was written")
+    if error.errno == errno.EROFS:
+        return FailedPrecondition(
+            "the index root is on a read-only file system: nothing was written"
+        )
+    return None
 
 
 def to_rpc_status(error: AisleError) -> status_pb2.Status:
-    """A google.rpc.Status for `error`, with BadRequest field violations when it has them."""
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    """A google.rpc.Status for `error`, with BadRequest field violations when it has them;
+    every text goes through `safe_message`."""
+    status = status_pb2.Status(code=error.code.value[0], message=safe_message(error.message))
     if isinstance(error, InvalidArgument) and error.violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=safe_message(v.field), description=safe_message(v.description)
                 )
                 for v in error.violations
             ]
@@ -49,6 +92,14 @@ def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str
     return None
 
 
+def token_matches(given: str, expected: str) -> bool:
+    """Constant-time comparison of any two strings: compare_digest refuses non-ASCII str, and
+    any HTTP/2 client can put such bytes in a header."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     value = _metadata_value(metadata, "authorization")
     if value is None:
@@ -64,8 +115,13 @@ class ServingInterceptor(grpc.ServerInterceptor):
       with `protect_reads`, every Aisle method does;
     - limits: a per-client rate limit and a cap on requests in flight, both answered with
       RESOURCE_EXHAUSTED at once;
-    - errors: AisleError → its status code (with BadRequest details), anything else → INTERNAL
-      after logging it (internals never reach the caller);
+    - decoding: request bytes are parsed by engine.api.decode, so a request that cannot be
+      parsed or holds undefined enums / unbounded strings is INVALID_ARGUMENT, not grpcio's
+      bare INTERNAL, and counted;
+    - errors: AisleError → its status code (with BadRequest details; messages through
+      `safe_message`), a full or read-only disk → RESOURCE_EXHAUSTED / FAILED_PRECONDITION,
+      a reply over the send limit → RESOURCE_EXHAUSTED, anything else → INTERNAL after
+      logging it (internals never reach the caller);
     - metrics: counts by method and code, latency by method, in-flight gauge.
     """
 
@@ -77,6 +133,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
         metrics: ServerMetrics | None = None,
         admission: AdmissionControl | None = None,
         rate_limiter: RateLimiter | None = None,
+        max_response_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         if protect_reads and admin_token is None:
             raise ValueError("protect_reads needs an admin token")
@@ -85,6 +142,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
         self._metrics = metrics
         self._admission = admission
         self._rate_limiter = rate_limiter
+        self._max_response_bytes = max_response_bytes
 
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -105,7 +163,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
             try:
                 if needs_token:
                     token = _bearer(metadata)
-                    if token is None or not hmac.compare_digest(token, self._token):
+                    if token is None or not token_matches(token, self._token):
                         raise Unauthenticated(
                             f"{method} needs the token: send metadata "
                             "'authorization: Bearer <token>'"
@@ -118,6 +176,8 @@ class ServingInterceptor(grpc.ServerInterceptor):
                             f"client {client!r} is over its rate limit of "
                             f"{self._rate_limiter.rate:g} requests/s; retry later"
                         )
+                if isinstance(request, RejectedRequest):
+                    raise request.error
                 if self._admission is not None:
                     entered = self._admission.try_enter()
                     if not entered:
@@ -129,18 +189,31 @@ class ServingInterceptor(grpc.ServerInterceptor):
                 if self._metrics is not None:
                     self._metrics.in_flight.inc()
                 try:
-                    return inner(request, context)
+                    response = inner(request, context)
                 finally:
                     if self._metrics is not None:
                         self._metrics.in_flight.dec()
+                # grpcio would fail a reply over the send limit with a bare INTERNAL.
+                size = response.ByteSize() if isinstance(response, Message) else 0
+                if size > self._max_response_bytes:
+                    raise ResourceExhausted(
+                        f"the reply would be {size} bytes, over the limit of "
+                        f"{self._max_response_bytes}: ask for fewer results or fields"
+                    )
+                return response
             except AisleError as error:
                 code = error.code
                 context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
-            except Exception:
+            except Exception as error:
                 # abort() raises to unwind the handler; let that through with its code.
                 if context.code() is not None:
                     code = context.code()
                     raise
+                known = os_error(error) if isinstance(error, OSError) else None
+                if known is not None:
+                    code = known.code
+                    log.error("%s failed: %s", method, error)  # the path is for the operator
+                    context.abort_with_status(rpc_status.to_status(to_rpc_status(known)))
                 code = grpc.StatusCode.INTERNAL
                 log.exception("internal error in %s", method)
                 context.abort_with_status(
@@ -162,7 +235,11 @@ class ServingInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=(
+                checked_deserializer(handler.request_deserializer)
+                if handler.request_deserializer is not None
+                else None
+            ),
             response_serializer=handler.response_serializer,
         )
 

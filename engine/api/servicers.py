@@ -129,8 +129,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     def SimilarItems(self, request, context):  # noqa: N802
         started = time.perf_counter()
         convert.check_k(request.k)
-        if not request.item_id:
-            raise InvalidArgument.field("item_id", "must not be empty")
+        if not 1 <= len(request.item_id) <= convert.MAX_ID_CHARS:
+            raise InvalidArgument.field("item_id", f"1 to {convert.MAX_ID_CHARS} characters")
         spec, excluded = convert.filter_of(request.filter)
         version = self._service.snapshot.summary.version
         offset = convert.page_offset(request, version, request.k)
@@ -187,6 +187,11 @@ class IndexAdminServicer(index_admin_pb2_grpc.IndexAdminServicer):
             raise InvalidArgument.field(
                 "item_ids", f"give 1 to {convert.MAX_DELETE} ids, got {len(request.item_ids)}"
             )
+        for i, item_id in enumerate(request.item_ids):
+            if not 1 <= len(item_id) <= convert.MAX_ID_CHARS:
+                raise InvalidArgument.field(
+                    f"item_ids[{i}]", f"1 to {convert.MAX_ID_CHARS} characters"
+                )
         seq, deleted, not_found = self._service.delete(list(request.item_ids))
         return index_admin_pb2.DeleteResponse(
             deleted=deleted, not_found=not_found, log_sequence=seq
