@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import grpc
 import pytest
 
 from engine.client import AisleClient
@@ -69,3 +70,27 @@ def server(index_root: Path) -> AisleServer:
 def client(server: AisleServer) -> AisleClient:
     with AisleClient(f"127.0.0.1:{server.port}") as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def edge_root(tmp_path_factory, index_root) -> Path:
+    """A private copy of ``index_root`` for the gRPC edge tests: a write that slips through
+    lands here."""
+    root = tmp_path_factory.mktemp("edge") / "index"
+    shutil.copytree(index_root, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def edge_server(edge_root):
+    """A real gRPC server on 127.0.0.1 over ``edge_root``."""
+    server = create_server(ServerConfig(index=edge_root, port=0, workers=4))
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture()
+def channel(edge_server):
+    """A raw channel to ``edge_server`` (for stubs and malformed bytes)."""
+    with grpc.insecure_channel(f"127.0.0.1:{edge_server.port}") as ch:
+        yield ch

@@ -8,9 +8,14 @@ import json
 import string
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pyarrow as pa
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
+from engine.api.interceptor import MAX_MESSAGE_CHARS
 from indexer.live.index import LiveIndex
 from indexer.version import IndexVersion
 from trainer.data.catalog import Catalog
@@ -257,3 +262,26 @@ def some_updates(live: LiveIndex) -> np.ndarray:
     live.delete(["SKU0002"])
     live.update_attributes({"SKU0004": {"price": 1.25}})
     return xb
+
+
+# ---------------------------------------------------------------------------------------------
+# gRPC edge tests: what a refused call says
+
+
+def violated_fields(error: grpc.RpcError) -> list[str]:
+    """The fields of an error's google.rpc.BadRequest details, in order."""
+    status = rpc_status.from_call(error)
+    fields = []
+    for detail in status.details if status else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def refused(call, request, code=grpc.StatusCode.INVALID_ARGUMENT) -> grpc.RpcError:
+    """The error of ``call(request)``, checked to have ``code`` and a bounded message."""
+    error = pytest.raises(grpc.RpcError, call, request, timeout=10).value
+    assert error.code() == code, (error.code(), error.details()[:300])
+    assert len(error.details()) <= MAX_MESSAGE_CHARS
+    return error

@@ -20,7 +20,7 @@ from aisle.v1 import (
 )
 from engine.api.interceptor import ServingInterceptor
 from indexer.storage.update_log import UpdateLog
-from tests.engine.api.conftest import refused, violated_fields
+from tests.helpers import refused, violated_fields
 
 TOKEN = "edge-admin-token-0123456789"
 

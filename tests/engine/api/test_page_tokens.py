@@ -8,7 +8,7 @@ import base64
 import pytest
 
 from aisle.v1 import retrieval_pb2, retrieval_pb2_grpc
-from tests.engine.api.conftest import refused, violated_fields
+from tests.helpers import refused, violated_fields
 
 
 def token(payload: str) -> str:
