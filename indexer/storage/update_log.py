@@ -491,12 +491,13 @@ class UpdateLog:
         Whole segments from ``truncate_at`` on are moved (renamed) into
         ``updates/quarantine/<time>/``; the segment holding ``truncate_at`` is copied there,
         then rewritten (atomically) with its records before it. Nothing is deleted. When a
-        version already folded records past the cut (``applied_seq`` >= ``truncate_at``), an
-        empty segment after the newest such seq is started, so new updates get seqs no
-        version skips (versions older than that cut then refuse: they need the records moved).
+        version already folded records past the cut (``applied_seq`` >= ``truncate_at``), the
+        whole log goes aside as if pruned up to the newest such seq (``truncated``), and an
+        empty segment after it is started, so new updates get seqs no version skips (versions
+        older than that seq then refuse: they need records that were moved).
 
         Returns:
-            (the quarantine dir, the seq the log now ends at).
+            (the quarantine dir, the seq the log now ends at: new updates get the next one).
 
         Raises:
             ValueError: ``truncate_at`` < 1, nothing to move, or the records before it are not
@@ -539,6 +540,14 @@ class UpdateLog:
                 previous = expected - 1
             if not plan:
                 raise ValueError(f"the update log holds no record from seq {truncate_at} on")
+            end = truncate_at - 1 if previous is None else min(previous, truncate_at - 1)
+            floor = _seq_floor(self.root)
+            if floor > end:
+                # Seqs end+1..floor are folded into a version but leave the log: like a prune,
+                # so the whole log goes aside, ``truncated`` says up to where (older versions
+                # and builds from older catalogs refuse with its message), and the log goes on
+                # after ``floor``. A kept prefix would leave a gap every full read refuses.
+                plan = [(path, 0) for _, path in self.segments()]
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             quarantine = self.dir / QUARANTINE_DIR / stamp
             quarantine.mkdir(parents=True)
@@ -550,11 +559,14 @@ class UpdateLog:
                 else:
                     os.replace(path, quarantine / path.name)
             fsync_dir(quarantine)
-            fsync_dir(self.dir)
-            end = truncate_at - 1 if previous is None else min(previous, truncate_at - 1)
-            floor = _seq_floor(self.root)
             if floor > end:
+                known = self._truncated_unlocked()
+                if known is None or known[0] < floor:
+                    data = {"seq": floor, "time": _now()}  # the lost records' times are unknown
+                    write_atomic(self.dir / _TRUNCATED_NAME, (json.dumps(data) + "\n").encode())
                 self._new_segment(floor + 1)
+                end = floor
+            fsync_dir(self.dir)
             # The writer re-reads the tail before its next append.
             if self._fd is not None:
                 os.close(self._fd)

@@ -290,7 +290,9 @@ def test_repair_never_reuses_a_seq_a_version_folded_in(tmp_path):
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(lines[0] + lines[2])
     with UpdateLog(tmp_path) as log:
-        assert log.repair(2)[1] == 1
-        assert log.records(after=3) == []
+        quarantine, end = log.repair(2)
+        assert end == 3 and log.truncated()[0] == 3  # seq 2..3 live on in version 1 only
+        assert sorted(p.name for p in quarantine.iterdir()) == ["log.000000000001.jsonl"]
+        assert log.records() == []  # a full read (a build) sees no gap
         assert log.append_delete(["D"]) == 4  # after every folded seq
-        assert [r.seq for r in log.records(after=3)] == [4]
+        assert [r.seq for r in log.records()] == [4]
