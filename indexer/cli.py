@@ -13,6 +13,7 @@ from indexer.build.local import build_index
 from indexer.build.spark import SparkConfig, build_index_spark
 from indexer.storage.layout import DEFAULT_KEEP_VERSIONS, IndexRoot, resolve_version_dir
 from indexer.storage.manifest import MANIFEST_NAME, load_manifest
+from indexer.storage.update_log import UPDATES_DIR, UpdateLog
 
 __all__ = ["main"]
 
@@ -26,6 +27,7 @@ new version and then switches CURRENT to it; servers and `info` read whatever CU
 Live updates (upserts, deletes, attribute changes sent to a server) are logged durably in
 ROOT/updates; `compact` folds them into a new version, and a `build` replays them onto its
 catalog. The newest versions are kept: `rollback` switches CURRENT back, `prune` deletes more.
+`repair-log` moves a damaged update-log tail aside when the log refuses to replay past it.
 """
 
 _BUILD_EPILOG = """\
@@ -44,7 +46,8 @@ On success the new version dir is printed on stdout. Progress goes to stderr.
 
 
 def arg_parser() -> argparse.ArgumentParser:
-    """The ``aisle-index`` parser: build, info, compact, rollback and prune subcommands."""
+    """The ``aisle-index`` parser: build, info, compact, rollback, prune and repair-log
+    subcommands."""
     parser = argparse.ArgumentParser(
         prog="aisle-index",
         description=_DESCRIPTION,
@@ -216,7 +219,8 @@ def _add_spark_arguments(build: argparse.ArgumentParser) -> None:
 
 
 def _add_version_commands(commands: argparse._SubParsersAction) -> None:
-    """The ``compact``, ``rollback`` and ``prune`` subcommands (live updates and versions)."""
+    """The ``compact``, ``rollback``, ``prune`` and ``repair-log`` subcommands (live updates
+    and versions)."""
     compact_cmd = commands.add_parser(
         "compact",
         help="fold the live updates into a new version",
@@ -251,17 +255,40 @@ def _add_version_commands(commands: argparse._SubParsersAction) -> None:
             metavar="N",
             help=f"versions to keep (default: {DEFAULT_KEEP_VERSIONS})",
         )
-    for command in (compact_cmd, rollback, prune):
+    repair = commands.add_parser(
+        "repair-log",
+        help="move a damaged update-log tail aside so the index opens again",
+        description="The update log refuses to replay past a missing or damaged record (the "
+        "error names the segment, the seqs and this command). Stop every server of ROOT, then "
+        "move every record from --truncate-at SEQ on aside into ROOT/updates/quarantine/<time>/ "
+        "(nothing is deleted; the live updates moved are no longer served: re-send them, or "
+        "restore the segment from a backup instead). Prints the quarantine dir.",
+    )
+    repair.add_argument("root", metavar="ROOT", help="index root")
+    repair.add_argument(
+        "--truncate-at",
+        type=int,
+        required=True,
+        metavar="SEQ",
+        help="the first seq to move aside (the one the error names)",
+    )
+    for command in (compact_cmd, rollback, prune, repair):
         command.add_argument("-v", "--verbose", action="store_true", help="log debug details")
 
 
 def _run_version_command(args: argparse.Namespace) -> str:
-    """Run compact / rollback / prune; returns what to print on stdout."""
+    """Run compact / rollback / prune / repair-log; returns what to print on stdout."""
     root = IndexRoot(args.root)
     if not root.root.is_dir():
         raise ValueError(f"{root.root}: no such index root")
     if args.command == "compact":
         return str(compact(root.root, keep=args.keep))
+    if args.command == "repair-log":
+        if not (root.root / UPDATES_DIR).is_dir():
+            raise ValueError(f"{root.root}: has no update log")
+        with root.build_lock(), UpdateLog(root.root) as log:  # no compaction reads it meanwhile
+            quarantine, _ = log.repair(args.truncate_at)
+        return str(quarantine)
     with root.build_lock():  # no build may publish while CURRENT or the versions change
         if args.command == "rollback":
             return str(root.version_dir(root.rollback(args.to)))

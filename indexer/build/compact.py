@@ -4,7 +4,9 @@
 version with the same model, factory, shard count, vector encoding and search defaults, sets
 ``applied_seq`` to the last update folded in and publishes it atomically (then keeps the newest
 versions, and drops log segments no kept version needs). Rows are renumbered densely: the base's
-live rows in order, then the live delta rows in order.
+live rows in order, then the live delta rows in order. The base's companions come along, rebuilt
+over the compacted items by the build's own ``write_companions``: the BM25 index (so hybrid stays
+the default mode) and the users' recent items (restricted to items still live).
 
 Each shard's FAISS index is the base shard's index emptied (``reset``) and refilled, so trained
 parts (IVF centroids, PQ codebooks) are kept and the tuned search effort still fits; an index
@@ -27,7 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexer.build.pipeline import write_companions
 from indexer.build.shard import build_shard_index
+from indexer.lexical.files import LEXICAL_META_FILE
 from indexer.live.index import LiveIndex
 from indexer.live.view import LiveView
 from indexer.rerank.vectors import VectorStore
@@ -41,6 +45,9 @@ from indexer.storage.layout import (
 )
 from indexer.storage.manifest import MANIFEST_NAME, Manifest, ShardInfo, file_sha256, save_manifest
 from indexer.storage.sharding import shard_of
+from indexer.storage.users import USERS_FILE, read_users
+from trainer.data.catalog import Catalog
+from trainer.data.labels import Interactions
 
 __all__ = ["compact"]
 
@@ -151,7 +158,11 @@ def _write_version(live: LiveIndex, view: LiveView, staging: Path, version: int)
         )
         seconds = round(time.perf_counter() - t_shard, 3)
         shard_builds.append({"shard": s, "device": device, "index": how, "seconds": seconds})
-    pq.write_table(view.items.take(pa.array(rows)), staging / ITEMS_FILE)
+    items = view.items.take(pa.array(rows))
+    pq.write_table(items, staging / ITEMS_FILE)
+    companions = _write_companions(
+        live, Catalog(items, str(staging / ITEMS_FILE)), shard_ids, staging
+    )
     fault_point("after-shards-written")
 
     files = {
@@ -182,8 +193,34 @@ def _write_version(live: LiveIndex, view: LiveView, staging: Path, version: int)
             # The catalog the lineage started from; the updates above came on top of it.
             "catalog": base.build.get("catalog"),
             "faiss_version": faiss.__version__,
+            **companions,
         },
     )
+
+
+def _write_companions(
+    live: LiveIndex, catalog: Catalog, shard_ids: np.ndarray, staging: Path
+) -> dict[str, Any]:
+    """The companions the base version has, rebuilt over the compacted items exactly as a full
+    build of them would write them (``write_companions``): the BM25 index, and the users'
+    recent items restricted to items still live. Without this a reload of the compacted
+    version would silently lose hybrid search and personalisation."""
+    base = live.base
+    users = None
+    if (base.path / USERS_FILE).exists():
+        source = base.manifest.build.get("users", {}).get("interactions", "")
+        users = Interactions(read_users(base.path), source or str(base.path / USERS_FILE))
+    info = write_companions(
+        staging,
+        catalog,
+        shard_ids,
+        base.manifest.n_shards,
+        lexical=(base.path / LEXICAL_META_FILE).exists(),
+        interactions=users,
+    )
+    if "users" in info:
+        info["users"]["from_version"] = live.version  # carried forward, not read again
+    return info
 
 
 def _save_vectors(xb: np.ndarray, kind: str, staging: Path, shard: int) -> str:

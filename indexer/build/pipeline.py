@@ -68,7 +68,7 @@ from indexer.storage.sharding import shard_of
 from indexer.storage.users import USERS_FILE, users_table, write_users
 from indexer.version import vector_files
 from trainer.data.catalog import Catalog
-from trainer.data.labels import read_interactions
+from trainer.data.labels import Interactions, read_interactions
 from trainer.text import item_text
 
 __all__ = ["BuildEngine", "BuildJob", "ShardBuild", "ShardSettings", "build_version", "write_shard"]
@@ -457,11 +457,12 @@ def write_companions(
     n_shards: int,
     *,
     lexical: bool = True,
-    interactions: Path | None = None,
+    interactions: Path | Interactions | None = None,
 ) -> dict[str, Any]:
     """Write the lexical index (same item text and shard assignment as the dense side, corpus
-    statistics global to the catalog) and, given an interactions file, each user's recent items
-    into `staging`. Returns build info for the manifest."""
+    statistics global to the catalog) and, given interactions (a file, or histories already
+    read: compaction passes the base version's users), each user's recent items that are in
+    the catalog into `staging`. Returns build info for the manifest."""
     info: dict[str, Any] = {}
     if lexical:
         t = time.perf_counter()
@@ -477,8 +478,13 @@ def write_companions(
         }
         logger.info("lexical index: %d terms in %.1f s", index.n_terms, time.perf_counter() - t)
     if interactions is not None:
-        table = users_table(read_interactions(interactions), set(catalog.item_ids))
+        if isinstance(interactions, Interactions):
+            source = interactions.path
+        else:
+            source = str(Path(interactions).resolve())
+            interactions = read_interactions(interactions)
+        table = users_table(interactions, set(catalog.item_ids))
         write_users(table, staging / USERS_FILE)
-        info["users"] = {"interactions": str(Path(interactions).resolve()), "users": table.num_rows}
+        info["users"] = {"interactions": source, "users": table.num_rows}
         logger.info("users: %d with recent items", table.num_rows)
     return info

@@ -18,8 +18,15 @@ segments and a ``crc`` (zlib.crc32 of the line's canonical JSON without the crc)
 
 An append is written and fsynced before ``append_*`` returns, so a caller may acknowledge then.
 A crash can only tear the record being written (appends are serialised by a thread lock and an
-flock): a bad *last* line of a segment is ignored with a warning on replay and cut off before
-the next append; a bad line anywhere else is an ``UpdateLogError`` naming the file and line.
+flock), and only in the newest segment (``rotate`` cuts a torn tail off first): a bad *last*
+line of the *last* segment is ignored with a warning on replay and cut off before the next
+append. Everything else must be whole and continuous: seqs rise by exactly one, within a segment
+and from one segment to the next. A bad line, a missing record, or a bad last line of an older
+segment was acknowledged and is gone, and replaying past it would serve later updates without
+it, so reading refuses with an ``UpdateLogError`` that names the segment, the missing seqs and
+the recovery: restore the segment from a backup, or ``aisle-index repair-log ROOT --truncate-at
+SEQ`` (``UpdateLog.repair``), which moves every record from SEQ on aside into
+``updates/quarantine/`` (never deleting them) so the log ends before the damage.
 
 ``rotate`` starts a new segment (compaction does, once it has folded the log into a version);
 ``truncate(seq)`` deletes whole segments whose records are all <= seq, noting the newest deleted
@@ -37,6 +44,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,6 +61,7 @@ from trainer.io import fsync_dir, write_atomic
 
 __all__ = [
     "OPS",
+    "QUARANTINE_DIR",
     "UPDATES_DIR",
     "LogRecord",
     "UpdateLog",
@@ -67,6 +76,7 @@ UPDATES_DIR = "updates"
 OPS = ("upsert", "delete", "attributes")
 _LOCK_NAME = ".lock"
 _TRUNCATED_NAME = "truncated.json"  # seq and time of the newest record deleted by truncate
+QUARANTINE_DIR = "quarantine"  # repair moves damaged tails here, one dir per repair
 _SEGMENT = re.compile(r"^log\.(\d{12})\.jsonl$")
 _VECTOR_DTYPE = np.dtype("<f4")  # little-endian float32 on every machine
 
@@ -187,13 +197,14 @@ class _Scan:
     good_end: int  # byte offset just past the last good line
     lines: int  # lines consumed up to good_end
     torn: bool  # bytes after good_end that are not a whole good record
+    damage: str = ""  # why the line at good_end is bad, when more data follows it (not torn)
 
 
 def _scan_segment(path: Path, start: int = 0, first_line: int = 1) -> _Scan:
     """Read the records of one segment from byte ``start`` (line ``first_line``).
 
     A bad or unterminated final line is reported as ``torn``; a bad line followed by more data
-    raises ``UpdateLogError``.
+    as ``damage`` (the records before it are returned; the caller refuses).
     """
     with open(path, "rb") as f:
         f.seek(start)
@@ -210,10 +221,7 @@ def _scan_segment(path: Path, start: int = 0, first_line: int = 1) -> _Scan:
                 records.append(_decode_line(line, f"{path}:{lineno}"))
             except ValueError as e:
                 if data[end + 1 :].strip():
-                    raise UpdateLogError(
-                        f"{e}; the update log is corrupt before its end (a crash only ever "
-                        f"tears the last record): restore {path} from a backup"
-                    ) from None
+                    return _Scan(records, start + pos, lineno - first_line, False, str(e))
                 # A crash may persist a later page (with the newline) before an earlier one.
                 return _Scan(records, start + pos, lineno - first_line, torn=True)
         pos, lineno = end + 1, lineno + 1
@@ -338,35 +346,86 @@ class UpdateLog:
     def records(self, after: int = 0) -> list[LogRecord]:
         """Every record with seq > ``after``, in seq order.
 
+        Segments whose records are all <= ``after`` are not read. The rest must be continuous
+        (each seq one more than the one before, across segments); only a torn last record of
+        the last segment is dropped (it was never acknowledged).
+
         Raises:
-            UpdateLogError: a corrupt line before the end of a segment, or seqs out of order.
+            UpdateLogError: a damaged or missing record anywhere else, naming the segment, the
+                seqs and the recovery command.
         """
         with self._lock, self._flock(fcntl.LOCK_SH):
             segments = self.segments()
             out: list[LogRecord] = []
-            previous = 0
+            previous: int | None = None  # the last seq read (or skipped)
+            previous_segment = (0, Path())
             for i, (start, path) in enumerate(segments):
-                if i + 1 < len(segments) and segments[i + 1][0] - 1 <= after:
+                newest = i + 1 == len(segments)
+                if not newest and segments[i + 1][0] - 1 <= after:
                     previous = segments[i + 1][0] - 1
                     continue  # every record in it is folded in already: do not even read it
-                scan = _scan_segment(path)
-                if scan.torn:
-                    logger.warning(
-                        "%s: ignoring a torn last record after line %d (a write interrupted by "
-                        "a crash; it was never acknowledged)",
-                        path,
-                        scan.lines,
+                if previous is not None and start != previous + 1:
+                    raise self._gap(
+                        previous_segment[1],
+                        previous_segment[0],
+                        f"it ends at seq {previous} but the next segment, {path.name}, starts "
+                        f"at seq {start}, so seq {_span(previous + 1, start - 1)} is missing",
+                        min(start, previous + 1),
                     )
-                for record in scan.records:
-                    if record.seq <= previous or record.seq < start:
-                        raise UpdateLogError(
-                            f"{path}: seq {record.seq} follows seq {previous} (segment starts at "
-                            f"{start}); the update log is corrupt"
+                scan = _scan_segment(path)
+                expected = start
+                for line, record in enumerate(scan.records, 1):
+                    if record.seq != expected:
+                        missing = (
+                            f"so seq {_span(expected, record.seq - 1)} is missing"
+                            if record.seq > expected
+                            else "out of order"
                         )
-                    previous = record.seq
+                        raise self._gap(
+                            path,
+                            start,
+                            f"line {line} holds seq {record.seq} where seq {expected} belongs, "
+                            f"{missing}",
+                            min(expected, record.seq),
+                        )
+                    expected += 1
                     if record.seq > after:
                         out.append(record)
+                if scan.damage:
+                    raise self._gap(
+                        path, start, f"{scan.damage}: record seq {expected} is damaged", expected
+                    )
+                if scan.torn and not newest:
+                    raise self._gap(
+                        path,
+                        start,
+                        f"its last record (line {scan.lines + 1}, seq {expected}) is damaged or "
+                        f"incomplete, yet newer segments follow (a crash only tears the newest "
+                        f"segment, so this record was acknowledged)",
+                        expected,
+                    )
+                if scan.torn:
+                    logger.warning(
+                        "%s: ignoring a torn last record (line %d, it would have been seq %d): "
+                        "the newest segment's last write was interrupted by a crash before it "
+                        "was acknowledged",
+                        path,
+                        scan.lines + 1,
+                        expected,
+                    )
+                previous, previous_segment = expected - 1, (start, path)
             return out
+
+    def _gap(self, path: Path, start: int, problem: str, first_missing: int) -> UpdateLogError:
+        """The error for a gap or damage at ``first_missing``: names the segment and the
+        recovery."""
+        return UpdateLogError(
+            f"update log segment {path} (from seq {start}): {problem}. Refusing to replay past "
+            f"it: later updates would be served without the missing ones. Restore the segment "
+            f"from a backup, or run `aisle-index repair-log {self.root} --truncate-at "
+            f"{first_missing}` to move the records from seq {first_missing} on aside into "
+            f"{self.dir / QUARANTINE_DIR} (they are then no longer served)"
+        )
 
     def segments(self) -> list[tuple[int, Path]]:
         """(first seq, path) of each segment file, ascending."""
@@ -424,6 +483,103 @@ class UpdateLog:
                     upto_seq,
                 )
         return removed
+
+    def repair(self, truncate_at: int) -> tuple[Path, int]:
+        """Move every record with seq >= ``truncate_at`` aside, so the log ends before a gap
+        or damage that ``records`` refuses (``aisle-index repair-log``). Stop servers first.
+
+        Whole segments from ``truncate_at`` on are moved (renamed) into
+        ``updates/quarantine/<time>/``; the segment holding ``truncate_at`` is copied there,
+        then rewritten (atomically) with its records before it. Nothing is deleted. When a
+        version already folded records past the cut (``applied_seq`` >= ``truncate_at``), the
+        whole log goes aside as if pruned up to the newest such seq (``truncated``), and an
+        empty segment after it is started, so new updates get seqs no version skips (versions
+        older than that seq then refuse: they need records that were moved).
+
+        Returns:
+            (the quarantine dir, the seq the log now ends at: new updates get the next one).
+
+        Raises:
+            ValueError: ``truncate_at`` < 1, nothing to move, or the records before it are not
+                whole and continuous themselves (the message names the seq to cut at).
+        """
+        if isinstance(truncate_at, bool) or not isinstance(truncate_at, int) or truncate_at < 1:
+            raise ValueError(f"--truncate-at must be a seq >= 1, got {truncate_at!r}")
+        with self._lock, self._flock(fcntl.LOCK_EX):
+            plan: list[tuple[Path, int]] = []  # (segment, bytes to keep; 0 = move it whole)
+            previous: int | None = None
+            for start, path in self.segments():
+                if previous is not None and start != previous + 1 and start < truncate_at:
+                    raise ValueError(
+                        f"{path.name} starts at seq {start} after seq {previous}: records are "
+                        f"missing before seq {truncate_at}; use --truncate-at {previous + 1}"
+                    )
+                if start >= truncate_at:
+                    plan.append((path, 0))
+                    continue
+                data = path.read_bytes()
+                keep, expected = 0, start
+                while keep < len(data) and expected < truncate_at:
+                    end = data.find(b"\n", keep)
+                    if end < 0:
+                        break
+                    try:
+                        record = _decode_line(data[keep:end], str(path))
+                    except ValueError:
+                        break
+                    if record.seq != expected:
+                        break
+                    keep, expected = end + 1, expected + 1
+                if keep < len(data) and expected < truncate_at:
+                    raise ValueError(
+                        f"{path.name}: seq {expected} is damaged or missing too; use "
+                        f"--truncate-at {expected}"
+                    )
+                if keep < len(data):
+                    plan.append((path, keep))
+                previous = expected - 1
+            if not plan:
+                raise ValueError(f"the update log holds no record from seq {truncate_at} on")
+            end = truncate_at - 1 if previous is None else min(previous, truncate_at - 1)
+            floor = _seq_floor(self.root)
+            if floor > end:
+                # Seqs end+1..floor are folded into a version but leave the log: like a prune,
+                # so the whole log goes aside, ``truncated`` says up to where (older versions
+                # and builds from older catalogs refuse with its message), and the log goes on
+                # after ``floor``. A kept prefix would leave a gap every full read refuses.
+                plan = [(path, 0) for _, path in self.segments()]
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            quarantine = self.dir / QUARANTINE_DIR / stamp
+            quarantine.mkdir(parents=True)
+            for path, keep in plan:
+                if keep:
+                    shutil.copy2(path, quarantine / path.name)
+                    fsync_dir(quarantine)
+                    write_atomic(path, path.read_bytes()[:keep])
+                else:
+                    os.replace(path, quarantine / path.name)
+            fsync_dir(quarantine)
+            if floor > end:
+                known = self._truncated_unlocked()
+                if known is None or known[0] < floor:
+                    data = {"seq": floor, "time": _now()}  # the lost records' times are unknown
+                    write_atomic(self.dir / _TRUNCATED_NAME, (json.dumps(data) + "\n").encode())
+                self._new_segment(floor + 1)
+                end = floor
+            fsync_dir(self.dir)
+            # The writer re-reads the tail before its next append.
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd, self._segment, self._last_seq = None, None, 0
+            logger.warning(
+                "update log: moved the records from seq %d on (%d segment file(s)) into %s; "
+                "the log now ends at seq %d",
+                truncate_at,
+                len(plan),
+                quarantine,
+                end,
+            )
+            return quarantine, end
 
     def truncated(self) -> tuple[int, str] | None:
         """(seq, ISO time) of the newest record ``truncate`` deleted, or None."""
@@ -484,13 +640,21 @@ class UpdateLog:
         if os.fstat(self._fd).st_size == self._offset:
             return
         scan = _scan_segment(path, self._offset, self._lines + 1)
-        for record in scan.records:
-            if record.seq <= self._last_seq:
-                raise UpdateLogError(
-                    f"{path}: seq {record.seq} does not follow {self._last_seq}; the update log "
-                    f"is corrupt"
+        for i, record in enumerate(scan.records):
+            if record.seq != self._last_seq + 1:  # no new seq after a gap: it would hide it
+                raise self._gap(
+                    path,
+                    start,
+                    f"line {self._lines + i + 1} holds seq {record.seq} where seq "
+                    f"{self._last_seq + 1} belongs",
+                    min(record.seq, self._last_seq + 1),
                 )
             self._last_seq = record.seq
+        if scan.damage:
+            raise self._gap(
+                path, start, f"{scan.damage}: record seq {self._last_seq + 1} is damaged",
+                self._last_seq + 1,
+            )  # fmt: skip
         if scan.torn:
             logger.warning(
                 "%s: cutting off a torn last record after line %d (left by a crashed writer; "
@@ -501,6 +665,10 @@ class UpdateLog:
             os.ftruncate(self._fd, scan.good_end)
             os.fsync(self._fd)
         self._offset, self._lines = scan.good_end, self._lines + scan.lines
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first >= last else f"{first}..{last}"
 
 
 def _now() -> str:

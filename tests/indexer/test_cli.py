@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from indexer.cli import main
+from indexer.live.index import LiveIndex
+from indexer.storage.update_log import UpdateLogError
 
 
 def test_build_then_info(tmp_path, catalog, tiny_model_dir, capsys):
@@ -63,3 +65,30 @@ def test_help_explains_root(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert "ROOT" in text and "default: Flat" in text and "all-MiniLM-L6-v2" in text
+
+
+def test_repair_log_lets_an_index_with_a_gap_in_its_log_open(flat_root_copy, capsys):
+    """The log refuses to replay past a missing record and names the command; the command moves
+    the tail aside (never deletes it) and the index opens with the records before the gap."""
+    with LiveIndex.open(flat_root_copy) as live:
+        for item_id in ("SKU0000", "SKU0001", "SKU0002"):
+            live.delete([item_id])
+    (path,) = (flat_root_copy / "updates").glob("log.*.jsonl")
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[2])  # seq 2 lost
+    with pytest.raises(UpdateLogError, match="seq 2 is missing") as error:
+        LiveIndex.open(flat_root_copy)
+    assert f"aisle-index repair-log {flat_root_copy} --truncate-at 2" in str(error.value)
+
+    assert main(["repair-log", str(flat_root_copy), "--truncate-at", "2"]) == 0
+    quarantine = Path(capsys.readouterr().out.strip())
+    assert quarantine.parent == flat_root_copy / "updates" / "quarantine"
+    assert (quarantine / path.name).read_bytes() == lines[0] + lines[2]
+    with LiveIndex.open(flat_root_copy) as live:
+        assert live.seq == 1 and live.pending_updates == 1
+        with pytest.raises(KeyError):
+            live.row_of("SKU0000")  # seq 1, before the gap: replayed
+        assert live.row_of("SKU0002") >= 0  # its delete was moved aside with the gap
+
+    assert main(["repair-log", str(flat_root_copy), "--truncate-at", "5"]) == 2
+    assert "no record from seq 5 on" in capsys.readouterr().err

@@ -13,9 +13,11 @@ from indexer.build.compact import compact
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
 from indexer.cli import main
+from indexer.lexical.index import LexicalIndex
 from indexer.live.index import LiveIndex
 from indexer.storage.layout import IndexRoot
 from indexer.storage.update_log import UpdateLog, UpdateLogError
+from indexer.storage.users import USERS_FILE, read_users
 from indexer.version import IndexVersion
 from tests.helpers import live_state, some_updates, unit, version_state, write_catalog
 from trainer.encoder.load import load_encoder
@@ -270,3 +272,36 @@ def test_cli_compact_rollback_prune(flat_root_copy, capsys):
     assert capsys.readouterr().out.endswith("removed [1]; kept [2] (current: 2)\n")
     manifest = json.loads((flat_root_copy / "versions" / "2" / "manifest.json").read_text())
     assert manifest["applied_seq"] == 1
+
+
+def test_compact_carries_the_lexical_index_and_users_forward(tmp_path, catalog, tiny_model_dir):
+    """A compacted version has the companions a full build of its items would have: the BM25
+    index over the compacted items (an upserted item is found by a word of its title) and the
+    users' recent items (restricted to items still live)."""
+    interactions = tmp_path / "interactions.jsonl"
+    rows = [("u1", "SKU0002", 0), ("u1", "SKU0003", 1), ("u2", "SKU0002", 0)]
+    interactions.write_text(
+        "".join(json.dumps({"user_id": u, "item_id": i, "position": p}) + "\n" for u, i, p in rows)
+    )
+    root = tmp_path / "index"
+    config = BuildConfig(
+        catalog=catalog[0], out=root, model=tiny_model_dir, shards=2, interactions=interactions
+    )
+    build_index(config)
+    assert (root / "versions" / "1" / USERS_FILE).exists()
+    with LiveIndex.open(root) as live:
+        some_updates(live)  # deletes SKU0002, among others
+        live.upsert([{"item_id": "ZEP", "title": "silver zeppelin"}], unit(1, live.dim, 5))
+    compact(root)
+
+    version_dir = root / "versions" / "2"
+    version = IndexVersion.open(root)  # checksums of the companions verified too
+    assert version.version == 2
+    lexical = LexicalIndex.load(version_dir)
+    _, rows_found = lexical.search("zeppelin", 5)
+    assert [version.item_ids[r] for r in rows_found if r >= 0] == ["ZEP"]
+    _, rows_found = lexical.search("lamp", 200)
+    assert "SKU0002" not in {version.item_ids[r] for r in rows_found if r >= 0}  # deleted
+    assert read_users(version_dir) == {"u1": ["SKU0003"]}  # u2's only item was deleted
+    build = version.manifest.build
+    assert build["lexical"]["terms"] == lexical.n_terms and build["users"]["users"] == 1

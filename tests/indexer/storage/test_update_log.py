@@ -212,3 +212,87 @@ def test_processes_append_to_one_log(tmp_path):
     records = UpdateLog(tmp_path).records()
     assert [r.seq for r in records] == list(range(1, 41))
     assert {r.item_ids[0][0] for r in records} == {"p", "q"}
+
+
+def three_deletes(root: Path, rotate_after: int | None = None) -> None:
+    with UpdateLog(root) as log:
+        for i, item_id in enumerate("ABC", 1):
+            log.append_delete([item_id])
+            if i == rotate_after:
+                log.rotate()
+
+
+def test_a_record_missing_from_the_middle_of_a_segment_is_refused(tmp_path):
+    three_deletes(tmp_path)
+    path = segment(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[2])  # seq 2 gone: its line is whole, but missing
+    with pytest.raises(UpdateLogError) as error:
+        UpdateLog(tmp_path).records()
+    message = str(error.value)
+    assert str(path) in message and "seq 2 is missing" in message
+    assert f"aisle-index repair-log {tmp_path} --truncate-at 2" in message
+    with pytest.raises(UpdateLogError, match="--truncate-at 2"):
+        UpdateLog(tmp_path).append_delete(["D"])  # no new seq after the gap either
+
+
+@pytest.mark.parametrize("damage", ["checksum", "torn", "removed"])
+def test_a_damaged_last_record_of_an_older_segment_is_refused(tmp_path, damage):
+    three_deletes(tmp_path, rotate_after=2)  # segments: seq 1..2, seq 3..
+    older = sorted((tmp_path / "updates").glob("log.*.jsonl"))[0]
+    lines = older.read_bytes().splitlines(keepends=True)
+    if damage == "checksum":
+        lines[1] = lines[1].replace(b'"B"', b'"X"')
+    elif damage == "torn":
+        lines[1] = lines[1][:20]
+    else:
+        lines.pop()
+    older.write_bytes(b"".join(lines))
+    with pytest.raises(UpdateLogError) as error:
+        UpdateLog(tmp_path).records()
+    message = str(error.value)
+    assert str(older) in message and "seq 2" in message and "--truncate-at 2" in message
+    assert [r.seq for r in UpdateLog(tmp_path).records(after=2)] == [3]  # folded: not read
+
+
+def test_a_torn_last_record_of_the_newest_segment_is_dropped_as_unacknowledged(tmp_path, caplog):
+    three_deletes(tmp_path, rotate_after=2)
+    with open(segment(tmp_path), "ab") as f:
+        f.write(b'{"seq":4,"op":"del')
+    with caplog.at_level(logging.WARNING, logger="indexer.storage.update_log"):
+        assert [r.seq for r in UpdateLog(tmp_path).records()] == [1, 2, 3]
+    assert "torn last record (line 2, it would have been seq 4)" in caplog.text
+    assert "before it was acknowledged" in caplog.text
+
+
+def test_repair_moves_the_damaged_tail_aside_and_the_log_opens(tmp_path):
+    three_deletes(tmp_path, rotate_after=1)  # segments: seq 1, seq 2..3
+    path = segment(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0].replace(b'"B"', b'"X"') + lines[1])  # seq 2 damaged
+    original = path.read_bytes()
+    log = UpdateLog(tmp_path)
+    with pytest.raises(ValueError, match="seq 2 is damaged or missing too; use --truncate-at 2"):
+        log.repair(3)
+    quarantine, end = log.repair(2)
+    assert end == 1 and quarantine.parent == tmp_path / "updates" / "quarantine"
+    assert (quarantine / path.name).read_bytes() == original  # moved aside, not deleted
+    assert [r.seq for r in log.records()] == [1]
+    assert log.append_delete(["D"]) == 2
+    assert [r.item_ids for r in UpdateLog(tmp_path).records()] == [("A",), ("D",)]
+    log.close()
+
+
+def test_repair_never_reuses_a_seq_a_version_folded_in(tmp_path):
+    three_deletes(tmp_path)
+    fake_version(tmp_path, 1, applied_seq=3)
+    path = segment(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[2])
+    with UpdateLog(tmp_path) as log:
+        quarantine, end = log.repair(2)
+        assert end == 3 and log.truncated()[0] == 3  # seq 2..3 live on in version 1 only
+        assert sorted(p.name for p in quarantine.iterdir()) == ["log.000000000001.jsonl"]
+        assert log.records() == []  # a full read (a build) sees no gap
+        assert log.append_delete(["D"]) == 4  # after every folded seq
+        assert [r.seq for r in log.records()] == [4]
