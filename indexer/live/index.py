@@ -442,20 +442,7 @@ class LiveIndex:
             )
         records = self.log.records(after=self._seq)
         for record in records:
-            if record.op == "upsert":
-                items = conform_records(record.items, self._schema, f"update seq {record.seq}")
-                vectors = record.vectors
-                if vectors is None:  # the log's decoder never lets that through
-                    raise IndexFormatError(f"update seq {record.seq}: upsert without vectors")
-                if record.fingerprint != self.manifest.model_fingerprint:
-                    vectors = self._reembed(items, record)
-                self._apply_upsert(record.seq, items, vectors)
-            elif record.op == "delete":
-                self._apply_delete(record.seq, list(record.item_ids))  # skips ids not live
-            else:
-                self._apply_attributes(record.seq, self._replayable_attributes(record))
-            self._seq = record.seq
-            self._pending += 1
+            self._apply_record(record)
         if records:
             logger.info(
                 "replayed %d update(s) (seq %d..%d) onto index version %d: %d live items",
@@ -465,6 +452,47 @@ class LiveIndex:
                 self.base.version,
                 self._n_live,
             )
+
+    def catch_up(self) -> int:
+        """Apply the log records written since this index's seq by another ``LiveIndex`` of
+        the same root (the one a Reload replaces), and publish them; the number applied.
+
+        The sequence-number handoff of a Reload: the new live index was opened (and replayed
+        the log) while the old one still took writes; with writes to the old one stopped, this
+        brings the new one up to the old one's last seq before it is served, so no
+        acknowledged write is left behind in the old index.
+        """
+        with self._write_lock:
+            records = self.log.records(after=self._seq)
+            for record in records:
+                self._apply_record(record)
+            if records:
+                self._view = self._make_view()
+                logger.info(
+                    "caught up %d update(s) (seq %d..%d) onto index version %d",
+                    len(records),
+                    records[0].seq,
+                    records[-1].seq,
+                    self.base.version,
+                )
+        return len(records)
+
+    def _apply_record(self, record: LogRecord) -> None:
+        """Apply one logged update, as far as it still fits this version (replay, catch-up)."""
+        if record.op == "upsert":
+            items = conform_records(record.items, self._schema, f"update seq {record.seq}")
+            vectors = record.vectors
+            if vectors is None:  # the log's decoder never lets that through
+                raise IndexFormatError(f"update seq {record.seq}: upsert without vectors")
+            if record.fingerprint != self.manifest.model_fingerprint:
+                vectors = self._reembed(items, record)
+            self._apply_upsert(record.seq, items, vectors)
+        elif record.op == "delete":
+            self._apply_delete(record.seq, list(record.item_ids))  # skips ids not live
+        else:
+            self._apply_attributes(record.seq, self._replayable_attributes(record))
+        self._seq = record.seq
+        self._pending += 1
 
     def _replayable_attributes(self, record: LogRecord) -> dict[str, dict[str, Any]]:
         out = {}
