@@ -95,6 +95,15 @@ def caught_up(snap: Snapshot) -> Snapshot:
     return refreshed(snap)
 
 
+def retire(old: Snapshot, new: Snapshot) -> None:
+    """Close the live index (its update log's files) of a snapshot a Reload replaced.
+
+    Safe at the swap: writes go only to the serving snapshot, under the service's write lock,
+    and searches still on `old` read its immutable views, never the log."""
+    if old.live is not None and old.live is not new.live:
+        old.live.close()
+
+
 def pending_updates(snap: Snapshot) -> int:
     """Updates logged but not yet compacted into a version (0 without a live index)."""
     return 0 if snap.live is None else int(snap.live.pending_updates)

@@ -251,18 +251,23 @@ class SearchService:
 
         The new version loads while writes still go to the serving live index; then, with
         writes stopped (the write lock), the new live index replays the log up to the old one's
-        last seq and is swapped in. Every write acknowledged
+        last seq and is swapped in, and the old one's log is closed. Every write acknowledged
         before the swap is in the new snapshot; every later one goes to it."""
         with self._reload_lock:
             snapshot = load_version(self._index_path, version, self._load)
             old = self._snapshot  # only a Reload replaces it, and this one holds _reload_lock
-            with self._write_lock:
-                snapshot = live_updates.caught_up(snapshot)
-                old_batcher = self._batcher
-                with self._events_lock:  # no event can slip between the replay and the swap
-                    users = self._load_users(snapshot)
-                    self._batcher = self._new_batcher(snapshot)
-                    self._snapshot, self.users = snapshot, users
+            try:
+                with self._write_lock:
+                    snapshot = live_updates.caught_up(snapshot)
+                    old_batcher = self._batcher
+                    with self._events_lock:  # no event can slip between the replay and the swap
+                        users = self._load_users(snapshot)
+                        self._batcher = self._new_batcher(snapshot)
+                        self._snapshot, self.users = snapshot, users
+            except BaseException:
+                live_updates.retire(snapshot, old)  # never served: close its log
+                raise
+            live_updates.retire(old, snapshot)
             # Requests still holding the old snapshot finish on it; its batcher drains its queue
             # and then encodes directly for them.
             old_batcher.close()
