@@ -22,11 +22,17 @@ from trainer.text import item_text
 
 
 def live_index(snap: Snapshot) -> LiveIndex:
-    """The snapshot's live index; FAILED_PRECONDITION when it serves a bare version dir."""
+    """The snapshot's live index; FAILED_PRECONDITION when it serves a bare version dir or a
+    read-only index root (checked before any work, so a refused write costs nothing)."""
     if snap.live is None:
         raise FailedPrecondition(
             "this server serves a stand-alone version dir: live updates need an index root "
             "(aisle-serve --index ROOT)"
+        )
+    if snap.live.read_only:
+        raise FailedPrecondition(
+            "this server serves a read-only index root: searches work, live updates (Upsert, "
+            "UpdateAttributes, Delete) need an index root whose updates/ dir it can write"
         )
     return snap.live
 

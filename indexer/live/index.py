@@ -30,6 +30,7 @@ several calls (take ``snapshot()`` for that), while the writer goes on appending
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,12 +49,12 @@ from indexer.live.records import (
 )
 from indexer.live.view import GrowableRows, LiveState, LiveView, RescoringStore, UnknownItemError
 from indexer.storage.manifest import IndexFormatError, ModelMismatchError
-from indexer.storage.update_log import LogRecord, UpdateLog, UpdateLogError
+from indexer.storage.update_log import UPDATES_DIR, LogRecord, UpdateLog, UpdateLogError
 from indexer.version import IndexVersion
 from trainer.encoder.load import load_encoder
 from trainer.text import item_text
 
-__all__ = ["LiveIndex"]
+__all__ = ["LiveIndex", "root_is_writable"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,21 @@ class LiveIndex:
         encoder: used only to re-embed replayed upserts whose vectors came from a model other
             than the version's (after a rebuild with a new model); None = load the version's
             model from ``manifest.model_path`` if that ever happens.
+        read_only: the root cannot be written (a read-only mount, a root owned by another
+            user): the log is replayed and searched, and every update raises PermissionError.
     """
 
-    def __init__(self, version: IndexVersion, log: UpdateLog, *, encoder: Any = None) -> None:
+    def __init__(
+        self,
+        version: IndexVersion,
+        log: UpdateLog,
+        *,
+        encoder: Any = None,
+        read_only: bool = False,
+    ) -> None:
         self.base = version
         self.log = log
+        self.read_only = read_only
         self._encoder = encoder
         self.n_base = version.n_items
         self._schema = version.items.schema
@@ -107,8 +118,12 @@ class LiveIndex:
         verify: bool = True,
         expected_fingerprint: str | None = None,
         encoder: Any = None,
+        read_only: bool | None = None,
     ) -> LiveIndex:
         """Open the version CURRENT names (or a given version dir) and replay the update log.
+
+        ``read_only``: see the class; None = when this process cannot write the root's update
+        log dir (``root_is_writable``).
 
         Raises:
             IndexFormatError: as ``IndexVersion.open``; the path is not inside an index root;
@@ -121,9 +136,14 @@ class LiveIndex:
                 f"{version.path}: live updates need an index root (ROOT/versions/<n>), not a "
                 f"stand-alone version dir"
             )
-        log = UpdateLog(version.path.parent.parent)
+        root = version.path.parent.parent
+        if read_only is None:
+            read_only = not root_is_writable(root)
+        if read_only:
+            logger.warning("index root %s is read-only: serving it without live updates", root)
+        log = UpdateLog(root)
         try:
-            return cls(version, log, encoder=encoder)
+            return cls(version, log, encoder=encoder, read_only=read_only)
         except BaseException:
             log.close()
             raise
@@ -250,6 +270,7 @@ class LiveIndex:
                 a value of the wrong type, duplicate ids, a bad vector array.
             ModelMismatchError: ``fingerprint`` is not the index's model.
         """
+        self._check_writable()
         records = list(records)
         if not records:
             raise ValueError("upsert needs at least one record")
@@ -276,6 +297,7 @@ class LiveIndex:
             (seq, not_found): the update's seq (the current seq when nothing was deleted, and
             then nothing is logged) and the ids that were not live, in input order.
         """
+        self._check_writable()
         if isinstance(item_ids, str):
             raise ValueError("delete takes a list of item ids, not one string")
         ids = list(dict.fromkeys(item_ids))  # dedupe, keep order
@@ -307,6 +329,7 @@ class LiveIndex:
             UnknownItemError: an item id that is not live (a KeyError and a ValueError).
             ValueError: an unknown or text column, or a value the catalog rules reject.
         """
+        self._check_writable()
         if not isinstance(updates, Mapping) or not updates:
             raise ValueError("update_attributes needs a non-empty {item_id: {column: value}}")
         for item_id, fields in updates.items():
@@ -338,6 +361,14 @@ class LiveIndex:
             self._publish(seq)
         logger.debug("attributes seq %d: %d items", seq, len(changes))
         return seq
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(
+                f"index root {self.path.parent.parent} is read-only: it is served for searches, "
+                f"and live updates (Upsert, UpdateAttributes, Delete) need a root whose updates/ "
+                f"dir this server can write"
+            )
 
     # ------------------------------------------------------------------ applying records
 
@@ -536,3 +567,11 @@ class LiveIndex:
             )
         vectors = self._encoder.encode_items([item_text(r) for r in items])
         return check_vectors(vectors, len(items), self.dim)
+
+
+def root_is_writable(root: Path) -> bool:
+    """Whether this process may write the update log of the index root at ``root``: its
+    ``updates/`` dir, or the root itself where that does not exist yet. ``os.access`` answers
+    for a read-only mount too (EROFS), even for root."""
+    updates = root / UPDATES_DIR
+    return os.access(updates if updates.is_dir() else root, os.W_OK)
