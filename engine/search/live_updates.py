@@ -2,12 +2,16 @@
 
 Each write logs the change durably and applies it to the snapshot's live index; the caller
 (SearchService) then swaps in `refreshed(snap)`, so the change is searchable when it returns.
+The caller holds its write lock around the write and the swap, and a Reload hands the new
+snapshot over with `caught_up` under the same lock (docs/serving.md, "Writes and Reload").
 """
 
 from __future__ import annotations
 
 import threading
 from typing import Any
+
+import numpy as np
 
 from engine.search.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.search.snapshot import Snapshot, live_snapshot, sync_lexical
@@ -18,11 +22,17 @@ from trainer.text import item_text
 
 
 def live_index(snap: Snapshot) -> LiveIndex:
-    """The snapshot's live index; FAILED_PRECONDITION when it serves a bare version dir."""
+    """The snapshot's live index; FAILED_PRECONDITION when it serves a bare version dir or a
+    read-only index root (checked before any work, so a refused write costs nothing)."""
     if snap.live is None:
         raise FailedPrecondition(
             "this server serves a stand-alone version dir: live updates need an index root "
             "(aisle-serve --index ROOT)"
+        )
+    if snap.live.read_only:
+        raise FailedPrecondition(
+            "this server serves a read-only index root: searches work, live updates (Upsert, "
+            "UpdateAttributes, Delete) need an index root whose updates/ dir it can write"
         )
     return snap.live
 
@@ -38,13 +48,22 @@ def refreshed(snap: Snapshot) -> Snapshot:
     return live_snapshot(snap.encoder, snap.live, snap.version_dir, snap.lexical)
 
 
-def upsert(snap: Snapshot, records: list[dict[str, Any]], encode_lock: threading.Lock) -> int:
-    """Add or replace items: embed their text with the serving model (holding `encode_lock`:
-    encodes run one at a time), log durably, apply. Returns the update-log sequence number."""
-    live, encoder = live_index(snap), snap.encoder
+def encode_items(
+    snap: Snapshot, records: list[dict[str, Any]], encode_lock: threading.Lock
+) -> np.ndarray:
+    """(n, dim) float32 vectors of the records' item texts from the snapshot's model (holding
+    `encode_lock`: encodes run one at a time); FAILED_PRECONDITION without a live index, before
+    any encoding work."""
+    live_index(snap)
     texts = [item_text(r) for r in records]
     with encode_lock:
-        vectors = encoder.encode_items(texts)  # (n, dim) float32
+        return snap.encoder.encode_items(texts)
+
+
+def upsert(snap: Snapshot, records: list[dict[str, Any]], vectors: np.ndarray) -> int:
+    """Add or replace items with their `vectors` (from `encode_items` of the same model): log
+    durably, apply. Returns the update-log sequence number."""
+    live, encoder = live_index(snap), snap.encoder
     try:
         return live.upsert(records, vectors, fingerprint=encoder.fingerprint)
     except ModelMismatchError as error:
@@ -70,6 +89,25 @@ def delete(snap: Snapshot, item_ids: list[str]) -> tuple[int, int, list[str]]:
     except ValueError as error:
         raise InvalidArgument.field("item_ids", str(error)) from error
     return seq, len(dict.fromkeys(item_ids)) - len(not_found), not_found
+
+
+def caught_up(snap: Snapshot) -> Snapshot:
+    """`snap` (just loaded by a Reload) with the updates that the serving live index took while
+    it loaded: the new live index replays the log past its seq (the sequence-number handoff).
+    Call it with writes stopped; `snap` itself when it has no live index."""
+    if snap.live is None:
+        return snap
+    snap.live.catch_up()
+    return refreshed(snap)
+
+
+def retire(old: Snapshot, new: Snapshot) -> None:
+    """Close the live index (its update log's files) of a snapshot a Reload replaced.
+
+    Safe at the swap: writes go only to the serving snapshot, under the service's write lock,
+    and searches still on `old` read its immutable views, never the log."""
+    if old.live is not None and old.live is not new.live:
+        old.live.close()
 
 
 def pending_updates(snap: Snapshot) -> int:

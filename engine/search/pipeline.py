@@ -193,7 +193,7 @@ def _lexical_candidates(
         spec = with_excluded(spec, list(snap.dead_rows))
     compiled = snap.filters.compiled(spec) if spec is not None else None
     filtered = compiled is not None and compiled.has_conditions
-    D, I = snap.lexical.search(text, depth * 4 if filtered else depth)
+    D, I = snap.lexical.search(text, depth * 4 if filtered else depth, state=snap.lexical_state)
     keep = I >= 0
     if filtered:
         keep &= compiled.mask(I)

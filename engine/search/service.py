@@ -65,7 +65,10 @@ class SearchService:
             load_snapshot, model_dir=model_dir, encoding=self._encoding
         )
         self._on_batch = on_batch
-        self._swap_lock = threading.Lock()  # one reload or live update at a time
+        # The one write path (docs/serving.md, "Writes and Reload"): each live update, and the
+        # Reload swap with its handoff, runs under _write_lock on the snapshot then serving.
+        self._write_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one Reload at a time (it loads outside the above)
         # Fast tokenizers refuse concurrent calls with different settings ("Already borrowed"),
         # and torch already uses every core per call, so encodes run one at a time.
         self._encode_lock = threading.Lock()
@@ -204,28 +207,37 @@ class SearchService:
 
     # -- live updates ---------------------------------------------------------------------------
 
-    def _refresh(self) -> None:
-        """Swap in a snapshot of the live index's latest state, so an update is searchable
-        when its call returns."""
-        with self._swap_lock:
-            self._snapshot = live_updates.refreshed(self._snapshot)
-
     def upsert(self, records: list[dict[str, Any]]) -> int:
-        """Add or replace items (embedded with the serving model); the update-log sequence."""
-        seq = live_updates.upsert(self._snapshot, records, self._encode_lock)
-        self._refresh()
+        """Add or replace items (embedded with the serving model); the update-log sequence.
+
+        Encoding runs outside the write lock; the log append, the apply and the swap to a
+        snapshot that shows the items run under it, on the snapshot serving at that moment (a
+        Reload cannot slip in between and leave the write in a retired live index)."""
+        snap = self._snapshot
+        vectors = live_updates.encode_items(snap, records, self._encode_lock)
+        with self._write_lock:
+            current = self._snapshot
+            if current.encoder.fingerprint != snap.encoder.fingerprint:
+                # A Reload switched models since: the vectors must come from the one now served.
+                vectors = live_updates.encode_items(current, records, self._encode_lock)
+            seq = live_updates.upsert(current, records, vectors)
+            self._snapshot = live_updates.refreshed(current)
         return seq
 
     def update_attributes(self, updates: dict[str, dict[str, Any]]) -> int:
         """Change attribute columns (price, stock, ...) of existing items; no re-embedding."""
-        seq = live_updates.update_attributes(self._snapshot, updates)
-        self._refresh()
+        with self._write_lock:
+            current = self._snapshot
+            seq = live_updates.update_attributes(current, updates)
+            self._snapshot = live_updates.refreshed(current)
         return seq
 
     def delete(self, item_ids: list[str]) -> tuple[int, int, list[str]]:
         """Delete items; returns (log sequence, deleted count, ids that were not there)."""
-        out = live_updates.delete(self._snapshot, item_ids)
-        self._refresh()
+        with self._write_lock:
+            current = self._snapshot
+            out = live_updates.delete(current, item_ids)
+            self._snapshot = live_updates.refreshed(current)
         return out
 
     def pending_updates(self) -> int:
@@ -235,17 +247,30 @@ class SearchService:
 
     def reload(self, version: int = 0) -> tuple[int, IndexSummary]:
         """Switch to `version` of the index root (0: what CURRENT names). In-flight requests
-        finish on the snapshot they started with; the next ones see the new one."""
-        with self._swap_lock:
-            previous = self._snapshot.summary.version
+        finish on the snapshot they started with; the next ones see the new one.
+
+        The new version loads while writes still go to the serving live index; then, with
+        writes stopped (the write lock), the new live index replays the log up to the old one's
+        last seq and is swapped in, and the old one's log is closed. Every write acknowledged
+        before the swap is in the new snapshot; every later one goes to it."""
+        with self._reload_lock:
             snapshot = load_version(self._index_path, version, self._load)
-            old_batcher = self._batcher
-            with self._events_lock:  # no event can slip between the replay and the swap
-                users = self._load_users(snapshot)
-                self._batcher = self._new_batcher(snapshot)
-                self._snapshot, self.users = snapshot, users
+            old = self._snapshot  # only a Reload replaces it, and this one holds _reload_lock
+            try:
+                with self._write_lock:
+                    snapshot = live_updates.caught_up(snapshot)
+                    old_batcher = self._batcher
+                    with self._events_lock:  # no event can slip between the replay and the swap
+                        users = self._load_users(snapshot)
+                        self._batcher = self._new_batcher(snapshot)
+                        self._snapshot, self.users = snapshot, users
+            except BaseException:
+                live_updates.retire(snapshot, old)  # never served: close its log
+                raise
+            live_updates.retire(old, snapshot)
             # Requests still holding the old snapshot finish on it; its batcher drains its queue
             # and then encodes directly for them.
             old_batcher.close()
+            previous = old.summary.version
             log.info("now serving index version %d (was %d)", snapshot.summary.version, previous)
             return previous, snapshot.summary

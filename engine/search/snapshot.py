@@ -15,7 +15,7 @@ from engine.search.errors import FailedPrecondition, NotFound, Unavailable
 from engine.search.retriever import FilterCache, LocalRetriever, Retriever
 from engine.search.types import EncodingConfig, IndexSummary
 from indexer.lexical.files import LEXICAL_META_FILE
-from indexer.lexical.index import LexicalIndex
+from indexer.lexical.index import LexicalIndex, LexicalState
 from indexer.live.index import LiveIndex
 from indexer.live.view import LiveView
 from indexer.rerank.columns import ItemColumns
@@ -54,6 +54,10 @@ class Snapshot:
     live: LiveIndex | None = None
     version_dir: Path | None = None
     lexical: LexicalIndex | None = None  # the BM25 channel, when the version has one
+    # The BM25 postings of the same moment as `index` and `vectors`: the lexical index changes
+    # with live updates, and a search on this snapshot must not see rows it does not have.
+    # None: the lexical index's current state (a snapshot whose BM25 never changes).
+    lexical_state: LexicalState | None = None
     dead_rows: tuple[int, ...] = ()  # rows deleted or replaced since the version was built
 
 
@@ -81,6 +85,7 @@ def local_snapshot(
         live=live,
         version_dir=version_dir,
         lexical=lexical,
+        lexical_state=None if lexical is None else lexical.state,
         dead_rows=dead_rows,
     )
 

@@ -29,9 +29,10 @@ Deleted and replaced documents keep counting in the statistics until the next bu
 Lucene before a merge. Each upsert call adds one immutable segment; past ``MAX_SEGMENTS`` they are
 merged into one, so a write costs O(its documents) amortised.
 
-Concurrency: copy-on-write snapshots. Readers take ``self._state`` (an immutable ``_State``) once
-per search and need no lock; writers are serialised by one lock, build a new state and publish it
-with one reference assignment, so a search sees an update completely or not at all.
+Concurrency: copy-on-write snapshots. Readers take ``self._state`` (an immutable
+``LexicalState``, public as ``state`` so a serving snapshot can pin one) once per search and need
+no lock; writers are serialised by one lock, build a new state and publish it with one reference
+assignment, so a search sees an update completely or not at all.
 
 Modules. ``LexicalIndex`` (build, search, upsert, delete, save, load) is here; the analyzer is
 in ``indexer.lexical.analysis``, the BM25 weights, postings and top-k in
@@ -63,7 +64,7 @@ from indexer.lexical.bm25 import (
 )
 from indexer.lexical.files import LexicalBuild, read_lexical, write_lexical
 
-__all__ = ["MAX_SEGMENTS", "LexicalIndex"]
+__all__ = ["MAX_SEGMENTS", "LexicalIndex", "LexicalState"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,10 @@ MAX_SEGMENTS = 8  # delta segments kept before they are merged into one
 
 
 @dataclass(frozen=True)
-class _State:
-    """What a search reads: immutable, replaced whole by writers."""
+class LexicalState:
+    """What a search reads: immutable, replaced whole by writers. A serving snapshot pins one
+    (``LexicalIndex.state``) beside the vectors and columns of the same moment, so BM25 never
+    returns a row that snapshot does not have."""
 
     shards: tuple[Postings | None, ...]  # None: a shard not loaded in this process
     segments: tuple[Postings, ...]  # the live delta, one segment per upsert (until merged)
@@ -94,7 +97,7 @@ class LexicalIndex:
         self._built = built  # what ``save`` writes
         self._vocab = built.vocab  # term -> id; writers append ids for new terms (atomic dict ops)
         self._idf = idf(built.df.astype(np.float64), self.n_docs)  # (n_build_terms,) float64
-        self._state = _State(shards=built.shards, segments=())
+        self._state = LexicalState(shards=built.shards, segments=())
         self._write_lock = threading.Lock()
         # Writer-only bookkeeping, read and changed under _write_lock only. Build rows by global
         # row (arrays: a catalog has millions); delta rows in a dict (the delta is small).
@@ -249,8 +252,19 @@ class LexicalIndex:
         ids = [vocab.get(t, -1) for t in analyze(query)]
         return np.asarray([i for i in ids if i >= 0], dtype=np.int64)
 
+    @property
+    def state(self) -> LexicalState:
+        """The current state, fixed: later upserts and deletes publish new ones (search it with
+        ``search(..., state=)``)."""
+        return self._state
+
     def search(
-        self, query: str | np.ndarray, k: int, *, shards: Sequence[int] | None = None
+        self,
+        query: str | np.ndarray,
+        k: int,
+        *,
+        shards: Sequence[int] | None = None,
+        state: LexicalState | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items by BM25 for one query, over the build (deleted rows dropped) and the delta.
 
@@ -259,6 +273,7 @@ class LexicalIndex:
             k: results, >= 1.
             shards: search only these shards (each must be loaded); None = every loaded shard.
                 Delta documents count in the shard their upsert named.
+            state: search this state (``state``, taken earlier); None = the current one.
 
         Returns:
             D: (k,) float32 BM25 scores, descending (ties by lower row); padding -FLT_MAX.
@@ -268,7 +283,8 @@ class LexicalIndex:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         k = int(k)
-        state = self._state  # one snapshot for the whole search
+        if state is None:
+            state = self._state  # one snapshot for the whole search
         if shards is None:
             wanted = [s for s, p in enumerate(state.shards) if p is not None]
         else:
@@ -399,7 +415,7 @@ class LexicalIndex:
                 )
         return out
 
-    def _kill(self, state: _State, rows: np.ndarray) -> _State:
+    def _kill(self, state: LexicalState, rows: np.ndarray) -> LexicalState:
         """A state where ``rows`` (main or delta) are dead; updates the writer bookkeeping."""
         main_dead: dict[int, list[int]] = {}
         seg_dead: dict[int, list[int]] = {}
@@ -419,9 +435,9 @@ class LexicalIndex:
             seg.with_dead(seg_dead[sid]) if sid in seg_dead else seg
             for sid, seg in zip(self._segment_ids, state.segments, strict=True)
         )
-        return _State(shards=shards, segments=segments)
+        return LexicalState(shards=shards, segments=segments)
 
-    def _merge_segments(self, state: _State) -> _State:
+    def _merge_segments(self, state: LexicalState) -> LexicalState:
         """One segment holding every live delta document (dead ones dropped)."""
         merged = live_postings(state.segments, len(self._vocab))
         seg_id = self._next_segment

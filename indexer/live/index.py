@@ -30,6 +30,7 @@ several calls (take ``snapshot()`` for that), while the writer goes on appending
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,12 +49,12 @@ from indexer.live.records import (
 )
 from indexer.live.view import GrowableRows, LiveState, LiveView, RescoringStore, UnknownItemError
 from indexer.storage.manifest import IndexFormatError, ModelMismatchError
-from indexer.storage.update_log import LogRecord, UpdateLog, UpdateLogError
+from indexer.storage.update_log import UPDATES_DIR, LogRecord, UpdateLog, UpdateLogError
 from indexer.version import IndexVersion
 from trainer.encoder.load import load_encoder
 from trainer.text import item_text
 
-__all__ = ["LiveIndex"]
+__all__ = ["LiveIndex", "root_is_writable"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,21 @@ class LiveIndex:
         encoder: used only to re-embed replayed upserts whose vectors came from a model other
             than the version's (after a rebuild with a new model); None = load the version's
             model from ``manifest.model_path`` if that ever happens.
+        read_only: the root cannot be written (a read-only mount, a root owned by another
+            user): the log is replayed and searched, and every update raises PermissionError.
     """
 
-    def __init__(self, version: IndexVersion, log: UpdateLog, *, encoder: Any = None) -> None:
+    def __init__(
+        self,
+        version: IndexVersion,
+        log: UpdateLog,
+        *,
+        encoder: Any = None,
+        read_only: bool = False,
+    ) -> None:
         self.base = version
         self.log = log
+        self.read_only = read_only
         self._encoder = encoder
         self.n_base = version.n_items
         self._schema = version.items.schema
@@ -107,8 +118,12 @@ class LiveIndex:
         verify: bool = True,
         expected_fingerprint: str | None = None,
         encoder: Any = None,
+        read_only: bool | None = None,
     ) -> LiveIndex:
         """Open the version CURRENT names (or a given version dir) and replay the update log.
+
+        ``read_only``: see the class; None = when this process cannot write the root's update
+        log dir (``root_is_writable``).
 
         Raises:
             IndexFormatError: as ``IndexVersion.open``; the path is not inside an index root;
@@ -121,9 +136,14 @@ class LiveIndex:
                 f"{version.path}: live updates need an index root (ROOT/versions/<n>), not a "
                 f"stand-alone version dir"
             )
-        log = UpdateLog(version.path.parent.parent)
+        root = version.path.parent.parent
+        if read_only is None:
+            read_only = not root_is_writable(root)
+        if read_only:
+            logger.warning("index root %s is read-only: serving it without live updates", root)
+        log = UpdateLog(root)
         try:
-            return cls(version, log, encoder=encoder)
+            return cls(version, log, encoder=encoder, read_only=read_only)
         except BaseException:
             log.close()
             raise
@@ -250,6 +270,7 @@ class LiveIndex:
                 a value of the wrong type, duplicate ids, a bad vector array.
             ModelMismatchError: ``fingerprint`` is not the index's model.
         """
+        self._check_writable()
         records = list(records)
         if not records:
             raise ValueError("upsert needs at least one record")
@@ -276,6 +297,7 @@ class LiveIndex:
             (seq, not_found): the update's seq (the current seq when nothing was deleted, and
             then nothing is logged) and the ids that were not live, in input order.
         """
+        self._check_writable()
         if isinstance(item_ids, str):
             raise ValueError("delete takes a list of item ids, not one string")
         ids = list(dict.fromkeys(item_ids))  # dedupe, keep order
@@ -307,6 +329,7 @@ class LiveIndex:
             UnknownItemError: an item id that is not live (a KeyError and a ValueError).
             ValueError: an unknown or text column, or a value the catalog rules reject.
         """
+        self._check_writable()
         if not isinstance(updates, Mapping) or not updates:
             raise ValueError("update_attributes needs a non-empty {item_id: {column: value}}")
         for item_id, fields in updates.items():
@@ -338,6 +361,14 @@ class LiveIndex:
             self._publish(seq)
         logger.debug("attributes seq %d: %d items", seq, len(changes))
         return seq
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(
+                f"index root {self.path.parent.parent} is read-only: it is served for searches, "
+                f"and live updates (Upsert, UpdateAttributes, Delete) need a root whose updates/ "
+                f"dir this server can write"
+            )
 
     # ------------------------------------------------------------------ applying records
 
@@ -442,20 +473,7 @@ class LiveIndex:
             )
         records = self.log.records(after=self._seq)
         for record in records:
-            if record.op == "upsert":
-                items = conform_records(record.items, self._schema, f"update seq {record.seq}")
-                vectors = record.vectors
-                if vectors is None:  # the log's decoder never lets that through
-                    raise IndexFormatError(f"update seq {record.seq}: upsert without vectors")
-                if record.fingerprint != self.manifest.model_fingerprint:
-                    vectors = self._reembed(items, record)
-                self._apply_upsert(record.seq, items, vectors)
-            elif record.op == "delete":
-                self._apply_delete(record.seq, list(record.item_ids))  # skips ids not live
-            else:
-                self._apply_attributes(record.seq, self._replayable_attributes(record))
-            self._seq = record.seq
-            self._pending += 1
+            self._apply_record(record)
         if records:
             logger.info(
                 "replayed %d update(s) (seq %d..%d) onto index version %d: %d live items",
@@ -465,6 +483,47 @@ class LiveIndex:
                 self.base.version,
                 self._n_live,
             )
+
+    def catch_up(self) -> int:
+        """Apply the log records written since this index's seq by another ``LiveIndex`` of
+        the same root (the one a Reload replaces), and publish them; the number applied.
+
+        The sequence-number handoff of a Reload: the new live index was opened (and replayed
+        the log) while the old one still took writes; with writes to the old one stopped, this
+        brings the new one up to the old one's last seq before it is served, so no
+        acknowledged write is left behind in the old index.
+        """
+        with self._write_lock:
+            records = self.log.records(after=self._seq)
+            for record in records:
+                self._apply_record(record)
+            if records:
+                self._view = self._make_view()
+                logger.info(
+                    "caught up %d update(s) (seq %d..%d) onto index version %d",
+                    len(records),
+                    records[0].seq,
+                    records[-1].seq,
+                    self.base.version,
+                )
+        return len(records)
+
+    def _apply_record(self, record: LogRecord) -> None:
+        """Apply one logged update, as far as it still fits this version (replay, catch-up)."""
+        if record.op == "upsert":
+            items = conform_records(record.items, self._schema, f"update seq {record.seq}")
+            vectors = record.vectors
+            if vectors is None:  # the log's decoder never lets that through
+                raise IndexFormatError(f"update seq {record.seq}: upsert without vectors")
+            if record.fingerprint != self.manifest.model_fingerprint:
+                vectors = self._reembed(items, record)
+            self._apply_upsert(record.seq, items, vectors)
+        elif record.op == "delete":
+            self._apply_delete(record.seq, list(record.item_ids))  # skips ids not live
+        else:
+            self._apply_attributes(record.seq, self._replayable_attributes(record))
+        self._seq = record.seq
+        self._pending += 1
 
     def _replayable_attributes(self, record: LogRecord) -> dict[str, dict[str, Any]]:
         out = {}
@@ -508,3 +567,11 @@ class LiveIndex:
             )
         vectors = self._encoder.encode_items([item_text(r) for r in items])
         return check_vectors(vectors, len(items), self.dim)
+
+
+def root_is_writable(root: Path) -> bool:
+    """Whether this process may write the update log of the index root at ``root``: its
+    ``updates/`` dir, or the root itself where that does not exist yet. ``os.access`` answers
+    for a read-only mount too (EROFS), even for root."""
+    updates = root / UPDATES_DIR
+    return os.access(updates if updates.is_dir() else root, os.W_OK)
