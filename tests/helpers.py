@@ -12,9 +12,11 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from aisle.v1 import index_admin_pb2, index_admin_pb2_grpc
 from engine.api.interceptor import MAX_MESSAGE_CHARS
 from indexer.live.index import LiveIndex
 from indexer.version import IndexVersion
@@ -285,3 +287,24 @@ def refused(call, request, code=grpc.StatusCode.INVALID_ARGUMENT) -> grpc.RpcErr
     assert error.code() == code, (error.code(), error.details()[:300])
     assert len(error.details()) <= MAX_MESSAGE_CHARS
     return error
+
+
+def item(item_id: str, **fields) -> index_admin_pb2.Item:
+    """An IndexAdmin item with ``fields`` as its Struct."""
+    struct = struct_pb2.Struct()
+    struct.update(fields)
+    return index_admin_pb2.Item(item_id=item_id, fields=struct)
+
+
+class Admin:
+    """IndexAdmin calls to a server on 127.0.0.1 (no token)."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = index_admin_pb2_grpc.IndexAdminStub(self.channel)
+
+    def upsert(self, *items, mode=index_admin_pb2.UPSERT_MODE_FULL):
+        return self.stub.Upsert(index_admin_pb2.UpsertRequest(items=items, mode=mode), timeout=30)
+
+    def delete(self, *ids):
+        return self.stub.Delete(index_admin_pb2.DeleteRequest(item_ids=ids), timeout=30)

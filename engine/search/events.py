@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.search.errors import FailedPrecondition
+
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
@@ -52,10 +54,17 @@ class EventLog:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / LOG_NAME
         self._lock = threading.Lock()
-        self._drop_torn_tail()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.read_only = not os.access(self.directory, os.W_OK)
+        except OSError:
+            self.read_only = True  # e.g. the events dir of a read-only index root
+        if self.read_only:
+            log.warning("%s is read-only: events are read, not recorded", self.directory)
+        else:
+            self._drop_torn_tail()
 
     def _drop_torn_tail(self) -> None:
         """A crash mid-append can leave a partial last line; cut it so the next append does
@@ -73,6 +82,16 @@ class EventLog:
                 os.fsync(f.fileno())
 
     def append(self, events: Iterable[Event]) -> int:
+        """Append ``events``, durable when this returns; their count.
+
+        Raises:
+            FailedPrecondition: the log's directory is read-only (nothing is recorded).
+        """
+        if self.read_only:
+            raise FailedPrecondition(
+                "this server's event log is on a read-only file system: events cannot be "
+                "recorded here; serve a writable index root or give --events-dir"
+            )
         lines = "".join(e.to_json() + "\n" for e in events)
         if not lines:
             return 0

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -605,7 +606,18 @@ class UpdateLog:
             yield  # nothing to read, and a reader must not create the directory
             return
         if self._lock_fd is None:
-            self._lock_fd = os.open(self.dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self._lock_fd = os.open(self.dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                if kind == fcntl.LOCK_EX or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                # A read-only root (a read-only mount, another owner): read under a shared
+                # lock on the existing lock file, or without one when there is none (no
+                # process can have written to a root nobody may write).
+                if not (self.dir / _LOCK_NAME).exists():
+                    yield
+                    return
+                self._lock_fd = os.open(self.dir / _LOCK_NAME, os.O_RDONLY)
         fcntl.flock(self._lock_fd, kind)
         try:
             yield

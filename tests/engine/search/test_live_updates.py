@@ -7,14 +7,13 @@ import shutil
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 
-from aisle.v1 import index_admin_pb2, index_admin_pb2_grpc, types_pb2
+from aisle.v1 import index_admin_pb2, types_pb2
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
-from tests.helpers import write_title_catalog
+from tests.helpers import Admin, item, write_title_catalog
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +35,6 @@ def own_root(tmp_path, priced_root):
     root = tmp_path / "index"
     shutil.copytree(priced_root, root)
     return root
-
-
-def item(item_id: str, **fields) -> index_admin_pb2.Item:
-    struct = struct_pb2.Struct()
-    struct.update(fields)
-    return index_admin_pb2.Item(item_id=item_id, fields=struct)
-
-
-class Admin:
-    def __init__(self, port: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = index_admin_pb2_grpc.IndexAdminStub(self.channel)
-
-    def upsert(self, *items, mode=index_admin_pb2.UPSERT_MODE_FULL):
-        return self.stub.Upsert(index_admin_pb2.UpsertRequest(items=items, mode=mode), timeout=30)
-
-    def delete(self, *ids):
-        return self.stub.Delete(index_admin_pb2.DeleteRequest(item_ids=ids), timeout=30)
 
 
 def ids(response) -> list[str]:

@@ -21,7 +21,7 @@ from engine.client import AisleClient
 from engine.search.service import SearchService
 from engine.search.snapshot import is_known, load_snapshot
 from engine.server import ServerConfig, create_server
-from tests.engine.search.test_live_updates import Admin, item
+from tests.helpers import Admin, item
 
 
 @pytest.fixture()

@@ -2,13 +2,14 @@
 FAILED_PRECONDITION with a clear message, and nothing is written (issue 20 item 15).
 
 Tests run as root, and root may write a chmod-ed dir; so the read-only root is simulated where
-the server asks: ``os.access(..., W_OK)`` answers False for it, as it does on a read-only mount
-(EROFS) even for root.
+the server asks: ``os.access(..., W_OK)`` answers False for it and opening a file under it for
+writing fails with EROFS, as on a read-only mount even for root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,10 +18,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from aisle.v1 import events_pb2, events_pb2_grpc
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
 from indexer.live.index import LiveIndex, root_is_writable
-from tests.engine.search.test_live_updates import Admin, item
+from tests.helpers import Admin, item
 
 
 @pytest.fixture()
@@ -35,7 +37,16 @@ def read_only_root(tmp_path: Path, index_root: Path, monkeypatch: pytest.MonkeyP
             return False
         return real_access(path, mode, *args, **kwargs)
 
+    real_open = os.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & writing and Path(path).resolve().is_relative_to(root.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
     monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "open", open_)  # as a read-only mount answers, even root
     return root
 
 
@@ -68,9 +79,19 @@ def test_a_read_only_root_serves_searches_and_refuses_updates(read_only_root: Pa
                 call()
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "read-only index root" in caught.value.details()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            record = events_pb2_grpc.EventsStub(channel).Record
+            event = events_pb2.Event(
+                user_id="u1", item_id="logged", type=events_pb2.EVENT_TYPE_CLICK
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                record(events_pb2.RecordRequest(events=[event]), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "read-only" in caught.value.details()
         client.reload()
         client.similar_items("logged", k=1)
     assert log_files(root) == before
+    assert not (root / "events" / "events.jsonl").exists()
 
 
 def test_a_read_only_live_index_refuses_every_update(read_only_root: Path) -> None:
