@@ -328,6 +328,7 @@ def search_query(
         sort_attribute=request.sort.attribute,
         sort_descending=request.sort.descending,
         facets=tuple(dict.fromkeys(request.facets)),
+        field_prefix=prefix,
     )
 
 

@@ -24,6 +24,10 @@ class AisleError(Exception):
         super().__init__(message)
         self.message = message
 
+    def within(self, prefix: str) -> AisleError:
+        """The same error for a part of a larger request, e.g. ``requests[3].`` of a batch."""
+        return type(self)(f"{prefix.rstrip('.')}: {self.message}")
+
 
 class InvalidArgument(AisleError):
     """The request itself is wrong; `violations` say which fields and why."""
@@ -38,6 +42,12 @@ class InvalidArgument(AisleError):
     def field(cls, field: str, description: str) -> InvalidArgument:
         """The error of one bad field."""
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
+
+    def within(self, prefix: str) -> InvalidArgument:
+        """The same violations, their fields prefixed (``requests[3].filter.price``)."""
+        return InvalidArgument.of(
+            [FieldViolation(prefix + v.field, v.description) for v in self.violations]
+        )
 
     @classmethod
     def of(cls, violations: list[FieldViolation]) -> InvalidArgument:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,13 +24,15 @@ LOG_NAME = "events.jsonl"
 
 @dataclass(frozen=True)
 class Event:
-    """One shopper event. `time` is an aware UTC datetime."""
+    """One shopper event. `time` (when the shopper acted, as the caller says) and `recorded`
+    (when this server appended it to the log; None before) are aware UTC datetimes."""
 
     user_id: str
     item_id: str
     type: str
     query: str
     time: datetime
+    recorded: datetime | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -39,6 +42,7 @@ class Event:
                 "type": self.type,
                 "query": self.query,
                 "time": self.time.isoformat(),
+                **({"recorded": self.recorded.isoformat()} if self.recorded else {}),
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -92,7 +96,8 @@ class EventLog:
                 "this server's event log is on a read-only file system: events cannot be "
                 "recorded here; serve a writable index root or give --events-dir"
             )
-        lines = "".join(e.to_json() + "\n" for e in events)
+        now = datetime.now(UTC)
+        lines = "".join(dataclasses.replace(e, recorded=now).to_json() + "\n" for e in events)
         if not lines:
             return 0
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
@@ -118,6 +123,7 @@ class EventLog:
                         raw["type"],
                         raw.get("query", ""),
                         datetime.fromisoformat(raw["time"]),
+                        datetime.fromisoformat(raw["recorded"]) if "recorded" in raw else None,
                     )
                 except (ValueError, KeyError, TypeError) as error:
                     raise ValueError(f"{self.path}:{number}: bad event record ({error})") from error

@@ -6,8 +6,10 @@ shards, or shard servers behind a router) answers the same calls.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -84,21 +86,36 @@ def search_batch(
     of the request (encoder, shards) ends within `timeout_s`."""
     end = math.inf if timeout_s is None else time.monotonic() + timeout_s
     for q in queries:
-        check_version(snap, q.expected_version)
+        with _naming(q):
+            check_version(snap, q.expected_version)
     t0 = time.perf_counter()
     # Copy: cached vectors are shared, and personalisation edits rows in place.
     xq = batcher.encode([query_text(q.text) for q in queries], timeout_s).copy()  # (nq, dim)
     personalized = [False] * len(queries)
     for i, q in enumerate(queries):
-        rows = history_rows(snap, users, q.user_id, q.recent_item_ids, "recent_item_ids")
+        with _naming(q):
+            rows = history_rows(snap, users, q.user_id, q.recent_item_ids, "recent_item_ids")
         if len(rows):
             user = pool_history(snap.retriever.gather(rows, end), snap.encoder.history_decay)
             xq[i] = _blend(xq[i], user, q.personalization_weight)
             personalized[i] = True
     encode_ms = (time.perf_counter() - t0) * 1e3 / len(queries)
-    return [
-        _search_one(snap, q, xq[i], personalized[i], encode_ms, end) for i, q in enumerate(queries)
-    ]
+    results = []
+    for i, q in enumerate(queries):
+        with _naming(q):
+            results.append(_search_one(snap, q, xq[i], personalized[i], encode_ms, end))
+    return results
+
+
+@contextlib.contextmanager
+def _naming(q: SearchQuery) -> Iterator[None]:
+    """A request error raised for ``q`` names where ``q`` is in a batch (``requests[i].``)."""
+    try:
+        yield
+    except (InvalidArgument, NotFound, FailedPrecondition) as e:
+        if not q.field_prefix:
+            raise
+        raise e.within(q.field_prefix) from None
 
 
 def _search_one(

@@ -78,15 +78,22 @@ class SearchService:
         self.users = self._load_users(snapshot)
 
     def _load_users(self, snapshot: Snapshot) -> UserState:
-        """The version's users' recent items, plus events logged since the version was built."""
+        """The version's users' recent items, plus the events logged since those were made.
+
+        The cut is when the events were recorded (not the time the caller gave them, which may
+        be earlier), against when the version's users data was made: its build, or for a
+        compacted version the build its users were carried forward from (``users.as_of``).
+        """
         users = UserState(read_users(snapshot.version_dir) if snapshot.version_dir else {})
         if self._event_log is not None:
-            built = datetime.fromisoformat(snapshot.index.manifest.created_at)
+            manifest = snapshot.index.manifest
+            made = manifest.build.get("users", {}).get("as_of") or manifest.created_at
+            built = datetime.fromisoformat(made)
             if built.tzinfo is None:
                 built = built.replace(tzinfo=UTC)
             replayed = 0
             for event in self._event_log.read():
-                if event.time >= built:
+                if (event.recorded or event.time) >= built:
                     users.record(event.user_id, event.item_id)
                     replayed += 1
             log.info("user state: %d users, %d events replayed from the log", len(users), replayed)

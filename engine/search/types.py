@@ -34,6 +34,7 @@ class SearchQuery:
     fusion: FusionParams | None = None  # None: DEFAULT_FUSION
     lexical_text: str = ""  # the text BM25 sees (the query minus parsed price expressions)
     parsed: ParsedQuery | None = None  # set when query understanding changed the query
+    field_prefix: str = ""  # where its fields are in the request: "requests[3]." in a batch
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,9 @@ def _write_companions(
     )
     if "users" in info:
         info["users"]["from_version"] = live.version  # carried forward, not read again
+        # Events recorded since the base's users were made are still to be replayed on them.
+        made = base.manifest.build.get("users", {}).get("as_of", base.manifest.created_at)
+        info["users"]["as_of"] = made
     return info
 
 

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from aisle.v1 import retrieval_pb2, types_pb2
+from tests.helpers import violated_fields
 from trainer.encoder.load import load_encoder
 
 
@@ -203,3 +204,21 @@ def test_unexpected_errors_become_internal(client, server, monkeypatch) -> None:
     error = rpc_error(lambda: client.search("sofa", 3))
     assert error.code() == grpc.StatusCode.INTERNAL
     assert "bug" not in error.details()  # internals stay in the server log
+
+
+def test_batch_search_errors_found_while_searching_name_the_request(client) -> None:
+    # Errors the search itself finds (not the request's validation) name requests[i] too.
+    ok = retrieval_pb2.SearchRequest(query="red sofa", k=3)
+    bad_sort = retrieval_pb2.SearchRequest(
+        query="red sofa", k=3, sort=types_pb2.SortBy(attribute="nope")
+    )
+    error = rpc_error(lambda: client.batch_search([ok, bad_sort]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(error) == ["requests[1].sort.attribute"]
+    unknown = retrieval_pb2.SearchRequest(query="red sofa", k=3, recent_item_ids=["NOPE"])
+    error = rpc_error(lambda: client.batch_search([unknown, ok]))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details().startswith("requests[0]:") and "NOPE" in error.details()
+    # A single Search names the field as before.
+    error = rpc_error(lambda: client.search("red sofa", 3, sort=types_pb2.SortBy(attribute="x")))
+    assert violated_fields(error) == ["sort.attribute"]

@@ -135,3 +135,27 @@ def test_an_append_after_a_torn_line_keeps_the_log_readable(tmp_path) -> None:
 
     log.append([Event("a", "z", "click", "", now_utc())])
     assert [e.item_id for e in log.read()] == ["x", "z"]
+
+
+def test_an_event_dated_before_the_build_stays_after_a_reload(own_root) -> None:
+    # The caller's time may be earlier than the version's build; what counts for the replay
+    # on a reload or restart is when the server recorded the event.
+    old = timestamp_pb2.Timestamp(seconds=946_684_800)  # 2000-01-01, before any build
+    server = create_server(ServerConfig(index=own_root, port=0))
+    address = f"127.0.0.1:{server.port}"
+    try:
+        record(address, click("u7", "SKU0005", time=old))
+        with AisleClient(address) as client:
+            assert not client.recommend(k=3, user_id="u7").popularity_fallback
+            client.reload()
+            assert not client.recommend(k=3, user_id="u7").popularity_fallback
+    finally:
+        server.stop(0)
+    again = create_server(ServerConfig(index=own_root, port=0))
+    try:
+        with AisleClient(f"127.0.0.1:{again.port}") as client:
+            assert not client.recommend(k=3, user_id="u7").popularity_fallback
+    finally:
+        again.stop(0)
+    line = (own_root / "events" / LOG_NAME).read_text().splitlines()[-1]
+    assert '"time":"2000-01-01T00:00:00+00:00"' in line and '"recorded":' in line
