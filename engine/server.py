@@ -82,7 +82,9 @@ class ServerConfig:
     workers: int = 16  # gRPC handler threads
     admin_token: str | None = None
     protect_reads: bool = False  # Retrieval/Events need the token too
-    max_in_flight: int = 64  # more concurrent requests are refused (RESOURCE_EXHAUSTED)
+    # RPCs accepted at once (running + waiting for a worker thread); more are refused by grpcio
+    # itself with RESOURCE_EXHAUSTED before they reach a thread or a queue.
+    max_in_flight: int = 64
     rate_limit: float = 0.0  # requests/s per client (x-aisle-client metadata or peer); 0: off
     rate_burst: int = 0  # bucket size; 0: max(1, rate_limit)
     metrics_port: int | None = None  # Prometheus /metrics on HTTP; None: off, 0: a free port
@@ -148,6 +150,11 @@ class AisleServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aisle-rpc"),
             interceptors=[interceptor],
+            # Admission has to happen before a handler thread is taken: the interceptor alone
+            # can never see more than `workers` calls, and the rest would wait in grpcio's
+            # unbounded queue. grpcio counts a call from arrival to completion and refuses the
+            # one past this limit with RESOURCE_EXHAUSTED at once.
+            maximum_concurrent_rpcs=config.max_in_flight,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

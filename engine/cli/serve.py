@@ -56,7 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-in-flight",
         type=int,
         default=64,
-        help="requests handled at once; more are refused with RESOURCE_EXHAUSTED (default 64)",
+        help=(
+            "requests accepted at once, running or waiting for one of --workers threads "
+            "(health checks included); the next one is refused at once with "
+            "RESOURCE_EXHAUSTED (default 64)"
+        ),
     )
     parser.add_argument(
         "--rate-limit",

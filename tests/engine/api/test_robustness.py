@@ -256,3 +256,29 @@ def test_reload_under_concurrent_load_drops_nothing(tmp_path, index_root, tiny_m
         server.stop(0)
     assert errors == []
     assert counts["ok"] > 20
+
+
+def test_in_flight_limit_counts_calls_waiting_for_a_thread(index_root, monkeypatch) -> None:
+    """With more calls than worker threads, the calls past --max-in-flight are refused at once
+    instead of waiting in grpcio's queue behind the busy threads (issue #20, item 6)."""
+    server = create_server(ServerConfig(index=index_root, port=0, workers=2, max_in_flight=4))
+    try:
+        slow_down(server, monkeypatch, 1.0)
+        with AisleClient(f"127.0.0.1:{server.port}") as client, ThreadPoolExecutor(12) as pool:
+
+            def call(i: int) -> tuple[str, float]:
+                started = time.monotonic()
+                try:
+                    client.search(f"sofa {i}", 3)
+                    return "ok", time.monotonic() - started
+                except grpc.RpcError as error:
+                    return error.code().name, time.monotonic() - started
+
+            results = list(pool.map(call, range(12), timeout=20))  # none hangs
+        refused = [t for code, t in results if code == "RESOURCE_EXHAUSTED"]
+        assert {code for code, _ in results} <= {"ok", "RESOURCE_EXHAUSTED"}
+        assert len(refused) >= 12 - 4
+        assert max(refused) < 0.9  # refused at once, not after a worker freed up
+        assert sum(code == "ok" for code, _ in results) >= 2
+    finally:
+        server.stop(0)
