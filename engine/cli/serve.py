@@ -70,6 +70,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rate-burst", type=int, default=0, help="rate-limit bucket size")
     parser.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=2.0,
+        help=(
+            "on SIGTERM, health turns NOT_SERVING and requests are still served this long "
+            "before the listener closes, so load balancers can stop routing here (default 2)"
+        ),
+    )
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=5.0,
+        help="then in-flight requests get this long to finish before being cancelled (default 5)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -231,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             admin_token=token or None,
             protect_reads=args.protect_reads,
             max_in_flight=args.max_in_flight,
+            drain_s=args.drain_grace_s,
+            grace_s=args.drain_timeout_s,
             rate_limit=args.rate_limit,
             rate_burst=args.rate_burst,
             metrics_port=args.metrics_port,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.client import AisleClient
 from engine.server import ServerConfig, TlsConfig, create_server
@@ -282,3 +283,44 @@ def test_in_flight_limit_counts_calls_waiting_for_a_thread(index_root, monkeypat
         assert sum(code == "ok" for code, _ in results) >= 2
     finally:
         server.stop(0)
+
+
+def test_second_server_on_the_same_port_fails_clearly(index_root) -> None:
+    """grpc's default SO_REUSEPORT let two servers share a port and split the traffic
+    (issue #20, item 16): the second bind must fail and say why."""
+    first = create_server(ServerConfig(index=index_root, port=0))
+    try:
+        with pytest.raises(OSError, match=f"could not bind 127.0.0.1:{first.port}.*in use"):
+            create_server(ServerConfig(index=index_root, port=first.port))
+        with AisleClient(f"127.0.0.1:{first.port}") as client:  # the first one is unharmed
+            assert len(client.search("sofa", 3).hits) == 3
+    finally:
+        first.stop(0)
+
+
+def test_stop_turns_not_serving_first_and_drains(index_root, monkeypatch) -> None:
+    """SIGTERM (server.stop()) flips health to NOT_SERVING while the listener still answers,
+    for the drain window, and in-flight requests finish (issue #20, item 16)."""
+    server = create_server(ServerConfig(index=index_root, port=0, drain_s=1.0, grace_s=5))
+    slow_down(server, monkeypatch, 1.0)
+    address = f"127.0.0.1:{server.port}"
+    with (
+        AisleClient(address) as client,
+        grpc.insecure_channel(address) as channel,
+        ThreadPoolExecutor(3) as pool,
+    ):
+        health_stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health_stub.Check(request, timeout=2).status == serving
+        in_flight = pool.submit(client.search, "sofa", 3)
+        time.sleep(0.2)
+        stopping = pool.submit(server.stop)
+        time.sleep(0.2)
+        # The listener is still open: health answers, and says NOT_SERVING.
+        status = health_stub.Check(request, timeout=2).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        during_drain = client.search("lamp", 3)  # a straggler routed here is still served
+        assert len(during_drain.hits) == 3
+        assert len(in_flight.result(5).hits) == 3
+        stopping.result(10)
