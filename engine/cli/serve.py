@@ -172,6 +172,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="deadline of one shard call, within the request's own (default 500)",
     )
     scale.add_argument(
+        "--hedge-ms",
+        type=float,
+        default=100.0,
+        help="a shard call unanswered this long goes to the shard's next replica too, first "
+        "answer wins (default 100; 0: fail over only on an error or the shard timeout)",
+    )
+    scale.add_argument(
         "--partial-ok",
         dest="partial_ok",
         action="store_true",
@@ -232,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             RouterConfig.parse(
                 args.shard_addrs,
                 shard_timeout_ms=args.shard_timeout_ms,
+                hedge_ms=args.hedge_ms,
                 partial_ok=args.partial_ok,
             )
             if args.router
