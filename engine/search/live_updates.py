@@ -6,8 +6,10 @@ Each write logs the change durably and applies it to the snapshot's live index; 
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from engine.search.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.search.snapshot import Snapshot, live_snapshot, sync_lexical
@@ -38,13 +40,16 @@ def refreshed(snap: Snapshot) -> Snapshot:
     return live_snapshot(snap.encoder, snap.live, snap.version_dir, snap.lexical)
 
 
-def upsert(snap: Snapshot, records: list[dict[str, Any]], encode_lock: threading.Lock) -> int:
-    """Add or replace items: embed their text with the serving model (holding `encode_lock`:
-    encodes run one at a time), log durably, apply. Returns the update-log sequence number."""
+def upsert(
+    snap: Snapshot,
+    records: list[dict[str, Any]],
+    encode_items: Callable[[list[str]], np.ndarray],
+) -> int:
+    """Add or replace items: embed their text with `encode_items` (the serving model's item
+    tower, behind the service's encoder gate), log durably, apply. Returns the update-log
+    sequence number."""
     live, encoder = live_index(snap), snap.encoder
-    texts = [item_text(r) for r in records]
-    with encode_lock:
-        vectors = encoder.encode_items(texts)  # (n, dim) float32
+    vectors = encode_items([item_text(r) for r in records])  # (n, dim) float32
     try:
         return live.upsert(records, vectors, fingerprint=encoder.fingerprint)
     except ModelMismatchError as error:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine.search import live_updates, pipeline, recommend
-from engine.search.batcher import MicroBatcher
+from engine.search.batcher import EncoderGate, MicroBatcher
 from engine.search.errors import FailedPrecondition, NotFound
 from engine.search.events import Event, EventLog, UserState
 from engine.search.retriever import with_excluded
@@ -67,8 +67,9 @@ class SearchService:
         self._on_batch = on_batch
         self._swap_lock = threading.Lock()  # one reload or live update at a time
         # Fast tokenizers refuse concurrent calls with different settings ("Already borrowed"),
-        # and torch already uses every core per call, so encodes run one at a time.
-        self._encode_lock = threading.Lock()
+        # and torch already uses every core per call, so encodes run one at a time; queries
+        # first, item-tower work (Embed of items, Upserts) in chunks between them.
+        self._encoder_gate = EncoderGate()
         self.started_at = time.time()
         self._snapshot = snapshot
         self._batcher = self._new_batcher(snapshot)
@@ -106,7 +107,7 @@ class SearchService:
         encoder = snapshot.encoder
 
         def encode(texts: list[str]) -> np.ndarray:
-            with self._encode_lock:
+            with self._encoder_gate.query():
                 return encoder.encode_queries(texts)  # (n, dim)
 
         e = self._encoding
@@ -122,10 +123,13 @@ class SearchService:
     def embed(self, texts: list[str], *, items: bool) -> tuple[np.ndarray, Snapshot]:
         """(n, dim) float32 unit vectors from the serving model, and the snapshot used."""
         snap = self._snapshot
-        with self._encode_lock:
-            if items:
-                return snap.encoder.encode_items(texts), snap
+        if items:
+            return self._encode_items(snap, texts), snap
+        with self._encoder_gate.query():
             return snap.encoder.encode_queries([query_text(t) for t in texts]), snap
+
+    def _encode_items(self, snap: Snapshot, texts: list[str]) -> np.ndarray:
+        return self._encoder_gate.encode_items(snap.encoder.encode_items, texts)
 
     # -- search and recommendations -------------------------------------------------------------
 
@@ -212,7 +216,8 @@ class SearchService:
 
     def upsert(self, records: list[dict[str, Any]]) -> int:
         """Add or replace items (embedded with the serving model); the update-log sequence."""
-        seq = live_updates.upsert(self._snapshot, records, self._encode_lock)
+        snap = self._snapshot
+        seq = live_updates.upsert(snap, records, lambda texts: self._encode_items(snap, texts))
         self._refresh()
         return seq
 

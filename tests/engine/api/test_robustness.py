@@ -324,3 +324,41 @@ def test_stop_turns_not_serving_first_and_drains(index_root, monkeypatch) -> Non
         assert len(during_drain.hits) == 3
         assert len(in_flight.result(5).hits) == 3
         stopping.result(10)
+
+
+def test_item_embed_does_not_starve_query_encoding(index_root, monkeypatch) -> None:
+    """A big item-tower Embed used to hold the one encoder lock for its whole batch (40-70 s
+    for 256 long texts) and every new-query Search waited behind it (issue #20, item 5): item
+    work now runs in chunks that let waiting queries go first."""
+    server = create_server(ServerConfig(index=index_root, port=0))
+    try:
+        encoder = server.service.snapshot.encoder
+        original = encoder.encode_items
+
+        def heavy(texts, **kwargs):  # a stand-in for a big tower on long texts: 50 ms a text
+            time.sleep(0.05 * len(texts))
+            vectors = original(texts, **kwargs)
+            finished["item encoding"] = time.monotonic()  # the last call's time stays
+            return vectors
+
+        finished: dict[str, float] = {}
+        monkeypatch.setattr(encoder, "encode_items", heavy)
+        with AisleClient(f"127.0.0.1:{server.port}") as client, ThreadPoolExecutor(2) as pool:
+
+            def embed() -> int:
+                response = client.embed(
+                    [f"long item text {i} " * 50 for i in range(64)], items=True
+                )
+                finished["embed"] = time.monotonic()
+                return len(response.embeddings)
+
+            embedding = pool.submit(embed)
+            time.sleep(0.3)  # the Embed is encoding now
+            response = client.search("a query nobody asked before", 3)
+            finished["search"] = time.monotonic()
+            assert len(response.hits) == 3
+            assert embedding.result(30) == 64
+        # Answered while the item encoding (3.2 s of it) was still going, not after it.
+        assert finished["search"] < finished["item encoding"]
+    finally:
+        server.stop(0)
