@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import queue
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 
 MAX_SHARD_MESSAGE_BYTES = 64 * 1024 * 1024
 DESCRIBE_TIMEOUT_S = 2.0
+# Hedges are budgeted (a token bucket): each shard call earns HEDGE_BUDGET_RATIO of a hedge, up
+# to HEDGE_BUDGET_BURST saved. When every replica is slow (overload, not one stalled host),
+# hedging every call would double the load on shards that are already behind.
+HEDGE_BUDGET_RATIO = 0.1
+HEDGE_BUDGET_BURST = 10.0
 MAX_CONCURRENT_REQUESTS = 256  # router requests in flight at once (the server admits fewer)
 # Of what is left of the request's deadline, min(this, 10 %) is kept for merging and answering.
 _RESERVE_S = 0.100
@@ -68,6 +74,9 @@ class ShardClients:
         self.config = config
         self.timeout_s = config.shard_timeout_ms / 1e3
         self.hedge_s = config.hedge_ms / 1e3
+        self.hedges = 0  # hedged calls sent, for tests and logs
+        self._hedge_tokens = HEDGE_BUDGET_BURST
+        self._hedge_lock = threading.Lock()
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [
             ("grpc.max_receive_message_length", MAX_SHARD_MESSAGE_BYTES),
@@ -119,6 +128,20 @@ class ShardClients:
         now = time.monotonic()
         return sorted(rotated, key=lambda r: r.down_until > now)  # stable
 
+    def _earn_hedges(self, calls: int) -> None:
+        with self._hedge_lock:
+            self._hedge_tokens = min(
+                HEDGE_BUDGET_BURST, self._hedge_tokens + calls * HEDGE_BUDGET_RATIO
+            )
+
+    def _spend_hedge(self) -> bool:
+        with self._hedge_lock:
+            if self._hedge_tokens < 1.0:
+                return False
+            self._hedge_tokens -= 1.0
+            self.hedges += 1
+            return True
+
     def _call_timeout(self, end: float) -> float:
         remaining = end - time.monotonic()
         if math.isfinite(remaining):
@@ -154,6 +177,7 @@ class ShardClients:
         in_flight: dict[int, dict[int, Any]] = {shard: {} for shard in requests}  # attempt → call
         launched = dict.fromkeys(requests, 0)  # shard → attempts started
         last_launch: dict[int, float] = {}
+        over_budget: set[int] = set()  # shards not hedged again in this call
 
         def launch(shard: int) -> bool:
             timeout = self._call_timeout(end)
@@ -178,6 +202,7 @@ class ShardClients:
                     call.cancel()  # a call already running ends at its own deadline
 
         failures: dict[int, list[str]] = {shard: [] for shard in requests}
+        self._earn_hedges(len(requests))
         for shard in requests:
             if not launch(shard):
                 out.missing[shard] = "no time left before the request's deadline"
@@ -188,7 +213,7 @@ class ShardClients:
             wake = max(expiry[s] for s in pending) + 0.25
             # ... unless a shard is due a hedge: a replica that has not answered within
             # hedge_s is not waited for alone while another replica could answer.
-            hedges = [s for s in pending if launched[s] < len(orders[s])]
+            hedges = [s for s in pending - over_budget if launched[s] < len(orders[s])]
             if self.hedge_s > 0 and hedges:
                 wake = min(wake, min(last_launch[s] for s in hedges) + self.hedge_s)
             try:
@@ -201,7 +226,12 @@ class ShardClients:
                         out.missing[s] = "no answer (the call outlived its deadline)"
                     break
                 for s in hedges:
-                    if now >= last_launch[s] + self.hedge_s and launch(s):
+                    if now < last_launch[s] + self.hedge_s:
+                        continue
+                    if not self._spend_hedge():
+                        over_budget.add(s)  # wait for this call alone (failover still works)
+                        continue
+                    if launch(s):
                         log.debug("shard %d: hedging on replica %d", s, launched[s] - 1)
                 continue
             if shard not in pending or future.cancelled():

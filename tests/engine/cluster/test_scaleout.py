@@ -436,6 +436,28 @@ def test_stalled_replica_is_hedged_on_a_healthy_one(root, stalled) -> None:
         shard0.stop(0)
 
 
+def test_hedges_stay_within_their_budget_when_every_replica_is_slow(root) -> None:
+    """When every replica is slower than the hedge delay (overload, not one stalled host),
+    hedging every call would double the shards' load: hedges are budgeted to ~10 % of calls
+    (plus a burst of 10), and the answers are still whole."""
+    servers = [_delayed_shard(root, 0.15) for _ in range(2)]
+    shard0 = serve(root, shard=ShardSpec(0, 2))
+    groups = ((f"127.0.0.1:{shard0.port}",), tuple(f"127.0.0.1:{p}" for _, p in servers))
+    router = serve(root, router=RouterConfig(groups, shard_timeout_ms=5000))
+    try:
+        with AisleClient(f"127.0.0.1:{router.port}") as client:
+            for i in range(40):
+                response = client.search(f"green chair {i}", 5)
+                assert not response.partial, i
+        clients = router.service.snapshot.retriever.clients
+        assert 10 <= clients.hedges <= 10 + 0.1 * 2 * 40 + 1  # 2 shard calls a search
+    finally:
+        router.stop(0)
+        shard0.stop(0)
+        for server, _ in servers:
+            server.stop(0)
+
+
 # ----------------------------------------------------------------------------- replica processes
 
 
