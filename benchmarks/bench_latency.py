@@ -16,7 +16,9 @@ What it measures, in one run (the server is its own process, this script is the 
   that drift on a shared machine lands on both sides alike; the ratio of those served p50 to
   the floor p50 (``served_over_floor_p50``), and, for comparison, of the separate concurrency-1
   level's p50 to it (``served_c1_over_floor_p50``);
-* `--soak MINUTES`: dense, concurrency 32 for that long, errors and the server's RSS over time.
+* `--soak MINUTES`: dense, concurrency 32 for that long: errors, and the server process's RSS
+  and open file descriptors over time, with the RSS slope (MB/min, least squares after the
+  first SOAK_WARMUP_FRACTION of the run) that says whether memory is flat or leaking.
 
 The index is built once (cached under bench-out/cache by catalog and settings) with the packaged
 all-MiniLM-L6-v2 whose query tower is exported to ONNX, so the server encodes with ONNX Runtime.
@@ -255,6 +257,9 @@ class Server:
             time.sleep(0.1)
         self.address = f"127.0.0.1:{int(port_file.read_text())}"
 
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -385,6 +390,31 @@ def run_load(
     out["stages_p50_ms"] = {n: round(percentile(v, 50), 3) for n, v in stages.items()}
     out["latencies_ms"] = latencies
     return out
+
+
+SOAK_WARMUP_FRACTION = 0.25  # of a soak: caches, arenas and thread pools fill up in it
+SOAK_SERIES_POINTS = 20  # samples kept in the JSON line (one a second are taken)
+
+
+def soak_trend(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
+    """From (seconds since start, RSS MB, open fds) samples: the RSS slope in MB/min fitted
+    after the warm-up, RSS and fds first/last/max, and a thinned series for the JSON line."""
+    if not samples:
+        return {"rss_mb_per_min": None, "samples": 0}
+    t = np.array([x[0] for x in samples])
+    rss = np.array([x[1] for x in samples])
+    fds = np.array([x[2] for x in samples])
+    after = t >= t[-1] * SOAK_WARMUP_FRACTION
+    slope = float(np.polyfit(t[after] / 60, rss[after], 1)[0]) if after.sum() >= 2 else None
+    step = max(1, len(samples) // SOAK_SERIES_POINTS)
+    return {
+        "rss_mb_per_min": None if slope is None else round(slope, 3),
+        "warmup_s": round(float(t[-1] * SOAK_WARMUP_FRACTION), 1),
+        "rss_mb_first_last_max": [float(rss[0]), float(rss[-1]), float(rss.max())],
+        "fds_first_last_max": [int(fds[0]), int(fds[-1]), int(fds.max())],
+        "series_s_rss_mb_fds": [list(x) for x in samples[::step]],
+        "samples": len(samples),
+    }
 
 
 FLOOR_BLOCK = 25  # queries per block of the interleaved floor
@@ -625,16 +655,24 @@ def main(argv: list[str] | None = None) -> int:
             results["hybrid_cost_ms"] = hybrid_cost(results["served"], results["hybrid"])
             print(f"hybrid cost over dense at concurrency 1 (ms): {results['hybrid_cost_ms']}")
         if args.soak:
-            rss = []
+            samples: list[tuple[float, float, int]] = []
+            soak_start = time.monotonic()
+
+            def sample() -> None:
+                t = round(time.monotonic() - soak_start, 1)
+                samples.append((t, round(server.rss_mb(), 1), server.open_fds()))
+
             soak = run_load(server.address, queries, 32, 0, config.k, duration_s=args.soak * 60,
-                            on_tick=lambda: rss.append(round(server.rss_mb(), 1)))  # fmt: skip
+                            on_tick=sample)  # fmt: skip
             soak.pop("latencies_ms")
             soak["minutes"] = args.soak
-            soak["rss_mb_first_last_max"] = [rss[0], rss[-1], max(rss)] if rss else None
+            soak.update(soak_trend(samples))
             results["soak"] = soak
             print(
                 f"soak {args.soak} min: {soak['n']} requests, errors {soak['errors']}, "
-                f"p99 {soak['p99_ms']} ms, RSS MB first/last/max {soak['rss_mb_first_last_max']}"
+                f"p99 {soak['p99_ms']} ms, RSS {soak['rss_mb_per_min']} MB/min after "
+                f"{soak['warmup_s']} s (first/last/max {soak['rss_mb_first_last_max']} MB), "
+                f"open fds first/last/max {soak['fds_first_last_max']}"
             )
     finally:
         server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,9 @@ class ServerConfig:
     workers: int = 16  # gRPC handler threads
     admin_token: str | None = None
     protect_reads: bool = False  # Retrieval/Events need the token too
-    max_in_flight: int = 64  # more concurrent requests are refused (RESOURCE_EXHAUSTED)
+    # RPCs accepted at once (running + waiting for a worker thread); more are refused by grpcio
+    # itself with RESOURCE_EXHAUSTED before they reach a thread or a queue.
+    max_in_flight: int = 64
     rate_limit: float = 0.0  # requests/s per client (x-aisle-client metadata or peer); 0: off
     rate_burst: int = 0  # bucket size; 0: max(1, rate_limit)
     metrics_port: int | None = None  # Prometheus /metrics on HTTP; None: off, 0: a free port
@@ -90,7 +93,11 @@ class ServerConfig:
     tls: TlsConfig | None = None
     events_dir: Path | None = None  # event log; None: ROOT/events when serving an index root
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
-    grace_s: float = 5.0  # shutdown waits this long for in-flight requests
+    # Shutdown: health says NOT_SERVING for `drain_s` while the listener still takes requests
+    # (a load balancer's window to stop routing here), then the listener closes and in-flight
+    # requests get `grace_s` to finish before they are cancelled.
+    drain_s: float = 0.0
+    grace_s: float = 5.0
     shard: ShardSpec | None = None  # serve only this shard, to a router (--shard I/N)
     router: RouterConfig | None = None  # fan out to shard servers (--router --shard-addrs)
 
@@ -115,8 +122,8 @@ class ServerConfig:
             raise ValueError("admin token must be at least 16 characters")
         if self.protect_reads and self.admin_token is None:
             raise ValueError("protect_reads needs an admin token (AISLE_ADMIN_TOKEN)")
-        if self.grace_s < 0:
-            raise ValueError("grace_s must be >= 0")
+        if self.grace_s < 0 or self.drain_s < 0:
+            raise ValueError("grace_s and drain_s must be >= 0")
         if self.shard is not None and self.router is not None:
             raise ValueError(
                 "a server is a shard server (--shard) or a router (--router), not both"
@@ -149,9 +156,17 @@ class AisleServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aisle-rpc"),
             interceptors=[interceptor],
+            # Admission has to happen before a handler thread is taken: the interceptor alone
+            # can never see more than `workers` calls, and the rest would wait in grpcio's
+            # unbounded queue. grpcio counts a call from arrival to completion and refuses the
+            # one past this limit with RESOURCE_EXHAUSTED at once.
+            maximum_concurrent_rpcs=config.max_in_flight,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # grpc's default SO_REUSEPORT lets a second server bind the same port and
+                # silently take half the traffic (with another index): make that bind fail.
+                ("grpc.so_reuseport", 0),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -173,12 +188,18 @@ class AisleServer:
             )
             events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self._slot), self._server)
         address = f"{config.host}:{config.port}"
-        if config.tls is not None:
-            self.port = self._server.add_secure_port(address, config.tls.credentials())
-        else:
-            self.port = self._server.add_insecure_port(address)
+        try:
+            if config.tls is not None:
+                self.port = self._server.add_secure_port(address, config.tls.credentials())
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.62 raises where older versions returned 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {address}")
+            raise OSError(
+                f"could not bind {address}: the port is in use (another aisle-serve?) "
+                "or the address is not local"
+            )
         self.metrics_port: int | None = None
         self._clients: ShardClients | None = None  # a router's, to its shard servers
 
@@ -260,9 +281,16 @@ class AisleServer:
             os.getpid(),
         )
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """Stop taking requests, let in-flight ones finish within the grace period."""
+    def stop(self, grace_s: float | None = None, drain_s: float | None = None) -> None:
+        """Health NOT_SERVING first; keep serving for the drain window so load balancers can
+        route elsewhere; then stop taking requests and let in-flight ones finish within the
+        grace period. `stop(0)` stops at once (drain defaults to 0 when a grace is given)."""
+        if drain_s is None:
+            drain_s = self.config.drain_s if grace_s is None else 0.0
         self._health.enter_graceful_shutdown()
+        if drain_s > 0:
+            log.info("health NOT_SERVING; draining for %.1f s before closing the listener", drain_s)
+            time.sleep(drain_s)
         self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
         if self._slot.service is not None:
             self._slot.service.close()

@@ -56,7 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-in-flight",
         type=int,
         default=64,
-        help="requests handled at once; more are refused with RESOURCE_EXHAUSTED (default 64)",
+        help=(
+            "requests accepted at once, running or waiting for one of --workers threads "
+            "(health checks included); the next one is refused at once with "
+            "RESOURCE_EXHAUSTED (default 64)"
+        ),
     )
     parser.add_argument(
         "--rate-limit",
@@ -65,6 +69,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="requests/s per client (metadata x-aisle-client, else peer address); 0 = off",
     )
     parser.add_argument("--rate-burst", type=int, default=0, help="rate-limit bucket size")
+    parser.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=2.0,
+        help=(
+            "on SIGTERM, health turns NOT_SERVING and requests are still served this long "
+            "before the listener closes, so load balancers can stop routing here (default 2)"
+        ),
+    )
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=5.0,
+        help="then in-flight requests get this long to finish before being cancelled (default 5)",
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -153,6 +172,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="deadline of one shard call, within the request's own (default 500)",
     )
     scale.add_argument(
+        "--hedge-ms",
+        type=float,
+        default=100.0,
+        help="a shard call unanswered this long goes to the shard's next replica too, first "
+        "answer wins (default 100; 0: fail over only on an error or the shard timeout)",
+    )
+    scale.add_argument(
         "--partial-ok",
         dest="partial_ok",
         action="store_true",
@@ -213,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             RouterConfig.parse(
                 args.shard_addrs,
                 shard_timeout_ms=args.shard_timeout_ms,
+                hedge_ms=args.hedge_ms,
                 partial_ok=args.partial_ok,
             )
             if args.router
@@ -227,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             admin_token=token or None,
             protect_reads=args.protect_reads,
             max_in_flight=args.max_in_flight,
+            drain_s=args.drain_grace_s,
+            grace_s=args.drain_timeout_s,
             rate_limit=args.rate_limit,
             rate_burst=args.rate_burst,
             metrics_port=args.metrics_port,

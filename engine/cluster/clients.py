@@ -1,7 +1,11 @@
 """The router's clients of the shard servers: channels to every replica, parallel calls, failover.
 
 Each shard call gets min(what is left of the request's deadline, the shard timeout); a replica
-that fails or runs out of time is retried on the shard's next replica while time remains.
+that fails is retried on the shard's next replica while time remains, and one that has not
+answered within the hedge delay is hedged: the next replica is asked too and the first usable
+answer wins. Failing over only after the shard timeout left the healthy replica whatever the
+stalled call had not used (~10 % of a short deadline), so a short stall on one host failed
+requests although its shard had healthy replicas.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import itertools
 import logging
 import math
 import queue
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -26,6 +31,11 @@ log = logging.getLogger(__name__)
 
 MAX_SHARD_MESSAGE_BYTES = 64 * 1024 * 1024
 DESCRIBE_TIMEOUT_S = 2.0
+# Hedges are budgeted (a token bucket): each shard call earns HEDGE_BUDGET_RATIO of a hedge, up
+# to HEDGE_BUDGET_BURST saved. When every replica is slow (overload, not one stalled host),
+# hedging every call would double the load on shards that are already behind.
+HEDGE_BUDGET_RATIO = 0.1
+HEDGE_BUDGET_BURST = 10.0
 MAX_CONCURRENT_REQUESTS = 256  # router requests in flight at once (the server admits fewer)
 # Of what is left of the request's deadline, min(this, 10 %) is kept for merging and answering.
 _RESERVE_S = 0.100
@@ -63,6 +73,10 @@ class ShardClients:
     def __init__(self, config: RouterConfig, token: str | None = None) -> None:
         self.config = config
         self.timeout_s = config.shard_timeout_ms / 1e3
+        self.hedge_s = config.hedge_ms / 1e3
+        self.hedges = 0  # hedged calls sent, for tests and logs
+        self._hedge_tokens = HEDGE_BUDGET_BURST
+        self._hedge_lock = threading.Lock()
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [
             ("grpc.max_receive_message_length", MAX_SHARD_MESSAGE_BYTES),
@@ -114,6 +128,20 @@ class ShardClients:
         now = time.monotonic()
         return sorted(rotated, key=lambda r: r.down_until > now)  # stable
 
+    def _earn_hedges(self, calls: int) -> None:
+        with self._hedge_lock:
+            self._hedge_tokens = min(
+                HEDGE_BUDGET_BURST, self._hedge_tokens + calls * HEDGE_BUDGET_RATIO
+            )
+
+    def _spend_hedge(self) -> bool:
+        with self._hedge_lock:
+            if self._hedge_tokens < 1.0:
+                return False
+            self._hedge_tokens -= 1.0
+            self.hedges += 1
+            return True
+
     def _call_timeout(self, end: float) -> float:
         remaining = end - time.monotonic()
         if math.isfinite(remaining):
@@ -145,49 +173,82 @@ class ShardClients:
         out = FanOut()
         done: queue.SimpleQueue = queue.SimpleQueue()
         orders = {shard: self.order(shard) for shard in requests}
-        expiry: dict[int, float] = {}  # shard → when its attempt in flight must have finished
-        in_flight: dict[int, Any] = {}
+        expiry: dict[int, float] = {}  # shard → when its latest attempt must have finished
+        in_flight: dict[int, dict[int, Any]] = {shard: {} for shard in requests}  # attempt → call
+        launched = dict.fromkeys(requests, 0)  # shard → attempts started
+        last_launch: dict[int, float] = {}
+        over_budget: set[int] = set()  # shards not hedged again in this call
 
-        def launch(shard: int, attempt: int) -> bool:
+        def launch(shard: int) -> bool:
             timeout = self._call_timeout(end)
-            if timeout < _MIN_CALL_S:
+            if timeout < _MIN_CALL_S or launched[shard] >= len(orders[shard]):
+                launched[shard] = len(orders[shard])  # nothing more to try: no more hedges
                 return False
-            replica = orders[shard][attempt]
-            stub_method = getattr(replica.shard_stub, method)
-            expiry[shard] = time.monotonic() + timeout
+            attempt = launched[shard]
+            launched[shard] += 1
+            stub_method = getattr(orders[shard][attempt].shard_stub, method)
+            last_launch[shard] = time.monotonic()
+            expiry[shard] = max(expiry.get(shard, 0.0), last_launch[shard] + timeout)
             future = self._pool.submit(
-                _call_by, stub_method, requests[shard], expiry[shard], self.metadata
+                _call_by, stub_method, requests[shard], last_launch[shard] + timeout, self.metadata
             )
-            in_flight[shard] = future
+            in_flight[shard][attempt] = future
             future.add_done_callback(lambda f: done.put((shard, attempt, f)))
             return True
 
+        def cancel(shards) -> None:
+            for s in shards:
+                for call in in_flight[s].values():
+                    call.cancel()  # a call already running ends at its own deadline
+
         failures: dict[int, list[str]] = {shard: [] for shard in requests}
+        self._earn_hedges(len(requests))
         for shard in requests:
-            if not launch(shard, 0):
+            if not launch(shard):
                 out.missing[shard] = "no time left before the request's deadline"
         pending = set(requests) - set(out.missing)
         while pending:
-            # Every call carries its own deadline, so this wait is only a safety net.
-            wait = max(expiry[s] for s in pending) - time.monotonic() + 0.25
+            now = time.monotonic()
+            # Every call carries its own deadline, so this wait is only a safety net ...
+            wake = max(expiry[s] for s in pending) + 0.25
+            # ... unless a shard is due a hedge: a replica that has not answered within
+            # hedge_s is not waited for alone while another replica could answer.
+            hedges = [s for s in pending - over_budget if launched[s] < len(orders[s])]
+            if self.hedge_s > 0 and hedges:
+                wake = min(wake, min(last_launch[s] for s in hedges) + self.hedge_s)
             try:
-                shard, attempt, future = done.get(timeout=max(wait, 0.0))
+                shard, attempt, future = done.get(timeout=max(wake - now, 0.0))
             except queue.Empty:
-                for s in pending:
-                    in_flight[s].cancel()
-                    out.missing[s] = "no answer (the call outlived its deadline)"
-                break
+                now = time.monotonic()
+                if now >= max(expiry[s] for s in pending) + 0.25:
+                    cancel(pending)
+                    for s in pending:
+                        out.missing[s] = "no answer (the call outlived its deadline)"
+                    break
+                for s in hedges:
+                    if now < last_launch[s] + self.hedge_s:
+                        continue
+                    if not self._spend_hedge():
+                        over_budget.add(s)  # wait for this call alone (failover still works)
+                        continue
+                    if launch(s):
+                        log.debug("shard %d: hedging on replica %d", s, launched[s] - 1)
+                continue
+            if shard not in pending or future.cancelled():
+                continue  # a hedge that lost the race
+            del in_flight[shard][attempt]
             replica = orders[shard][attempt]
             reason = self._outcome(future, shard, replica, check, in_flight, pending)
             if reason is None:
                 out.responses[shard] = future.result()
                 replica.down_until = 0.0
                 pending.discard(shard)
+                cancel([shard])
                 continue
             failures[shard].append(f"{replica.address}: {reason}")
             replica.down_until = time.monotonic() + self.config.failed_replica_backoff_s
-            if attempt + 1 < len(orders[shard]) and launch(shard, attempt + 1):
-                continue
+            if in_flight[shard] or launch(shard):
+                continue  # another replica is still at it, or now is
             out.missing[shard] = "; ".join(failures[shard])
             pending.discard(shard)
         for shard, reasons in failures.items():
@@ -206,7 +267,8 @@ class ShardClients:
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
         if code in _REQUEST_ERRORS:
             for s in pending:
-                in_flight[s].cancel()
+                for call in in_flight[s].values():
+                    call.cancel()
             details = error.details() if isinstance(error, grpc.Call) else str(error)
             raise _REQUEST_ERRORS[code](f"shard {shard} ({replica.address}): {details}")
         details = error.details() if isinstance(error, grpc.Call) else str(error)

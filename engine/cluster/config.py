@@ -17,6 +17,9 @@ class RouterConfig:
     shard_timeout_ms: float = 500.0  # one shard call, capped by the request's own deadline
     partial_ok: bool = True  # False: a missing shard fails the request with UNAVAILABLE
     failed_replica_backoff_s: float = 2.0  # a replica that just failed is tried last this long
+    # A shard call unanswered this long is sent to the shard's next replica too (first answer
+    # wins); 0: fail over only when a call fails or times out.
+    hedge_ms: float = 100.0
 
     def __post_init__(self) -> None:
         if not self.shards or any(not replicas for replicas in self.shards):
@@ -34,6 +37,8 @@ class RouterConfig:
             )
         if self.failed_replica_backoff_s < 0:
             raise ValueError("failed_replica_backoff_s must be >= 0")
+        if self.hedge_ms < 0:
+            raise ValueError(f"hedge_ms must be >= 0, got {self.hedge_ms}")
 
     @classmethod
     def parse(cls, addresses: str, **kwargs: Any) -> RouterConfig:

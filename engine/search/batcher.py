@@ -6,6 +6,12 @@ and encodes it in one call. When the encoder is idle and nothing is queued, a re
 its own thread (no hand-off); while the encoder is busy, texts queue up and the next call takes
 them all, so under load batching turns many small encoder calls into a few larger ones. A full
 queue is refused at once.
+
+`EncoderGate` shares the one encoder between that query path and item-tower work (Embed of
+items, the encoding of Upserts): queries go first, item work runs in small chunks that wait
+whenever a query is waiting, and at most `item_jobs` item-tower requests encode at once. One
+256-text item Embed used to hold the encoder for 40-70 s in one call, and every new-query
+Search waited behind it.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -69,6 +76,64 @@ class EmbeddingCache:
         with self._lock:
             self._items.clear()
             self.hits = self.misses = 0
+
+
+class EncoderGate:
+    """One encoder at a time (fast tokenizers refuse concurrent calls with different settings,
+    and torch already uses every core per call), queries before item-tower work.
+
+    `query()` holds the encoder for one query encode; `encode_items()` encodes item texts
+    `chunk` at a time, taking the encoder for each chunk only while no query waits, after an
+    item-tower slot (at most `item_jobs` requests at once; a request that waits longer than
+    `item_wait_s` for one is refused with RESOURCE_EXHAUSTED).
+    """
+
+    def __init__(self, *, chunk: int = 4, item_jobs: int = 1, item_wait_s: float = 30.0) -> None:
+        if chunk < 1 or item_jobs < 1 or item_wait_s < 0:
+            raise ValueError("need chunk >= 1, item_jobs >= 1 and item_wait_s >= 0")
+        self.chunk = chunk
+        self.item_wait_s = item_wait_s
+        self._cond = threading.Condition()
+        self._busy = False
+        self._queries_waiting = 0
+        self._item_slots = threading.BoundedSemaphore(item_jobs)
+
+    @contextmanager
+    def query(self) -> Iterator[None]:
+        with self._cond:
+            self._queries_waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._busy)
+            finally:
+                self._queries_waiting -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def encode_items(self, encode: EncodeFn, texts: list[str]) -> np.ndarray:
+        """`encode(texts)` → (n, dim), run in chunks that yield the encoder to waiting queries."""
+        if not self._item_slots.acquire(timeout=self.item_wait_s):
+            raise ResourceExhausted("the item encoder is busy with other requests; retry later")
+        try:
+            parts = []
+            for start in range(0, len(texts), self.chunk):
+                with self._cond:
+                    self._cond.wait_for(lambda: not self._busy and self._queries_waiting == 0)
+                    self._busy = True
+                try:
+                    parts.append(encode(texts[start : start + self.chunk]))
+                finally:
+                    self._release()
+        finally:
+            self._item_slots.release()
+        return np.concatenate(parts) if parts else encode([])
+
+    def _release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
 
 class MicroBatcher:

@@ -8,7 +8,7 @@ snapshot over with `caught_up` under the same lock (docs/serving.md, "Writes and
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,15 +49,15 @@ def refreshed(snap: Snapshot) -> Snapshot:
 
 
 def encode_items(
-    snap: Snapshot, records: list[dict[str, Any]], encode_lock: threading.Lock
+    snap: Snapshot,
+    records: list[dict[str, Any]],
+    encode: Callable[[list[str]], np.ndarray],
 ) -> np.ndarray:
-    """(n, dim) float32 vectors of the records' item texts from the snapshot's model (holding
-    `encode_lock`: encodes run one at a time); FAILED_PRECONDITION without a live index, before
-    any encoding work."""
+    """(n, dim) float32 vectors of the records' item texts, from `encode` (the serving model's
+    item tower, behind the service's encoder gate); FAILED_PRECONDITION without a live index,
+    before any encoding work."""
     live_index(snap)
-    texts = [item_text(r) for r in records]
-    with encode_lock:
-        return snap.encoder.encode_items(texts)
+    return encode([item_text(r) for r in records])
 
 
 def upsert(snap: Snapshot, records: list[dict[str, Any]], vectors: np.ndarray) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine.search import live_updates, pipeline, recommend
-from engine.search.batcher import MicroBatcher
+from engine.search.batcher import EncoderGate, MicroBatcher
 from engine.search.errors import FailedPrecondition, NotFound
 from engine.search.events import Event, EventLog, UserState
 from engine.search.retriever import with_excluded
@@ -70,8 +70,9 @@ class SearchService:
         self._write_lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one Reload at a time (it loads outside the above)
         # Fast tokenizers refuse concurrent calls with different settings ("Already borrowed"),
-        # and torch already uses every core per call, so encodes run one at a time.
-        self._encode_lock = threading.Lock()
+        # and torch already uses every core per call, so encodes run one at a time; queries
+        # first, item-tower work (Embed of items, Upserts) in chunks between them.
+        self._encoder_gate = EncoderGate()
         self.started_at = time.time()
         self._snapshot = snapshot
         self._batcher = self._new_batcher(snapshot)
@@ -116,7 +117,7 @@ class SearchService:
         encoder = snapshot.encoder
 
         def encode(texts: list[str]) -> np.ndarray:
-            with self._encode_lock:
+            with self._encoder_gate.query():
                 return encoder.encode_queries(texts)  # (n, dim)
 
         e = self._encoding
@@ -132,10 +133,13 @@ class SearchService:
     def embed(self, texts: list[str], *, items: bool) -> tuple[np.ndarray, Snapshot]:
         """(n, dim) float32 unit vectors from the serving model, and the snapshot used."""
         snap = self._snapshot
-        with self._encode_lock:
-            if items:
-                return snap.encoder.encode_items(texts), snap
+        if items:
+            return self._encode_items(snap, texts), snap
+        with self._encoder_gate.query():
             return snap.encoder.encode_queries([query_text(t) for t in texts]), snap
+
+    def _encode_items(self, snap: Snapshot, texts: list[str]) -> np.ndarray:
+        return self._encoder_gate.encode_items(snap.encoder.encode_items, texts)
 
     # -- search and recommendations -------------------------------------------------------------
 
@@ -221,12 +225,14 @@ class SearchService:
         snapshot that shows the items run under it, on the snapshot serving at that moment (a
         Reload cannot slip in between and leave the write in a retired live index)."""
         snap = self._snapshot
-        vectors = live_updates.encode_items(snap, records, self._encode_lock)
+        vectors = live_updates.encode_items(snap, records, lambda t: self._encode_items(snap, t))
         with self._write_lock:
             current = self._snapshot
             if current.encoder.fingerprint != snap.encoder.fingerprint:
                 # A Reload switched models since: the vectors must come from the one now served.
-                vectors = live_updates.encode_items(current, records, self._encode_lock)
+                vectors = live_updates.encode_items(
+                    current, records, lambda t: self._encode_items(current, t)
+                )
             seq = live_updates.upsert(current, records, vectors)
             self._snapshot = live_updates.refreshed(current)
         return seq

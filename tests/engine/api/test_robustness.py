@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.client import AisleClient
 from engine.server import ServerConfig, TlsConfig, create_server
@@ -256,3 +257,108 @@ def test_reload_under_concurrent_load_drops_nothing(tmp_path, index_root, tiny_m
         server.stop(0)
     assert errors == []
     assert counts["ok"] > 20
+
+
+def test_in_flight_limit_counts_calls_waiting_for_a_thread(index_root, monkeypatch) -> None:
+    """With more calls than worker threads, the calls past --max-in-flight are refused at once
+    instead of waiting in grpcio's queue behind the busy threads (issue #20, item 6)."""
+    server = create_server(ServerConfig(index=index_root, port=0, workers=2, max_in_flight=4))
+    try:
+        slow_down(server, monkeypatch, 1.0)
+        with AisleClient(f"127.0.0.1:{server.port}") as client, ThreadPoolExecutor(12) as pool:
+
+            def call(i: int) -> tuple[str, float]:
+                started = time.monotonic()
+                try:
+                    client.search(f"sofa {i}", 3)
+                    return "ok", time.monotonic() - started
+                except grpc.RpcError as error:
+                    return error.code().name, time.monotonic() - started
+
+            results = list(pool.map(call, range(12), timeout=20))  # none hangs
+        refused = [t for code, t in results if code == "RESOURCE_EXHAUSTED"]
+        assert {code for code, _ in results} <= {"ok", "RESOURCE_EXHAUSTED"}
+        assert len(refused) >= 12 - 4
+        assert max(refused) < 0.9  # refused at once, not after a worker freed up
+        assert sum(code == "ok" for code, _ in results) >= 2
+    finally:
+        server.stop(0)
+
+
+def test_second_server_on_the_same_port_fails_clearly(index_root) -> None:
+    """grpc's default SO_REUSEPORT let two servers share a port and split the traffic
+    (issue #20, item 16): the second bind must fail and say why."""
+    first = create_server(ServerConfig(index=index_root, port=0))
+    try:
+        with pytest.raises(OSError, match=f"could not bind 127.0.0.1:{first.port}.*in use"):
+            create_server(ServerConfig(index=index_root, port=first.port))
+        with AisleClient(f"127.0.0.1:{first.port}") as client:  # the first one is unharmed
+            assert len(client.search("sofa", 3).hits) == 3
+    finally:
+        first.stop(0)
+
+
+def test_stop_turns_not_serving_first_and_drains(index_root, monkeypatch) -> None:
+    """SIGTERM (server.stop()) flips health to NOT_SERVING while the listener still answers,
+    for the drain window, and in-flight requests finish (issue #20, item 16)."""
+    server = create_server(ServerConfig(index=index_root, port=0, drain_s=1.0, grace_s=5))
+    slow_down(server, monkeypatch, 1.0)
+    address = f"127.0.0.1:{server.port}"
+    with (
+        AisleClient(address) as client,
+        grpc.insecure_channel(address) as channel,
+        ThreadPoolExecutor(3) as pool,
+    ):
+        health_stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health_stub.Check(request, timeout=2).status == serving
+        in_flight = pool.submit(client.search, "sofa", 3)
+        time.sleep(0.2)
+        stopping = pool.submit(server.stop)
+        time.sleep(0.2)
+        # The listener is still open: health answers, and says NOT_SERVING.
+        status = health_stub.Check(request, timeout=2).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        during_drain = client.search("lamp", 3)  # a straggler routed here is still served
+        assert len(during_drain.hits) == 3
+        assert len(in_flight.result(5).hits) == 3
+        stopping.result(10)
+
+
+def test_item_embed_does_not_starve_query_encoding(index_root, monkeypatch) -> None:
+    """A big item-tower Embed used to hold the one encoder lock for its whole batch (40-70 s
+    for 256 long texts) and every new-query Search waited behind it (issue #20, item 5): item
+    work now runs in chunks that let waiting queries go first."""
+    server = create_server(ServerConfig(index=index_root, port=0))
+    try:
+        encoder = server.service.snapshot.encoder
+        original = encoder.encode_items
+
+        def heavy(texts, **kwargs):  # a stand-in for a big tower on long texts: 50 ms a text
+            time.sleep(0.05 * len(texts))
+            vectors = original(texts, **kwargs)
+            finished["item encoding"] = time.monotonic()  # the last call's time stays
+            return vectors
+
+        finished: dict[str, float] = {}
+        monkeypatch.setattr(encoder, "encode_items", heavy)
+        with AisleClient(f"127.0.0.1:{server.port}") as client, ThreadPoolExecutor(2) as pool:
+
+            def embed() -> int:
+                response = client.embed(
+                    [f"long item text {i} " * 50 for i in range(64)], items=True
+                )
+                finished["embed"] = time.monotonic()
+                return len(response.embeddings)
+
+            embedding = pool.submit(embed)
+            time.sleep(0.3)  # the Embed is encoding now
+            response = client.search("a query nobody asked before", 3)
+            finished["search"] = time.monotonic()
+            assert len(response.hits) == 3
+            assert embedding.result(30) == 64
+        # Answered while the item encoding (3.2 s of it) was still going, not after it.
+        assert finished["search"] < finished["item encoding"]
+    finally:
+        server.stop(0)

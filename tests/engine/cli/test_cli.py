@@ -76,3 +76,12 @@ def test_serve_cli_runs_until_sigterm(index_root, tmp_path) -> None:
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert f"127.0.0.1:{port}" in output
+
+
+def test_serve_cli_refuses_a_port_in_use(server, index_root, capsys) -> None:
+    """A second aisle-serve on a port in use exits with a clear error instead of sharing the
+    port through SO_REUSEPORT (issue #20, item 16)."""
+    argv = ["--index", str(index_root), "--host", "127.0.0.1", "--port", str(server.port)]
+    assert cli_serve.main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"could not bind 127.0.0.1:{server.port}" in error and "in use" in error

@@ -334,14 +334,22 @@ class StalledShard(ShardSearchServicer):
         return super().SearchShard(request, context)
 
 
-@pytest.fixture()
-def stalled(root):
+def _delayed_shard(root: Path, delay_s: float) -> tuple[grpc.Server, int]:
+    """Shard 1 of 2, answering `delay_s` late."""
     slot = ServiceSlot()
     slot.service = load_shard_service(root, ShardSpec(1, 2))
     server = grpc.server(futures.ThreadPoolExecutor(4))
-    shard_pb2_grpc.add_ShardSearchServicer_to_server(StalledShard(slot), server)
+    servicer = StalledShard(slot)
+    servicer.delay_s = delay_s
+    shard_pb2_grpc.add_ShardSearchServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    return server, port
+
+
+@pytest.fixture()
+def stalled(root):
+    server, port = _delayed_shard(root, StalledShard.delay_s)
     yield port
     server.stop(0)
 
@@ -398,6 +406,55 @@ def test_stalled_shard_is_cut_off_at_its_deadline(root, stalled) -> None:
             assert response.partial and list(response.missing_shards) == [1]
     finally:
         for server in (patient, router, shard0):
+            server.stop(0)
+
+
+def test_stalled_replica_is_hedged_on_a_healthy_one(root, stalled) -> None:
+    """A replica that stalls (a short host hiccup) must not cost the answer while another
+    replica of its shard is healthy, even when the caller's deadline is shorter than the shard
+    timeout (issue #20, item 17): the router asks the next replica too, within the deadline.
+    Failing over only after the stalled call timed out left the healthy replica ~10 % of the
+    deadline, less than its 80 ms (a real shard's search time)."""
+    shard0 = serve(root, shard=ShardSpec(0, 2))
+    healthy, healthy_port = _delayed_shard(root, 0.08)
+    # Backoff 0: the stalled replica is not demoted after a failure, so round robin keeps
+    # sending every other request to it first (the default 500 ms shard timeout applies).
+    groups = (
+        ("127.0.0.1:" + str(shard0.port),),
+        (f"127.0.0.1:{stalled}", f"127.0.0.1:{healthy_port}"),
+    )
+    router = serve(root, router=RouterConfig(groups, failed_replica_backoff_s=0))
+    try:
+        with AisleClient(f"127.0.0.1:{router.port}", timeout_s=0.45) as client:
+            for i in range(6):
+                response = client.search(f"blue lamp {i}", 5)
+                assert not response.partial and not response.missing_shards, i
+                assert len(response.hits) == 5
+    finally:
+        router.stop(0)
+        healthy.stop(0)
+        shard0.stop(0)
+
+
+def test_hedges_stay_within_their_budget_when_every_replica_is_slow(root) -> None:
+    """When every replica is slower than the hedge delay (overload, not one stalled host),
+    hedging every call would double the shards' load: hedges are budgeted to ~10 % of calls
+    (plus a burst of 10), and the answers are still whole."""
+    servers = [_delayed_shard(root, 0.15) for _ in range(2)]
+    shard0 = serve(root, shard=ShardSpec(0, 2))
+    groups = ((f"127.0.0.1:{shard0.port}",), tuple(f"127.0.0.1:{p}" for _, p in servers))
+    router = serve(root, router=RouterConfig(groups, shard_timeout_ms=5000))
+    try:
+        with AisleClient(f"127.0.0.1:{router.port}") as client:
+            for i in range(40):
+                response = client.search(f"green chair {i}", 5)
+                assert not response.partial, i
+        clients = router.service.snapshot.retriever.clients
+        assert 10 <= clients.hedges <= 10 + 0.1 * 2 * 40 + 1  # 2 shard calls a search
+    finally:
+        router.stop(0)
+        shard0.stop(0)
+        for server, _ in servers:
             server.stop(0)
 
 
