@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61isle/v1/events.proto\x12\x08\x61isle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12!\n\x04type\x18\x03 \x01(\x0e\x32\x13.aisle.v1.EventType\x12\r\n\x05query\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\rRecordRequest\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.aisle.v1.Event\"\"\n\x0eRecordResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x03*\x87\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\x45\n\x06\x45vents\x12;\n\x06Record\x12\x17.aisle.v1.RecordRequest\x1a\x18.aisle.v1.RecordResponseB\x10\n\x0c\x64\x65v.aisle.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61isle/v1/events.proto\x12\x08\x61isle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12!\n\x04type\x18\x03 \x01(\x0e\x32\x13.aisle.v1.EventType\x12\r\n\x05query\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x10\n\x08position\x18\x07 \x01(\x05\"0\n\rRecordRequest\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.aisle.v1.Event\"\"\n\x0eRecordResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x03*\x87\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\x45\n\x06\x45vents\x12;\n\x06Record\x12\x17.aisle.v1.RecordRequest\x1a\x18.aisle.v1.RecordResponseB\x10\n\x0c\x64\x65v.aisle.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aisle.v1.events_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.aisle.v1P\001'
-  _globals['_EVENTTYPE']._serialized_start=291
-  _globals['_EVENTTYPE']._serialized_end=426
+  _globals['_EVENTTYPE']._serialized_start=329
+  _globals['_EVENTTYPE']._serialized_end=464
   _globals['_EVENT']._serialized_start=69
-  _globals['_EVENT']._serialized_end=202
-  _globals['_RECORDREQUEST']._serialized_start=204
-  _globals['_RECORDREQUEST']._serialized_end=252
-  _globals['_RECORDRESPONSE']._serialized_start=254
-  _globals['_RECORDRESPONSE']._serialized_end=288
-  _globals['_EVENTS']._serialized_start=428
-  _globals['_EVENTS']._serialized_end=497
+  _globals['_EVENT']._serialized_end=240
+  _globals['_RECORDREQUEST']._serialized_start=242
+  _globals['_RECORDREQUEST']._serialized_end=290
+  _globals['_RECORDRESPONSE']._serialized_start=292
+  _globals['_RECORDRESPONSE']._serialized_end=326
+  _globals['_EVENTS']._serialized_start=466
+  _globals['_EVENTS']._serialized_end=535
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ from aisle.v1 import types_pb2 as aisle_dot_v1_dot_types__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61isle/v1/index_admin.proto\x12\x08\x61isle.v1\x1a\x14\x61isle/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\"@\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\'\n\x06\x66ields\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"R\n\rUpsertRequest\x12\x1d\n\x05items\x18\x01 \x03(\x0b\x32\x0e.aisle.v1.Item\x12\"\n\x04mode\x18\x02 \x01(\x0e\x32\x14.aisle.v1.UpsertMode\"8\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x03\x12\x14\n\x0clog_sequence\x18\x02 \x01(\x03\"!\n\rDeleteRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"J\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x14\n\x0clog_sequence\x18\x03 \x01(\x03\" \n\rReloadRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"N\n\x0eReloadResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\x03\x12\"\n\x05index\x18\x02 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\"\x0f\n\rStatusRequest\"B\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x12\n\nitem_count\x18\x02 \x01(\x03\x12\x10\n\x08location\x18\x03 \x01(\t\"\xba\x01\n\x0eStatusResponse\x12\"\n\x05index\x18\x01 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\x12%\n\x06shards\x18\x02 \x03(\x0b\x32\x15.aisle.v1.ShardStatus\x12\x17\n\x0fpending_updates\x18\x03 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x04 \x03(\x03\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\x16\n\x0eserver_version\x18\x06 \x01(\t*`\n\nUpsertMode\x12\x1b\n\x17UPSERT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10UPSERT_MODE_FULL\x10\x01\x12\x1f\n\x1bUPSERT_MODE_ATTRIBUTES_ONLY\x10\x02\x32\x80\x02\n\nIndexAdmin\x12;\n\x06Upsert\x12\x17.aisle.v1.UpsertRequest\x1a\x18.aisle.v1.UpsertResponse\x12;\n\x06\x44\x65lete\x12\x17.aisle.v1.DeleteRequest\x1a\x18.aisle.v1.DeleteResponse\x12;\n\x06Reload\x12\x17.aisle.v1.ReloadRequest\x1a\x18.aisle.v1.ReloadResponse\x12;\n\x06Status\x12\x17.aisle.v1.StatusRequest\x1a\x18.aisle.v1.StatusResponseB\x10\n\x0c\x64\x65v.aisle.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61isle/v1/index_admin.proto\x12\x08\x61isle.v1\x1a\x14\x61isle/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\"@\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\'\n\x06\x66ields\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"R\n\rUpsertRequest\x12\x1d\n\x05items\x18\x01 \x03(\x0b\x32\x0e.aisle.v1.Item\x12\"\n\x04mode\x18\x02 \x01(\x0e\x32\x14.aisle.v1.UpsertMode\"8\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x03\x12\x14\n\x0clog_sequence\x18\x02 \x01(\x03\"!\n\rDeleteRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"J\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x14\n\x0clog_sequence\x18\x03 \x01(\x03\" \n\rReloadRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"N\n\x0eReloadResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\x03\x12\"\n\x05index\x18\x02 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\"\x0f\n\rStatusRequest\"B\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x12\n\nitem_count\x18\x02 \x01(\x03\x12\x10\n\x08location\x18\x03 \x01(\t\"\xcf\x01\n\x0eStatusResponse\x12\"\n\x05index\x18\x01 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\x12%\n\x06shards\x18\x02 \x03(\x0b\x32\x15.aisle.v1.ShardStatus\x12\x17\n\x0fpending_updates\x18\x03 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x04 \x03(\x03\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\x12\x13\n\x0bquery_tower\x18\x07 \x01(\t*`\n\nUpsertMode\x12\x1b\n\x17UPSERT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10UPSERT_MODE_FULL\x10\x01\x12\x1f\n\x1bUPSERT_MODE_ATTRIBUTES_ONLY\x10\x02\x32\x80\x02\n\nIndexAdmin\x12;\n\x06Upsert\x12\x17.aisle.v1.UpsertRequest\x1a\x18.aisle.v1.UpsertResponse\x12;\n\x06\x44\x65lete\x12\x17.aisle.v1.DeleteRequest\x1a\x18.aisle.v1.DeleteResponse\x12;\n\x06Reload\x12\x17.aisle.v1.ReloadRequest\x1a\x18.aisle.v1.ReloadResponse\x12;\n\x06Status\x12\x17.aisle.v1.StatusRequest\x1a\x18.aisle.v1.StatusResponseB\x10\n\x0c\x64\x65v.aisle.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aisle.v1.index_admin_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.aisle.v1P\001'
-  _globals['_UPSERTMODE']._serialized_start=799
-  _globals['_UPSERTMODE']._serialized_end=895
+  _globals['_UPSERTMODE']._serialized_start=820
+  _globals['_UPSERTMODE']._serialized_end=916
   _globals['_ITEM']._serialized_start=92
   _globals['_ITEM']._serialized_end=156
   _globals['_UPSERTREQUEST']._serialized_start=158
@@ -55,7 +55,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARDSTATUS']._serialized_start=542
   _globals['_SHARDSTATUS']._serialized_end=608
   _globals['_STATUSRESPONSE']._serialized_start=611
-  _globals['_STATUSRESPONSE']._serialized_end=797
-  _globals['_INDEXADMIN']._serialized_start=898
-  _globals['_INDEXADMIN']._serialized_end=1154
+  _globals['_STATUSRESPONSE']._serialized_end=818
+  _globals['_INDEXADMIN']._serialized_start=919
+  _globals['_INDEXADMIN']._serialized_end=1175
 # @@protoc_insertion_point(module_scope)

@@ -87,17 +87,19 @@ class ShardStatus(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., item_count: _Optional[int] = ..., location: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("index", "shards", "pending_updates", "available_versions", "uptime_s", "server_version")
+    __slots__ = ("index", "shards", "pending_updates", "available_versions", "uptime_s", "server_version", "query_tower")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     PENDING_UPDATES_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TOWER_FIELD_NUMBER: _ClassVar[int]
     index: _types_pb2.IndexInfo
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
     pending_updates: int
     available_versions: _containers.RepeatedScalarFieldContainer[int]
     uptime_s: float
     server_version: str
-    def __init__(self, index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., pending_updates: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., uptime_s: _Optional[float] = ..., server_version: _Optional[str] = ...) -> None: ...
+    query_tower: str
+    def __init__(self, index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., pending_updates: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., uptime_s: _Optional[float] = ..., server_version: _Optional[str] = ..., query_tower: _Optional[str] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aisle.v1 import types_pb2 as aisle_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61isle/v1/retrieval.proto\x12\x08\x61isle.v1\x1a\x14\x61isle/v1/types.proto\"\xdb\x03\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12 \n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x10.aisle.v1.Filter\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0frecent_item_ids\x18\x05 \x03(\t\x12\x1e\n\x16personalization_weight\x18\x06 \x01(\x02\x12&\n\x06\x65\x66\x66ort\x18\x07 \x01(\x0b\x32\x16.aisle.v1.SearchEffort\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x16\n\x0einclude_fields\x18\t \x01(\x08\x12\x13\n\x0b\x66ield_names\x18\n \x03(\t\x12\x1e\n\x05\x62oost\x18\x0b \x01(\x0b\x32\x0f.aisle.v1.Boost\x12\"\n\x04mode\x18\x0c \x01(\x0e\x32\x14.aisle.v1.SearchMode\x12\x1e\n\x04sort\x18\r \x01(\x0b\x32\x10.aisle.v1.SortBy\x12\x0e\n\x06\x66\x61\x63\x65ts\x18\x0e \x03(\t\x12&\n\tdiversity\x18\x0f \x01(\x0b\x32\x13.aisle.v1.Diversity\x12\x1d\n\x15\x64isable_query_parsing\x18\x10 \x01(\x08\x12 \n\x06\x66usion\x18\x11 \x01(\x0b\x32\x10.aisle.v1.Fusion\"k\n\x06\x46usion\x12&\n\x06method\x18\x01 \x01(\x0e\x32\x16.aisle.v1.FusionMethod\x12\x19\n\x0c\x64\x65nse_weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05rrf_k\x18\x03 \x01(\x05\x42\x0f\n\r_dense_weight\";\n\x0bParsedQuery\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1e\n\x05price\x18\x02 \x01(\x0b\x32\x0f.aisle.v1.Range\"\xbf\x02\n\x0eSearchResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.aisle.v1.Hit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\"\n\x05index\x18\x03 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.aisle.v1.Timings\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x06 \x03(\x05\x12\x1f\n\x06\x66\x61\x63\x65ts\x18\x07 \x03(\x0b\x32\x0f.aisle.v1.Facet\x12+\n\x0cparsed_query\x18\x08 \x01(\x0b\x32\x15.aisle.v1.ParsedQuery\x12\x14\n\x0cpersonalized\x18\t \x01(\x08\x12\"\n\x04mode\x18\n \x01(\x0e\x32\x14.aisle.v1.SearchMode\"?\n\x12\x42\x61tchSearchRequest\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.aisle.v1.SearchRequest\"B\n\x13\x42\x61tchSearchResponse\x12+\n\tresponses\x18\x01 \x03(\x0b\x32\x18.aisle.v1.SearchResponse\"\xac\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12 \n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x10.aisle.v1.Filter\x12\x14\n\x0cinclude_seen\x18\x05 \x01(\x08\x12\x16\n\x0einclude_fields\x18\x06 \x01(\x08\x12\x12\n\npage_token\x18\x07 \x01(\t\"\xae\x01\n\x11RecommendResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.aisle.v1.Hit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\"\n\x05index\x18\x03 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.aisle.v1.Timings\x12\x1b\n\x13popularity_fallback\x18\x05 \x01(\x08\"\x7f\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12 \n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x10.aisle.v1.Filter\x12\x16\n\x0einclude_fields\x18\x04 \x01(\x08\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x94\x01\n\x14SimilarItemsResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.aisle.v1.Hit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\"\n\x05index\x18\x03 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.aisle.v1.Timings\"@\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.aisle.v1.EmbedKind\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"`\n\rEmbedResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.aisle.v1.Embedding\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t*q\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x01\x12\x17\n\x13SEARCH_MODE_LEXICAL\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03*]\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46USION_METHOD_RRF\x10\x01\x12\x17\n\x13\x46USION_METHOD_BLEND\x10\x02*R\n\tEmbedKind\x12\x1a\n\x16\x45MBED_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45MBED_KIND_QUERY\x10\x01\x12\x13\n\x0f\x45MBED_KIND_ITEM\x10\x02\x32\xe3\x02\n\tRetrieval\x12;\n\x06Search\x12\x17.aisle.v1.SearchRequest\x1a\x18.aisle.v1.SearchResponse\x12J\n\x0b\x42\x61tchSearch\x12\x1c.aisle.v1.BatchSearchRequest\x1a\x1d.aisle.v1.BatchSearchResponse\x12\x44\n\tRecommend\x12\x1a.aisle.v1.RecommendRequest\x1a\x1b.aisle.v1.RecommendResponse\x12M\n\x0cSimilarItems\x12\x1d.aisle.v1.SimilarItemsRequest\x1a\x1e.aisle.v1.SimilarItemsResponse\x12\x38\n\x05\x45mbed\x12\x16.aisle.v1.EmbedRequest\x1a\x17.aisle.v1.EmbedResponseB\x10\n\x0c\x64\x65v.aisle.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61isle/v1/retrieval.proto\x12\x08\x61isle.v1\x1a\x14\x61isle/v1/types.proto\"\xec\x03\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12 \n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x10.aisle.v1.Filter\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0frecent_item_ids\x18\x05 \x03(\t\x12\x1e\n\x16personalization_weight\x18\x06 \x01(\x02\x12&\n\x06\x65\x66\x66ort\x18\x07 \x01(\x0b\x32\x16.aisle.v1.SearchEffort\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x16\n\x0einclude_fields\x18\t \x01(\x08\x12\x13\n\x0b\x66ield_names\x18\n \x03(\t\x12\x1e\n\x05\x62oost\x18\x0b \x01(\x0b\x32\x0f.aisle.v1.Boost\x12\"\n\x04mode\x18\x0c \x01(\x0e\x32\x14.aisle.v1.SearchMode\x12\x1e\n\x04sort\x18\r \x01(\x0b\x32\x10.aisle.v1.SortBy\x12\x0e\n\x06\x66\x61\x63\x65ts\x18\x0e \x03(\t\x12&\n\tdiversity\x18\x0f \x01(\x0b\x32\x13.aisle.v1.Diversity\x12\x1d\n\x15\x64isable_query_parsing\x18\x10 \x01(\x08\x12 \n\x06\x66usion\x18\x11 \x01(\x0b\x32\x10.aisle.v1.Fusion\x12\x0f\n\x07\x65xplain\x18\x12 \x01(\x08\"k\n\x06\x46usion\x12&\n\x06method\x18\x01 \x01(\x0e\x32\x16.aisle.v1.FusionMethod\x12\x19\n\x0c\x64\x65nse_weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05rrf_k\x18\x03 \x01(\x05\x42\x0f\n\r_dense_weight\";\n\x0bParsedQuery\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1e\n\x05price\x18\x02 \x01(\x0b\x32\x0f.aisle.v1.Range\"\xd3\x02\n\x0eSearchResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.aisle.v1.Hit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\"\n\x05index\x18\x03 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.aisle.v1.Timings\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x06 \x03(\x05\x12\x1f\n\x06\x66\x61\x63\x65ts\x18\x07 \x03(\x0b\x32\x0f.aisle.v1.Facet\x12+\n\x0cparsed_query\x18\x08 \x01(\x0b\x32\x15.aisle.v1.ParsedQuery\x12\x14\n\x0cpersonalized\x18\t \x01(\x08\x12\"\n\x04mode\x18\n \x01(\x0e\x32\x14.aisle.v1.SearchMode\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"?\n\x12\x42\x61tchSearchRequest\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.aisle.v1.SearchRequest\"B\n\x13\x42\x61tchSearchResponse\x12+\n\tresponses\x18\x01 \x03(\x0b\x32\x18.aisle.v1.SearchResponse\"\xac\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12 \n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x10.aisle.v1.Filter\x12\x14\n\x0cinclude_seen\x18\x05 \x01(\x08\x12\x16\n\x0einclude_fields\x18\x06 \x01(\x08\x12\x12\n\npage_token\x18\x07 \x01(\t\"\xc2\x01\n\x11RecommendResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.aisle.v1.Hit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\"\n\x05index\x18\x03 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.aisle.v1.Timings\x12\x1b\n\x13popularity_fallback\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\x7f\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12 \n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x10.aisle.v1.Filter\x12\x16\n\x0einclude_fields\x18\x04 \x01(\x08\x12\x12\n\npage_token\x18\x05 \x01(\t\"\xa8\x01\n\x14SimilarItemsResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.aisle.v1.Hit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\"\n\x05index\x18\x03 \x01(\x0b\x32\x13.aisle.v1.IndexInfo\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.aisle.v1.Timings\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"@\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.aisle.v1.EmbedKind\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"`\n\rEmbedResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.aisle.v1.Embedding\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t*\x89\x01\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x01\x12\x17\n\x13SEARCH_MODE_LEXICAL\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03\x12\x16\n\x12SEARCH_MODE_RANKED\x10\x04*]\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46USION_METHOD_RRF\x10\x01\x12\x17\n\x13\x46USION_METHOD_BLEND\x10\x02*R\n\tEmbedKind\x12\x1a\n\x16\x45MBED_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45MBED_KIND_QUERY\x10\x01\x12\x13\n\x0f\x45MBED_KIND_ITEM\x10\x02\x32\xe3\x02\n\tRetrieval\x12;\n\x06Search\x12\x17.aisle.v1.SearchRequest\x1a\x18.aisle.v1.SearchResponse\x12J\n\x0b\x42\x61tchSearch\x12\x1c.aisle.v1.BatchSearchRequest\x1a\x1d.aisle.v1.BatchSearchResponse\x12\x44\n\tRecommend\x12\x1a.aisle.v1.RecommendRequest\x1a\x1b.aisle.v1.RecommendResponse\x12M\n\x0cSimilarItems\x12\x1d.aisle.v1.SimilarItemsRequest\x1a\x1e.aisle.v1.SimilarItemsResponse\x12\x38\n\x05\x45mbed\x12\x16.aisle.v1.EmbedRequest\x1a\x17.aisle.v1.EmbedResponseB\x10\n\x0c\x64\x65v.aisle.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,38 +33,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aisle.v1.retrieval_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.aisle.v1P\001'
-  _globals['_SEARCHMODE']._serialized_start=1988
-  _globals['_SEARCHMODE']._serialized_end=2101
-  _globals['_FUSIONMETHOD']._serialized_start=2103
-  _globals['_FUSIONMETHOD']._serialized_end=2196
-  _globals['_EMBEDKIND']._serialized_start=2198
-  _globals['_EMBEDKIND']._serialized_end=2280
+  _globals['_SEARCHMODE']._serialized_start=2066
+  _globals['_SEARCHMODE']._serialized_end=2203
+  _globals['_FUSIONMETHOD']._serialized_start=2205
+  _globals['_FUSIONMETHOD']._serialized_end=2298
+  _globals['_EMBEDKIND']._serialized_start=2300
+  _globals['_EMBEDKIND']._serialized_end=2382
   _globals['_SEARCHREQUEST']._serialized_start=61
-  _globals['_SEARCHREQUEST']._serialized_end=536
-  _globals['_FUSION']._serialized_start=538
-  _globals['_FUSION']._serialized_end=645
-  _globals['_PARSEDQUERY']._serialized_start=647
-  _globals['_PARSEDQUERY']._serialized_end=706
-  _globals['_SEARCHRESPONSE']._serialized_start=709
-  _globals['_SEARCHRESPONSE']._serialized_end=1028
-  _globals['_BATCHSEARCHREQUEST']._serialized_start=1030
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=1093
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1095
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1161
-  _globals['_RECOMMENDREQUEST']._serialized_start=1164
-  _globals['_RECOMMENDREQUEST']._serialized_end=1336
-  _globals['_RECOMMENDRESPONSE']._serialized_start=1339
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1513
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1515
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1642
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1645
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1793
-  _globals['_EMBEDREQUEST']._serialized_start=1795
-  _globals['_EMBEDREQUEST']._serialized_end=1859
-  _globals['_EMBEDDING']._serialized_start=1861
-  _globals['_EMBEDDING']._serialized_end=1888
-  _globals['_EMBEDRESPONSE']._serialized_start=1890
-  _globals['_EMBEDRESPONSE']._serialized_end=1986
-  _globals['_RETRIEVAL']._serialized_start=2283
-  _globals['_RETRIEVAL']._serialized_end=2638
+  _globals['_SEARCHREQUEST']._serialized_end=553
+  _globals['_FUSION']._serialized_start=555
+  _globals['_FUSION']._serialized_end=662
+  _globals['_PARSEDQUERY']._serialized_start=664
+  _globals['_PARSEDQUERY']._serialized_end=723
+  _globals['_SEARCHRESPONSE']._serialized_start=726
+  _globals['_SEARCHRESPONSE']._serialized_end=1065
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=1067
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=1130
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1132
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1198
+  _globals['_RECOMMENDREQUEST']._serialized_start=1201
+  _globals['_RECOMMENDREQUEST']._serialized_end=1373
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1376
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1570
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1572
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1699
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1702
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1870
+  _globals['_EMBEDREQUEST']._serialized_start=1872
+  _globals['_EMBEDREQUEST']._serialized_end=1936
+  _globals['_EMBEDDING']._serialized_start=1938
+  _globals['_EMBEDDING']._serialized_end=1965
+  _globals['_EMBEDRESPONSE']._serialized_start=1967
+  _globals['_EMBEDRESPONSE']._serialized_end=2063
+  _globals['_RETRIEVAL']._serialized_start=2385
+  _globals['_RETRIEVAL']._serialized_end=2740
 # @@protoc_insertion_point(module_scope)

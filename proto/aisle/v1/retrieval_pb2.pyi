@@ -14,6 +14,7 @@ class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_MODE_DENSE: _ClassVar[SearchMode]
     SEARCH_MODE_LEXICAL: _ClassVar[SearchMode]
     SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
+    SEARCH_MODE_RANKED: _ClassVar[SearchMode]
 
 class FusionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -30,6 +31,7 @@ SEARCH_MODE_UNSPECIFIED: SearchMode
 SEARCH_MODE_DENSE: SearchMode
 SEARCH_MODE_LEXICAL: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
+SEARCH_MODE_RANKED: SearchMode
 FUSION_METHOD_UNSPECIFIED: FusionMethod
 FUSION_METHOD_RRF: FusionMethod
 FUSION_METHOD_BLEND: FusionMethod
@@ -38,7 +40,7 @@ EMBED_KIND_QUERY: EmbedKind
 EMBED_KIND_ITEM: EmbedKind
 
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "k", "filter", "user_id", "recent_item_ids", "personalization_weight", "effort", "page_token", "include_fields", "field_names", "boost", "mode", "sort", "facets", "diversity", "disable_query_parsing", "fusion")
+    __slots__ = ("query", "k", "filter", "user_id", "recent_item_ids", "personalization_weight", "effort", "page_token", "include_fields", "field_names", "boost", "mode", "sort", "facets", "diversity", "disable_query_parsing", "fusion", "explain")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +58,7 @@ class SearchRequest(_message.Message):
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     DISABLE_QUERY_PARSING_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     query: str
     k: int
     filter: _types_pb2.Filter
@@ -73,7 +76,8 @@ class SearchRequest(_message.Message):
     diversity: _types_pb2.Diversity
     disable_query_parsing: bool
     fusion: Fusion
-    def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., personalization_weight: _Optional[float] = ..., effort: _Optional[_Union[_types_pb2.SearchEffort, _Mapping]] = ..., page_token: _Optional[str] = ..., include_fields: _Optional[bool] = ..., field_names: _Optional[_Iterable[str]] = ..., boost: _Optional[_Union[_types_pb2.Boost, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., sort: _Optional[_Union[_types_pb2.SortBy, _Mapping]] = ..., facets: _Optional[_Iterable[str]] = ..., diversity: _Optional[_Union[_types_pb2.Diversity, _Mapping]] = ..., disable_query_parsing: _Optional[bool] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ...) -> None: ...
+    explain: bool
+    def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., personalization_weight: _Optional[float] = ..., effort: _Optional[_Union[_types_pb2.SearchEffort, _Mapping]] = ..., page_token: _Optional[str] = ..., include_fields: _Optional[bool] = ..., field_names: _Optional[_Iterable[str]] = ..., boost: _Optional[_Union[_types_pb2.Boost, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., sort: _Optional[_Union[_types_pb2.SortBy, _Mapping]] = ..., facets: _Optional[_Iterable[str]] = ..., diversity: _Optional[_Union[_types_pb2.Diversity, _Mapping]] = ..., disable_query_parsing: _Optional[bool] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class Fusion(_message.Message):
     __slots__ = ("method", "dense_weight", "rrf_k")
@@ -94,7 +98,7 @@ class ParsedQuery(_message.Message):
     def __init__(self, text: _Optional[str] = ..., price: _Optional[_Union[_types_pb2.Range, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "next_page_token", "index", "timings", "partial", "missing_shards", "facets", "parsed_query", "personalized", "mode")
+    __slots__ = ("hits", "next_page_token", "index", "timings", "partial", "missing_shards", "facets", "parsed_query", "personalized", "mode", "request_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +109,7 @@ class SearchResponse(_message.Message):
     PARSED_QUERY_FIELD_NUMBER: _ClassVar[int]
     PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_types_pb2.Hit]
     next_page_token: str
     index: _types_pb2.IndexInfo
@@ -115,7 +120,8 @@ class SearchResponse(_message.Message):
     parsed_query: ParsedQuery
     personalized: bool
     mode: SearchMode
-    def __init__(self, hits: _Optional[_Iterable[_Union[_types_pb2.Hit, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., timings: _Optional[_Union[_types_pb2.Timings, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., facets: _Optional[_Iterable[_Union[_types_pb2.Facet, _Mapping]]] = ..., parsed_query: _Optional[_Union[ParsedQuery, _Mapping]] = ..., personalized: _Optional[bool] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[_types_pb2.Hit, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., timings: _Optional[_Union[_types_pb2.Timings, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., facets: _Optional[_Iterable[_Union[_types_pb2.Facet, _Mapping]]] = ..., parsed_query: _Optional[_Union[ParsedQuery, _Mapping]] = ..., personalized: _Optional[bool] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -148,18 +154,20 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., include_seen: _Optional[bool] = ..., include_fields: _Optional[bool] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("hits", "next_page_token", "index", "timings", "popularity_fallback")
+    __slots__ = ("hits", "next_page_token", "index", "timings", "popularity_fallback", "request_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     POPULARITY_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_types_pb2.Hit]
     next_page_token: str
     index: _types_pb2.IndexInfo
     timings: _types_pb2.Timings
     popularity_fallback: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[_types_pb2.Hit, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., timings: _Optional[_Union[_types_pb2.Timings, _Mapping]] = ..., popularity_fallback: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[_types_pb2.Hit, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., timings: _Optional[_Union[_types_pb2.Timings, _Mapping]] = ..., popularity_fallback: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "filter", "include_fields", "page_token")
@@ -176,16 +184,18 @@ class SimilarItemsRequest(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., include_fields: _Optional[bool] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
-    __slots__ = ("hits", "next_page_token", "index", "timings")
+    __slots__ = ("hits", "next_page_token", "index", "timings", "request_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_types_pb2.Hit]
     next_page_token: str
     index: _types_pb2.IndexInfo
     timings: _types_pb2.Timings
-    def __init__(self, hits: _Optional[_Iterable[_Union[_types_pb2.Hit, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., timings: _Optional[_Union[_types_pb2.Timings, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[_types_pb2.Hit, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[_types_pb2.IndexInfo, _Mapping]] = ..., timings: _Optional[_Union[_types_pb2.Timings, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts", "kind")

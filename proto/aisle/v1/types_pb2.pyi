@@ -76,16 +76,40 @@ class SortBy(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., descending: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("item_id", "score", "similarity", "fields")
+    __slots__ = ("item_id", "score", "similarity", "fields", "explanation")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     similarity: float
     fields: _struct_pb2.Struct
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., similarity: _Optional[float] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    explanation: Explanation
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., similarity: _Optional[float] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ...) -> None: ...
+
+class FeatureContribution(_message.Message):
+    __slots__ = ("name", "value", "contribution")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    contribution: float
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("features", "bias", "ranker_score", "feature_spec_version")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    RANKER_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedCompositeFieldContainer[FeatureContribution]
+    bias: float
+    ranker_score: float
+    feature_spec_version: str
+    def __init__(self, features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ..., bias: _Optional[float] = ..., ranker_score: _Optional[float] = ..., feature_spec_version: _Optional[str] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
     __slots__ = ("version", "model_fingerprint", "item_count", "shard_count", "factory")
@@ -102,16 +126,18 @@ class IndexInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., factory: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("encode_ms", "search_ms", "rerank_ms", "total_ms")
+    __slots__ = ("encode_ms", "search_ms", "rerank_ms", "total_ms", "rank_ms")
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
     RERANK_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    RANK_MS_FIELD_NUMBER: _ClassVar[int]
     encode_ms: float
     search_ms: float
     rerank_ms: float
     total_ms: float
-    def __init__(self, encode_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    rank_ms: float
+    def __init__(self, encode_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., rank_ms: _Optional[float] = ...) -> None: ...
 
 class FacetValue(_message.Message):
     __slots__ = ("value", "count")
