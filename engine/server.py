@@ -34,6 +34,9 @@ from engine.cluster.shard import (
     add_shard_services,
     load_shard_service,
 )
+from engine.http.app import create_app
+from engine.http.bridge import Bridge
+from engine.http.gateway import HttpGateway, HttpTls
 from engine.search.service import SearchService
 from engine.search.snapshot import load_snapshot
 from engine.search.types import EncodingConfig
@@ -100,6 +103,9 @@ class ServerConfig:
     grace_s: float = 5.0
     shard: ShardSpec | None = None  # serve only this shard, to a router (--shard I/N)
     router: RouterConfig | None = None  # fan out to shard servers (--router --shard-addrs)
+    # The HTTP/JSON gateway and playground (engine.http) on this port; None: off, 0: a free one.
+    http_port: int | None = None
+    http_host: str | None = None  # None: `host`
 
     def __post_init__(self) -> None:
         if not Path(self.index).exists():
@@ -110,6 +116,10 @@ class ServerConfig:
             raise ValueError(f"model {self.model} is not a directory")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http port must be 0..65535, got {self.http_port}")
+        if self.http_port is not None and self.shard is not None:
+            raise ValueError("a shard server serves no HTTP gateway (give --http-port elsewhere)")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics port must be 0..65535, got {self.metrics_port}")
         if self.workers < 1:
@@ -176,17 +186,32 @@ class AisleServer:
         # Services are registered up front and answer UNAVAILABLE until load() fills the slot,
         # so health checks can reach a loading server and see NOT_SERVING.
         self._slot = ServiceSlot(self.metrics)
+        self._draining = False
+        self._gateway: HttpGateway | None = None
         if config.shard is not None:
             add_shard_services(self._server, self._slot, str(config.index))
         else:
-            retrieval_pb2_grpc.add_RetrievalServicer_to_server(
-                RetrievalServicer(self._slot), self._server
-            )
             no_updates = NO_LIVE_UPDATES if config.router is not None else ""
+            servicers = {
+                "Retrieval": RetrievalServicer(self._slot),
+                "IndexAdmin": IndexAdminServicer(self._slot, str(config.index), no_updates),
+                "Events": EventsServicer(self._slot),
+            }
+            retrieval_pb2_grpc.add_RetrievalServicer_to_server(servicers["Retrieval"], self._server)
             index_admin_pb2_grpc.add_IndexAdminServicer_to_server(
-                IndexAdminServicer(self._slot, str(config.index), no_updates), self._server
+                servicers["IndexAdmin"], self._server
             )
-            events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self._slot), self._server)
+            events_pb2_grpc.add_EventsServicer_to_server(servicers["Events"], self._server)
+            if config.http_port is not None:
+                # The same servicers behind the same interceptor: one implementation, two edges.
+                app = create_app(Bridge(interceptor), servicers, ready=self._ready)
+                tls = config.tls
+                self._gateway = HttpGateway(
+                    app,
+                    config.http_host or config.host,
+                    config.http_port,
+                    HttpTls(tls.cert, tls.key, tls.client_ca) if tls is not None else None,
+                )
         address = f"{config.host}:{config.port}"
         try:
             if config.tls is not None:
@@ -202,6 +227,14 @@ class AisleServer:
             )
         self.metrics_port: int | None = None
         self._clients: ShardClients | None = None  # a router's, to its shard servers
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP gateway's bound port, or None when it is off."""
+        return self._gateway.port if self._gateway is not None else None
+
+    def _ready(self) -> bool:
+        return self._slot.service is not None and not self._draining
 
     @property
     def service(self) -> SearchService | None:
@@ -267,6 +300,8 @@ class AisleServer:
     def start(self) -> None:
         """Accept connections (health answers NOT_SERVING until load() has finished)."""
         self._server.start()
+        if self._gateway is not None:
+            self._gateway.start()
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(
                 self.config.metrics_host, self.config.metrics_port
@@ -288,10 +323,13 @@ class AisleServer:
         if drain_s is None:
             drain_s = self.config.drain_s if grace_s is None else 0.0
         self._health.enter_graceful_shutdown()
+        self._draining = True
         if drain_s > 0:
             log.info("health NOT_SERVING; draining for %.1f s before closing the listener", drain_s)
             time.sleep(drain_s)
         self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        if self._gateway is not None:
+            self._gateway.stop()
         if self._slot.service is not None:
             self._slot.service.close()
         if self._clients is not None:
