@@ -44,6 +44,7 @@ from engine.search.types import EncodingConfig
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CATALOG_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".gz")
 SERVICE_NAMES = (
     retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name,
     index_admin_pb2.DESCRIPTOR.services_by_name["IndexAdmin"].full_name,
@@ -108,9 +109,23 @@ class ServerConfig:
     http_host: str | None = None  # None: `host`
 
     def __post_init__(self) -> None:
-        if not Path(self.index).exists():
+        index = Path(self.index)
+        if not index.exists():
             raise ValueError(
-                f"index {self.index} does not exist: build one with `aisle-index build`"
+                f"index {index} does not exist: build one with "
+                f"`aisle-index build --catalog CATALOG --out {index}`"
+            )
+        if index.is_file():
+            kind = " (a catalog?)" if index.suffix in CATALOG_SUFFIXES else ""
+            raise ValueError(
+                f"index {index} is a file{kind}, not an index: build the index first with "
+                f"`aisle-index build --catalog {index} --out ./index`, then serve it with "
+                "`aisle-serve --index ./index`"
+            )
+        if not any((index / name).exists() for name in ("CURRENT", "versions", "manifest.json")):
+            raise ValueError(
+                f"index {index} is a directory with no index in it (no CURRENT, versions/ or "
+                "manifest.json): give the --out directory of `aisle-index build`"
             )
         if self.model is not None and not Path(self.model).is_dir():
             raise ValueError(f"model {self.model} is not a directory")
@@ -296,6 +311,14 @@ class AisleServer:
             summary.factory,
             summary.model_fingerprint[:12],
         )
+        log.info(
+            "serving on %s:%d%s (pid %d)%s",
+            self.config.host,
+            self.port,
+            " with TLS" if self.config.tls else "",
+            os.getpid(),
+            f"; HTTP gateway and playground on port {self.http_port}" if self._gateway else "",
+        )
 
     def start(self) -> None:
         """Accept connections (health answers NOT_SERVING until load() has finished)."""
@@ -309,11 +332,9 @@ class AisleServer:
         if self.config.admin_token is None:
             log.warning("no admin token set: IndexAdmin methods are open to every caller")
         log.info(
-            "serving on %s:%d%s (pid %d)",
+            "listening on %s:%d; health says NOT_SERVING until the model and index are loaded",
             self.config.host,
             self.port,
-            " with TLS" if self.config.tls else "",
-            os.getpid(),
         )
 
     def stop(self, grace_s: float | None = None, drain_s: float | None = None) -> None:

@@ -28,6 +28,8 @@ from engine.search.errors import (
 )
 
 log = logging.getLogger(__name__)
+# One line per API call, gRPC or HTTP gateway: method, code, ms, k, mode (never a user id).
+access_log = logging.getLogger("aisle.access")
 
 API_PREFIX = "/aisle.v1."
 ADMIN_SERVICE_PREFIX = "/aisle.v1.IndexAdmin/"
@@ -90,6 +92,20 @@ def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str
         if k.lower() == key and isinstance(value, str):
             return value
     return None
+
+
+def access_fields(request: Any) -> dict[str, Any]:
+    """k and mode of a request, for the access line (None where the method has no such field)."""
+    fields: dict[str, Any] = {"k": None, "mode": None}
+    if not isinstance(request, Message):
+        return fields
+    names = request.DESCRIPTOR.fields_by_name
+    if "k" in names:
+        fields["k"] = request.k
+    if "mode" in names and names["mode"].enum_type is not None:
+        value = names["mode"].enum_type.values_by_number.get(request.mode)
+        fields["mode"] = value.name if value is not None else request.mode
+    return fields
 
 
 def token_matches(given: str, expected: str) -> bool:
@@ -165,8 +181,9 @@ class ServingInterceptor(grpc.ServerInterceptor):
                     token = _bearer(metadata)
                     if token is None or not token_matches(token, self._token):
                         raise Unauthenticated(
-                            f"{method} needs the token: send metadata "
-                            "'authorization: Bearer <token>'"
+                            f"{short} needs the server's token: send metadata "
+                            "'authorization: Bearer <token>' (aisle-search --token, "
+                            "AisleClient(token=...), HTTP header Authorization)"
                         )
                 if self._rate_limiter is not None:
                     client = _metadata_value(metadata, CLIENT_ID_KEY) or context.peer()
@@ -227,6 +244,18 @@ class ServingInterceptor(grpc.ServerInterceptor):
             finally:
                 if entered:
                     self._admission.exit()
+                if access_log.isEnabledFor(logging.INFO):
+                    ms = (time.perf_counter() - started) * 1e3
+                    fields = access_fields(request)
+                    access_log.info(
+                        "%s %s %.1f ms k=%s mode=%s",
+                        short,
+                        code.name,
+                        ms,
+                        fields["k"],
+                        fields["mode"],
+                        extra={"method": short, "code": code.name, "ms": round(ms, 2), **fields},
+                    )
                 if self._metrics is not None:
                     self._metrics.requests.labels(short, code.name).inc()
                     self._metrics.latency.labels(short).observe(time.perf_counter() - started)

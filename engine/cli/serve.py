@@ -11,11 +11,13 @@ import threading
 from pathlib import Path
 
 from indexer.storage.manifest import IndexFormatError
+from trainer.logs import add_logging_arguments, configure_logging
 
 EPILOG = """examples:
   aisle-serve --index ./index                 # serve what ./index/CURRENT names, on 127.0.0.1:50051
   aisle-serve --index ./index --port 0 --port-file /tmp/port   # any free port, written to a file
   AISLE_ADMIN_TOKEN=... aisle-serve --index ./index --host 0.0.0.0
+  aisle-serve --index ./index --http-port 8080   # + HTTP/JSON on :8080, playground at /ui
 
 scale-out: one server per shard (replicas are just more servers of the same shard), and a router
   aisle-serve --index ./index --shard 0/2 --port 7001      # and 7011 (a replica), 7002 (shard 1)
@@ -91,6 +93,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve Prometheus metrics on http://HOST:PORT/metrics (0 = a free port; off if unset)",
     )
     parser.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics")
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve the API as HTTP/JSON on this port (POST /v1/search, /v1/recommend, "
+        "/v1/similar, /v1/events; GET /v1/status, /healthz, /readyz, /docs), and the search "
+        "playground at /ui; same auth and TLS as gRPC; 0 = a free port; off if unset",
+    )
+    parser.add_argument(
+        "--http-host", default=None, help="address for the HTTP gateway (default: --host)"
+    )
+    parser.add_argument(
+        "--http-port-file", type=Path, help="write the bound HTTP port here once SERVING"
+    )
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM): enables TLS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument(
@@ -192,15 +208,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a shard with no replica answering fails the search with UNAVAILABLE",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_logging_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format, args.verbose)
     # Measured on the router: two OpenMP threads spun at 100 % between requests (~30 ms CPU
     # per query against ~5 ms passive, same latency), starving other processes on the host; and
     # a single server spinning between requests slows its own request threads the same way.
@@ -260,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             rate_burst=args.rate_burst,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            http_port=args.http_port,
+            http_host=args.http_host,
             tls=tls,
             events_dir=args.events_dir,
             shard=ShardSpec.parse(args.shard) if args.shard is not None else None,
@@ -276,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     except (IndexFormatError, ValueError, OSError) as error:
         print(f"aisle-serve: {error}", file=sys.stderr)
         return 2
-    if args.port_file is not None:
-        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
-        tmp.write_text(f"{server.port}\n")
-        os.replace(tmp, args.port_file)
+    for path, port in ((args.port_file, server.port), (args.http_port_file, server.http_port)):
+        if path is not None:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{port}\n")
+            os.replace(tmp, path)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

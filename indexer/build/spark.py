@@ -30,7 +30,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -109,13 +111,56 @@ class SparkConfig:
                 )
 
 
+MIN_JAVA = 17  # Spark 4 runs on Java 17 or 21
+_JAVA_VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
+
+
+def java_major_version(java: str) -> int | None:
+    """The major version `java -version` reports (8 for "1.8.0"), None if it says none."""
+    try:
+        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = _JAVA_VERSION.search(done.stderr + done.stdout)
+    if match is None:
+        return None
+    major = int(match[1])
+    return int(match[2] or 0) if major == 1 else major
+
+
+def check_java() -> None:
+    """ValueError, saying how to fix it, unless the Java Spark will start is MIN_JAVA or newer:
+    without this a missing or old Java ends in a long Py4J traceback
+    ("Java gateway process exited before sending its port number")."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    install = (
+        f"install Java {MIN_JAVA} (Debian/Ubuntu: apt-get install openjdk-{MIN_JAVA}-jre-headless)"
+        " and point JAVA_HOME at it, or use --engine local"
+    )
+    if java is None or not Path(java).is_file():
+        where = f"JAVA_HOME={java_home} has no bin/java" if java_home else "no java on PATH"
+        raise ValueError(f"--engine spark needs Java {MIN_JAVA} or newer, and {where}: {install}")
+    major = java_major_version(java)
+    if major is None:
+        raise ValueError(f"--engine spark: {java} -version did not run or say a version: {install}")
+    if major < MIN_JAVA:
+        raise ValueError(
+            f"--engine spark needs Java {MIN_JAVA} or newer; {java} is Java {major}: {install}"
+        )
+
+
 def spark_session(master: str | None = None, app_name: str = "aisle-reindex") -> Any:
     """Get or create a Spark session with Arrow on and quiet logs.
 
     Workers must run this virtualenv's Python (else they lack pandas, torch and Aisle), so
-    ``PYSPARK_PYTHON`` is set to ``sys.executable`` when it is unset.
+    ``PYSPARK_PYTHON`` is set to ``sys.executable`` when it is unset. ValueError when no
+    suitable Java is found (check_java).
     """
     from pyspark.sql import SparkSession
+
+    if SparkSession.getActiveSession() is None:
+        check_java()
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

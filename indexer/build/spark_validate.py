@@ -37,6 +37,7 @@ from trainer.data.catalog import (
     catalog_item_id,
     catalog_schema,
     catalog_table,
+    check_catalog_columns,
     extra_kind_problem,
     note_extra_kinds,
     read_catalog,
@@ -107,6 +108,7 @@ def validate_catalog_spark(spark: Any, path: str | Path, out: str | Path) -> Val
     """
     path, out = Path(path), Path(out)
     fmt = check_data_file(path)
+    check_catalog_columns(Path(path))
     if fmt == "csv":
         logger.info("%s: CSV cells may span lines; validating on the driver", path)
         return _write_on_driver(read_catalog(path), out)

@@ -20,7 +20,7 @@ from trainer.data.fields import (
     scalar_kind,
     to_str,
 )
-from trainer.data.rows import DataError, iter_rows
+from trainer.data.rows import DataError, header_columns, iter_rows
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,28 @@ def read_catalog(path: str | Path) -> Catalog:
     """
     path = Path(path)
     rows_iter, text = iter_rows(path)
+    check_catalog_columns(path)
     return _catalog_from_rows(rows_iter, path, text=text)
+
+
+def check_catalog_columns(path: Path) -> None:
+    """DataError when a CSV header or Parquet schema lacks item_id or title: a header problem,
+    said once as one, not as "missing required field" on the first row."""
+    columns = header_columns(path)
+    if columns is None:
+        return
+    missing = [name for name in ("item_id", "title") if name not in columns]
+    if missing:
+        csv = path.name.endswith((".csv", ".csv.gz"))
+        shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
+        raise DataError(
+            path,
+            1 if csv else None,
+            f"the {'header' if csv else 'schema'} has no {' or '.join(map(repr, missing))} "
+            f"column (it has: {shown}); a catalog needs item_id and title: rename the "
+            "columns that hold the product id and name",
+            field=missing[0],
+        )
 
 
 def catalog_from_records(records: Iterable[Mapping[str, Any]], source: str) -> Catalog:

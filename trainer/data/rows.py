@@ -181,6 +181,21 @@ def iter_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], bool]:
     return _iter_parquet(path), False
 
 
+def header_columns(path: Path) -> list[str] | None:
+    """The column names a CSV header or a Parquet schema declares; None for JSON lines (each
+    record names its own fields) or an empty CSV."""
+    fmt = _file_format(path)
+    if fmt == "parquet":
+        return list(_open_parquet(path).schema_arrow.names)
+    if fmt == "csv":
+        try:
+            with _open_text(path, "utf-8-sig", newline="") as f:
+                return next(csv.reader(f), None)
+        except (UnicodeDecodeError, csv.Error, OSError, EOFError):
+            return None  # the row reader reports it, with its line
+    return None
+
+
 def check_data_file(path: str | Path) -> str:
     """The checks a reader makes before it reads rows: a supported file name, an existing file
     and, for Parquet, a readable footer.
