@@ -85,3 +85,18 @@ def test_serve_cli_refuses_a_port_in_use(server, index_root, capsys) -> None:
     assert cli_serve.main(argv) == 2
     error = capsys.readouterr().err
     assert f"could not bind 127.0.0.1:{server.port}" in error and "in use" in error
+
+
+def test_serve_cli_refuses_a_catalog_file_before_listening(tmp_path, capsys) -> None:
+    catalog = tmp_path / "products.jsonl"
+    catalog.write_text('{"item_id": "A", "title": "red sofa"}\n')
+    assert cli_serve.main(["--index", str(catalog), "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "is a file (a catalog?)" in captured.err
+    assert f"aisle-index build --catalog {catalog} --out ./index" in captured.err
+    assert "serving on" not in captured.err and "listening on" not in captured.err
+
+
+def test_serve_cli_refuses_a_directory_without_an_index(tmp_path, capsys) -> None:
+    assert cli_serve.main(["--index", str(tmp_path), "--port", "0"]) == 2
+    assert "no index in it" in capsys.readouterr().err
