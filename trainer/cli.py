@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from trainer.logs import configure_logging
 
 _EPILOG = """\
 examples:
@@ -222,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``aisle-train``; returns 0, 2 for bad data or config, 1 for I/O errors."""
     args = _parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(verbose=verbose)  # faiss.loader's INFO noise demoted
     from trainer.training.run import train, train_distributed
 
     try:

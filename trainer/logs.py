@@ -64,7 +64,9 @@ def configure_logging(level: str | None = None, fmt: str = "text", verbose: bool
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # Not force=True: a process that already logs somewhere (a test runner, an embedding
+    # application) keeps its handlers.
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     numeric = logging.getLevelName(level.upper())
     for name in _NOISY:
         logging.getLogger(name).setLevel(

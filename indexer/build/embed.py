@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ class ItemEncoder(Protocol):
         batch_size: int = 32,
         show_progress: bool = False,
         max_length: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray: ...
 
 
@@ -60,14 +61,17 @@ def encode_chunks(
     *,
     batch_size: int,
     max_length: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[np.ndarray]:
-    """Encode each chunk of item texts (max_length: token cap, None = the model's default).
+    """Encode each chunk of item texts (max_length: token cap, None = the model's default;
+    on_batch: called with the item count after every forward pass, for progress).
 
     Yields:
         (len(chunk), encoder.dim) float32 arrays, one per chunk, in order.
     """
     for texts in text_chunks:
-        xb = encoder.encode_items(texts, batch_size=batch_size, max_length=max_length)
+        progress = {"on_batch": on_batch} if on_batch is not None else {}
+        xb = encoder.encode_items(texts, batch_size=batch_size, max_length=max_length, **progress)
         xb = np.asarray(xb, dtype=np.float32)  # (len(texts), dim)
         if xb.shape != (len(texts), encoder.dim):
             raise ValueError(

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from indexer.build.config import BuildConfig
 from indexer.build.embed import (
@@ -24,6 +23,7 @@ from indexer.build.pipeline import BuildJob, ShardBuild, ShardSettings, build_ve
 from indexer.storage.layout import IndexRoot, rows_file_name, vectors_file_name
 from indexer.storage.manifest import file_sha256
 from trainer.data.catalog import read_catalog
+from trainer.progress import progress_bar
 
 __all__ = ["LocalEngine", "build_index"]
 
@@ -96,24 +96,28 @@ class LocalEngine:
         config, catalog, encoder, stored = job.config, job.catalog, job.encoder, self.stored
         writer = ShardVectorWriter(version_dir, job.shard_ids, config.shards, encoder.dim)
         t_encode = time.perf_counter()
-        if stored is None:
-            vector_chunks = encode_chunks(
-                encoder,
-                item_text_chunks(catalog.records(), _CHUNK_ITEMS),
-                batch_size=config.batch_size,
-                max_length=config.max_item_length,
-            )
-        else:
-            vector_chunks = stored.chunks(catalog, encoder, config, job.updates)
         desc = "embedding items" if stored is None else "reading item vectors"
-        with tqdm(total=len(catalog), desc=desc, unit="item") as bar:
+        # The bar moves per encoder batch (rate and ETA from the start), not per chunk of
+        # 2,048 items: a CPU embedding a large model took minutes per chunk.
+        with progress_bar(len(catalog), desc) as bar:
+            if stored is None:
+                vector_chunks = encode_chunks(
+                    encoder,
+                    item_text_chunks(catalog.records(), _CHUNK_ITEMS),
+                    batch_size=config.batch_size,
+                    max_length=config.max_item_length,
+                    on_batch=bar.update,
+                )
+            else:
+                vector_chunks = stored.chunks(catalog, encoder, config, job.updates)
             start = 0
             for xb in vector_chunks:
                 # Replayed upserts keep their logged vectors (same model).
                 xb = job.updates.kept.patch(np.arange(start, start + len(xb)), xb)
                 writer.write(xb)
                 start += len(xb)
-                bar.update(len(xb))
+                if stored is not None:
+                    bar.update(len(xb))
         writer.close()
         seconds = time.perf_counter() - t_encode
         logger.info(

@@ -148,6 +148,7 @@ class Encoder:
         batch_size: int = 32,
         show_progress: bool = False,
         max_length: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Encode item texts (built with ``trainer.text.item_text``).
 
@@ -156,13 +157,15 @@ class Encoder:
             batch_size: texts per forward pass.
             show_progress: draw a tqdm bar over the items.
             max_length: token limit; default ``info.max_item_length``.
+            on_batch: called with the number of texts after each forward pass (a caller's
+                progress bar over more than this call).
 
         Returns:
             (n, dim) float32, L2-normalised rows (unless ``info.normalize`` is false), in input
             order; (0, dim) for no texts.
         """
         length = self.info.max_item_length if max_length is None else max_length
-        return self._encode(self._item_tower, texts, batch_size, length, show_progress)
+        return self._encode(self._item_tower, texts, batch_size, length, show_progress, on_batch)
 
     def _encode(
         self,
@@ -171,6 +174,7 @@ class Encoder:
         batch_size: int,
         max_length: int,
         show_progress: bool,
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -198,6 +202,8 @@ class Encoder:
                 out[rows] = tower.encode([texts[r] for r in rows], max_length)  # (b, dim)
                 if progress is not None:
                     progress.update(len(rows))
+                if on_batch is not None:
+                    on_batch(len(rows))
         finally:
             if progress is not None:
                 progress.close()

@@ -40,6 +40,7 @@ from trainer.encoder.model_dir import (
 from trainer.encoder.onnx_tower import ONNX_META_KEYS, ONNX_OUTPUT_NAME, QUERY_ONNX_FILE, OnnxTower
 from trainer.encoder.torch_tower import TorchTower, pool_embeddings
 from trainer.io import atomic_path
+from trainer.progress import heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def _export(model_dir: Path, info: ModelInfo, opset: int | None) -> Path:
     }
     final = tower_dir / QUERY_ONNX_FILE
     # Replaced only once ORT reproduced torch on the written file (else the old one stays).
-    with atomic_path(final) as tmp:
+    with atomic_path(final) as tmp, heartbeat("exporting the query tower to ONNX", logger):
         program = _torch_export(tower, info, opset)
         program.model.metadata_props.update(metadata)
         # One self-contained file: MiniLM's 90 MB of weights are far below protobuf's 2 GB cap.

@@ -1,0 +1,61 @@
+"""Progress a person can read on long stages: a per-batch item bar with rate and ETA, and a
+heartbeat for stages that cannot count (an ONNX export, a FAISS train)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+HEARTBEAT_S = 5.0  # a silent stage says it is alive this often
+
+
+def progress_bar(total: int, desc: str, unit: str = "item") -> tqdm:
+    """A tqdm bar on stderr with count, rate and ETA. On a terminal it redraws in place; into
+    a file or pipe (a CI log) it writes a new line at most every few seconds instead of
+    hundreds of carriage returns."""
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        mininterval=0.2 if interactive else HEARTBEAT_S,
+        ascii=not interactive,
+        dynamic_ncols=interactive,
+        **(
+            {}
+            if interactive
+            else {
+                "bar_format": "{desc}: {n_fmt}/{total_fmt} {unit}s "
+                "[{elapsed}<{remaining}, {rate_fmt}]\n"
+            }
+        ),
+    )
+
+
+@contextmanager
+def heartbeat(what: str, logger: logging.Logger, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """Log "`what`…" now, "`what`: still running (N s)" every `every_s` while the block runs,
+    and "`what`: done in N s" at the end."""
+    started = time.monotonic()
+    stop = threading.Event()
+    logger.info("%s…", what)
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            logger.info("%s: still running (%.0f s)", what, time.monotonic() - started)
+
+    thread = threading.Thread(target=beat, name="aisle-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    logger.info("%s: done in %.1f s", what, time.monotonic() - started)
