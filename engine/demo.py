@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.logs import configure_logging
+
 log = logging.getLogger("aisle.demo")
 
 DEMO_QUERIES = (
@@ -49,9 +51,7 @@ def _wait_for_port(port_file: Path, server: subprocess.Popen, timeout_s: float) 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()  # faiss.loader's INFO noise demoted
     from engine.cli.search import format_table
     from engine.client import AisleClient
     from indexer.build.config import BuildConfig
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if not model.exists():
         # The packaged all-MiniLM-L6-v2 plus its query tower exported to ONNX: the server then
         # encodes queries with ONNX Runtime (about 3x faster than torch at batch 1 on a CPU).
+        log.info("loading torch for the ONNX export of the packaged model's query tower…")
         try:
             from trainer.encoder.onnx_export import export_query_tower
 

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from indexer.build.config import BuildConfig
 from indexer.build.pipeline import BuildJob, ShardBuild, ShardSettings, build_version, write_shard
+from indexer.build.spark_progress import spark_progress
 from indexer.build.spark_validate import ROW, ValidatedCatalog, validate_catalog_spark
 from indexer.build.tune import TuneResult
 from indexer.live.fold import BuildUpdates, KeptVectors
@@ -355,19 +356,20 @@ def build_index_spark(
     # Executors write the validated catalog beside the work dirs (so on shared storage). It
     # serves this run only (it is quick to redo), so it goes whether the build works or not.
     scratch = root.root / WORK_DIR / f"catalog-{uuid.uuid4().hex[:16]}"
-    try:
-        validated = validate_catalog_spark(spark, config.catalog, scratch)
-        # The driver-side steps (live updates, BM25, users, items.parquet) need every item: the
-        # typed Arrow table only (read_catalog on the driver also held every row as a dict).
-        catalog = validated.to_catalog()
-        # The driver loads the model too: its fingerprint and dim, and tuning queries to encode.
-        encoder = load_encoder(config.model, device="cpu")
-        engine = SparkEngine(spark, spark_config, validated)
-        return build_version(config, catalog, encoder, engine, started=started)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            scratch.parent.rmdir()  # only when no work dir is left
+    with spark_progress(spark):  # a line per running stage every few seconds
+        try:
+            validated = validate_catalog_spark(spark, config.catalog, scratch)
+            # The driver-side steps (live updates, BM25, users, items.parquet) need every item: the
+            # typed Arrow table only (read_catalog on the driver also held every row as a dict).
+            catalog = validated.to_catalog()
+            # The driver loads the model too: its fingerprint and dim, and tuning queries to encode.
+            encoder = load_encoder(config.model, device="cpu")
+            engine = SparkEngine(spark, spark_config, validated)
+            return build_version(config, catalog, encoder, engine, started=started)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                scratch.parent.rmdir()  # only when no work dir is left
 
 
 class SparkEngine:

@@ -95,7 +95,10 @@ def export_query_tower(
     src = Path(model_dir)
     info = check_model_dir(src)
     if out_dir is not None and Path(out_dir).resolve() != src.resolve():
-        return _export_into_copy(src, Path(out_dir), info, opset)
+        # Loading torch and the tower, tracing, saving and the parity check: a minute or more
+        # of silence on a small CPU without the heartbeat.
+        with heartbeat(f"exporting the query tower of {src.name} to ONNX", logger):
+            return _export_into_copy(src, Path(out_dir), info, opset)
     if is_default_model_dir(src):
         raise ValueError(
             f"{str(src)!r} is the packaged base model, which must not be written to; pass an "
@@ -106,7 +109,8 @@ def export_query_tower(
         raise ValueError(
             f"cannot write into {str(tower_dir)!r}; pass an out dir to export into a copy"
         )
-    return _export(src, info, opset)
+    with heartbeat(f"exporting the query tower of {src.name} to ONNX", logger):
+        return _export(src, info, opset)
 
 
 def _export_into_copy(src: Path, dest: Path, info: ModelInfo, opset: int | None) -> Path:
@@ -164,7 +168,7 @@ def _export(model_dir: Path, info: ModelInfo, opset: int | None) -> Path:
     }
     final = tower_dir / QUERY_ONNX_FILE
     # Replaced only once ORT reproduced torch on the written file (else the old one stays).
-    with atomic_path(final) as tmp, heartbeat("exporting the query tower to ONNX", logger):
+    with atomic_path(final) as tmp:
         program = _torch_export(tower, info, opset)
         program.model.metadata_props.update(metadata)
         # One self-contained file: MiniLM's 90 MB of weights are far below protobuf's 2 GB cap.

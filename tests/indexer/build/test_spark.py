@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,22 @@ def test_replays_pending_updates_like_local_build(spark, flat_root_copy, catalog
     np.testing.assert_array_equal(version.vectors([version.row_of("NEW")]), xb[:1])
     np.testing.assert_array_equal(version.vectors([version.row_of("SKU0001")]), xb[1:])
     assert LiveIndex.open(flat_root_copy).pending_updates == 0
+
+
+def test_running_stages_are_logged_every_few_seconds(spark, caplog):
+    """A Spark job says what it is doing while it runs (it printed nothing for 47 minutes)."""
+    import time as _time
+
+    from indexer.build.spark_progress import spark_progress
+
+    def slow(rows):
+        _time.sleep(1.5)
+        return [sum(1 for _ in rows)]
+
+    with caplog.at_level(logging.INFO, logger="indexer.build.spark_progress"):
+        with spark_progress(spark, every_s=0.5):
+            counts = spark.sparkContext.parallelize(range(40), 4).mapPartitions(slow).collect()
+    assert sum(counts) == 40
+    lines = [r.getMessage() for r in caplog.records if r.name == "indexer.build.spark_progress"]
+    assert lines, "no progress line while a 3 s job ran"
+    assert any(re.search(r"spark stage \d+ \(collect\): \d/4 tasks done", line) for line in lines)
