@@ -28,7 +28,8 @@ class TickingBar(tqdm):
         self._ticker.start()
 
     def _tick(self) -> None:
-        while not self._stop_ticking.wait(self._every_s):
+        # Checked four times per period, so no line is ever more than 1.25 periods old.
+        while not self._stop_ticking.wait(self._every_s / 4):
             if time.monotonic() - self._last_shown >= self._every_s:
                 self.refresh()
 
