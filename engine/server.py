@@ -217,16 +217,6 @@ class AisleServer:
                 servicers["IndexAdmin"], self._server
             )
             events_pb2_grpc.add_EventsServicer_to_server(servicers["Events"], self._server)
-            if config.http_port is not None:
-                # The same servicers behind the same interceptor: one implementation, two edges.
-                app = create_app(Bridge(interceptor), servicers, ready=self._ready)
-                tls = config.tls
-                self._gateway = HttpGateway(
-                    app,
-                    config.http_host or config.host,
-                    config.http_port,
-                    HttpTls(tls.cert, tls.key, tls.client_ca) if tls is not None else None,
-                )
         address = f"{config.host}:{config.port}"
         try:
             if config.tls is not None:
@@ -239,6 +229,16 @@ class AisleServer:
             raise OSError(
                 f"could not bind {address}: the port is in use (another aisle-serve?) "
                 "or the address is not local"
+            )
+        if config.http_port is not None and config.shard is None:
+            # The same servicers behind the same interceptor: one implementation, two edges.
+            app = create_app(Bridge(interceptor), servicers, ready=self._ready)
+            tls = config.tls
+            self._gateway = HttpGateway(
+                app,
+                config.http_host or config.host,
+                config.http_port,
+                HttpTls(tls.cert, tls.key, tls.client_ca) if tls is not None else None,
             )
         self.metrics_port: int | None = None
         self._clients: ShardClients | None = None  # a router's, to its shard servers

@@ -58,6 +58,12 @@ def test_serve_cli_runs_until_sigterm(index_root, tmp_path) -> None:
             "0",
             "--port-file",
             str(port_file),
+            "--http-port",
+            "0",
+            "--http-port-file",
+            str(tmp_path / "http-port"),
+            "--log-format",
+            "json",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -71,11 +77,17 @@ def test_serve_cli_runs_until_sigterm(index_root, tmp_path) -> None:
             time.sleep(0.1)
         port = int(port_file.read_text())
         assert cli_search.main(["--addr", f"127.0.0.1:{port}", "--k", "2", "sofa"]) == 0
+        http_port = int((tmp_path / "http-port").read_text())
+        import httpx
+
+        assert httpx.get(f"http://127.0.0.1:{http_port}/readyz").status_code == 200
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert f"127.0.0.1:{port}" in output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any(line["logger"] == "aisle.access" and line["method"] == "Search" for line in lines)
 
 
 def test_serve_cli_refuses_a_port_in_use(server, index_root, capsys) -> None:
