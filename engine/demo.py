@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             str(port_file),
             "--workers",
             "4",
+            "--no-access-log",  # the demo prints each answer itself
         ],
     )
     try:
