@@ -122,8 +122,9 @@ def create_app(
 
     for verb, path, name, request_class, attr, summary in ROUTES:
         service = name.split(".")[-1].split("/")[0]
-        servicer = servicers[service]
-        handler = getattr(servicer, attr)
+        handler = getattr(servicers[service], attr, None)
+        if handler is None:
+            continue  # a servicer without this method (a stand-in): no route
         response_class = _response_class(name)
         add_route(verb, path, Method(name, request_class, handler), summary, response_class)
 

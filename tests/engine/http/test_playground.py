@@ -79,3 +79,54 @@ def test_playground_shows_the_servers_error(ui_server):
     html = dom.stdout
     assert 'data-state="error"' in html
     assert re.search(r'<div id="error" class="error">INVALID_ARGUMENT: query', html), html[-2000:]
+
+
+FEATURES = ("dense_similarity", "popularity")
+
+
+class _RankedRetrieval:
+    """Search answers with ranker explanations, as an index with a ranker gives them (issue
+    #16's ranker is not on this branch yet): the page is what is under test here."""
+
+    def Search(self, request, context):  # noqa: N802
+        from aisle.v1 import types_pb2
+
+        response = retrieval_pb2.SearchResponse(mode=retrieval_pb2.SEARCH_MODE_RANKED)
+        for i, contributions in enumerate(([0.8, -0.3], [0.2, 0.1])):
+            hit = response.hits.add(item_id=f"R{i}", score=1.0 - i / 10)
+            hit.fields.update({"title": f"ranked item {i}"})
+            hit.explanation.CopyFrom(
+                types_pb2.Explanation(
+                    bias=0.1,
+                    ranker_score=0.1 + sum(contributions),
+                    features=[
+                        types_pb2.FeatureContribution(name=name, value=1.5, contribution=c)
+                        for name, c in zip(FEATURES, contributions, strict=True)
+                    ],
+                )
+            )
+        return response
+
+
+def test_playground_draws_ranker_explanations(tmp_path):
+    from engine.api.interceptor import ServingInterceptor
+    from engine.http.app import create_app
+    from engine.http.bridge import Bridge
+    from engine.http.gateway import HttpGateway
+
+    servicers = {"Retrieval": _RankedRetrieval(), "IndexAdmin": object(), "Events": object()}
+    app = create_app(Bridge(ServingInterceptor()), servicers, ready=lambda: True)
+    gateway = HttpGateway(app, "127.0.0.1", 0)
+    gateway.start()
+    try:
+        url = f"http://127.0.0.1:{gateway.port}/ui?q=shoes&explain=1&facets="
+        html = _chromium("--dump-dom", url).stdout
+        shot = tmp_path / "explanations.png"
+        _chromium("--window-size=1280,800", f"--screenshot={shot}", url)
+    finally:
+        gateway.stop()
+    assert 'data-state="done"' in html, html[-2000:]
+    assert "ranker score 0.6000 = bias 0.1000 + contributions" in html
+    assert re.search(r'class="bar neg" style="width:\d+px"></span> popularity', html)
+    assert "dense_similarity = 1.500 → 0.8000" in html
+    assert shot.stat().st_size > 10_000
