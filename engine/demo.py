@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port_file = args.out / "server.port"
     port_file.unlink(missing_ok=True)
+    log.info("starting aisle-serve on a free port; it loads the model and the index first…")
     server = subprocess.Popen(
         [
             sys.executable,
