@@ -135,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ranker.save(args.out / f"ranker-{args.dataset}.json")
     qs_dev = prepare_queries(version, source, encoder, dev, show_progress=True)
     orders = {
-        "ranked": [np.argsort(-ranker.predict(X), kind="stable") for X in qs_dev.features],
+        "ranked": [
+            ranker.order(X, c.rows)[0]
+            for X, c in zip(qs_dev.features, qs_dev.candidates, strict=True)
+        ],
         "hybrid": [
             hybrid_order(X, c) for X, c in zip(qs_dev.features, qs_dev.candidates, strict=True)
         ],

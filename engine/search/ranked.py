@@ -77,8 +77,7 @@ class RankingStage:
             lexical_state=lexical_state,
         )
         X = compute_features(source, text, xq, candidates)
-        scores = self.ranker.predict(X)
-        order = np.lexsort((candidates.rows, -scores))  # best first, ties by lower row
+        order, scores = self.ranker.order(X, candidates.rows)
         return RankedCandidates(
             scores=scores[order].astype(np.float32),
             rows=candidates.rows[order],

@@ -62,6 +62,12 @@ class Ranker:
             return np.zeros(0, np.float64)
         return np.asarray(self.booster.predict(X, num_threads=1), np.float64)
 
+    def order(self, X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions best first, scores) of candidates with features X (n, F) and global rows
+        (n,): by score descending, ties by the lower row (as the server orders them)."""
+        scores = self.predict(X)
+        return np.lexsort((rows, -scores)), scores
+
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """(n, len(features) + 1) float64 SHAP contributions (TreeSHAP, LightGBM's
         ``pred_contrib``); the last column is the bias, and each row sums to ``predict``."""

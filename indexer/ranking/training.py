@@ -254,7 +254,9 @@ def evaluate_ranker(
         "lexical": [np.argsort(c.lexical_rank, kind="stable") for c in qs.candidates],
     }
     if ranker is not None:
-        orders["ranked"] = [np.argsort(-ranker.predict(X), kind="stable") for X in qs.features]
+        orders["ranked"] = [
+            ranker.order(X, c.rows)[0] for X, c in zip(qs.features, qs.candidates, strict=True)
+        ]
     return rankings_metrics(qs, orders, table, ks=ks, recall_grade=recall_grade, recall_k=recall_k)
 
 

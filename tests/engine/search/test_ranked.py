@@ -14,7 +14,7 @@ from aisle.v1 import retrieval_pb2
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
 from indexer.build.ranker import attach_ranker
-from indexer.ranking.model import RANKER_FILE, RankerMismatchError
+from indexer.ranking.model import RANKER_FILE, Ranker, RankerMismatchError
 from indexer.ranking.spec import FEATURE_SPEC_VERSION, FEATURES
 from indexer.ranking.training import RankerConfig, prepare_queries, train_ranker, version_source
 from indexer.storage.layout import resolve_version_dir
@@ -120,3 +120,22 @@ def test_a_ranker_of_another_model_is_refused(tmp_path, ranked_root):
     )
     with pytest.raises(RankerMismatchError, match="fingerprint"):
         attach_ranker(root, path)
+
+
+def test_bench_rank_baselines_are_what_the_server_serves(ranked_server, ranked_root):
+    """bench_rank's hybrid order over the candidates = the server's hybrid ranking; its ranked
+    order = the server's ranked one (same candidates, same features, same model)."""
+    from benchmarks.bench_rank import hybrid_order
+
+    _, labels, qs = ranked_root
+    model = Ranker.load(resolve_version_dir(ranked_root[0]) / RANKER_FILE)
+    with AisleClient(f"127.0.0.1:{ranked_server.port}") as client:
+        for i, qid in enumerate(qs.query_ids[:3]):
+            c, X = qs.candidates[i], qs.features[i]
+            ids = [str(qs.item_ids[r]) for r in c.rows]
+            hybrid = [ids[p] for p in hybrid_order(X, c)][:10]
+            served = client.search(labels.queries[qid], 10, mode=HYBRID)
+            assert [h.item_id for h in served.hits] == hybrid
+            ranked = [ids[p] for p in model.order(X, c.rows)[0]][:10]
+            served = client.search(labels.queries[qid], 10, mode=RANKED)
+            assert [h.item_id for h in served.hits] == ranked
