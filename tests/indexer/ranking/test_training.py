@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from indexer.build.compact import compact
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
+from indexer.cli import rank_main
 from indexer.ranking.model import RANKER_FILE, Ranker, RankerMismatchError
 from indexer.ranking.training import (
     RankerConfig,
@@ -143,3 +145,63 @@ def test_too_few_labelled_queries(prepared):
     small = prepare_queries(version, source, encoder, few, depth=5)
     with pytest.raises(ValueError, match="at least 4"):
         train_ranker(small, RankerConfig(), model_fingerprint="f", fields=("title",))
+
+
+def test_compaction_carries_the_ranker(tmp_path, title_catalog, tiny_model_dir, ranker):
+    (tmp_path / "ranker.json").write_text(ranker.to_json())
+    root = tmp_path / "idx"
+    build_index(
+        BuildConfig(
+            catalog=title_catalog[0],
+            out=root,
+            model=tiny_model_dir,
+            ranker=tmp_path / "ranker.json",
+        )
+    )
+    version_dir = compact(root)
+    assert (version_dir / RANKER_FILE).read_text() == ranker.to_json()
+    assert IndexVersion.open(version_dir, verify=True).manifest.build["ranker"]
+
+
+def test_aisle_rank_train_and_evaluate(tmp_path, index_root, title_catalog, capsys):
+    labels = ranking_labels(title_catalog[1])
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"query_id": q, "query": labels.queries[q], "item_id": i, "grade": g}) + "\n"
+            for q, grades in labels.judgments.items()
+            for i, g in grades.items()
+        )
+    )
+    out = tmp_path / "ranker.json"
+    assert (
+        rank_main(
+            [
+                "train",
+                "--index",
+                str(index_root),
+                "--labels",
+                str(path),
+                "--out",
+                str(out),
+                "--max-rounds",
+                "20",
+            ]
+        )
+        == 0
+    )
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["ranker"] == str(out) and trained["rounds"] >= 1
+    assert Ranker.load(out).fields == ("title",)
+    assert (
+        rank_main(
+            ["evaluate", "--index", str(index_root), "--labels", str(path), "--ranker", str(out)]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"dense", "lexical", "ranked"}
+    assert report["ranked"]["ndcg@10"]["n"] == len(labels.queries)
+    # the index root has no ranker of its own
+    assert rank_main(["evaluate", "--index", str(index_root), "--labels", str(path)]) == 2
+    assert "not a readable ranker file" in capsys.readouterr().err
