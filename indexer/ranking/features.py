@@ -15,7 +15,7 @@ import numpy as np
 from indexer.lexical.analysis import analyze
 from indexer.lexical.index import LexicalIndex, LexicalState
 from indexer.ranking.fields import FieldIndex, number_tokens
-from indexer.ranking.spec import FEATURES, FIELDS, TOP_CATEGORY_DEPTH
+from indexer.ranking.spec import FEATURES, FIELDS, FUSION_ALPHA, TOP_CATEGORY_DEPTH
 from indexer.rerank.columns import ItemColumns
 from indexer.rerank.vectors import VectorStore
 
@@ -150,6 +150,28 @@ def compute_features(
         put("category_share", np.where(codes >= 0, counts[np.maximum(codes, 0)] / len(top), np.nan))
     put("query_terms", float(n_terms))
     put("query_has_number", float(bool(tokens)))
-    put("query_lexical_max", float(lexical.max()))
-    put("query_dense_max", float(dense.max()))
+    lexical_max, dense_max = float(lexical.max()), float(dense.max())
+    put("query_lexical_max", lexical_max)
+    put("query_dense_max", dense_max)
+    in_dense = candidates.dense_rank < absent
+    in_lexical = candidates.lexical_rank < absent
+    dense_norm = _min_max_within(dense, in_dense)
+    lexical_norm = _min_max_within(lexical, in_lexical)
+    put("dense_norm", dense_norm)
+    put("lexical_norm", lexical_norm)
+    put("fused_score", FUSION_ALPHA * dense_norm + (1.0 - FUSION_ALPHA) * lexical_norm)
+    put("dense_gap", dense_max - dense)
+    put("lexical_ratio", lexical / lexical_max if lexical_max > 0 else np.nan)
     return X
+
+
+def _min_max_within(scores: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Scores min-max scaled over the members of one channel's list, 0 for the rest (as the
+    hybrid blend normalises, ``engine.search.fusion.normalize_scores``: an all-equal list is 1)."""
+    out = np.zeros(len(scores), dtype=np.float64)
+    if not member.any():
+        return out
+    s = scores[member].astype(np.float64)
+    low, high = s.min(), s.max()
+    out[member] = 1.0 if high == low else (s - low) / (high - low)
+    return out

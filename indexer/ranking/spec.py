@@ -13,6 +13,7 @@ __all__ = [
     "FEATURE_DOCS",
     "FEATURE_SPEC_VERSION",
     "FIELDS",
+    "FUSION_ALPHA",
     "TOP_CATEGORY_DEPTH",
 ]
 
@@ -27,6 +28,9 @@ CANDIDATES_PER_CHANNEL = 100
 # "Matched category": the share of the dense channel's top this many that share the item's
 # category (a query-level signal of which department the query is about).
 TOP_CATEGORY_DEPTH = 20
+# The dense weight of the fused_score feature: the server's default hybrid blend
+# (engine.search.types.DEFAULT_FUSION, min-max normalisation; a test keeps them equal).
+FUSION_ALPHA = 0.3
 
 # (name, what it is). Missing values are NaN (LightGBM's missing), never a made-up 0.
 _SPEC = (
@@ -36,6 +40,12 @@ _SPEC = (
     ("lexical_score", "BM25 of the query over the item text (the lexical channel's score)"),
     ("lexical_rank", "1-based rank in the lexical channel's top N; N + 1 when not retrieved"),
     ("both_channels", "1 when both channels retrieved the item, else 0"),
+    ("dense_norm", "dense_score min-max scaled over the dense list (0 when not in it)"),
+    ("lexical_norm", "lexical_score min-max scaled over the lexical list (0 when not in it)"),
+    ("fused_score", "FUSION_ALPHA * dense_norm + (1 - FUSION_ALPHA) * lexical_norm: the hybrid "
+     "mode's default blend, so the ranker starts from what hybrid knows"),
+    ("dense_gap", "query_dense_max - dense_score"),
+    ("lexical_ratio", "lexical_score / query_lexical_max; NaN when no candidate matches a term"),
     ("bm25_title", "BM25 of the query over the title alone"),
     ("bm25_brand", "BM25 over the brand"),
     ("bm25_category", "BM25 over the category path"),

@@ -11,7 +11,7 @@ import pytest
 from indexer.lexical.index import LexicalIndex
 from indexer.ranking.features import FeatureSource, compute_features, union_candidates
 from indexer.ranking.fields import FieldIndex, field_text, number_tokens, present_fields
-from indexer.ranking.spec import FEATURES, FIELDS
+from indexer.ranking.spec import FEATURES, FIELDS, FUSION_ALPHA
 from indexer.rerank.columns import ItemColumns
 from indexer.rerank.vectors import VectorStore
 
@@ -141,7 +141,28 @@ def test_compute_features_by_hand(source):
     # dense top (B, A, then D and C tied at rank 3 in row order): furniture 2 of 4
     np.testing.assert_allclose(col(X, "category_share"), [2 / 4, 1 / 4, 2 / 4, 1 / 4])
     assert col(X, "query_dense_max").tolist() == pytest.approx([0.8] * 4)
-    assert col(X, "query_lexical_max")[0] == pytest.approx(col(X, "lexical_score").max())
+    lexical = col(X, "lexical_score")
+    assert col(X, "query_lexical_max")[0] == pytest.approx(lexical.max())
+    # min-max within each list: dense list = B (0.8), A (0.6); lexical list = B, D, C
+    np.testing.assert_allclose(col(X, "dense_norm"), [1.0, 0.0, 0.0, 0.0], atol=1e-6)
+    in_lex = [0, 2, 3]
+    lo, hi = lexical[in_lex].min(), lexical[in_lex].max()
+    expected_lexical_norm = np.array(
+        [(lexical[i] - lo) / (hi - lo) if i in in_lex else 0.0 for i in range(4)]
+    )
+    np.testing.assert_allclose(col(X, "lexical_norm"), expected_lexical_norm, rtol=1e-5)
+    np.testing.assert_allclose(
+        col(X, "fused_score"), 0.3 * col(X, "dense_norm") + 0.7 * expected_lexical_norm, rtol=1e-5
+    )
+    np.testing.assert_allclose(col(X, "dense_gap"), [0.0, 0.2, 0.8, 0.8], atol=1e-6)
+    np.testing.assert_allclose(col(X, "lexical_ratio"), lexical / lexical.max(), rtol=1e-6)
+
+
+def test_fused_score_is_the_servers_default_blend():
+    from engine.search.types import DEFAULT_FUSION
+
+    assert (DEFAULT_FUSION.method, DEFAULT_FUSION.norm) == ("blend", "minmax")
+    assert DEFAULT_FUSION.alpha == FUSION_ALPHA
 
 
 def test_compute_features_empty(source):
