@@ -31,7 +31,9 @@ on the real dev queries. It is dense-only (no BM25 over 1M repeated titles), so 
 rows.
 
 ``python -m benchmarks.bench_latency [--preset S|M|L|1M] [--modes dense,hybrid] [--soak MINUTES]
-[--model DIR]``
+[--model DIR]``; ``--modes dense,hybrid,ranked --ranker FILE`` adds hybrid and ranked at
+concurrency 1, in alternating blocks on one server over a copy of the index with the ranker
+attached, and the ranking stage's cost (ranked minus hybrid p50/p99).
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ PRESETS = {
         tune_on_dev_queries=True,
     ),
 }
-MODES = ("dense", "hybrid")
+MODES = ("dense", "hybrid", "ranked")
+DEFAULT_MODES = ("dense", "hybrid")  # ranked needs --ranker
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -543,10 +546,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes",
         type=parse_modes,
-        default=MODES,
+        default=DEFAULT_MODES,
         help="comma list: dense (always) and hybrid (concurrency "
         f"{', '.join(map(str, PRESETS['S'].hybrid_concurrency))}, where the index has BM25) "
+        "and ranked (concurrency 1, paired with hybrid on the same server; needs --ranker) "
         "(default: dense,hybrid)",
+    )
+    parser.add_argument(
+        "--ranker",
+        type=Path,
+        help="ranker file (aisle-rank train, or bench_rank's bench-out/ranker-homedepot.json: "
+        "same towers, title-only fields) attached to a hard-linked copy of the index for the "
+        "ranked mode",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-out/latency.jsonl"))
     parser.add_argument("--plot", type=Path, default=Path("bench-out/latency.png"))
@@ -677,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
 
+    if "ranked" in args.modes:
+        results["ranked"] = ranked_levels(root, args, config, pool)
+        results["ranked_cost_ms"] = ranked_cost(results["ranked"])
+        print(f"ranked cost over hybrid at concurrency 1 (ms): {results['ranked_cost_ms']}")
+
     server = Server(root, args.cache_dir, cache_size=10_000)
     try:
         weights = 1.0 / np.arange(1, 501) ** 1.1  # Zipf-like popularity over 500 queries
@@ -691,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
 
     plot(results, args.plot)
-    for level in results["served"] + results["hybrid"]:
+    for level in results["served"] + results["hybrid"] + results.get("ranked", []):
         level.pop("latencies_ms")
     append_jsonl(args.out, results)
     print(f"wrote {args.out} and {args.plot}")
@@ -708,6 +724,65 @@ def hybrid_cost(
     if dense_1 is None or hybrid_1 is None:
         return None
     return {q: round(hybrid_1[f"{q}_ms"] - dense_1[f"{q}_ms"], 3) for q in ("p50", "p99")}
+
+
+def ranked_levels(root: Path, args: Any, config: Any, pool: Any) -> list[dict[str, Any]]:
+    """Hybrid and ranked at concurrency 1, in alternating blocks on one server over a copy of
+    the index (files hard-linked) with ``args.ranker`` attached: the ranking stage's cost with
+    everything else equal."""
+    import shutil
+    import tempfile
+
+    from indexer.build.ranker import attach_ranker
+
+    if args.ranker is None:
+        raise SystemExit("--modes ranked needs --ranker FILE (aisle-rank train)")
+    if not config.lexical:
+        raise SystemExit("--modes ranked needs an index with BM25 (this preset has none)")
+    work = Path(tempfile.mkdtemp(prefix="ranked-", dir=args.cache_dir))
+    copy = work / "index"
+    shutil.copytree(root, copy, copy_function=os.link)
+    attach_ranker(copy, args.ranker, keep=None)
+    server = Server(copy, args.cache_dir, cache_size=0)
+    levels: dict[str, dict[str, Any]] = {}
+    try:
+        for mode in ("hybrid", "ranked"):  # warm-up
+            run_load(server.address, pool.take(20)[0], 1, 20, config.k, mode=mode)
+        blocks = 4
+        for _ in range(blocks):
+            queries, _ = pool.take(max(config.requests // blocks, 20))
+            for mode in ("hybrid", "ranked"):
+                level = run_load(server.address, queries, 1, len(queries), config.k, mode=mode)
+                merged = levels.setdefault(mode, {"latencies_ms": [], "stages": [], "errors": 0})
+                merged["latencies_ms"] += level["latencies_ms"]
+                merged["errors"] += level["errors"]
+                merged["stages"].append(level["stages_p50_ms"])
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    out = []
+    for mode, merged in levels.items():
+        level = summary(merged["latencies_ms"], 0.0, merged["errors"])
+        level.update(mode=mode, concurrency=1, latencies_ms=merged["latencies_ms"])
+        # The median over the blocks of each stage's per-block p50.
+        level["stages_p50_ms"] = {
+            name: round(float(np.median([b[name] for b in merged["stages"]])), 3)
+            for name in merged["stages"][0]
+        }
+        out.append(level)
+        print(level_line(f"{mode:6s} concurrency   1 (paired)", level))
+    return out
+
+
+def ranked_cost(levels: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Ranked minus hybrid latency at concurrency 1 (ms), same server, same queries."""
+    by_mode = {level["mode"]: level for level in levels}
+    if "ranked" not in by_mode or "hybrid" not in by_mode:
+        return None
+    return {
+        q: round(by_mode["ranked"][f"{q}_ms"] - by_mode["hybrid"][f"{q}_ms"], 3)
+        for q in ("p50", "p99")
+    }
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,13 +11,25 @@ from indexer.build.compact import compact
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
 from indexer.build.query_tower import with_query_tower
+from indexer.build.ranker import attach_ranker
 from indexer.build.spark import SparkConfig, build_index_spark
+from indexer.ranking.model import RANKER_FILE, Ranker
+from indexer.ranking.training import (
+    RankerConfig,
+    evaluate_ranker,
+    prepare_queries,
+    train_ranker,
+    version_source,
+)
 from indexer.storage.layout import DEFAULT_KEEP_VERSIONS, IndexRoot, resolve_version_dir
 from indexer.storage.manifest import MANIFEST_NAME, load_manifest
 from indexer.storage.update_log import UPDATES_DIR, UpdateLog
+from indexer.version import IndexVersion
+from trainer.data.labels import read_labels
+from trainer.encoder.load import load_encoder
 from trainer.logs import configure_logging
 
-__all__ = ["main"]
+__all__ = ["main", "rank_main"]
 
 _DESCRIPTION = """\
 Build and inspect Aisle search indexes.
@@ -166,6 +179,15 @@ def arg_parser() -> argparse.ArgumentParser:
         help="float32 .npy of shape (n_items, dim), row r the embedding of catalog row r (e.g. "
         "a previous build's, reused): taken as the item vectors instead of encoding the "
         "catalog; rows must be the model's normalised output (default: encode the catalog)",
+    )
+    build.add_argument(
+        "--ranker",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a ranker file (aisle-rank train) to publish with the version: searches then "
+        "default to mode RANKED; it must be trained on this model and the catalog's fields "
+        "(to add one to the current version without re-embedding: aisle-rank attach)",
     )
     build.add_argument(
         "--no-lexical",
@@ -355,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 lexical=not args.no_lexical,
                 interactions=args.interactions,
                 item_vectors=args.item_vectors,
+                ranker=args.ranker,
             )
             if not args.no_onnx_export:
                 config = with_query_tower(config)
@@ -383,6 +406,104 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aisle-index: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+_RANK_DESCRIPTION = """\
+Train, evaluate and attach the learned ranker (LightGBM lambdarank) of an index.
+
+The ranker orders the union of the dense and lexical channels' top candidates by features of
+each (query, item) pair (indexer.ranking.spec). `train` computes them over an index version for
+labelled queries (labels_train: query_id, query, item_id, grade) and holds out a slice of those
+queries for early stopping; `evaluate` scores it on other labels (labels_dev); `attach` publishes
+the current version again with the ranker (no re-embedding), and servers then search in mode
+RANKED by default.
+"""
+
+
+def rank_arg_parser() -> argparse.ArgumentParser:
+    """The ``aisle-rank`` parser: train, evaluate and attach subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="aisle-rank",
+        description=_RANK_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train a ranker on labelled queries")
+    evaluate = commands.add_parser(
+        "evaluate", help="NDCG@10 / Recall@100 of a ranker and of each channel over its candidates"
+    )
+    for sub in (train, evaluate):
+        sub.add_argument("--index", required=True, metavar="ROOT",
+                         help="index root (its CURRENT version) or version dir")  # fmt: skip
+        sub.add_argument("--labels", required=True, type=Path, metavar="FILE",
+                         help="graded labels: query_id, query, item_id, grade per row")  # fmt: skip
+        sub.add_argument("--model", default=None, metavar="DIR",
+                         help="model dir (default: the version's own)")  # fmt: skip
+        sub.add_argument("--gains", default="grade", choices=["grade", "esci"],
+                         help="grade -> gain table: grade (gain = grade) or esci (E=1, S=0.1, "
+                         "C=0.01) (default: grade)")  # fmt: skip
+        sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    train.add_argument("--out", required=True, type=Path, metavar="FILE",
+                       help="ranker file to write (JSON; written atomically)")  # fmt: skip
+    train.add_argument("--max-rounds", type=int, default=500, metavar="N",
+                       help="boosting rounds at most (default 500)")  # fmt: skip
+    train.add_argument("--threads", type=int, default=2, metavar="N",
+                       help="LightGBM threads (default 2)")  # fmt: skip
+    train.add_argument("--seed", type=int, default=0, help="held-out split and model seed")
+    evaluate.add_argument("--ranker", type=Path, default=None, metavar="FILE",
+                          help="ranker file; default: the version's own")  # fmt: skip
+    evaluate.add_argument("--recall-grade", type=int, default=None, metavar="G",
+                          help="lowest relevant grade for Recall@100 (default: 3 with esci "
+                          "gains, 2 otherwise)")  # fmt: skip
+    attach = commands.add_parser(
+        "attach", help="publish the current version again with a ranker (no re-embedding)"
+    )
+    attach.add_argument("--index", required=True, metavar="ROOT", help="index root")
+    attach.add_argument("--ranker", required=True, type=Path, metavar="FILE", help="ranker file")
+    attach.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def rank_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``aisle-rank``; returns the exit code."""
+    args = rank_arg_parser().parse_args(argv)
+    configure_logging(verbose=args.verbose)
+    try:
+        if args.command == "attach":
+            print(attach_ranker(args.index, args.ranker))
+            return 0
+        print(json.dumps(_rank_train_or_evaluate(args), indent=1))
+    except ValueError as e:
+        print(f"aisle-rank: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"aisle-rank: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rank_train_or_evaluate(args: argparse.Namespace) -> dict:
+    version_dir = resolve_version_dir(args.index)
+    manifest = load_manifest(version_dir / MANIFEST_NAME)
+    encoder = load_encoder(args.model or manifest.model_path)
+    index = IndexVersion.open(version_dir, expected_fingerprint=encoder.fingerprint)
+    source = version_source(index, encoder)
+    labels = read_labels(args.labels)
+    qs = prepare_queries(index, source, encoder, labels, show_progress=True)
+    if args.command == "train":
+        config = RankerConfig(
+            gains=args.gains, max_rounds=args.max_rounds, threads=args.threads, seed=args.seed
+        )
+        ranker = train_ranker(
+            qs, config, model_fingerprint=encoder.fingerprint, fields=source.fields.fields
+        )
+        ranker.save(args.out)
+        return {"ranker": str(args.out), **ranker.training}
+    path = args.ranker or version_dir / RANKER_FILE
+    ranker = Ranker.load(path)
+    ranker.check(encoder.fingerprint, source.fields.fields, str(path))
+    grade = args.recall_grade or (3 if args.gains == "esci" else 2)
+    return evaluate_ranker(qs, ranker, args.gains, recall_grade=grade)
 
 
 if __name__ == "__main__":

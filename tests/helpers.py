@@ -206,6 +206,22 @@ def search_labels() -> Labels:
     return Labels(queries=queries, judgments=judgments, path="labels.jsonl")
 
 
+def ranking_labels(records: list[dict]) -> Labels:
+    """Ranker labels over ``write_title_catalog`` records: '<color> <noun>' queries; items with
+    both words grade 2, with the noun alone grade 1 (the rest unjudged)."""
+    queries, judgments = {}, {}
+    for color in _TITLE_COLORS:
+        for noun in _TITLE_NOUNS[:5]:
+            qid = f"{color}-{noun}"
+            queries[qid] = f"{color} {noun}"
+            judgments[qid] = {
+                r["item_id"]: 2 if color in r["title"].split() else 1
+                for r in records
+                if noun in r["title"].split()
+            }
+    return Labels(queries=queries, judgments=judgments, path="ranking-labels")
+
+
 def train_config(tmp_path: Path, model: Path, data: dict[str, Path], **kwargs) -> TrainConfig:
     """A few CPU steps on the synthetic dataset ``data`` (search on its labels unless
     ``datasets`` is given), writing under ``tmp_path``; ``kwargs`` override any setting."""

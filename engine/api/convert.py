@@ -24,6 +24,8 @@ from engine.search.types import (
     MODE_DENSE,
     MODE_HYBRID,
     MODE_LEXICAL,
+    MODE_RANKED,
+    Explanation,
     IndexSummary,
     SearchQuery,
     SearchResult,
@@ -193,6 +195,7 @@ MODES = {
     retrieval_pb2.SEARCH_MODE_DENSE: MODE_DENSE,
     retrieval_pb2.SEARCH_MODE_LEXICAL: MODE_LEXICAL,
     retrieval_pb2.SEARCH_MODE_HYBRID: MODE_HYBRID,
+    retrieval_pb2.SEARCH_MODE_RANKED: MODE_RANKED,
 }
 MODE_ENUMS = {name: value for value, name in MODES.items()}
 MAX_RRF_K = 1000
@@ -296,6 +299,10 @@ def search_query(
     mode = MODES.get(request.mode)
     if mode is None:
         violations.append(FieldViolation(f"{prefix}mode", f"unknown mode {request.mode}"))
+    elif request.explain and mode not in (MODE_RANKED, MODE_DEFAULT):
+        violations.append(
+            FieldViolation(f"{prefix}explain", "only mode RANKED (or the default) has a ranker")
+        )
     fusion = _fusion(request, prefix, violations)
     if violations:
         raise InvalidArgument.of(violations)
@@ -328,6 +335,7 @@ def search_query(
         sort_attribute=request.sort.attribute,
         sort_descending=request.sort.descending,
         facets=tuple(dict.fromkeys(request.facets)),
+        explain=request.explain,
         field_prefix=prefix,
     )
 
@@ -500,6 +508,8 @@ def fill_results(
         out = response.hits.add(item_id=hit.item_id, score=hit.score, similarity=similarity)
         if fields is not None:
             out.fields.update({key: _json_safe(v) for key, v in fields[i].items()})
+        if hit.explanation is not None:
+            _fill_explanation(out.explanation, hit.explanation)
     if result.has_more:
         response.next_page_token = encode_token(
             PageToken(offset + k, result.index.version, request_digest(request))
@@ -512,8 +522,18 @@ def fill_results(
             search_ms=timings.get("search_ms", 0.0),
             rerank_ms=timings.get("rerank_ms", 0.0),
             total_ms=(time.perf_counter() - started) * 1e3,
+            rank_ms=timings.get("rank_ms", 0.0),
         )
     )
+
+
+def _fill_explanation(out: Any, explanation: Explanation) -> None:
+    """A Hit.explanation from the ranking stage's Explanation (a missing value is NaN)."""
+    for name, value, contribution in explanation.features:
+        out.features.add(name=name, value=value, contribution=contribution)
+    out.bias = explanation.bias
+    out.ranker_score = explanation.ranker_score
+    out.feature_spec_version = explanation.feature_spec_version
 
 
 def fill_search(

@@ -45,7 +45,7 @@ def refreshed(snap: Snapshot) -> Snapshot:
     if snap.lexical is not None:
         view = snap.live.snapshot()
         sync_lexical(snap.lexical, view, snap.index.n_rows, set(snap.dead_rows))
-    return live_snapshot(snap.encoder, snap.live, snap.version_dir, snap.lexical)
+    return live_snapshot(snap.encoder, snap.live, snap.version_dir, snap.lexical, snap.ranking)
 
 
 def encode_items(

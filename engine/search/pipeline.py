@@ -7,6 +7,7 @@ shards, or shard servers behind a router) answers the same calls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from engine.search.batcher import MicroBatcher
 from engine.search.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.search.events import UserState
 from engine.search.fusion import fuse as fuse_lists
+from engine.search.ranked import RankedCandidates
 from engine.search.retriever import Retrieved, with_excluded
 from engine.search.snapshot import Snapshot, is_known
 from engine.search.types import (
@@ -25,6 +27,7 @@ from engine.search.types import (
     MODE_DENSE,
     MODE_HYBRID,
     MODE_LEXICAL,
+    MODE_RANKED,
     Hit,
     SearchQuery,
     SearchResult,
@@ -142,6 +145,7 @@ def _search_one(
         need = max(need, SORT_RELEVANT_SET if q.sort_attribute else 0)
         need = max(need, FACET_CANDIDATES if q.facets else 0)
     mode = resolve_mode(snap, q.mode)
+    ranked = None
     if mode == MODE_DENSE:
         found = snap.retriever.search(
             xq,
@@ -155,7 +159,7 @@ def _search_one(
             partial_ok=True,  # a SearchResponse flags what is missing
         )
     else:
-        found = _hybrid(snap, q, xq, need, spec, mode)
+        found, ranked = _hybrid(snap, q, xq, need, spec, mode)
     valid = found.I >= 0
     D, I, sim = found.D[valid], found.I[valid], found.sim[valid]
     facets = _facet_counts(snap.columns, I, q.facets) if q.facets else {}
@@ -169,8 +173,15 @@ def _search_one(
             q.sort_descending,
         )
     hits, has_more = page(snap, D, I, sim, q.offset, q.k)
-    rerank_ms = (time.perf_counter() - t0) * 1e3 - found.search_ms
+    if ranked is not None and q.explain:
+        assert snap.ranking is not None
+        explained = snap.ranking.explain(ranked, [h.row for h in hits])
+        hits = [dataclasses.replace(h, explanation=e) for h, e in zip(hits, explained, strict=True)]
+    rank_ms = ranked.rank_ms if ranked is not None else 0.0
+    rerank_ms = (time.perf_counter() - t0) * 1e3 - found.search_ms - rank_ms
     timings = {"encode_ms": encode_ms, "search_ms": found.search_ms, "rerank_ms": rerank_ms}
+    if ranked is not None:
+        timings["rank_ms"] = rank_ms
     return SearchResult(
         hits,
         has_more,
@@ -185,9 +196,18 @@ def _search_one(
 
 
 def resolve_mode(snap: Snapshot, mode: str) -> str:
-    """The request's channels; the default is hybrid where the index has a lexical index."""
+    """The request's channels; the default is ranked where the version has a ranker, else
+    hybrid where it has a lexical index, else dense."""
     if mode == MODE_DEFAULT:
+        if snap.ranking is not None:
+            return MODE_RANKED
         return MODE_HYBRID if snap.lexical is not None else MODE_DENSE
+    if mode == MODE_RANKED and snap.ranking is None:
+        raise FailedPrecondition(
+            "mode RANKED needs a learned ranker, and this index version has none (publish one "
+            "with aisle-rank train, then aisle-rank attach or aisle-index build --ranker), or "
+            "this server is a router (ranking is single-process)"
+        )
     if mode != MODE_DENSE and snap.lexical is None:
         raise FailedPrecondition(
             f"mode {mode} needs the lexical channel, and this index version has none "
@@ -224,17 +244,37 @@ def _hybrid(
     need: int,
     spec: FilterSpec | None,
     mode: str,
-) -> Retrieved:
-    """Lexical or hybrid retrieval: candidates from BM25 (and the dense channel), fused, then
-    the same boosts, diversity and top-k as dense mode. Scores: BM25 in lexical mode, the
-    fused score in hybrid mode (plus boosts); `sim` is always the exact cosine. Only a snapshot
-    with its vectors in this process has a lexical channel."""
+) -> tuple[Retrieved, RankedCandidates | None]:
+    """Lexical, hybrid or ranked retrieval: candidates from BM25 (and the dense channel), fused
+    (or ordered by the ranker, engine.search.ranked), then the same boosts, diversity and top-k
+    as dense mode. Scores: BM25 in lexical mode, the fused score in hybrid mode, the ranker's in
+    ranked mode (plus boosts); `sim` is always the exact cosine. Only a snapshot with its
+    vectors in this process has a lexical channel. The ranked candidates come back too (for
+    explain); None in the other modes."""
     depth = max(need, HYBRID_CANDIDATES)
     t = time.perf_counter()
     lex_D, lex_I = _lexical_candidates(snap, q.lexical_text or q.text, depth, spec)
     search_ms = (time.perf_counter() - t) * 1e3
+    ranked = None
     if mode == MODE_LEXICAL:
         scores, rows = lex_D.astype(np.float32), lex_I
+    elif mode == MODE_RANKED:
+        assert snap.ranking is not None and snap.vectors is not None
+        dense = snap.retriever.search(
+            xq, depth, spec=spec, params=q.search_params, base_depth=q.fetch_depth
+        )
+        search_ms += dense.search_ms
+        ranked = snap.ranking.rank(
+            columns=snap.columns,
+            vectors=snap.vectors,
+            lexical=snap.lexical,
+            lexical_state=snap.lexical_state,
+            text=q.lexical_text or q.text,
+            xq=xq,
+            dense_rows=dense.I[dense.I >= 0],
+            lexical_rows=lex_I,
+        )
+        scores, rows = ranked.scores, ranked.rows
     else:
         dense = snap.retriever.search(
             xq, depth, spec=spec, params=q.search_params, base_depth=q.fetch_depth
@@ -251,7 +291,7 @@ def _hybrid(
     positions = select(scores, rows, need, snap.vectors, snap.columns, q.diversity)
     rows = rows[positions]
     sims = snap.vectors.scores(xq, rows) if len(rows) else np.zeros(0, np.float32)
-    return Retrieved(scores[positions], rows, sims, search_ms)
+    return Retrieved(scores[positions], rows, sims, search_ms), ranked
 
 
 def page(

@@ -12,6 +12,7 @@ from typing import TypeVar
 import numpy as np
 
 from engine.search.errors import FailedPrecondition, NotFound, Unavailable
+from engine.search.ranked import RankingStage, open_ranking
 from engine.search.retriever import FilterCache, LocalRetriever, Retriever
 from engine.search.types import EncodingConfig, IndexSummary
 from indexer.lexical.files import LEXICAL_META_FILE
@@ -59,6 +60,7 @@ class Snapshot:
     # None: the lexical index's current state (a snapshot whose BM25 never changes).
     lexical_state: LexicalState | None = None
     dead_rows: tuple[int, ...] = ()  # rows deleted or replaced since the version was built
+    ranking: RankingStage | None = None  # the learned ranker, when the version has one
 
 
 def local_snapshot(
@@ -71,6 +73,7 @@ def local_snapshot(
     live: LiveIndex | None = None,
     lexical: LexicalIndex | None = None,
     dead_rows: tuple[int, ...] = (),
+    ranking: RankingStage | None = None,
 ) -> Snapshot:
     """A Snapshot whose vectors this process holds and searches (a LocalRetriever)."""
     filters = FilterCache(columns)
@@ -87,6 +90,7 @@ def local_snapshot(
         lexical=lexical,
         lexical_state=None if lexical is None else lexical.state,
         dead_rows=dead_rows,
+        ranking=ranking if lexical is not None else None,
     )
 
 
@@ -177,7 +181,8 @@ def load_snapshot(
         lexical = _open_lexical(version_dir)
         if lexical is not None:  # bring BM25 up to the replayed updates
             sync_lexical(lexical, live.snapshot(), live.n_base, set())
-        return live_snapshot(encoder, live, version_dir, lexical)
+        ranking = open_ranking(version_dir, live.base, encoder)
+        return live_snapshot(encoder, live, version_dir, lexical, ranking)
     index = IndexVersion.open(version_dir, verify=True, expected_fingerprint=fingerprint)
     return local_snapshot(
         encoder,
@@ -186,6 +191,7 @@ def load_snapshot(
         index.vector_store(),  # the compact copy (f16/i8) when the build kept one
         version_dir,
         lexical=_open_lexical(version_dir),
+        ranking=open_ranking(version_dir, index, encoder),
     )
 
 
@@ -217,7 +223,11 @@ def sync_lexical(
 
 
 def live_snapshot(
-    encoder: Encoder, live: LiveIndex, version_dir: Path, lexical: LexicalIndex | None = None
+    encoder: Encoder,
+    live: LiveIndex,
+    version_dir: Path,
+    lexical: LexicalIndex | None = None,
+    ranking: RankingStage | None = None,
 ) -> Snapshot:
     """A Snapshot of the live index's current state (taken again after each update)."""
     view = live.snapshot()
@@ -230,6 +240,7 @@ def live_snapshot(
         live=live,
         dead_rows=tuple(int(r) for r in view.dead_rows()),
         lexical=lexical,
+        ranking=ranking,
     )
 
 

@@ -30,21 +30,35 @@ class SearchQuery:
     sort_attribute: str = ""
     sort_descending: bool = False
     facets: tuple[str, ...] = ()
-    mode: str = "default"  # dense | lexical | hybrid | default (hybrid where possible)
+    mode: str = "default"  # dense | lexical | hybrid | ranked | default (see resolve_mode)
     fusion: FusionParams | None = None  # None: DEFAULT_FUSION
     lexical_text: str = ""  # the text BM25 sees (the query minus parsed price expressions)
     parsed: ParsedQuery | None = None  # set when query understanding changed the query
     field_prefix: str = ""  # where its fields are in the request: "requests[3]." in a batch
+    explain: bool = False  # ranked mode: each hit's features and score contributions
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why the ranker scored a hit as it did: per feature (name, value, contribution), in spec
+    order; ``bias`` + the contributions = ``ranker_score`` (before boosts)."""
+
+    features: tuple[tuple[str, float, float], ...]
+    bias: float
+    ranker_score: float
+    feature_spec_version: str
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One result: its global row and item id, final score (with boosts) and exact cosine."""
+    """One result: its global row and item id, final score (with boosts) and exact cosine;
+    ``explanation`` only for a ranked search with explain."""
 
     row: int
     item_id: str
     score: float
     similarity: float
+    explanation: Explanation | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,7 @@ class SearchResult:
 
 
 MODE_DEFAULT, MODE_DENSE, MODE_LEXICAL, MODE_HYBRID = "default", "dense", "lexical", "hybrid"
+MODE_RANKED = "ranked"  # both channels' candidates ordered by the version's learned ranker
 # Chosen on the Home Depot train hold-out (826 queries the training run never saw): a min-max
 # blend with dense weight 0.3 beat RRF and the other weights there, for the zero-shot and the
 # fine-tuned model alike; benchmarks/bench_quality.py reports the tuning and the dev figures.

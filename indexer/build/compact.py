@@ -30,10 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.build.pipeline import write_companions
+from indexer.build.ranker import install_ranker
 from indexer.build.shard import build_shard_index
 from indexer.lexical.files import LEXICAL_META_FILE
 from indexer.live.index import LiveIndex
 from indexer.live.view import LiveView
+from indexer.ranking.model import RANKER_FILE
 from indexer.rerank.vectors import VectorStore
 from indexer.storage.faults import fault_point
 from indexer.storage.layout import (
@@ -218,6 +220,11 @@ def _write_companions(
         lexical=(base.path / LEXICAL_META_FILE).exists(),
         interactions=users,
     )
+    if (base.path / RANKER_FILE).exists():  # same towers and fields: the ranker still fits
+        info["ranker"] = install_ranker(
+            staging, base.path / RANKER_FILE, base.manifest.model_fingerprint,
+            catalog.table.column_names,
+        )  # fmt: skip
     if "users" in info:
         info["users"]["from_version"] = live.version  # carried forward, not read again
         # Events recorded since the base's users were made are still to be replayed on them.

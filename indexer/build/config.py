@@ -46,6 +46,8 @@ class BuildConfig:
             build's embeddings). They must be this model's output: unit rows (within 1e-3),
             finite. The model is still loaded, for its fingerprint, dim and the query side
             (tuning queries). None = encode the catalog.
+        ranker: a ranker file (``aisle-rank train``) to publish with the version; it must
+            have been trained on this model's features and the catalog's fields.
     """
 
     catalog: Path
@@ -64,6 +66,7 @@ class BuildConfig:
     lexical: bool = True
     interactions: Path | None = None
     item_vectors: Path | None = None
+    ranker: Path | None = None
 
     def __post_init__(self) -> None:
         # Accept str paths (CLI, notebooks) but store Paths.
@@ -118,6 +121,10 @@ class BuildConfig:
                     f"item_vectors file not found: {self.item_vectors}; pass a .npy of shape "
                     f"(n_items, dim), or leave it out to encode the catalog"
                 )
+        if self.ranker is not None:
+            object.__setattr__(self, "ranker", Path(self.ranker))
+            if not self.ranker.is_file():
+                raise ValueError(f"ranker file not found: {self.ranker} (aisle-rank train)")
         if self.vectors not in VECTOR_KINDS:
             raise ValueError(f"vectors must be one of {VECTOR_KINDS}, got {self.vectors!r}")
         if not isinstance(self.discard_updates, bool):

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from indexer.build.config import BuildConfig
 from indexer.build.factory import choose_factory
+from indexer.build.ranker import install_ranker
 from indexer.build.shard import (
     build_shard_index,
     builder_name,
@@ -225,6 +226,10 @@ def build_version(
                 version_dir, catalog, shard_ids, config.shards,
                 lexical=config.lexical, interactions=config.interactions,
             )  # fmt: skip
+            if config.ranker is not None:
+                companions["ranker"] = install_ranker(
+                    version_dir, config.ranker, encoder.fingerprint, catalog.table.column_names
+                )
             fault_point("after-shards-written")
             manifest = _manifest(job, version_dir, n, shards, settings, encode_seconds)
             build = {

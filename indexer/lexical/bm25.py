@@ -232,3 +232,43 @@ def finish(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np
     D[: len(order)] = scores[order]
     I[: len(order)] = rows[order]
     return D, I
+
+
+def add_row_weights(
+    postings: Postings, term_ids: np.ndarray, rows: np.ndarray, out: np.ndarray
+) -> None:
+    """Add into ``out`` the BM25 weight of each (row, query term) these postings hold.
+
+    Args:
+        postings: one shard's or delta segment's postings (dead documents are skipped).
+        term_ids: (t,) int64 query term ids (ids past this set's vocabulary match nothing).
+        rows: (m,) int64 global rows.
+        out: (m, t) float32, added to in place: ``out[i, j] += weight(term_ids[j], rows[i])``.
+    """
+    if postings.n_docs == 0 or len(rows) == 0:
+        return
+    doc_rows = postings.rows
+    order = None
+    if len(doc_rows) > 1 and not np.all(doc_rows[1:] >= doc_rows[:-1]):
+        order = np.argsort(doc_rows, kind="stable")  # delta segments: rows in upsert order
+        doc_rows = doc_rows[order]
+    pos = np.minimum(np.searchsorted(doc_rows, rows), len(doc_rows) - 1)
+    found = doc_rows[pos] == rows
+    local = pos if order is None else order[pos]
+    if len(postings.dead):
+        found &= ~np.isin(local, postings.dead)
+    which = np.flatnonzero(found)
+    if len(which) == 0:
+        return
+    local = local[which]
+    n_terms = len(postings.indptr) - 1
+    for j, t in enumerate(term_ids.tolist()):
+        if t >= n_terms:
+            continue
+        start, end = postings.indptr[t], postings.indptr[t + 1]
+        if start == end:
+            continue
+        docs = postings.docs[start:end]  # ascending local positions
+        at = np.minimum(np.searchsorted(docs, local), len(docs) - 1)
+        match = docs[at] == local
+        out[which[match], j] += postings.weights[start:end][at[match]]

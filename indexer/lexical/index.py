@@ -54,6 +54,7 @@ from indexer.lexical.analysis import analyze
 from indexer.lexical.bm25 import (
     BM25Params,
     Postings,
+    add_row_weights,
     build_shards,
     document_postings,
     finish,
@@ -303,6 +304,37 @@ class LexicalIndex:
         return finish(
             np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), k
         )
+
+    def row_term_weights(
+        self,
+        query: str | np.ndarray,
+        rows: np.ndarray,
+        *,
+        state: LexicalState | None = None,
+    ) -> np.ndarray:
+        """BM25 weight of each query term in each of ``rows`` (the learned ranker's features:
+        a candidate's BM25 score is its row's sum, query-term coverage its share of > 0).
+
+        Args:
+            query: the query text, or its ``term_ids``.
+            rows: (m,) int global rows; a row not held (never indexed, deleted, or in a shard
+                not loaded) gets zeros.
+            state: read this state; None = the current one.
+
+        Returns:
+            (m, t) float32, t = the query's known terms (``term_ids``), repeats kept.
+        """
+        if state is None:
+            state = self._state
+        term_ids = self.term_ids(query) if isinstance(query, str) else np.asarray(query, np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((len(rows), len(term_ids)), dtype=np.float32)
+        if len(term_ids) == 0:
+            return out
+        for postings in (*state.shards, *state.segments):
+            if postings is not None:
+                add_row_weights(postings, term_ids, rows, out)
+        return out
 
     # ------------------------------------------------------------------------------ updates
 

@@ -1,0 +1,1 @@
+"""The learned ranking stage: feature spec, field index, features, ranker model and training."""
