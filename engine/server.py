@@ -18,12 +18,15 @@ from aisle.v1 import (
     events_pb2_grpc,
     index_admin_pb2,
     index_admin_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
 from engine.api.interceptor import ServingInterceptor
 from engine.api.limits import AdmissionControl, RateLimiter
 from engine.api.metrics import ServerMetrics
+from engine.api.privacy import PrivacyConfig, PrivacyEdge, PrivacyServicer
 from engine.api.servicers import EventsServicer, IndexAdminServicer, RetrievalServicer, ServiceSlot
 from engine.cluster.clients import ShardClients
 from engine.cluster.config import RouterConfig
@@ -34,6 +37,8 @@ from engine.cluster.shard import (
     add_shard_services,
     load_shard_service,
 )
+from engine.privacy.consent import ConsentStore
+from engine.privacy.logs import compact
 from engine.search.service import SearchService
 from engine.search.snapshot import load_snapshot
 from engine.search.types import EncodingConfig
@@ -45,6 +50,7 @@ SERVICE_NAMES = (
     retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name,
     index_admin_pb2.DESCRIPTOR.services_by_name["IndexAdmin"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["Events"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["Privacy"].full_name,
 )
 
 
@@ -100,6 +106,8 @@ class ServerConfig:
     grace_s: float = 5.0
     shard: ShardSpec | None = None  # serve only this shard, to a router (--shard I/N)
     router: RouterConfig | None = None  # fan out to shard servers (--router --shard-addrs)
+    # Pseudonymous user ids, query scrubbing, consent defaults, retention (docs/privacy.md).
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         if not Path(self.index).exists():
@@ -153,9 +161,24 @@ class AisleServer:
             ),
             max_response_bytes=MAX_MESSAGE_BYTES,
         )
+        # Consent lives beside the event log; the privacy edge runs before everything else, so
+        # no other code (the serving interceptor, handlers, logs) sees a raw user id.
+        self._slot = ServiceSlot(self.metrics)
+        events_dir = self._events_dir() if config.shard is None else None
+        self._consent = (
+            ConsentStore(events_dir, config.privacy.default) if events_dir is not None else None
+        )
+        interceptors: list[grpc.ServerInterceptor] = [interceptor]
+        if config.shard is None:
+            edge = PrivacyEdge(
+                config.privacy,
+                lambda: self._consent,
+                lambda: getattr(self._slot.service, "users", None),
+            )
+            interceptors.insert(0, edge)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aisle-rpc"),
-            interceptors=[interceptor],
+            interceptors=interceptors,
             # Admission has to happen before a handler thread is taken: the interceptor alone
             # can never see more than `workers` calls, and the rest would wait in grpcio's
             # unbounded queue. grpcio counts a call from arrival to completion and refuses the
@@ -175,7 +198,6 @@ class AisleServer:
         )
         # Services are registered up front and answer UNAVAILABLE until load() fills the slot,
         # so health checks can reach a loading server and see NOT_SERVING.
-        self._slot = ServiceSlot(self.metrics)
         if config.shard is not None:
             add_shard_services(self._server, self._slot, str(config.index))
         else:
@@ -187,6 +209,10 @@ class AisleServer:
                 IndexAdminServicer(self._slot, str(config.index), no_updates), self._server
             )
             events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self._slot), self._server)
+            privacy_pb2_grpc.add_PrivacyServicer_to_server(
+                PrivacyServicer(config.privacy, lambda: self._consent, self._slot.get),
+                self._server,
+            )
         address = f"{config.host}:{config.port}"
         try:
             if config.tls is not None:
@@ -222,6 +248,10 @@ class AisleServer:
             self.metrics.encoder_batches.inc()
             self.metrics.encoder_batch_texts.inc(n_texts)
 
+        events_dir = self._events_dir() if self.config.shard is None else None
+        retention = self.config.privacy.retention_days
+        if events_dir is not None and retention is not None and os.access(events_dir, os.W_OK):
+            compact(events_dir, retention)  # retention at start, before the log is replayed
         if self.config.shard is not None:  # one shard's index and vectors, no model
             service = load_shard_service(self.config.index, self.config.shard)
         elif self.config.router is not None:  # the model and catalog; shards are remote
@@ -273,6 +303,11 @@ class AisleServer:
             )
         if self.config.admin_token is None:
             log.warning("no admin token set: IndexAdmin methods are open to every caller")
+        if self.config.shard is None and self.config.privacy.pseudonyms is None:
+            log.warning(
+                "no user keys (AISLE_USER_KEYS_FILE / --user-keys-file): user ids are stored "
+                "as given, not pseudonymised; see docs/privacy.md"
+            )
         log.info(
             "serving on %s:%d%s (pid %d)",
             self.config.host,

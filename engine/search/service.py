@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.privacy.logs import Rewrite, erased, forget, read_tombstones
 from engine.search import live_updates, pipeline, recommend
 from engine.search.batcher import EncoderGate, MicroBatcher
 from engine.search.errors import FailedPrecondition, NotFound
@@ -28,7 +29,7 @@ from engine.search.types import (
     SearchResult,
 )
 from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
-from indexer.storage.users import read_users
+from indexer.storage.users import forget_users, read_users
 from trainer.text import query_text
 
 __all__ = ["SearchService"]
@@ -85,7 +86,9 @@ class SearchService:
         be earlier), against when the version's users data was made: its build, or for a
         compacted version the build its users were carried forward from (``users.as_of``).
         """
-        users = UserState(read_users(snapshot.version_dir) if snapshot.version_dir else {})
+        tombstones = read_tombstones(self._event_log.directory) if self._event_log else {}
+        stored = read_users(snapshot.version_dir) if snapshot.version_dir else {}
+        users = UserState({u: items for u, items in stored.items() if u not in tombstones})
         if self._event_log is not None:
             manifest = snapshot.index.manifest
             made = manifest.build.get("users", {}).get("as_of") or manifest.created_at
@@ -94,7 +97,8 @@ class SearchService:
                 built = built.replace(tzinfo=UTC)
             replayed = 0
             for event in self._event_log.read():
-                if (event.recorded or event.time) >= built:
+                when = event.recorded or event.time
+                if when >= built and not erased(tombstones, event.user_id, when):
                     users.record(event.user_id, event.item_id)
                     replayed += 1
             log.info("user state: %d users, %d events replayed from the log", len(users), replayed)
@@ -186,6 +190,25 @@ class SearchService:
             for event in events:
                 self.users.record(event.user_id, event.item_id)
         return recorded
+
+    def forget_users(self, user_ids: tuple[str, ...]) -> tuple[Rewrite, bool, int]:
+        """Erasure of one shopper (`user_ids`: their pseudonyms under each key): their records
+        leave the event and impression logs (tombstoned), their recent items leave memory and
+        every published version's users file. (what the logs lost, whether recent items were
+        held, users-file rows removed)."""
+        with self._events_lock:  # no append or reload replay slips between log and memory
+            removed = forget(self._event_log.directory, user_ids) if self._event_log else Rewrite()
+            held = self.users.forget(user_ids)
+            rows = 0
+            for version_dir in self._version_dirs():
+                rows += forget_users(version_dir, set(user_ids))
+        return removed, held or rows > 0, rows
+
+    def _version_dirs(self) -> list[Path]:
+        versions = self._index_path / "versions"
+        if versions.is_dir():
+            return sorted(p for p in versions.iterdir() if p.is_dir())
+        return [self._index_path]  # a bare version dir
 
     def exclude(self, spec: FilterSpec | None, item_ids: tuple[str, ...]) -> FilterSpec | None:
         """`spec` that also excludes these item ids (unknown ids are ignored)."""

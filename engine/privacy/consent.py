@@ -1,0 +1,108 @@
+"""Shoppers' consent, by pseudonym, persisted durably in one JSON file beside the event log.
+
+The file (``consent.json``) maps a pseudonym to ``{"personalization": bool,
+"use_for_training": bool, "set": ISO time}``; it is rewritten atomically on every change and
+read by the training-set builder (`training_opt_outs`) as well as by the server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from trainer.io import write_atomic
+
+CONSENT_FILE = "consent.json"
+
+
+@dataclass(frozen=True)
+class Preferences:
+    personalization: bool = True
+    use_for_training: bool = True
+    defaults: bool = True  # never set by the shopper: the deployment's defaults
+
+
+class ConsentStore:
+    """Thread-safe consent by pseudonym. `default` answers for shoppers who never chose."""
+
+    def __init__(self, directory: str | Path, default: Preferences | None = None) -> None:
+        self.path = Path(directory) / CONSENT_FILE
+        self.default = default or Preferences()
+        self._lock = threading.Lock()
+        self._prefs: dict[str, dict] = _read(self.path)
+
+    def get(self, candidates: tuple[str, ...]) -> Preferences:
+        """The first of `candidates` (a user's pseudonyms, current key first) with a choice."""
+        with self._lock:
+            return self._get(candidates)
+
+    def set(
+        self,
+        candidates: tuple[str, ...],
+        personalization: bool | None = None,
+        use_for_training: bool | None = None,
+    ) -> Preferences:
+        """Set (under the current pseudonym, `candidates[0]`) what is given; the rest keeps its
+        value. Durable when this returns."""
+        with self._lock:
+            current = self._get(candidates)
+            new = {
+                "personalization": (
+                    current.personalization if personalization is None else personalization
+                ),
+                "use_for_training": (
+                    current.use_for_training if use_for_training is None else use_for_training
+                ),
+                "set": datetime.now(UTC).isoformat(),
+            }
+            prefs = {k: v for k, v in self._prefs.items() if k not in candidates}
+            prefs[candidates[0]] = new
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(prefs, sort_keys=True, indent=1))
+            self._prefs = prefs
+            return Preferences(new["personalization"], new["use_for_training"], False)
+
+    def _get(self, candidates: tuple[str, ...]) -> Preferences:
+        for pseudonym in candidates:
+            p = self._prefs.get(pseudonym)
+            if p is not None:
+                return Preferences(p["personalization"], p["use_for_training"], False)
+        return self.default
+
+    def forget(self, candidates: tuple[str, ...]) -> bool:
+        """Drop the user's stored choice (erasure); whether there was one."""
+        with self._lock:
+            if not any(c in self._prefs for c in candidates):
+                return False
+            prefs = {k: v for k, v in self._prefs.items() if k not in candidates}
+            write_atomic(self.path, json.dumps(prefs, sort_keys=True, indent=1))
+            self._prefs = prefs
+            return True
+
+
+def _read(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path}: not a consent file ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a consent file (expected an object)")
+    return data
+
+
+def training_opt_outs(directory: str | Path, default_use_for_training: bool = True) -> set[str]:
+    """Pseudonyms whose behaviour must not train a model: those who turned use_for_training
+    off. (With a deployment default of off, the builder keeps only `training_opt_ins`.)"""
+    prefs = _read(Path(directory) / CONSENT_FILE)
+    return {k for k, v in prefs.items() if not v.get("use_for_training", default_use_for_training)}
+
+
+def training_opt_ins(directory: str | Path) -> set[str]:
+    """Pseudonyms who explicitly allowed training (for deployments whose default is off)."""
+    prefs = _read(Path(directory) / CONSENT_FILE)
+    return {k for k, v in prefs.items() if v.get("use_for_training")}
