@@ -42,10 +42,12 @@ from engine.privacy.logs import compact
 from engine.search.service import SearchService
 from engine.search.snapshot import load_snapshot
 from engine.search.types import EncodingConfig
+from trainer.feedback.privacy import forget_dataset_users
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DATASETS_DIR = "datasets"  # training datasets built from this root's logs, erased with a user
 SERVICE_NAMES = (
     retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name,
     index_admin_pb2.DESCRIPTOR.services_by_name["IndexAdmin"].full_name,
@@ -210,7 +212,9 @@ class AisleServer:
             )
             events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self._slot), self._server)
             privacy_pb2_grpc.add_PrivacyServicer_to_server(
-                PrivacyServicer(config.privacy, lambda: self._consent, self._slot.get),
+                PrivacyServicer(
+                    config.privacy, lambda: self._consent, self._slot.get, self._forget_datasets
+                ),
                 self._server,
             )
         address = f"{config.host}:{config.port}"
@@ -228,6 +232,15 @@ class AisleServer:
             )
         self.metrics_port: int | None = None
         self._clients: ShardClients | None = None  # a router's, to its shard servers
+
+    def _forget_datasets(self, user_ids: tuple[str, ...]) -> int:
+        """Erasure in the training datasets under ROOT/datasets/ (docs/privacy.md)."""
+        index = Path(self.config.index)
+        datasets = index / DATASETS_DIR
+        if not datasets.is_dir():
+            return 0
+        dirs = sorted(p for p in datasets.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sum(forget_dataset_users(d, set(user_ids)) for d in dirs)
 
     @property
     def service(self) -> SearchService | None:

@@ -13,11 +13,12 @@ EPILOG = """examples:
   aisle-events compact --index ./index --retention-days 90
 
 forget removes the shopper's events and impressions (logs rewritten atomically under the events
-dir's lock, safe beside a running server), their rows in every version's users.parquet and their
-consent, and leaves a tombstone so a compaction, a replay at start or a dataset build cannot bring
-them back. A running server also holds their recent items in memory until its next restart or
-Reload: call Privacy.ForgetUser on it instead to clear those at once. User ids are pseudonymised
-with the same keys the server uses (--user-keys-file, AISLE_USER_KEYS_FILE or AISLE_USER_KEYS).
+dir's lock, safe beside a running server), their rows in every version's users.parquet and in
+training datasets (--datasets, default ROOT/datasets/*), and their consent; it leaves a tombstone
+so a compaction, a replay at start or a dataset build cannot bring them back. A running server
+also holds their recent items in memory until its next restart or Reload: call
+Privacy.ForgetUser on it instead to clear those at once. User ids are pseudonymised with the same
+keys the server uses (--user-keys-file, AISLE_USER_KEYS_FILE or AISLE_USER_KEYS).
 """
 
 
@@ -39,6 +40,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name == "forget":
             p.add_argument(
                 "--user", required=True, help="the shopper's user id, as the shop knows it"
+            )
+            p.add_argument(
+                "--datasets",
+                type=Path,
+                action="append",
+                default=[],
+                metavar="DIR",
+                help="a training dataset dir (aisle-learn dataset --out) to erase the user's rows "
+                "from; repeatable (default: every dir under ROOT/datasets)",
             )
             p.add_argument(
                 "--user-keys-file",
@@ -65,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.privacy.consent import ConsentStore
     from engine.privacy.logs import compact, forget
     from indexer.storage.users import forget_users
+    from trainer.feedback.privacy import forget_dataset_users
     from trainer.privacy.pseudonym import from_environment
 
     if args.events_dir is None and args.index is None:
@@ -87,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             for version_dir in sorted(p for p in versions.iterdir() if p.is_dir()):
                 rows += forget_users(version_dir, set(candidates))
         consent = ConsentStore(events_dir).forget(candidates)
+        datasets = list(args.datasets)
+        if not datasets and args.index is not None and (args.index / "datasets").is_dir():
+            datasets = sorted(p for p in (args.index / "datasets").iterdir() if p.is_dir())
+        dataset_rows = sum(forget_dataset_users(d, set(candidates)) for d in datasets)
     except (ValueError, OSError) as error:
         print(f"aisle-events: {error}", file=sys.stderr)
         return 2
@@ -96,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 "events_removed": result.count("events.jsonl"),
                 "impressions_removed": result.count("impressions.jsonl"),
                 "users_rows_removed": rows,
+                "dataset_rows_removed": dataset_rows,
                 "consent_removed": consent,
             }
         )

@@ -1,9 +1,6 @@
-"""Shoppers' consent, by pseudonym, persisted durably in one JSON file beside the event log.
-
-The file (``consent.json``) maps a pseudonym to ``{"personalization": bool,
-"use_for_training": bool, "set": ISO time}``; it is rewritten atomically on every change and
-read by the training-set builder (`training_opt_outs`) as well as by the server.
-"""
+"""Shoppers' consent, by pseudonym, persisted durably in one JSON file beside the event log
+(``consent.json``, format in trainer.privacy.exclusions, which the training-set builders read);
+rewritten atomically on every change."""
 
 from __future__ import annotations
 
@@ -14,8 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trainer.io import write_atomic
-
-CONSENT_FILE = "consent.json"
+from trainer.privacy.exclusions import CONSENT_FILE, read_consent
 
 
 @dataclass(frozen=True)
@@ -32,7 +28,7 @@ class ConsentStore:
         self.path = Path(directory) / CONSENT_FILE
         self.default = default or Preferences()
         self._lock = threading.Lock()
-        self._prefs: dict[str, dict] = _read(self.path)
+        self._prefs: dict[str, dict] = read_consent(self.path.parent)
 
     def get(self, candidates: tuple[str, ...]) -> Preferences:
         """The first of `candidates` (a user's pseudonyms, current key first) with a choice."""
@@ -81,28 +77,3 @@ class ConsentStore:
             write_atomic(self.path, json.dumps(prefs, sort_keys=True, indent=1))
             self._prefs = prefs
             return True
-
-
-def _read(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise ValueError(f"{path}: not a consent file ({error})") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a consent file (expected an object)")
-    return data
-
-
-def training_opt_outs(directory: str | Path, default_use_for_training: bool = True) -> set[str]:
-    """Pseudonyms whose behaviour must not train a model: those who turned use_for_training
-    off. (With a deployment default of off, the builder keeps only `training_opt_ins`.)"""
-    prefs = _read(Path(directory) / CONSENT_FILE)
-    return {k for k, v in prefs.items() if not v.get("use_for_training", default_use_for_training)}
-
-
-def training_opt_ins(directory: str | Path) -> set[str]:
-    """Pseudonyms who explicitly allowed training (for deployments whose default is off)."""
-    prefs = _read(Path(directory) / CONSENT_FILE)
-    return {k for k, v in prefs.items() if v.get("use_for_training")}

@@ -24,11 +24,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from trainer.io import atomic_path, fsync_dir
+from trainer.privacy.exclusions import TOMBSTONES_FILE, erased, read_tombstones
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-TOMBSTONES = "tombstones.jsonl"
 LOG_FILES = ("events.jsonl", "impressions.jsonl")
 _thread_lock = threading.RLock()  # flock is per open file; this orders threads of one process
 
@@ -52,30 +52,6 @@ def record_time(raw: dict) -> datetime | None:
         return None
     when = datetime.fromisoformat(value)
     return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-def read_tombstones(directory: str | Path) -> dict[str, datetime]:
-    """pseudonym → the latest time that user was forgotten."""
-    path = Path(directory) / TOMBSTONES
-    out: dict[str, datetime] = {}
-    if not path.exists():
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # a torn last line: that erasure was never acknowledged
-            raw = json.loads(line)
-            when = datetime.fromisoformat(raw["forgotten"])
-            if raw["user_id"] not in out or out[raw["user_id"]] < when:
-                out[raw["user_id"]] = when
-    return out
-
-
-def erased(tombstones: dict[str, datetime], user_id: str, when: datetime | None) -> bool:
-    """Whether a record of `user_id` made at `when` was erased (recorded before a tombstone;
-    a record with no time counts as erased)."""
-    forgotten = tombstones.get(user_id)
-    return forgotten is not None and (when is None or when <= forgotten)
 
 
 @dataclass
@@ -137,7 +113,7 @@ def forget(
         lines = "".join(
             json.dumps({"user_id": u, "forgotten": now.isoformat()}) + "\n" for u in candidates
         )
-        path = directory / TOMBSTONES
+        path = directory / TOMBSTONES_FILE
         existed = path.exists()
         with open(path, "a", encoding="utf-8") as f:
             f.write(lines)

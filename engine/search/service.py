@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.privacy.logs import Rewrite, erased, forget, read_tombstones
+from engine.privacy.logs import Rewrite, forget
 from engine.search import live_updates, pipeline, recommend
 from engine.search.batcher import EncoderGate, MicroBatcher
 from engine.search.errors import FailedPrecondition, NotFound
@@ -30,6 +30,7 @@ from engine.search.types import (
 )
 from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
 from indexer.storage.users import forget_users, read_users
+from trainer.privacy.exclusions import erased, read_tombstones
 from trainer.text import query_text
 
 __all__ = ["SearchService"]

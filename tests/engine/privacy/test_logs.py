@@ -6,8 +6,9 @@ import json
 import threading
 from datetime import UTC, datetime, timedelta
 
-from engine.privacy.logs import compact, forget, log_lock, read_tombstones
+from engine.privacy.logs import compact, forget, log_lock
 from engine.search.events import Event, EventLog
+from trainer.privacy.exclusions import read_tombstones
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -16,10 +16,10 @@ import pytest
 from aisle.v1 import events_pb2, events_pb2_grpc, privacy_pb2, privacy_pb2_grpc
 from engine.api.privacy import PrivacyConfig
 from engine.client import AisleClient
-from engine.privacy.consent import training_opt_outs
 from engine.server import ServerConfig, create_server
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
+from trainer.feedback.dataset import build_dataset, read_dataset, write_dataset
 from trainer.privacy.pseudonym import ENV_KEYS, parse_keys
 
 TOKEN = "privacy-test-admin-token"
@@ -74,6 +74,16 @@ def click(user: str, item: str, query: str = "") -> events_pb2.Event:
     )
 
 
+def purchase(user: str, item: str) -> events_pb2.Event:
+    return events_pb2.Event(user_id=user, item_id=item, type=events_pb2.EVENT_TYPE_PURCHASE)
+
+
+def dataset_users(root: Path, out: Path) -> set[str]:
+    """The users in the next-item pairs of a dataset built from the root's logs now."""
+    write_dataset(build_dataset(root / "events", None), out)
+    return set(read_dataset(out)[1].column("user_id").to_pylist())
+
+
 def privacy(address: str):
     channel = grpc.insecure_channel(address)
     return channel, privacy_pb2_grpc.PrivacyStub(channel)
@@ -121,7 +131,12 @@ def test_opt_out_users_get_unpersonalised_results_and_leave_training(keyed_root)
     server = serve(keyed_root)
     address = f"127.0.0.1:{server.port}"
     channel, stub = privacy(address)
+    keys = parse_keys(KEYS_1, "test")
     try:
+        for user in (CAROL, BOB):
+            record(address, purchase(user, "SKU0012"), purchase(user, "SKU0013"))
+        before = dataset_users(keyed_root, keyed_root / "datasets" / "before")
+        assert before == {keys.pseudonym(CAROL), keys.pseudonym(BOB)}
         with AisleClient(address) as client, channel:
             assert not client.recommend(k=5, user_id=CAROL).popularity_fallback
             request = privacy_pb2.SetPreferencesRequest(
@@ -152,8 +167,8 @@ def test_opt_out_users_get_unpersonalised_results_and_leave_training(keyed_root)
             assert client.recommend(k=5, user_id=CAROL).popularity_fallback
     finally:
         server.stop(0)
-    carol = parse_keys(KEYS_1, "test").pseudonym(CAROL)
-    assert training_opt_outs(keyed_root / "events") == {carol}
+    after = dataset_users(keyed_root, keyed_root / "datasets" / "after")
+    assert after == {keys.pseudonym(BOB)}  # the next training set leaves the opted-out user out
 
 
 def test_erasure_removes_every_trace_and_survives_compaction_and_restart(keyed_root) -> None:
@@ -162,7 +177,8 @@ def test_erasure_removes_every_trace_and_survives_compaction_and_restart(keyed_r
     keys = parse_keys(KEYS_1, "test")
     try:
         record(address, click(CAROL, "SKU0020", "lamp"), click(BOB, "SKU0021"))
-        record(address, click(CAROL, "SKU0022"))
+        record(address, purchase(CAROL, "SKU0022"), purchase(CAROL, "SKU0023"))
+        dataset_users(keyed_root, keyed_root / "datasets" / "round-1")  # not yet trained on
         channel, stub = privacy(address)
         with channel:
             stub.SetPreferences(
@@ -173,7 +189,8 @@ def test_erasure_removes_every_trace_and_survives_compaction_and_restart(keyed_r
             reply = stub.ForgetUser(
                 privacy_pb2.ForgetUserRequest(user_id=CAROL), metadata=ADMIN, timeout=5
             )
-        assert reply.events_removed == 2 and reply.recent_items_removed
+        assert reply.events_removed == 3 and reply.recent_items_removed
+        assert reply.dataset_rows_removed == 1
         with AisleClient(address) as client:
             assert client.recommend(k=5, user_id=CAROL).popularity_fallback
             assert not client.recommend(k=5, user_id=BOB).popularity_fallback
@@ -215,6 +232,8 @@ def test_erasure_removes_every_trace_and_survives_compaction_and_restart(keyed_r
         and carol not in (keyed_root / "events/consent.json").read_text()
     )
     assert all(carol not in every_text(v) for v in (keyed_root / "versions").iterdir())
+    assert carol not in every_text(keyed_root / "datasets")
+    assert dataset_users(keyed_root, keyed_root / "datasets" / "round-2") == set()
     assert keys.pseudonym(BOB) in text
 
 
@@ -248,6 +267,7 @@ def test_aisle_events_forget_uses_the_servers_keys(keyed_root, tmp_path) -> None
         "events_removed": 1,
         "impressions_removed": 0,
         "users_rows_removed": 1,
+        "dataset_rows_removed": 0,
         "consent_removed": False,
     }
     alice = parse_keys(KEYS_1, "test").pseudonym(ALICE)
