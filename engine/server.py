@@ -285,6 +285,7 @@ class AisleServer:
                 encoding=self.config.encoding,
                 on_batch=on_batch,
                 events_dir=self._events_dir(),
+                popularity_dp=self.config.privacy.popularity_dp,
             )
             service.warm_up()
         m = self.metrics

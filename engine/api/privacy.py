@@ -31,6 +31,7 @@ from engine.privacy.consent import ConsentStore, Preferences
 from engine.privacy.scrub import QueryScrubber
 from engine.search.errors import FailedPrecondition, InvalidArgument
 from engine.search.events import UserState
+from trainer.privacy.noise import DPConfig
 from trainer.privacy.pseudonym import Pseudonymizer
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class PrivacyConfig:
     scrubber: QueryScrubber = field(default_factory=QueryScrubber)
     default: Preferences = field(default_factory=Preferences)
     retention_days: float | None = None
+    # The popularity fallback from shoppers' engagement, with DP noise (None: the catalog's).
+    popularity_dp: DPConfig | None = None
 
     def candidates(self, user_id: str) -> tuple[str, ...]:
         """Where this raw user id's data may be stored: its pseudonyms, current key first."""

@@ -182,6 +182,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="at start, drop events and impressions recorded more than this many days ago "
         "(also `aisle-events compact --retention-days`; default: keep)",
     )
+    privacy.add_argument(
+        "--popularity-epsilon",
+        type=float,
+        default=None,
+        help="rank Recommend's popularity fallback by shoppers' engagement counts (click, "
+        "add_to_cart, purchase) with Laplace noise for this ε per release (each start or "
+        "Reload is one release; each shopper counts for at most --popularity-items-per-user "
+        "items); default: the catalog's popularity signal, no shopper data",
+    )
+    privacy.add_argument(
+        "--popularity-items-per-user",
+        type=int,
+        default=10,
+        help="the per-shopper contribution bound of --popularity-epsilon (default 10)",
+    )
     scale = parser.add_argument_group("scale-out")
     scale.add_argument(
         "--shard",
@@ -254,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.privacy.scrub import scrubber_of
     from engine.search.types import EncodingConfig
     from engine.server import ServerConfig, TlsConfig, create_server
+    from trainer.privacy.noise import DPConfig
     from trainer.privacy.pseudonym import from_environment
 
     token = os.environ.get("AISLE_ADMIN_TOKEN")
@@ -291,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
                 use_for_training=args.default_use_for_training == "on",
             ),
             retention_days=args.retention_days,
+            popularity_dp=(
+                DPConfig(args.popularity_epsilon, max_items_per_user=args.popularity_items_per_user)
+                if args.popularity_epsilon is not None
+                else None
+            ),
         )
         config = ServerConfig(
             index=args.index,

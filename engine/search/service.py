@@ -31,11 +31,14 @@ from engine.search.types import (
 from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
 from indexer.storage.users import forget_users, read_users
 from trainer.privacy.exclusions import erased, read_tombstones
+from trainer.privacy.noise import DPConfig, private_counts
 from trainer.text import query_text
 
 __all__ = ["SearchService"]
 
 log = logging.getLogger(__name__)
+
+ENGAGEMENTS = ("click", "add_to_cart", "purchase")  # what counts towards shopper popularity
 
 
 class SearchService:
@@ -58,6 +61,7 @@ class SearchService:
         on_batch: Any = None,
         events_dir: Path | None = None,
         load: Callable[[Path], Snapshot] | None = None,
+        popularity_dp: DPConfig | None = None,
     ) -> None:
         self._index_path = Path(index_path)
         self._event_log = EventLog(events_dir) if events_dir is not None else None
@@ -79,6 +83,10 @@ class SearchService:
         self._snapshot = snapshot
         self._batcher = self._new_batcher(snapshot)
         self.users = self._load_users(snapshot)
+        # With a DP budget, the popularity fallback ranks by shoppers' engagement counts with
+        # calibrated noise (docs/privacy.md), recomputed at each load (each is one release).
+        self._popularity_dp = popularity_dp
+        self._popularity = self._private_popularity(snapshot)
 
     def _load_users(self, snapshot: Snapshot) -> UserState:
         """The version's users' recent items, plus the events logged since those were made.
@@ -104,6 +112,22 @@ class SearchService:
                     replayed += 1
             log.info("user state: %d users, %d events replayed from the log", len(users), replayed)
         return users
+
+    def _private_popularity(self, snapshot: Snapshot) -> np.ndarray | None:
+        """(n_items,) popularity in [0, 1] from DP-noised engagement counts; None: off."""
+        if self._popularity_dp is None or self._event_log is None:
+            return None
+        tombstones = read_tombstones(self._event_log.directory)
+        pairs = (
+            (e.user_id, e.item_id)
+            for e in self._event_log.read()
+            if e.type in ENGAGEMENTS and not erased(tombstones, e.user_id, e.recorded or e.time)
+        )
+        items = list(snapshot.index.item_ids)
+        counts = private_counts(pairs, items, self._popularity_dp, np.random.default_rng())
+        log.info("popularity from events under %s", self._popularity_dp)
+        scaled = np.log1p(counts)
+        return (scaled / max(float(scaled.max()), 1e-12)).astype(np.float32)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -171,7 +195,9 @@ class SearchService:
 
     def recommend(self, k: int, **kwargs: Any) -> SearchResult:
         """Items for a user or a history (engine.search.recommend.recommend's keywords)."""
-        return recommend.recommend(self._snapshot, self.users, k, **kwargs)
+        return recommend.recommend(
+            self._snapshot, self.users, k, popularity=self._popularity, **kwargs
+        )
 
     # -- events and items -----------------------------------------------------------------------
 
@@ -299,8 +325,10 @@ class SearchService:
                     old_batcher = self._batcher
                     with self._events_lock:  # no event can slip between the replay and the swap
                         users = self._load_users(snapshot)
+                        popularity = self._private_popularity(snapshot)
                         self._batcher = self._new_batcher(snapshot)
                         self._snapshot, self.users = snapshot, users
+                        self._popularity = popularity
             except BaseException:
                 live_updates.retire(snapshot, old)  # never served: close its log
                 raise

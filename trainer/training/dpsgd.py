@@ -39,6 +39,9 @@ class DPSGDConfig:
     max_length: int = 32
     pooling: str = "mean"
     train_embeddings: bool = False  # the word embeddings stay frozen (faster, and often better)
+    # Only the last N transformer layers train (None: all): fewer parameters to clip and noise,
+    # and per-example gradients of those only (memory: batch x trained parameters).
+    trainable_layers: int | None = None
 
     def __post_init__(self) -> None:
         if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
@@ -124,6 +127,9 @@ def dp_finetune(
     frozen = [getattr(model, "pooler", None)]  # unused by the pooled output: no gradient
     if not config.train_embeddings:
         frozen.append(model.embeddings)
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if config.trainable_layers is not None and layers is not None:
+        frozen.extend(layers[: max(len(layers) - config.trainable_layers, 0)])
     for part in filter(None, frozen):
         for p in part.parameters():
             p.requires_grad_(False)

@@ -1,0 +1,149 @@
+"""Utility cost of DP-SGD: NDCG@10 of the query tower fine-tuned on shopper-style pairs at
+several ε against the same fine-tuning without DP (and the base model untuned).
+
+Shopper data: the learning loop's simulator is not available on this branch, so ESCI's Exact
+judgments stand in for clicks: one (query, exact item) pair per training query, i.e. one
+example per "shopper" (so the per-example guarantee is per shopper here). The catalog is every
+item judged for the sampled train and dev queries; item vectors come from the base model's
+item tower and stay frozen (trainer.training.dpsgd). Dev queries are ranked over that catalog
+by exact dot product; gains 2^grade - 1.
+
+    python -m benchmarks.bench_dp_utility --train-queries 2000 --dev-queries 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import append_jsonl, machine, require_shared_data
+from trainer.encoder.load import load_encoder
+from trainer.encoder.model_dir import default_model_dir
+from trainer.encoder.torch_tower import load_hf_model
+from trainer.evaluation.metrics import ndcg_at_k
+from trainer.text import item_text, query_text
+from trainer.training.dpsgd import DPSGDConfig, dp_finetune, encode_queries
+
+
+def _jsonl(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def _judgments(path: Path) -> dict[str, tuple[str, dict[str, int]]]:
+    out: dict[str, tuple[str, dict[str, int]]] = {}
+    for r in _jsonl(path):
+        out.setdefault(r["query_id"], (r["query"], {}))[1][r["item_id"]] = int(r["grade"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-queries", type=int, default=2000)
+    parser.add_argument("--dev-queries", type=int, default=300)
+    parser.add_argument("--epsilons", default="8,4,1", help="comma list; 'none' = no DP run")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--trainable-layers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench-out/dp_utility.jsonl"))
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    data = require_shared_data("esci")
+    rng = random.Random(args.seed)
+    train = _judgments(data / "labels_train.jsonl.gz")
+    dev = _judgments(data / "labels_dev.jsonl.gz")
+    train_ids = [q for q in sorted(train) if any(g == 3 for g in train[q][1].values())]
+    dev_ids = [q for q in sorted(dev) if any(g > 0 for g in dev[q][1].values())]
+    train_ids = rng.sample(train_ids, min(args.train_queries, len(train_ids)))
+    dev_ids = rng.sample(dev_ids, min(args.dev_queries, len(dev_ids)))
+    wanted = {i for q in train_ids for i in train[q][1]} | {i for q in dev_ids for i in dev[q][1]}
+    products = {
+        r["item_id"]: r for r in _jsonl(data / "products.jsonl.gz") if r["item_id"] in wanted
+    }
+    item_ids = sorted(products)
+    row = {item: n for n, item in enumerate(item_ids)}
+    encoder = load_encoder(default_model_dir(), backend="torch")
+    items = encoder.encode_items([item_text(products[i]) for i in item_ids])  # (n, dim)
+    queries, targets = [], []
+    for q in train_ids:
+        text, judged = train[q]
+        exact = sorted(i for i, g in judged.items() if g == 3 and i in row)
+        if exact:
+            queries.append(query_text(text))
+            targets.append(row[rng.choice(exact)])
+    dev_texts = [query_text(dev[q][0]) for q in dev_ids]
+    print(f"{len(queries)} training pairs, {len(dev_ids)} dev queries, {len(item_ids)} items")
+
+    def ndcg(model, tokenizer, config) -> float:
+        xq = encode_queries(model, tokenizer, dev_texts, config)
+        top = np.argsort(-(xq @ items.T), axis=1)[:, :10]
+        scores = []
+        for n, q in enumerate(dev_ids):
+            gains = {i: 2.0**g - 1 for i, g in dev[q][1].items()}
+            value = ndcg_at_k([item_ids[j] for j in top[n]], gains, 10)
+            if value is not None:
+                scores.append(value)
+        return float(np.mean(scores))
+
+    settings: list[float | None | str] = ["base", None]
+    settings += [float(e) for e in args.epsilons.split(",") if e.strip() not in ("", "none")]
+    for setting in settings:
+        t = time.perf_counter()
+        tokenizer, model = load_hf_model(default_model_dir())
+        config = DPSGDConfig(
+            epsilon=None if setting == "base" else setting,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            trainable_layers=args.trainable_layers,
+        )
+        report = None
+        if setting != "base":
+            report = dp_finetune(
+                model, tokenizer, queries, np.array(targets), items, config, seed=args.seed
+            )
+        value = ndcg(model, tokenizer, config)
+        record = {
+            "bench": "dp_utility",
+            "setting": "base (no fine-tuning)"
+            if setting == "base"
+            else ("no DP" if setting is None else f"epsilon={setting}"),
+            "ndcg@10": round(value, 4),
+            "dpsgd": report.to_json() if report else None,
+            "train_pairs": len(queries),
+            "dev_queries": len(dev_ids),
+            "items": len(item_ids),
+            "config": {
+                k: getattr(config, k)
+                for k in (
+                    "epochs",
+                    "batch_size",
+                    "lr",
+                    "trainable_layers",
+                    "max_grad_norm",
+                    "delta",
+                )
+            },
+            "seconds": round(time.perf_counter() - t, 1),
+            "machine": machine("opacus", "transformers"),
+        }
+        print(
+            json.dumps({k: record[k] for k in ("setting", "ndcg@10", "seconds")}), record["dpsgd"]
+        )
+        append_jsonl(args.out, record)
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
