@@ -12,9 +12,10 @@ metrics and every file see only pseudonyms:
 - consent: a shopper with personalization off gets unpersonalised results: Search loses its
   user id and recent items, Recommend answers from the popularity fallback;
 - Privacy methods: ``user_id`` becomes the user's pseudonyms under every key, space-separated
-  (erasure must reach what was recorded under the previous key too).
+  (erasure must reach what was recorded under the previous key too; pseudonyms hold no space).
 
-An id outside 1..256 characters is left as it is: the handler rejects it, nothing is written.
+An id outside 1..256 characters is left as it is: the handler rejects it (INVALID_ARGUMENT)
+and nothing is written.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from engine.privacy.scrub import QueryScrubber
 from engine.search.errors import FailedPrecondition, InvalidArgument
 from engine.search.events import UserState
 from trainer.privacy.noise import DPConfig
-from trainer.privacy.pseudonym import Pseudonymizer
+from trainer.privacy.pseudonym import Pseudonymizer, is_pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,8 @@ class PrivacyEdge(grpc.ServerInterceptor):
                 event.query = scrub(event.query)
 
     def _privacy(self, request: Any) -> None:
-        if _valid(request.user_id):
-            request.user_id = " ".join(self.config.candidates(request.user_id))
+        if _valid(request.user_id) and self.config.pseudonyms is not None:
+            request.user_id = " ".join(self.config.pseudonyms.candidates(request.user_id))
 
 
 _REWRITTEN = (
@@ -167,13 +168,21 @@ _REWRITTEN = (
 )
 
 
-def _candidates(request: Any) -> tuple[str, ...]:
-    """The pseudonyms PrivacyEdge put in a Privacy request (validated)."""
-    if not request.user_id:
-        raise InvalidArgument.field("user_id", "must be set")
-    if len(request.user_id) > MAX_USER_ID_CHARS and " " not in request.user_id:
-        raise InvalidArgument.field("user_id", f"at most {MAX_USER_ID_CHARS} characters")
-    return tuple(request.user_id.split(" "))
+def _candidates(request: Any, config: PrivacyConfig) -> tuple[str, ...]:
+    """The user's pseudonyms PrivacyEdge put in a Privacy request (the id as given when the
+    deployment has no keys).
+
+    Raises:
+        InvalidArgument: the id was not 1..256 characters (the edge left it as it was).
+    """
+    if config.pseudonyms is None:
+        if not _valid(request.user_id):
+            raise InvalidArgument.field("user_id", f"must be 1 to {MAX_USER_ID_CHARS} characters")
+        return (request.user_id,)
+    parts = tuple(request.user_id.split(" "))
+    if not all(is_pseudonym(p) for p in parts):
+        raise InvalidArgument.field("user_id", f"must be 1 to {MAX_USER_ID_CHARS} characters")
+    return parts
 
 
 class PrivacyServicer(privacy_pb2_grpc.PrivacyServicer):
@@ -203,7 +212,7 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServicer):
         return store
 
     def SetPreferences(self, request, context):  # noqa: N802 (gRPC method names)
-        candidates = _candidates(request)
+        candidates = _candidates(request, self._config)
         prefs = self._store().set(
             candidates,
             personalization=(
@@ -216,12 +225,12 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServicer):
         return _preferences(prefs)
 
     def GetPreferences(self, request, context):  # noqa: N802
-        candidates = _candidates(request)
+        candidates = _candidates(request, self._config)
         store = self._consent()
         return _preferences(store.get(candidates) if store else self._config.default)
 
     def ForgetUser(self, request, context):  # noqa: N802
-        candidates = _candidates(request)
+        candidates = _candidates(request, self._config)
         removed, held, _ = self._service().forget_users(candidates)
         store = self._consent()
         if store is not None:

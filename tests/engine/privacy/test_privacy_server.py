@@ -343,3 +343,22 @@ def test_a_root_without_keys_copies_unchanged(index_root, tmp_path) -> None:
     finally:
         server.stop(0)
     assert '"user_id":"u1"' in (root / "events" / "events.jsonl").read_text()
+
+
+def test_privacy_without_keys_takes_ids_as_given(index_root, tmp_path) -> None:
+    root = Path(shutil.copytree(index_root, tmp_path / "plain"))
+    server = create_server(ServerConfig(index=root, port=0))
+    channel, stub = privacy(f"127.0.0.1:{server.port}")
+    try:
+        with channel:
+            user = "john smith"  # a space: no pseudonyms to split here
+            request = privacy_pb2.SetPreferencesRequest(user_id=user, personalization=False)
+            assert not stub.SetPreferences(request, timeout=5).personalization
+            got = stub.GetPreferences(privacy_pb2.GetPreferencesRequest(user_id=user), timeout=5)
+            assert not got.personalization and not got.defaults
+            with pytest.raises(grpc.RpcError) as error:
+                stub.GetPreferences(privacy_pb2.GetPreferencesRequest(user_id="x" * 257))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(0)
+    assert json.loads((root / "events" / "consent.json").read_text()).keys() == {"john smith"}
