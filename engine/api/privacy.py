@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 
 from aisle.v1 import events_pb2, privacy_pb2, privacy_pb2_grpc, retrieval_pb2
-from engine.privacy.consent import ConsentStore, Preferences
+from engine.privacy.consent import NO_PERSONALIZATION, ConsentStore, Preferences
 from engine.privacy.scrub import QueryScrubber
 from engine.search.errors import FailedPrecondition, InvalidArgument
 from engine.search.events import UserState
@@ -38,9 +38,6 @@ from trainer.privacy.pseudonym import Pseudonymizer, is_pseudonym
 log = logging.getLogger(__name__)
 
 MAX_USER_ID_CHARS = 256
-# A Recommend user id no pseudonym or raw id can be (ids are <= 256 characters): no history,
-# so the popularity fallback answers a shopper who turned personalization off.
-NO_PERSONALIZATION = "\x00" * MAX_USER_ID_CHARS
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ from pathlib import Path
 from trainer.io import write_atomic
 from trainer.privacy.exclusions import CONSENT_FILE, read_consent
 
+# The user id a Recommend carries once the privacy edge found its shopper turned
+# personalization off: longer than any real id or pseudonym, so no history is ever held under
+# it, and logged as anonymous (no user) by the impression log.
+NO_PERSONALIZATION = "\x00" * 256
+
 
 @dataclass(frozen=True)
 class Preferences:

@@ -110,6 +110,7 @@ def test_nothing_under_a_served_root_holds_a_raw_user_id_or_a_planted_email(keye
             assert not client.recommend(k=5, user_id=CAROL).popularity_fallback  # keyed history
             assert not client.recommend(k=5, user_id=ALICE).popularity_fallback
             assert client.search("desk", 5, user_id=ALICE, personalization_weight=0.5).personalized
+            client.search(f"desk {PLANTED}", 5, user_id=BOB)  # shown: an impression is logged
         channel, stub = privacy(address)
         with channel:
             stub.SetPreferences(
@@ -122,6 +123,9 @@ def test_nothing_under_a_served_root_holds_a_raw_user_id_or_a_planted_email(keye
     text = every_text(keyed_root)
     for secret in (ALICE, BOB, CAROL, PLANTED, "415 555 0199", "4111 1111 1111 1111"):
         assert secret not in text
+    shown = [json.loads(line) for line in (keyed_root / "events/impressions.jsonl").open()]
+    assert {r["user_id"][:3] for r in shown if r["user_id"]} == {"k1."}
+    assert any("[email]" in r["query"] for r in shown)
     logged = [json.loads(line) for line in (keyed_root / "events/events.jsonl").open()]
     assert logged[0]["user_id"].startswith("k1.") and "[email]" in logged[0]["query"]
     assert "[phone]" in logged[0]["query"] and "[card]" in logged[0]["query"]
@@ -179,6 +183,8 @@ def test_erasure_removes_every_trace_and_survives_compaction_and_restart(keyed_r
         record(address, click(CAROL, "SKU0020", "lamp"), click(BOB, "SKU0021"))
         record(address, purchase(CAROL, "SKU0022"), purchase(CAROL, "SKU0023"))
         dataset_users(keyed_root, keyed_root / "datasets" / "round-1")  # not yet trained on
+        with AisleClient(address) as client:
+            client.search("lamp", 5, user_id=CAROL)  # an impression of hers
         channel, stub = privacy(address)
         with channel:
             stub.SetPreferences(
@@ -190,7 +196,7 @@ def test_erasure_removes_every_trace_and_survives_compaction_and_restart(keyed_r
                 privacy_pb2.ForgetUserRequest(user_id=CAROL), metadata=ADMIN, timeout=5
             )
         assert reply.events_removed == 3 and reply.recent_items_removed
-        assert reply.dataset_rows_removed == 1
+        assert reply.dataset_rows_removed == 1 and reply.impressions_removed >= 1
         with AisleClient(address) as client:
             assert client.recommend(k=5, user_id=CAROL).popularity_fallback
             assert not client.recommend(k=5, user_id=BOB).popularity_fallback
@@ -231,6 +237,10 @@ def test_erasure_removes_every_trace_and_survives_compaction_and_restart(keyed_r
         carol not in events.read_text()
         and carol not in (keyed_root / "events/consent.json").read_text()
     )
+    # Impressions of hers left are of the requests made after the erasure (she came back).
+    forgotten = json.loads(tombstones.splitlines()[0])["forgotten"]
+    shown = [json.loads(x) for x in (keyed_root / "events" / "impressions.jsonl").open()]
+    assert all(r["time"] > forgotten for r in shown if r["user_id"] == carol)
     assert all(carol not in every_text(v) for v in (keyed_root / "versions").iterdir())
     assert carol not in every_text(keyed_root / "datasets")
     assert dataset_users(keyed_root, keyed_root / "datasets" / "round-2") == set()
