@@ -13,7 +13,7 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 
-from aisle.v1 import events_pb2, events_pb2_grpc, privacy_pb2, privacy_pb2_grpc
+from aisle.v1 import events_pb2, events_pb2_grpc, privacy_pb2, privacy_pb2_grpc, retrieval_pb2
 from engine.api.privacy import PrivacyConfig
 from engine.client import AisleClient
 from engine.server import ServerConfig, create_server
@@ -111,6 +111,8 @@ def test_nothing_under_a_served_root_holds_a_raw_user_id_or_a_planted_email(keye
             assert not client.recommend(k=5, user_id=ALICE).popularity_fallback
             assert client.search("desk", 5, user_id=ALICE, personalization_weight=0.5).personalized
             client.search(f"desk {PLANTED}", 5, user_id=BOB)  # shown: an impression is logged
+            batch = [retrieval_pb2.SearchRequest(query="lamp", k=3, user_id=ALICE)]
+            assert len(client.batch_search(batch).responses) == 1
         channel, stub = privacy(address)
         with channel:
             stub.SetPreferences(
@@ -120,6 +122,7 @@ def test_nothing_under_a_served_root_holds_a_raw_user_id_or_a_planted_email(keye
             )
     finally:
         server.stop(0)
+    dataset_users(keyed_root, keyed_root / "datasets" / "round-1")  # training data, too
     text = every_text(keyed_root)
     for secret in (ALICE, BOB, CAROL, PLANTED, "415 555 0199", "4111 1111 1111 1111"):
         assert secret not in text
