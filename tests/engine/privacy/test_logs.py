@@ -6,6 +6,7 @@ import json
 import threading
 from datetime import UTC, datetime, timedelta
 
+from engine.privacy.consent import ConsentStore
 from engine.privacy.logs import compact, forget, log_lock
 from engine.search.events import Event, EventLog
 from trainer.privacy.exclusions import read_tombstones
@@ -58,3 +59,13 @@ def test_appends_wait_for_a_rewrite_holding_the_lock(tmp_path) -> None:
         assert not done.wait(0.3)  # the append is held while the lock is
     thread.join(5)
     assert done.is_set() and [e.user_id for e in log.read()] == ["a", "b"]
+
+
+def test_consent_changes_of_another_process_are_seen_and_kept(tmp_path) -> None:
+    server, cli = ConsentStore(tmp_path), ConsentStore(tmp_path)
+    server.set(("a",), personalization=False)
+    assert cli.get(("a",)).personalization is False  # read back from the file
+    assert cli.forget(("a",))
+    assert server.get(("a",)).defaults  # the server sees the erasure...
+    server.set(("b",), use_for_training=False)
+    assert cli.get(("a",)).defaults and not cli.get(("b",)).use_for_training  # ...and keeps it
