@@ -50,12 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-queries", type=int, default=100)
     parser.add_argument("--dev-queries", type=int, default=20)
-    parser.add_argument("--epsilons", default="8,4,1", help="comma list; 'none' = no DP run")
+    parser.add_argument(
+        "--epsilons", default="none,8,4,1", help="comma list of ε; 'none': fine-tuned without DP"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--trainable-layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-length", type=int, default=16, help="query tokens (ESCI: short)")
+    parser.add_argument(
+        "--base", action=argparse.BooleanOptionalAction, default=True, help="also the base model"
+    )
+    parser.add_argument(
+        "--item-cache", type=Path, help="item vectors (.npy) to reuse across runs of this setup"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out/dp_utility.jsonl"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -73,8 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     item_ids = sorted(products)
     row = {item: n for n, item in enumerate(item_ids)}
-    encoder = load_encoder(default_model_dir(), backend="torch")
-    items = encoder.encode_items([item_text(products[i]) for i in item_ids])  # (n, dim)
+    if args.item_cache is not None and args.item_cache.exists():
+        items = np.load(args.item_cache)
+    else:
+        encoder = load_encoder(default_model_dir(), backend="torch")
+        items = encoder.encode_items([item_text(products[i]) for i in item_ids])  # (n, dim)
+        if args.item_cache is not None:
+            np.save(args.item_cache, items)
+    if len(items) != len(item_ids):
+        raise SystemExit(f"{args.item_cache} holds {len(items)} vectors, not {len(item_ids)}")
     queries, targets = [], []
     for q in train_ids:
         text, judged = train[q]
@@ -98,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 scores.append(value)
         return float(np.mean(scores)), float(np.std(scores, ddof=1) / np.sqrt(len(scores)))
 
-    settings: list[float | None | str] = ["base", None]
-    settings += [float(e) for e in args.epsilons.split(",") if e.strip() not in ("", "none")]
+    settings: list[float | None | str] = ["base"] if args.base else []
+    for e in filter(None, (e.strip() for e in args.epsilons.split(","))):
+        settings.append(None if e == "none" else float(e))
     for setting in settings:
         t = time.perf_counter()
         tokenizer, model = load_hf_model(default_model_dir())
@@ -109,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             trainable_layers=args.trainable_layers,
+            max_length=args.max_length,
         )
         report = None
         if setting != "base":
@@ -136,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     "trainable_layers",
                     "max_grad_norm",
                     "delta",
+                    "max_length",
                 )
             },
             "seconds": round(time.perf_counter() - t, 1),

@@ -124,7 +124,8 @@ def test_nothing_under_a_served_root_holds_a_raw_user_id_or_a_planted_email(keye
         server.stop(0)
     dataset_users(keyed_root, keyed_root / "datasets" / "round-1")  # training data, too
     text = every_text(keyed_root)
-    for secret in (ALICE, BOB, CAROL, PLANTED, "415 555 0199", "4111 1111 1111 1111"):
+    key_secrets = [k.partition(":")[2] for k in (KEYS_1, KEYS_2)]
+    for secret in (ALICE, BOB, CAROL, PLANTED, "415 555 0199", "4111 1111 1111 1111", *key_secrets):
         assert secret not in text
     shown = [json.loads(line) for line in (keyed_root / "events/impressions.jsonl").open()]
     assert {r["user_id"][:3] for r in shown if r["user_id"]} == {"k1."}
@@ -375,3 +376,25 @@ def test_privacy_without_keys_takes_ids_as_given(index_root, tmp_path) -> None:
     finally:
         server.stop(0)
     assert json.loads((root / "events" / "consent.json").read_text()).keys() == {"john smith"}
+
+
+def test_retention_runs_at_start_before_the_replay(keyed_root) -> None:
+    server = serve(keyed_root)
+    try:
+        record(f"127.0.0.1:{server.port}", click(BOB, "SKU0050"))
+    finally:
+        server.stop(0)
+    events = keyed_root / "events" / "events.jsonl"
+    old = {
+        "user_id": "k1.old",
+        "item_id": "SKU0051",
+        "type": "click",
+        "query": "",
+        "time": "2020-01-01T00:00:00+00:00",
+        "recorded": "2020-01-01T00:00:00+00:00",
+    }
+    with events.open("a") as f:
+        f.write(json.dumps(old) + "\n")
+    server = serve(keyed_root, retention_days=30)
+    server.stop(0)
+    assert [json.loads(x)["item_id"] for x in events.open()] == ["SKU0050"]
