@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,3 +63,30 @@ def forget_dataset_users(dataset_dir: str | Path, user_ids: set[str]) -> int:
     if removed:
         log.info("%s: removed %d rows of forgotten users", dataset_dir, removed)
     return removed
+
+
+def allowed_spark(df: Any, when: Any, exclusions: TrainingExclusions) -> Any:
+    """`allowed` for a Spark DataFrame with a user_id column; `when` is the Column of its
+    records' times. (What was dropped is not counted: that would cost a pass over the data.)"""
+    from pyspark.sql import functions as F
+
+    user = F.col("user_id")
+    anonymous = user.isNull() | (user == "")
+    if exclusions.default_use_for_training:
+        out = sorted(
+            u for u, c in exclusions.consent.items() if not c.get("use_for_training", True)
+        )
+        consented = ~user.isin(out) if out else F.lit(True)
+    else:
+        ins = sorted(u for u, c in exclusions.consent.items() if c.get("use_for_training"))
+        consented = user.isin(ins) if ins else F.lit(False)
+    df = df.filter(anonymous | consented)
+    if exclusions.tombstones:
+        spark = df.sparkSession
+        tombs = spark.createDataFrame(
+            sorted(exclusions.tombstones.items()), "_tomb_user string, _forgotten timestamp"
+        )
+        df = df.join(F.broadcast(tombs), user == F.col("_tomb_user"), "left")
+        kept = F.col("_forgotten").isNull() | (when > F.col("_forgotten"))
+        df = df.filter(anonymous | kept).drop("_tomb_user", "_forgotten")
+    return df
