@@ -65,6 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--item-cache", type=Path, help="item vectors (.npy) to reuse across runs of this setup"
     )
+    parser.add_argument(
+        "--item-max-length", type=int, default=48, help="item tokens embedded (default 48)"
+    )
+    parser.add_argument(
+        "--embed-part",
+        metavar="I/N",
+        help="only embed part I of N of the items into ITEM_CACHE.partI.npy and exit (run the "
+        "parts in parallel; a later run joins them)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out/dp_utility.jsonl"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -76,17 +85,33 @@ def main(argv: list[str] | None = None) -> int:
     dev_ids = [q for q in sorted(dev) if any(g > 0 for g in dev[q][1].values())]
     train_ids = rng.sample(train_ids, min(args.train_queries, len(train_ids)))
     dev_ids = rng.sample(dev_ids, min(args.dev_queries, len(dev_ids)))
-    wanted = {i for q in train_ids for i in train[q][1]} | {i for q in dev_ids for i in dev[q][1]}
+    # The catalog: the training targets (exact items) and everything judged for dev queries.
+    wanted = {i for q in train_ids for i, g in train[q][1].items() if g == 3}
+    wanted |= {i for q in dev_ids for i in dev[q][1]}
     products = {
         r["item_id"]: r for r in _jsonl(data / "products.jsonl.gz") if r["item_id"] in wanted
     }
     item_ids = sorted(products)
     row = {item: n for n, item in enumerate(item_ids)}
+    texts = [item_text(products[i]) for i in item_ids]
+    if args.embed_part:
+        part, n_parts = (int(x) for x in args.embed_part.split("/"))
+        bounds = np.linspace(0, len(texts), n_parts + 1).astype(int)
+        encoder = load_encoder(default_model_dir(), backend="torch")
+        chunk = texts[bounds[part] : bounds[part + 1]]
+        vectors = encoder.encode_items(chunk, max_length=args.item_max_length)
+        np.save(args.item_cache.with_suffix(f".part{part}.npy"), vectors)
+        return 0
+    cache = args.item_cache
+    parts = list(cache.parent.glob(cache.stem + ".part*.npy")) if cache is not None else []
+    if cache is not None and not cache.exists() and parts:
+        parts.sort(key=lambda p: int(p.suffixes[-2][5:]))
+        np.save(cache, np.concatenate([np.load(p) for p in parts]))
     if args.item_cache is not None and args.item_cache.exists():
         items = np.load(args.item_cache)
     else:
         encoder = load_encoder(default_model_dir(), backend="torch")
-        items = encoder.encode_items([item_text(products[i]) for i in item_ids])  # (n, dim)
+        items = encoder.encode_items(texts, max_length=args.item_max_length)  # (n, dim)
         if args.item_cache is not None:
             np.save(args.item_cache, items)
     if len(items) != len(item_ids):
