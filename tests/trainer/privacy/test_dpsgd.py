@@ -16,7 +16,7 @@ def tower(tiny_model_dir):
     return tokenizer, model
 
 
-def data(n: int = 64, n_items: int = 8, dim: int = 32):
+def data(n: int = 48, n_items: int = 8, dim: int = 32):
     rng = np.random.default_rng(0)
     items = rng.normal(size=(n_items, dim)).astype(np.float32)
     items /= np.linalg.norm(items, axis=1, keepdims=True)
@@ -30,11 +30,11 @@ def data(n: int = 64, n_items: int = 8, dim: int = 32):
 def test_dp_finetune_reports_its_budget_and_trains(tower, epsilon) -> None:
     tokenizer, model = tower
     queries, targets, items = data()
-    config = DPSGDConfig(epsilon=epsilon, epochs=2, batch_size=16, lr=1e-3, max_length=8)
+    config = DPSGDConfig(epsilon=epsilon, epochs=1, batch_size=16, lr=1e-3, max_length=8)
     before = encode_queries(model, tokenizer, queries[:4], config)
     report = dp_finetune(model, tokenizer, queries, targets, items, config, seed=1)
     after = encode_queries(model, tokenizer, queries[:4], config)
-    assert report.steps > 0 and report.examples == 64 and np.isfinite(report.mean_loss)
+    assert report.steps > 0 and report.examples == 48 and np.isfinite(report.mean_loss)
     assert not np.allclose(before, after)  # the tower was updated
     if epsilon is None:
         assert report.epsilon is None and report.noise_multiplier == 0.0
