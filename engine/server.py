@@ -18,12 +18,15 @@ from aisle.v1 import (
     events_pb2_grpc,
     index_admin_pb2,
     index_admin_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
 from engine.api.interceptor import ServingInterceptor
 from engine.api.limits import AdmissionControl, RateLimiter
 from engine.api.metrics import ServerMetrics
+from engine.api.privacy import PrivacyConfig, PrivacyEdge, PrivacyServicer
 from engine.api.servicers import EventsServicer, IndexAdminServicer, RetrievalServicer, ServiceSlot
 from engine.cluster.clients import ShardClients
 from engine.cluster.config import RouterConfig
@@ -37,19 +40,24 @@ from engine.cluster.shard import (
 from engine.http.app import create_app
 from engine.http.bridge import Bridge
 from engine.http.gateway import HttpGateway, HttpTls
+from engine.privacy.consent import ConsentStore
+from engine.privacy.logs import compact
 from engine.search.impressions import ImpressionWriter
 from engine.search.service import SearchService
 from engine.search.snapshot import load_snapshot
 from engine.search.types import EncodingConfig
+from trainer.feedback.privacy import forget_dataset_users
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CATALOG_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".gz")
+DATASETS_DIR = "datasets"  # training datasets built from this root's logs, erased with a user
 SERVICE_NAMES = (
     retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name,
     index_admin_pb2.DESCRIPTOR.services_by_name["IndexAdmin"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["Events"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["Privacy"].full_name,
 )
 
 
@@ -111,6 +119,8 @@ class ServerConfig:
     # The HTTP/JSON gateway and playground (engine.http) on this port; None: off, 0: a free one.
     http_port: int | None = None
     http_host: str | None = None  # None: `host`
+    # Pseudonymous user ids, query scrubbing, consent defaults, retention (docs/privacy.md).
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         index = Path(self.index)
@@ -182,9 +192,24 @@ class AisleServer:
             ),
             max_response_bytes=MAX_MESSAGE_BYTES,
         )
+        # Consent lives beside the event log; the privacy edge runs before everything else, so
+        # no other code (the serving interceptor, handlers, logs) sees a raw user id.
+        self._slot = ServiceSlot(self.metrics)
+        events_dir = self._events_dir() if config.shard is None else None
+        self._consent = (
+            ConsentStore(events_dir, config.privacy.default) if events_dir is not None else None
+        )
+        interceptors: list[grpc.ServerInterceptor] = [interceptor]
+        if config.shard is None:
+            edge = PrivacyEdge(
+                config.privacy,
+                lambda: self._consent,
+                lambda: getattr(self._slot.service, "users", None),
+            )
+            interceptors.insert(0, edge)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aisle-rpc"),
-            interceptors=[interceptor],
+            interceptors=interceptors,
             # Admission has to happen before a handler thread is taken: the interceptor alone
             # can never see more than `workers` calls, and the rest would wait in grpcio's
             # unbounded queue. grpcio counts a call from arrival to completion and refuses the
@@ -204,7 +229,6 @@ class AisleServer:
         )
         # Services are registered up front and answer UNAVAILABLE until load() fills the slot,
         # so health checks can reach a loading server and see NOT_SERVING.
-        self._slot = ServiceSlot(self.metrics)
         self._draining = False
         self._gateway: HttpGateway | None = None
         if config.shard is not None:
@@ -221,6 +245,12 @@ class AisleServer:
                 servicers["IndexAdmin"], self._server
             )
             events_pb2_grpc.add_EventsServicer_to_server(servicers["Events"], self._server)
+            privacy_pb2_grpc.add_PrivacyServicer_to_server(
+                PrivacyServicer(
+                    config.privacy, lambda: self._consent, self._slot.get, self._forget_datasets
+                ),
+                self._server,
+            )
         address = f"{config.host}:{config.port}"
         try:
             if config.tls is not None:
@@ -235,8 +265,8 @@ class AisleServer:
                 "or the address is not local"
             )
         if config.http_port is not None and config.shard is None:
-            # The same servicers behind the same interceptor: one implementation, two edges.
-            app = create_app(Bridge(interceptor), servicers, ready=self._ready)
+            # The same servicers behind the same interceptors: one implementation, two edges.
+            app = create_app(Bridge(interceptors), servicers, ready=self._ready)
             tls = config.tls
             self._gateway = HttpGateway(
                 app,
@@ -246,6 +276,15 @@ class AisleServer:
             )
         self.metrics_port: int | None = None
         self._clients: ShardClients | None = None  # a router's, to its shard servers
+
+    def _forget_datasets(self, user_ids: tuple[str, ...]) -> int:
+        """Erasure in the training datasets under ROOT/datasets/ (docs/privacy.md)."""
+        index = Path(self.config.index)
+        datasets = index / DATASETS_DIR
+        if not datasets.is_dir():
+            return 0
+        dirs = sorted(p for p in datasets.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sum(forget_dataset_users(d, set(user_ids)) for d in dirs)
 
     @property
     def http_port(self) -> int | None:
@@ -271,7 +310,11 @@ class AisleServer:
         directory = self._events_dir()
         if not self.config.impressions or directory is None:
             return None
-        return ImpressionWriter(directory, on_drop=self.metrics.impressions_dropped.inc)
+        return ImpressionWriter(
+            directory,
+            on_drop=self.metrics.impressions_dropped.inc,
+            scrub=self.config.privacy.scrubber,
+        )
 
     def load(self) -> None:
         """Load model and index; health turns SERVING only after this."""
@@ -280,6 +323,10 @@ class AisleServer:
             self.metrics.encoder_batches.inc()
             self.metrics.encoder_batch_texts.inc(n_texts)
 
+        events_dir = self._events_dir() if self.config.shard is None else None
+        retention = self.config.privacy.retention_days
+        if events_dir is not None and retention is not None and os.access(events_dir, os.W_OK):
+            compact(events_dir, retention)  # retention at start, before the log is replayed
         if self.config.shard is not None:  # one shard's index and vectors, no model
             service = load_shard_service(self.config.index, self.config.shard)
         elif self.config.router is not None:  # the model and catalog; shards are remote
@@ -302,6 +349,7 @@ class AisleServer:
                 on_batch=on_batch,
                 events_dir=self._events_dir(),
                 impressions=self._impression_writer(),
+                popularity_dp=self.config.privacy.popularity_dp,
             )
             service.warm_up()
         m = self.metrics
@@ -343,6 +391,11 @@ class AisleServer:
             )
         if self.config.admin_token is None:
             log.warning("no admin token set: IndexAdmin methods are open to every caller")
+        if self.config.shard is None and self.config.privacy.pseudonyms is None:
+            log.warning(
+                "no user keys (AISLE_USER_KEYS_FILE / --user-keys-file): user ids are stored "
+                "as given, not pseudonymised; see docs/privacy.md"
+            )
         log.info(
             "listening on %s:%d; health says NOT_SERVING until the model and index are loaded",
             self.config.host,

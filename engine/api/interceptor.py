@@ -33,6 +33,8 @@ access_log = logging.getLogger("aisle.access")
 
 API_PREFIX = "/aisle.v1."
 ADMIN_SERVICE_PREFIX = "/aisle.v1.IndexAdmin/"
+# Writes a shop backend makes on its shoppers' behalf need the admin token like IndexAdmin.
+ADMIN_METHODS = ("/aisle.v1.Privacy/SetPreferences", "/aisle.v1.Privacy/ForgetUser")
 CLIENT_ID_KEY = "x-aisle-client"
 # A status message travels in a header: a client's default limit is ~8-16 KB, grpc-js hangs on
 # more, so a message (which may echo the request) is cut well below that.
@@ -127,7 +129,8 @@ def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
 class ServingInterceptor(grpc.ServerInterceptor):
     """Wraps every unary Aisle method:
 
-    - auth: IndexAdmin methods need `authorization: Bearer <admin_token>` when a token is set;
+    - auth: IndexAdmin methods and Privacy writes (ADMIN_METHODS) need
+      `authorization: Bearer <admin_token>` when a token is set;
       with `protect_reads`, every Aisle method does;
     - limits: a per-client rate limit and a cap on requests in flight, both answered with
       RESOURCE_EXHAUSTED at once;
@@ -166,7 +169,9 @@ class ServingInterceptor(grpc.ServerInterceptor):
         if handler is None or handler.unary_unary is None or not method.startswith(API_PREFIX):
             return handler  # health, reflection and unknown methods pass through untouched
         needs_token = self._token is not None and (
-            self._protect_reads or method.startswith(ADMIN_SERVICE_PREFIX)
+            self._protect_reads
+            or method.startswith(ADMIN_SERVICE_PREFIX)
+            or method in ADMIN_METHODS
         )
         metadata = handler_call_details.invocation_metadata
         inner = handler.unary_unary

@@ -75,6 +75,14 @@ def add_dataset_parser(commands: argparse._SubParsersAction) -> None:
         "--spark-master", default="local[2]", help="Spark master for --engine spark"
     )
     parser.add_argument(
+        "--default-use-for-training",
+        choices=("on", "off"),
+        default="on",
+        help="shoppers who never chose (docs/privacy.md): on = their records are used (default); "
+        "off = only shoppers who opted in. Opted-out shoppers and erased records are always left "
+        "out",
+    )
+    parser.add_argument(
         "--clip",
         type=float,
         default=10.0,
@@ -132,6 +140,7 @@ def run_dataset(args: argparse.Namespace) -> int:
         propensity=args.propensity,
         since=args.since,
         until=args.until,
+        default_use_for_training=args.default_use_for_training == "on",
     )
     known = known_item_ids(args.index, args.catalog)
     if args.engine == "spark":

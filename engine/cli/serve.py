@@ -172,6 +172,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="file holding the token IndexAdmin calls must send (else env AISLE_ADMIN_TOKEN; "
         "without either, admin methods are open)",
     )
+    privacy = parser.add_argument_group("privacy (docs/privacy.md)")
+    privacy.add_argument(
+        "--user-keys-file",
+        type=Path,
+        help="KEY_ID:SECRET lines (current key first, then the previous one): user ids become "
+        "keyed HMAC-SHA256 pseudonyms at the edge (else env AISLE_USER_KEYS_FILE or "
+        "AISLE_USER_KEYS; without keys, user ids are stored as given)",
+    )
+    privacy.add_argument(
+        "--scrub-queries",
+        default="emails,phones,cards",
+        metavar="WHAT",
+        help="what to remove from logged query text: a comma list of emails, phones, cards "
+        "(Luhn-checked), or none (default: all three)",
+    )
+    privacy.add_argument(
+        "--default-personalization",
+        choices=("on", "off"),
+        default="on",
+        help="for shoppers who never chose: personalised Search/Recommend (default on)",
+    )
+    privacy.add_argument(
+        "--default-use-for-training",
+        choices=("on", "off"),
+        default="on",
+        help="for shoppers who never chose: their behaviour may train models (default on)",
+    )
+    privacy.add_argument(
+        "--retention-days",
+        type=float,
+        default=None,
+        help="at start, drop events and impressions recorded more than this many days ago "
+        "(also `aisle-events compact --retention-days`; default: keep)",
+    )
+    privacy.add_argument(
+        "--popularity-epsilon",
+        type=float,
+        default=None,
+        help="rank Recommend's popularity fallback by shoppers' engagement counts (click, "
+        "add_to_cart, purchase) with Laplace noise for this ε per release (each start or "
+        "Reload is one release; each shopper counts for at most --popularity-items-per-user "
+        "items); default: the catalog's popularity signal, no shopper data",
+    )
+    privacy.add_argument(
+        "--popularity-items-per-user",
+        type=int,
+        default=10,
+        help="the per-shopper contribution bound of --popularity-epsilon (default 10)",
+    )
     scale = parser.add_argument_group("scale-out")
     scale.add_argument(
         "--shard",
@@ -243,10 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     # loads its OpenMP runtime.
     if args.threads >= 1:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    from engine.api.privacy import PrivacyConfig
     from engine.cluster.config import RouterConfig
     from engine.cluster.shard import ShardSpec
+    from engine.privacy.consent import Preferences
+    from engine.privacy.scrub import scrubber_of
     from engine.search.types import EncodingConfig
     from engine.server import ServerConfig, TlsConfig, create_server
+    from trainer.privacy.noise import DPConfig
+    from trainer.privacy.pseudonym import from_environment
 
     token = os.environ.get("AISLE_ADMIN_TOKEN")
     if args.admin_token_file is not None:
@@ -275,6 +329,20 @@ def main(argv: list[str] | None = None) -> int:
             if args.router
             else None
         )
+        privacy = PrivacyConfig(
+            pseudonyms=from_environment(keys_file=args.user_keys_file),
+            scrubber=scrubber_of(args.scrub_queries),
+            default=Preferences(
+                personalization=args.default_personalization == "on",
+                use_for_training=args.default_use_for_training == "on",
+            ),
+            retention_days=args.retention_days,
+            popularity_dp=(
+                DPConfig(args.popularity_epsilon, max_items_per_user=args.popularity_items_per_user)
+                if args.popularity_epsilon is not None
+                else None
+            ),
+        )
         config = ServerConfig(
             index=args.index,
             model=args.model,
@@ -297,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             impressions=args.impressions == "on",
             shard=ShardSpec.parse(args.shard) if args.shard is not None else None,
             router=router,
+            privacy=privacy,
             encoding=EncodingConfig(
                 max_batch=args.batch_size,
                 window_ms=args.batch_window_ms,

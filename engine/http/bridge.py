@@ -1,16 +1,17 @@
 """One gRPC method called from HTTP through the very handler stack gRPC uses.
 
 A JSON body becomes the request message (protobuf's JSON mapping), its bytes go through the
-interceptor's checked deserializer, and the call runs the servicer wrapped by the same
-ServingInterceptor instance the gRPC server has: auth, rate limit, admission, decoding checks,
-error mapping and metrics are that code, not a copy. The interceptor ends a failed call with
+interceptors' checked deserializer, and the call runs the servicer wrapped by the same interceptor
+instances the gRPC server has, in the same order (the privacy edge, then the ServingInterceptor):
+pseudonymous ids, auth, rate limit, admission, decoding checks, error mapping and metrics are
+that code, not a copy. The interceptor ends a failed call with
 `context.abort_with_status`; here that raises CallFailed, carrying the google.rpc.Status.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,6 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-
-from engine.api.interceptor import ServingInterceptor
 
 # gRPC status code → HTTP status, as google.rpc.Code documents the mapping.
 HTTP_STATUS = {
@@ -142,10 +141,11 @@ class Method:
 
 
 class Bridge:
-    """Calls gRPC methods through `interceptor` with HTTP inputs."""
+    """Calls gRPC methods with HTTP inputs through `interceptors`, outermost first, as
+    grpc.server(interceptors=...) applies them."""
 
-    def __init__(self, interceptor: ServingInterceptor) -> None:
-        self._interceptor = interceptor
+    def __init__(self, interceptors: Sequence[grpc.ServerInterceptor]) -> None:
+        self._interceptors = tuple(interceptors)
 
     def call(
         self,
@@ -184,9 +184,13 @@ class Bridge:
                 response_serializer=lambda m: m.SerializeToString(),
             )
 
-        handler = self._interceptor.intercept_service(
-            continuation, _CallDetails(method.name, metadata)
-        )
+        for interceptor in reversed(self._interceptors):  # the innermost wraps the servicer
+            continuation = _wrapped(interceptor, continuation)
+        handler = continuation(_CallDetails(method.name, metadata))
         checked = handler.request_deserializer(request.SerializeToString())
         context = HttpCallContext(peer, metadata, timeout_s)
         return handler.unary_unary(checked, context)
+
+
+def _wrapped(interceptor: grpc.ServerInterceptor, inner: Callable) -> Callable:
+    return lambda details: interceptor.intercept_service(inner, details)

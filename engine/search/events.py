@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.privacy.logs import log_lock
 from engine.search.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ class EventLog:
         lines = "".join(dataclasses.replace(e, recorded=now).to_json() + "\n" for e in events)
         if not lines:
             return 0
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+        # The events dir's file lock: an erasure or compaction (maybe another process) never
+        # replaces the file under an append.
+        with self._lock, log_lock(self.directory), open(self.path, "a", encoding="utf-8") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())  # durable before the caller is acknowledged
@@ -161,6 +164,17 @@ class UserState:
     def recent(self, user_id: str) -> list[str]:
         with self._lock:
             return list(self._recent.get(user_id, ()))
+
+    def adopt(self, previous: str, current: str) -> None:
+        """Key rotation: move `previous`'s history to `current` unless that has one already."""
+        with self._lock:
+            if current not in self._recent and previous in self._recent:
+                self._recent[current] = self._recent.pop(previous)
+
+    def forget(self, user_ids: tuple[str, ...]) -> bool:
+        """Drop these users' recent items (erasure); whether any were held."""
+        with self._lock:
+            return any([self._recent.pop(u, None) is not None for u in user_ids])
 
 
 def now_utc() -> datetime:

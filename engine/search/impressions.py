@@ -17,6 +17,7 @@ request. ``close()`` writes and fsyncs what is queued before returning.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from engine.privacy.logs import log_lock
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,10 @@ class ImpressionWriter:
             (``enabled`` False, with a warning): impressions are then not logged.
         max_queue: records waiting at most; past that ``submit`` drops and counts.
         on_drop: called once per dropped record (e.g. a Prometheus counter's ``inc``).
+        scrub: applied to each record's query text before it is written (docs/privacy.md).
+
+    Each write holds the events dir's file lock (engine.privacy.logs), and reopens the file
+    when an erasure or compaction replaced it, so no record lands in a replaced file.
     """
 
     def __init__(
@@ -107,6 +114,7 @@ class ImpressionWriter:
         max_queue: int = DEFAULT_QUEUE,
         on_drop: Callable[[], None] | None = None,
         linger_s: float = LINGER_S,
+        scrub: Callable[[str], str] | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
@@ -114,6 +122,7 @@ class ImpressionWriter:
         self.dropped = 0
         self.written = 0
         self._on_drop = on_drop
+        self._scrub = scrub
         self._linger_s = linger_s
         self._last_fsync = time.monotonic()
         self._last_drop_log = 0.0
@@ -190,9 +199,13 @@ class ImpressionWriter:
                 return
 
     def _write(self, records: list[Impression]) -> None:
+        if self._scrub is not None:
+            records = [dataclasses.replace(r, query=self._scrub(r.query)) for r in records]
         try:
-            self._file.write("".join(r.to_json() + "\n" for r in records))
-            self._file.flush()  # in the page cache: survives a kill of this process
+            with log_lock(self.path.parent):
+                self._reopen_if_replaced()
+                self._file.write("".join(r.to_json() + "\n" for r in records))
+                self._file.flush()  # in the page cache: survives a kill of this process
             self.written += len(records)
             if time.monotonic() - self._last_fsync >= FSYNC_EVERY_S:
                 os.fsync(self._file.fileno())
@@ -201,6 +214,17 @@ class ImpressionWriter:
             log.error("could not write %d impressions: %s", len(records), error)
             for _ in records:
                 self._drop()
+
+    def _reopen_if_replaced(self) -> None:
+        """An erasure or compaction renamed a new file over the path: append to that one."""
+        try:
+            replaced = os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            replaced = True
+        if replaced:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held until close)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything queued so far is written (or dropped); False on timeout."""

@@ -47,19 +47,21 @@ def recommend(
     offset: int = 0,
     expected_version: int | None = None,
     spec: FilterSpec | None = None,
+    popularity: np.ndarray | None = None,
 ) -> SearchResult:
     """Items for a user: closest to their user vector, the model's user tower over their
     history (the user's recent items, then `history`, most recent last; the recency-weighted
     mean of `trainer.encoder.user.pool_history` with the model's `history_decay`). With no
     history at all (an unknown user) the most popular items come back instead, flagged as the
-    popularity fallback."""
+    popularity fallback (by `popularity`, (n_items,) in [0, 1], when given: the DP
+    engagement counts of engine.search.service; else the catalog's popularity signal)."""
     check_version(snap, expected_version)
     t0 = time.perf_counter()
     rows = history_rows(snap, users, user_id, history, "history_item_ids")
     if not include_seen and len(rows):
         spec = with_excluded(spec, [int(r) for r in rows])
     if not len(rows):
-        return _popular(snap, k, offset, spec, t0)
+        return _popular(snap, k, offset, spec, t0, popularity)
     xq = pool_history(snap.retriever.gather(rows), snap.encoder.history_decay)  # (dim,)
     return _nearest(snap, xq, k, offset, spec, t0, True)
 
@@ -84,7 +86,12 @@ def _nearest(
 
 
 def _popular(
-    snap: Snapshot, k: int, offset: int, spec: FilterSpec | None, t0: float
+    snap: Snapshot,
+    k: int,
+    offset: int,
+    spec: FilterSpec | None,
+    t0: float,
+    shopper_popularity: np.ndarray | None = None,
 ) -> SearchResult:
     """The popularity fallback: items by their popularity signal (log rating count,
     scaled to [0, 1]; it is also the hits' score), filter applied, ties by row."""
@@ -97,6 +104,11 @@ def _popular(
         else np.arange(snap.columns.n_items, dtype=np.int64)
     )
     popularity = snap.columns.signals[rows, 0]  # (m,) float32 in [0, 1]
+    if shopper_popularity is not None:  # rows upserted since it was computed count as 0
+        padded = np.zeros(snap.columns.n_items, dtype=np.float32)
+        n = min(len(shopper_popularity), len(padded))
+        padded[:n] = shopper_popularity[:n]
+        popularity = padded[rows]
     order = np.lexsort((rows, -popularity))[: offset + k + 1]
     D = popularity[order].astype(np.float32)
     hits, has_more = page(snap, D, rows[order], np.full_like(D, np.nan), offset, k)

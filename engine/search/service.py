@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.privacy.consent import NO_PERSONALIZATION
+from engine.privacy.logs import Rewrite, forget
 from engine.search import live_updates, pipeline, recommend
 from engine.search.batcher import EncoderGate, MicroBatcher
 from engine.search.errors import FailedPrecondition, NotFound
@@ -30,12 +32,16 @@ from engine.search.types import (
     SearchResult,
 )
 from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
-from indexer.storage.users import read_users
+from indexer.storage.users import forget_users, read_users
+from trainer.privacy.exclusions import erased, read_tombstones
+from trainer.privacy.noise import DPConfig, private_counts
 from trainer.text import query_text
 
 __all__ = ["SearchService"]
 
 log = logging.getLogger(__name__)
+
+ENGAGEMENTS = ("click", "add_to_cart", "purchase")  # what counts towards shopper popularity
 
 
 class SearchService:
@@ -59,6 +65,7 @@ class SearchService:
         events_dir: Path | None = None,
         load: Callable[[Path], Snapshot] | None = None,
         impressions: ImpressionWriter | None = None,
+        popularity_dp: DPConfig | None = None,
     ) -> None:
         self._index_path = Path(index_path)
         # What each response showed, for attribution (engine.search.impressions); None: off.
@@ -82,6 +89,10 @@ class SearchService:
         self._snapshot = snapshot
         self._batcher = self._new_batcher(snapshot)
         self.users = self._load_users(snapshot)
+        # With a DP budget, the popularity fallback ranks by shoppers' engagement counts with
+        # calibrated noise (docs/privacy.md), recomputed at each load (each is one release).
+        self._popularity_dp = popularity_dp
+        self._popularity = self._private_popularity(snapshot)
 
     def _load_users(self, snapshot: Snapshot) -> UserState:
         """The version's users' recent items, plus the events logged since those were made.
@@ -90,7 +101,9 @@ class SearchService:
         be earlier), against when the version's users data was made: its build, or for a
         compacted version the build its users were carried forward from (``users.as_of``).
         """
-        users = UserState(read_users(snapshot.version_dir) if snapshot.version_dir else {})
+        tombstones = read_tombstones(self._event_log.directory) if self._event_log else {}
+        stored = read_users(snapshot.version_dir) if snapshot.version_dir else {}
+        users = UserState({u: items for u, items in stored.items() if u not in tombstones})
         if self._event_log is not None:
             manifest = snapshot.index.manifest
             made = manifest.build.get("users", {}).get("as_of") or manifest.created_at
@@ -99,11 +112,28 @@ class SearchService:
                 built = built.replace(tzinfo=UTC)
             replayed = 0
             for event in self._event_log.read():
-                if (event.recorded or event.time) >= built:
+                when = event.recorded or event.time
+                if when >= built and not erased(tombstones, event.user_id, when):
                     users.record(event.user_id, event.item_id)
                     replayed += 1
             log.info("user state: %d users, %d events replayed from the log", len(users), replayed)
         return users
+
+    def _private_popularity(self, snapshot: Snapshot) -> np.ndarray | None:
+        """(n_items,) popularity in [0, 1] from DP-noised engagement counts; None: off."""
+        if self._popularity_dp is None or self._event_log is None:
+            return None
+        tombstones = read_tombstones(self._event_log.directory)
+        pairs = (
+            (e.user_id, e.item_id)
+            for e in self._event_log.read()
+            if e.type in ENGAGEMENTS and not erased(tombstones, e.user_id, e.recorded or e.time)
+        )
+        items = list(snapshot.index.item_ids)
+        counts = private_counts(pairs, items, self._popularity_dp, np.random.default_rng())
+        log.info("popularity from events under %s", self._popularity_dp)
+        scaled = np.log1p(counts)
+        return (scaled / max(float(scaled.max()), 1e-12)).astype(np.float32)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -142,7 +172,7 @@ class SearchService:
                     request_id=request_id,
                     time=time.time(),
                     surface=surface,
-                    user_id=user_id,
+                    user_id="" if user_id == NO_PERSONALIZATION else user_id,
                     query=query,
                     mode="popular" if result.popularity_fallback else result.mode,
                     model_fingerprint=result.index.model_fingerprint,
@@ -215,7 +245,9 @@ class SearchService:
 
     def recommend(self, k: int, **kwargs: Any) -> SearchResult:
         """Items for a user or a history (engine.search.recommend.recommend's keywords)."""
-        result = recommend.recommend(self._snapshot, self.users, k, **kwargs)
+        result = recommend.recommend(
+            self._snapshot, self.users, k, popularity=self._popularity, **kwargs
+        )
         user_id = kwargs.get("user_id", "")
         return self._shown(
             result, "recommend", user_id=user_id, offset=kwargs.get("offset", 0), k=k
@@ -239,6 +271,27 @@ class SearchService:
             for event in events:
                 self.users.record(event.user_id, event.item_id)
         return recorded
+
+    def forget_users(self, user_ids: tuple[str, ...]) -> tuple[Rewrite, bool, int]:
+        """Erasure of one shopper (`user_ids`: their pseudonyms under each key): their records
+        leave the event and impression logs (tombstoned), their recent items leave memory and
+        every published version's users file. (what the logs lost, whether recent items were
+        held, users-file rows removed)."""
+        if self._impressions is not None:
+            self._impressions.flush()  # what was shown to them so far is on disk, then erased
+        with self._events_lock:  # no append or reload replay slips between log and memory
+            removed = forget(self._event_log.directory, user_ids) if self._event_log else Rewrite()
+            held = self.users.forget(user_ids)
+            rows = 0
+            for version_dir in self._version_dirs():
+                rows += forget_users(version_dir, set(user_ids))
+        return removed, held or rows > 0, rows
+
+    def _version_dirs(self) -> list[Path]:
+        versions = self._index_path / "versions"
+        if versions.is_dir():
+            return sorted(p for p in versions.iterdir() if p.is_dir())
+        return [self._index_path]  # a bare version dir
 
     def exclude(self, spec: FilterSpec | None, item_ids: tuple[str, ...]) -> FilterSpec | None:
         """`spec` that also excludes these item ids (unknown ids are ignored)."""
@@ -328,8 +381,10 @@ class SearchService:
                     old_batcher = self._batcher
                     with self._events_lock:  # no event can slip between the replay and the swap
                         users = self._load_users(snapshot)
+                        popularity = self._private_popularity(snapshot)
                         self._batcher = self._new_batcher(snapshot)
                         self._snapshot, self.users = snapshot, users
+                        self._popularity = popularity
             except BaseException:
                 live_updates.retire(snapshot, old)  # never served: close its log
                 raise

@@ -70,6 +70,7 @@ from indexer.storage.users import USERS_FILE, users_table, write_users
 from indexer.version import vector_files
 from trainer.data.catalog import Catalog
 from trainer.data.labels import Interactions, read_interactions
+from trainer.privacy.pseudonym import from_environment
 from trainer.text import item_text
 
 __all__ = ["BuildEngine", "BuildJob", "ShardBuild", "ShardSettings", "build_version", "write_shard"]
@@ -488,7 +489,7 @@ def write_companions(
         else:
             source = str(Path(interactions).resolve())
             interactions = read_interactions(interactions)
-        table = users_table(interactions, set(catalog.item_ids))
+        table = users_table(interactions, set(catalog.item_ids), pseudonyms=from_environment())
         write_users(table, staging / USERS_FILE)
         info["users"] = {"interactions": source, "users": table.num_rows}
         logger.info("users: %d with recent items", table.num_rows)

@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trainer.feedback.logs import LogStats, read_events, read_impressions
+from trainer.feedback.privacy import allowed
 from trainer.feedback.propensity import (
     METHODS,
     Propensities,
@@ -57,6 +58,7 @@ from trainer.feedback.propensity import (
     inverse_propensity,
 )
 from trainer.io import fsync_dir
+from trainer.privacy.exclusions import training_exclusions
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,8 @@ class FeedbackConfig:
     max_position: int = 50
     since: datetime | None = None
     until: datetime | None = None
+    # Consent (docs/privacy.md): for shoppers who never chose, may their records train?
+    default_use_for_training: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
@@ -162,8 +166,16 @@ def build_dataset(
             and skipped. None: every id is known.
         config: weights, clip, window.
     """
+    config = config or FeedbackConfig()
     impressions, impression_stats = read_impressions(events_dir)
     events, event_stats = read_events(events_dir)
+    # Shoppers who did not consent to training, and erased records, never reach the tables.
+    exclusions = training_exclusions(events_dir, config.default_use_for_training)
+    impressions, n = allowed(impressions, impressions.column("time"), exclusions)
+    impression_stats.skip("no_training_consent_or_erased", n)
+    event_time = pc.coalesce(events.column("recorded"), events.column("time"))
+    events, n = allowed(events, event_time, exclusions)
+    event_stats.skip("no_training_consent_or_erased", n)
     return build_from_tables(
         impressions, events, known_items, config, stats=(impression_stats, event_stats)
     )

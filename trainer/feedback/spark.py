@@ -29,7 +29,9 @@ from trainer.feedback.dataset import (
     FeedbackDataset,
 )
 from trainer.feedback.logs import EVENTS_FILE, IMPRESSIONS_FILE
+from trainer.feedback.privacy import allowed_spark
 from trainer.feedback.propensity import estimate_propensities, inverse_propensity
+from trainer.privacy.exclusions import training_exclusions
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,10 @@ def build_dataset_spark(
         if n:
             skipped[reason] = skipped.get(reason, 0) + int(n)
 
+    # Shoppers who did not consent to training, and erased records (docs/privacy.md).
+    exclusions = training_exclusions(events_dir, config.default_use_for_training)
+    impressions = allowed_spark(impressions, F.col("time"), exclusions)
+    events = allowed_spark(events, F.coalesce("recorded", "time"), exclusions)
     impressions = _window(impressions, F.col("time"), config).withColumn(
         "surface", F.coalesce("surface", F.lit("search"))
     )

@@ -115,7 +115,7 @@ def test_playground_draws_ranker_explanations(tmp_path):
     from engine.http.gateway import HttpGateway
 
     servicers = {"Retrieval": _RankedRetrieval(), "IndexAdmin": object(), "Events": object()}
-    app = create_app(Bridge(ServingInterceptor()), servicers, ready=lambda: True)
+    app = create_app(Bridge([ServingInterceptor()]), servicers, ready=lambda: True)
     gateway = HttpGateway(app, "127.0.0.1", 0)
     gateway.start()
     try:
