@@ -398,3 +398,34 @@ def test_retention_runs_at_start_before_the_replay(keyed_root) -> None:
     server = serve(keyed_root, retention_days=30)
     server.stop(0)
     assert [json.loads(x)["item_id"] for x in events.open()] == ["SKU0050"]
+
+
+def test_http_gateway_callers_are_pseudonymised_like_grpc_callers(keyed_root) -> None:
+    """The gateway calls through the same interceptors, privacy edge first: an event and a
+    search sent over HTTP/JSON reach disk under the keyed pseudonym, query scrubbed."""
+    import httpx
+
+    config = PrivacyConfig(pseudonyms=parse_keys(KEYS_1, "test"))
+    server = create_server(
+        ServerConfig(index=keyed_root, port=0, http_port=0, admin_token=TOKEN, privacy=config)
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as http:
+            event = {
+                "userId": ALICE,
+                "itemId": "SKU0004",
+                "type": "EVENT_TYPE_CLICK",
+                "query": f"desk {PLANTED}",
+            }
+            answer = http.post("/v1/events", json={"events": [event]})
+            assert answer.status_code == 200, answer.text
+            answer = http.post("/v1/search", json={"query": "desk", "k": 3, "userId": BOB})
+            assert answer.status_code == 200, answer.text
+    finally:
+        server.stop(0)
+    text = every_text(keyed_root / "events")
+    assert ALICE not in text and BOB not in text and PLANTED not in text
+    logged = [json.loads(line) for line in (keyed_root / "events/events.jsonl").open()]
+    assert logged[-1]["user_id"].startswith("k1.") and "[email]" in logged[-1]["query"]
+    shown = [json.loads(line) for line in (keyed_root / "events/impressions.jsonl").open()]
+    assert shown and all(r["user_id"].startswith("k1.") for r in shown if r["user_id"])
