@@ -18,6 +18,8 @@ examples:
   aisle-train --catalog data/scientific/products.jsonl.gz --task recommend \\
       --train data/scientific/interactions_train.jsonl.gz --holdout-fraction 0.1 --out models/sci
   aisle-train --config train.toml --resume
+  aisle-train distill-query --teacher models/hd --out models/hd-fast \\
+      --catalog data/homedepot/products.jsonl.gz   (a fast query tower; see its --help)
 
 A --config file (JSON or TOML) holds any of the settings below by their long names with
 underscores (max_steps, batch_size, ...) and a list of datasets, e.g. in TOML:
@@ -219,7 +221,15 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``aisle-train``; returns 0, 2 for bad data or config, 1 for I/O errors."""
+    """Run ``aisle-train``; returns 0, 2 for bad data or config, 1 for I/O errors.
+
+    ``aisle-train distill-query ...`` distils a fast query tower instead
+    (``trainer.distill.cli``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["distill-query"]:
+        from trainer.distill.cli import main as distill_main
+
+        return distill_main(argv[1:])
     args = _parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(
