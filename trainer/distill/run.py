@@ -49,7 +49,7 @@ from trainer.encoder.fast_tower import (
     write_fast_tower_info,
 )
 from trainer.encoder.load import Encoder, l2_normalize, load_encoder
-from trainer.encoder.model_dir import PROJECTION_FILE, norm_tower
+from trainer.encoder.model_dir import PROJECTION_FILE, check_model_dir, norm_tower
 from trainer.encoder.onnx_export import export_query_tower, write_query_onnx
 from trainer.encoder.onnx_tower import QUERY_ONNX_FILE, OnnxTower, query_onnx_path
 from trainer.encoder.torch_tower import TorchTower
@@ -107,16 +107,43 @@ def dense_part(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 
 def prepare_out(teacher: Path, out: Path) -> None:
-    """Make ``out`` the teacher's model dir with a current full-tower ONNX export (a copy,
-    unless ``out`` is the teacher)."""
+    """Make ``out`` the teacher's model dir with a current full-tower ONNX export: a copy of
+    every file (so its ``model_fingerprint`` is the teacher's), unless ``out`` is the teacher.
+
+    Raises:
+        ValueError: the teacher is not a model dir, or ``out`` exists and is not empty.
+    """
     if out.exists() and out.resolve() == teacher.resolve():
-        try:
-            load_encoder(out, backend="onnx", query_tower="full")
-        except ValueError:
-            export_query_tower(out)  # missing or stale: (re-)export in place
+        _ensure_export(out)
         return
-    export_query_tower(teacher, out)  # a copy + the export (refuses a non-empty out)
-    shutil.rmtree(out / FAST_TOWER_DIR, ignore_errors=True)  # the teacher's own, not ours
+    check_model_dir(teacher)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(
+            f"out dir {str(out)!r} already exists and is not empty; pick a new path or delete it "
+            "(or pass the teacher itself as --out to add the fast tower in place)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside out and renamed into place, so a reader never sees half a model dir.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        shutil.copytree(teacher, tmp, ignore=_COPY_IGNORE, dirs_exist_ok=True)
+        _ensure_export(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+_COPY_IGNORE = shutil.ignore_patterns(".git", "onnx", "openvino", FAST_TOWER_DIR, "*.tmp")
+
+
+def _ensure_export(model_dir: Path) -> None:
+    try:
+        load_encoder(model_dir, backend="onnx", query_tower="full")
+    except ValueError:
+        export_query_tower(model_dir)  # missing or stale: (re-)export in place
 
 
 def _pairs(config: DistillConfig) -> tuple[Catalog, list[str], list[int]]:
