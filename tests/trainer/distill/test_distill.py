@@ -210,7 +210,11 @@ def test_distill_student_exports_a_smaller_onnx_tower(
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["variant"] == "student-1l"
-    assert summary["metrics"]["heldout_cosine"] > summary["metrics"]["heldout_cosine_before"]
+    # A random tiny BERT's layers barely move its vectors, so the 1-layer cut starts next to the
+    # teacher already (that distillation closes a gap is tested above): it must stay there.
+    assert summary["metrics"]["heldout_cosine"] > 0.95
+    student_size = (out / "query_fast" / "query_tower.onnx").stat().st_size
+    assert student_size < (out / "query_tower.onnx").stat().st_size
     fast = load_encoder(out, query_tower="fast")
     assert fast.query_backend == "onnx"
     assert fast.encode_queries(QUERIES).shape == (len(QUERIES), fast.dim)
