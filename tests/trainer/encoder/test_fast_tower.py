@@ -115,3 +115,24 @@ def test_fast_tower_info_is_validated(fast_model: Path) -> None:
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=message):
             read_fast_tower_info(fast_model)
+
+
+def test_the_fast_tower_keeps_the_trigram_sketch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from trainer.encoder.model_dir import read_model_info, write_model_info
+    from trainer.encoder.trigram import LexicalSketch
+
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "lexical"))
+    titles = ["red velvet sofa", "usb c cable", "oak desk with drawers", "blue cotton shirt"]
+    sketch = LexicalSketch.fit(titles, dim=16, weight=0.5, buckets=1 << 12)
+    sketch.save(model)
+    write_model_info(model, replace(read_model_info(model), lexical=sketch.settings()))
+    make_static_fast_tower(model)
+    fast, full = load_encoder(model), load_encoder(model, query_tower="full")
+    assert fast.query_tower == "fast" and fast.dim == full.dim == 32 + 16
+    texts = ["red sofa", "usb cable"]
+    xf, xq = fast.encode_queries(texts), full.encode_queries(texts)
+    np.testing.assert_allclose(xf[:, 32:], xq[:, 32:], atol=1e-6)  # the same sketch
+    assert not np.allclose(xf[:, :32], xq[:, :32])  # another dense part
+    np.testing.assert_allclose(np.linalg.norm(xf, axis=1), 1.0, atol=1e-5)
