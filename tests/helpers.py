@@ -5,6 +5,7 @@ updates with the item state they leave."""
 from __future__ import annotations
 
 import json
+import shutil
 import string
 from pathlib import Path
 
@@ -324,3 +325,35 @@ class Admin:
 
     def delete(self, *ids):
         return self.stub.Delete(index_admin_pb2.DeleteRequest(item_ids=ids), timeout=30)
+
+
+def make_static_fast_tower(model_dir: Path, *, seed: int = 0) -> Path:
+    """Give ``model_dir`` (written by ``make_tiny_model``) a static fast query tower with random
+    token vectors (``trainer.encoder.fast_tower``), made for its current fingerprint, without
+    distilling; returns the tower dir."""
+    from safetensors.numpy import save_file
+
+    from trainer.encoder.fast_tower import (
+        STATIC_FILE,
+        STATIC_TOKENIZER,
+        FastTowerInfo,
+        fast_tower_dir,
+        write_fast_tower_info,
+    )
+    from trainer.encoder.model_dir import model_fingerprint, read_model_info
+
+    info = read_model_info(model_dir)
+    tower = fast_tower_dir(model_dir)
+    tower.mkdir()
+    vectors = np.random.default_rng(seed).normal(size=(len(tiny_vocab()), info.dim))
+    save_file({"embeddings": vectors.astype(np.float32)}, str(tower / STATIC_FILE))
+    shutil.copy(Path(model_dir) / "tokenizer.json", tower / STATIC_TOKENIZER)
+    fast = FastTowerInfo(
+        kind="static",
+        variant="static",
+        item_fingerprint=model_fingerprint(model_dir),
+        dim=info.dim,
+        max_length=info.max_query_length,
+    )
+    write_fast_tower_info(tower, fast)
+    return tower

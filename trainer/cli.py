@@ -19,6 +19,8 @@ examples:
   aisle-train --catalog data/scientific/products.jsonl.gz --task recommend \\
       --train data/scientific/interactions_train.jsonl.gz --holdout-fraction 0.1 --out models/sci
   aisle-train --config train.toml --resume
+  aisle-train distill-query --teacher models/hd --out models/hd-fast \\
+      --catalog data/homedepot/products.jsonl.gz   (a fast query tower; see its --help)
 
 A --config file (JSON or TOML) holds any of the settings below by their long names with
 underscores (max_steps, batch_size, ...) and a list of datasets, e.g. in TOML:
@@ -176,12 +178,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--export-onnx", type=_bool, metavar="BOOL", help="add the ONNX query tower (true)"
     )
+    run.add_argument(
+        "--fast-query-tower",
+        choices=("none", "int8", "student", "static"),
+        help="after training, distil a fast query tower into OUT with the first search "
+        "dataset's catalog and train queries (aisle-train distill-query's defaults; none)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     return p
 
 
 _DATASET_FLAGS = ("catalog", "train", "dev", "task", "dataset")
-_NOT_CONFIG = ("config", "nproc", "verbose", "no_progress")
+_NOT_CONFIG = ("config", "nproc", "verbose", "no_progress", "fast_query_tower")
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -219,8 +227,27 @@ def build_config(args: argparse.Namespace) -> Any:
     return TrainConfig(**{k: v for k, v in settings.items() if k in known})
 
 
+def _distill_fast_tower(config: Any, out: Path, variant: str) -> None:
+    """Add a fast query tower to the trained model dir ``out`` (``trainer.distill``)."""
+    from trainer.distill.run import DistillConfig, distill_query
+
+    search = [d for d in config.datasets if d.task == "search"]
+    catalog = search[0].catalog if search else config.datasets[0].catalog
+    train = search[0].train if search else None
+    config = DistillConfig(teacher=out, out=out, catalog=catalog, train=train, variant=variant)
+    distill_query(config)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``aisle-train``; returns 0, 2 for bad data or config, 1 for I/O errors."""
+    """Run ``aisle-train``; returns 0, 2 for bad data or config, 1 for I/O errors.
+
+    ``aisle-train distill-query ...`` distils a fast query tower instead
+    (``trainer.distill.cli``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["distill-query"]:
+        from trainer.distill.cli import main as distill_main
+
+        return distill_main(argv[1:])
     args = _parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     configure_logging(verbose=verbose)  # faiss.loader's INFO noise demoted
@@ -240,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result is None:  # a rank > 0 under torchrun: rank 0 reports
         return 0
+    fast = getattr(args, "fast_query_tower", "none")
+    if fast != "none":
+        try:
+            _distill_fast_tower(config, result.out, fast)
+        except ValueError as e:
+            print(f"aisle-train: error: the fast query tower: {e}", file=sys.stderr)
+            return 2
     summary = {
         "out": str(result.out),
         "steps": result.steps,

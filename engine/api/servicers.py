@@ -212,6 +212,7 @@ class IndexAdminServicer(index_admin_pb2_grpc.IndexAdminServicer):
             uptime_s=time.time() - self._service.started_at,
             pending_updates=self._service.pending_updates(),
             server_version=_server_version(),
+            query_tower=snap.encoder.query_tower,
         )
         for shard in snap.index.manifest.shards:
             location = snap.retriever.location(shard.shard)

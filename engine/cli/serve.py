@@ -148,6 +148,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(python -m trainer.encoder.onnx_export), else torch",
     )
     parser.add_argument(
+        "--query-tower",
+        choices=("fast", "full"),
+        default="auto",
+        help="query tower: fast = the model dir's distilled one (aisle-train distill-query; "
+        "refused if missing), full = the model's own; default: fast when the model dir has one",
+    )
+    parser.add_argument(
         "--encoder-threads",
         type=int,
         default=1,
@@ -372,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 cache_size=args.cache_size,
                 backend=args.encoder_backend,
                 encoder_threads=args.encoder_threads,
+                query_tower=args.query_tower,
             ),
         )
         server = create_server(config)

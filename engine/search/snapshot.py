@@ -150,7 +150,10 @@ def open_model(
         model_dir = find_model_dir(version_dir)
     fingerprint = model_fingerprint(model_dir)
     encoder = load_encoder(
-        model_dir, backend=encoding.backend, num_threads=encoding.encoder_threads
+        model_dir,
+        backend=encoding.backend,
+        num_threads=encoding.encoder_threads,
+        query_tower=encoding.query_tower,
     )
     return fingerprint, encoder
 
@@ -171,7 +174,9 @@ def load_snapshot(
     """
     version_dir = resolve_version_dir(index_path)
     fingerprint, encoder = open_model(version_dir, model_dir, encoding)
-    log.info("query encoder: %s backend", encoder.query_backend)
+    log.info(
+        "query encoder: the %s query tower, %s backend", encoder.query_tower, encoder.query_backend
+    )
     if version_dir.parent.name == "versions":
         # Inside an index root: live updates (Upsert/Delete) go through its update log, and
         # the updates logged since this version was built are replayed now.

@@ -121,10 +121,15 @@ class EncodingConfig:
     # One intra-op thread measured faster than two on a 2-core machine under load (ORT and
     # torch alike); concurrency comes from batching and the request threads instead.
     encoder_threads: int | None = 1
+    # Which query tower: "auto" = the model dir's fast one when present (trainer.encoder
+    # .fast_tower), "fast" (required), "full".
+    query_tower: str = "auto"
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be auto, torch or onnx, got {self.backend!r}")
+        if self.query_tower not in ("auto", "fast", "full"):
+            raise ValueError(f"query_tower must be auto, fast or full, got {self.query_tower!r}")
         if self.encoder_threads is not None and self.encoder_threads < 1:
             raise ValueError(f"encoder_threads must be >= 1, got {self.encoder_threads}")
         if self.max_batch < 1 or self.max_queue < 1:

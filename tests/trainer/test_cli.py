@@ -183,3 +183,20 @@ def test_help_runs(capsys) -> None:
         main(["--help"])
     assert exc.value.code == 0
     assert "--config" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fast_query_tower_flag_distils_one_into_the_trained_model(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
+) -> None:
+    from trainer.encoder.fast_tower import read_fast_tower_info
+    from trainer.encoder.model_dir import model_fingerprint
+
+    out = tmp_path / "model"
+    args = ["--catalog", str(data["products"]), "--train", str(data["labels_train"]),
+            "--base-model", str(tiny_model_dir), "--out", str(out), "--max-steps", "1",
+            *FAST, "--fast-query-tower", "static"]  # fmt: skip
+    assert main(args) == 0
+    info = read_fast_tower_info(out)
+    assert info.variant == "static" and info.item_fingerprint == model_fingerprint(out)
+    assert load_encoder(out).query_tower == "fast"

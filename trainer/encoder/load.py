@@ -22,6 +22,15 @@ from typing import Protocol
 
 import numpy as np
 
+from trainer.encoder.fast_tower import (
+    FAST_TOWER_DIR,
+    QUERY_TOWERS,
+    FastTowerInfo,
+    StaticTower,
+    fast_tower_dir,
+    query_fingerprint,
+    read_fast_tower_info,
+)
 from trainer.encoder.model_dir import (
     MODEL_INFO_NAME,
     ModelInfo,
@@ -32,7 +41,7 @@ from trainer.encoder.model_dir import (
     norm_tower,
     tower_dirs,
 )
-from trainer.encoder.onnx_tower import OnnxTower, query_onnx_path
+from trainer.encoder.onnx_tower import QUERY_ONNX_FILE, OnnxTower, query_onnx_path
 from trainer.encoder.torch_tower import load_torch_towers
 from trainer.encoder.trigram import LexicalSketch
 
@@ -45,7 +54,7 @@ class TowerBackend(Protocol):
     """A backend for one tower (``TorchTower``, ``OnnxTower``): vectors for one batch, not yet
     L2-normalised by the Encoder."""
 
-    backend: str  # "torch" or "onnx"
+    backend: str  # "torch", "onnx" or "static"
     dim: int
     max_positions: int
 
@@ -99,14 +108,26 @@ class Encoder:
         model_dir: the model dir it was loaded from.
         info: its ModelInfo, with ``fingerprint`` filled in.
         dim: output vector size.
-        fingerprint: ``model_fingerprint(model_dir)``; indexes record it to detect a model swap.
+        fingerprint: ``model_fingerprint(model_dir)``; indexes record it to detect a model swap
+            (the item side: the fast query tower is not part of it).
+        query_tower: which query tower encodes queries: "full" or "fast"
+            (``trainer.encoder.fast_tower``).
+        query_fingerprint: ``query_fingerprint(model_dir)`` when the fast tower is in use, else
+            "" (the full query tower is covered by ``fingerprint``).
         history_decay: the user tower's recency decay (``trainer.encoder.user``).
         lexical: the trigram sketch appended to both towers' vectors
             (``trainer.encoder.trigram``), or None; ``dim`` counts it.
     """
 
     def __init__(
-        self, model_dir: Path, info: ModelInfo, query_tower: TowerBackend, item_tower: TowerBackend
+        self,
+        model_dir: Path,
+        info: ModelInfo,
+        query_tower: TowerBackend,
+        item_tower: TowerBackend,
+        *,
+        query_tower_name: str = "full",
+        query_fingerprint: str = "",
     ) -> None:
         self.model_dir = model_dir
         self.info = info
@@ -118,10 +139,12 @@ class Encoder:
         self.history_decay = info.history_decay
         self._query_tower = query_tower
         self._item_tower = item_tower
+        self.query_tower = query_tower_name
+        self.query_fingerprint = query_fingerprint
 
     @property
     def query_backend(self) -> str:
-        """What encodes queries: "onnx" (ONNX Runtime) or "torch"."""
+        """What encodes queries: "onnx" (ONNX Runtime), "torch" or "static" (numpy)."""
         return self._query_tower.backend
 
     def encode_queries(
@@ -219,6 +242,7 @@ def load_encoder(
     device: str = "cpu",
     num_threads: int | None = None,
     backend: str = "auto",
+    query_tower: str = "auto",
 ) -> Encoder:
     """Load a model dir's towers for inference, offline (nothing is downloaded).
 
@@ -231,15 +255,22 @@ def load_encoder(
             (``trainer.encoder.onnx_export``), which must exist, be current and the device be "cpu";
             "auto": "onnx" when it can, else "torch". With ONNX queries, the item tower is
             loaded on torch at the first ``encode_items`` call, so a process that only encodes
-            queries never imports torch.
+            queries never imports torch. It applies to the full query tower.
+        query_tower: "full"; "fast": the distilled query tower in ``query_fast/``
+            (``trainer.encoder.fast_tower``, always on the CPU), which must exist and match the
+            item side; "auto": "fast" when the dir has a usable one, the device is the CPU and
+            backend is not "torch", else "full".
 
     Raises:
         ValueError: the dir is missing or not a model dir, the towers disagree with
-            aisle_model.json, device / num_threads / backend is invalid, or backend="onnx" and
-            the export is missing, stale or unloadable.
+            aisle_model.json, device / num_threads / backend is invalid, backend="onnx" and
+            the export is missing, stale or unloadable, or query_tower="fast" and the fast
+            tower is missing, unloadable or made for another item tower.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if query_tower not in QUERY_TOWERS:
+        raise ValueError(f"query_tower must be one of {QUERY_TOWERS}, got {query_tower!r}")
     path = default_model_dir() if model_dir is None else Path(model_dir)
     info = check_model_dir(path)
     if num_threads is not None and (
@@ -258,18 +289,24 @@ def load_encoder(
         )
     info = replace(info, fingerprint=fingerprint)
 
-    query_tower, item_tower = norm_tower(info.query_tower), norm_tower(info.item_tower)
-    onnx_tower = None
-    if backend != "torch":
-        onnx_tower = _load_onnx_query_tower(
+    query_dir, item_tower = norm_tower(info.query_tower), norm_tower(info.item_tower)
+    fast: TowerBackend | None = None
+    if query_tower == "fast" or (
+        query_tower == "auto" and backend != "torch" and str(device).split(":")[0] == "cpu"
+    ):
+        fast = _load_fast_tower(path, info, num_threads=num_threads, required=query_tower == "fast")
+    # A query tower that needs no torch: the fast one, else the full tower's ONNX export.
+    cpu_tower: TowerBackend | None = fast
+    if cpu_tower is None and backend != "torch":
+        cpu_tower = _load_onnx_query_tower(
             path, info, device=device, num_threads=num_threads, required=backend == "onnx"
         )
-    if onnx_tower is None:
+    if cpu_tower is None:
         towers = load_torch_towers(path, info, tower_dirs(info), device, num_threads)
-        query_backend: TowerBackend = towers[query_tower]
+        query_backend: TowerBackend = towers[query_dir]
         item_backend: TowerBackend = towers[item_tower]
     else:
-        query_backend = onnx_tower
+        query_backend = cpu_tower
         item_backend = _LazyTower(
             lambda: load_torch_towers(path, info, [item_tower], device, num_threads)[item_tower],
             dim=info.dim,
@@ -284,18 +321,87 @@ def load_encoder(
                 f"{name}={length} in the model info of {str(path)!r} exceeds the tower's "
                 f"{tower_backend.max_positions} positions; lower it"
             )
-    encoder = Encoder(path, info, query_tower=query_backend, item_tower=item_backend)
+    encoder = Encoder(
+        path,
+        info,
+        query_tower=query_backend,
+        item_tower=item_backend,
+        query_tower_name="full" if fast is None else "fast",
+        query_fingerprint="" if fast is None else query_fingerprint(path),
+    )
     logger.info(
-        "loaded encoder %s (%s, dim %d, %s towers) on %s, queries on %s, fingerprint %s",
+        "loaded encoder %s (%s, dim %d, %s towers) on %s, queries on the %s tower (%s), "
+        "fingerprint %s",
         path,
         info.base_model,
         info.dim,
         "shared" if info.shared_towers else "separate",
         device,
+        encoder.query_tower,
         encoder.query_backend,
         fingerprint[:12],
     )
     return encoder
+
+
+def _load_fast_tower(
+    path: Path, info: ModelInfo, *, num_threads: int | None, required: bool
+) -> OnnxTower | StaticTower | None:
+    """The fast query tower of ``path`` (``trainer.encoder.fast_tower``), or None (logged) when
+    there is none or it cannot serve; ``required`` → raise instead."""
+    hint = "redo it with aisle-train distill-query"
+
+    def unusable(reason: str, level: int) -> None:
+        if required:
+            raise ValueError(f"query_tower='fast': {reason}")
+        logger.log(level, "%s; encoding queries with the full tower", reason)
+
+    try:
+        fast_info: FastTowerInfo | None = read_fast_tower_info(path)
+    except ValueError as exc:
+        return unusable(str(exc), logging.WARNING)
+    if fast_info is None:
+        return unusable(
+            f"{str(path)!r} has no fast query tower ({FAST_TOWER_DIR}/); make one with "
+            "aisle-train distill-query",
+            logging.DEBUG,
+        )
+    if fast_info.item_fingerprint != info.fingerprint:
+        return unusable(
+            f"the fast query tower of {str(path)!r} was distilled against item tower "
+            f"{fast_info.item_fingerprint[:12]}, the model is now {info.fingerprint[:12]}; {hint}",
+            logging.WARNING,
+        )
+    if fast_info.dim != info.dim:
+        return unusable(
+            f"the fast query tower of {str(path)!r} outputs {fast_info.dim} dims, "
+            f"{MODEL_INFO_NAME} says dim={info.dim}; {hint}",
+            logging.WARNING,
+        )
+    tower_dir = fast_tower_dir(path)
+    tower: OnnxTower | StaticTower
+    try:
+        if fast_info.kind == "static":
+            tower = StaticTower(tower_dir)
+        else:
+            tower = OnnxTower(tower_dir / QUERY_ONNX_FILE, num_threads=num_threads)
+    except ImportError as exc:
+        return unusable(f"the fast query tower cannot run here ({exc})", logging.INFO)
+    except ValueError as exc:
+        return unusable(str(exc), logging.WARNING)
+    if isinstance(tower, OnnxTower) and tower.fingerprint != info.fingerprint:
+        return unusable(
+            f"the fast query tower {str(tower_dir)!r} was exported for model "
+            f"{tower.fingerprint[:12]}, the model is {info.fingerprint[:12]}; {hint}",
+            logging.WARNING,
+        )
+    if tower.dim != info.dim:
+        return unusable(
+            f"the fast query tower {str(tower_dir)!r} outputs {tower.dim} dims but "
+            f"{MODEL_INFO_NAME} says dim={info.dim}; {hint}",
+            logging.WARNING,
+        )
+    return tower
 
 
 def _load_onnx_query_tower(

@@ -148,10 +148,28 @@ def _export(model_dir: Path, info: ModelInfo, opset: int | None) -> Path:
             f"the query tower of {str(model_dir)!r} outputs {tower.dim} dims but "
             f"{MODEL_INFO_NAME} says dim={info.dim}; fix the file or the tower"
         )
+    final = tower_dir / QUERY_ONNX_FILE
+    write_query_onnx(tower, info, final, fingerprint, opset=opset)
+    logger.info(
+        "exported the query tower to %s (%.1f MB, model fingerprint %s)",
+        final.relative_to(model_dir),
+        final.stat().st_size / 1e6,
+        fingerprint[:12],
+    )
+    return final
+
+
+def write_query_onnx(
+    tower: TorchTower, info: ModelInfo, final: Path, fingerprint: str, *, opset: int | None = None
+) -> None:
+    """Export ``tower`` (a query tower on torch) to the ONNX file ``final``, recording
+    ``fingerprint`` (the model whose vector space it maps into) in its metadata; written
+    atomically, and only once ORT reproduced torch within ``PARITY_ATOL`` on probe texts.
+    ``trainer.distill`` uses it for student query towers."""
     tokenizer = tower.tokenizer
     if getattr(tokenizer, "backend_tokenizer", None) is None or tokenizer.pad_token_id is None:
         raise ValueError(
-            f"the query tower {str(tower_dir)!r} needs a fast tokenizer with a pad token "
+            f"the query tower for {str(final)!r} needs a fast tokenizer with a pad token "
             "(tokenizer.json); re-save it with transformers' AutoTokenizer"
         )
     metadata = {
@@ -166,7 +184,6 @@ def _export(model_dir: Path, info: ModelInfo, opset: int | None) -> Path:
         ONNX_META_KEYS["pooling"]: info.pooling,
         ONNX_META_KEYS["normalize"]: str(info.normalize).lower(),
     }
-    final = tower_dir / QUERY_ONNX_FILE
     # Replaced only once ORT reproduced torch on the written file (else the old one stays).
     with atomic_path(final) as tmp:
         program = _torch_export(tower, info, opset)
@@ -174,13 +191,6 @@ def _export(model_dir: Path, info: ModelInfo, opset: int | None) -> Path:
         # One self-contained file: MiniLM's 90 MB of weights are far below protobuf's 2 GB cap.
         program.save(str(tmp), external_data=False)
         _check_parity(tmp, tower, info)
-    logger.info(
-        "exported the query tower to %s (%.1f MB, model fingerprint %s)",
-        final.relative_to(model_dir),
-        final.stat().st_size / 1e6,
-        fingerprint[:12],
-    )
-    return final
 
 
 def _query_graph(tower: TorchTower, info: ModelInfo) -> Any:
