@@ -1,0 +1,149 @@
+"""A round's feedback: the window's logs split by time into training labels and a held-back
+slice for the gate, through the dataset builder (``trainer.feedback.dataset``).
+
+The most recent ``holdout_fraction`` of the window's result lists (by the server's time) is held
+back: the builder runs once on the older part (training) and once on the recent part, whose
+engaged items become the gate's held-back clicks, with the examination propensity of the
+position they were engaged at taken from the training part's fit (more data; the held-back
+part alone is small).
+
+Training labels are a labels file (``trainer.data.labels.read_labels``) over the catalog:
+one query_id per distinct query text, grade ``FEEDBACK_TOP_GRADE`` (2) for an engaged item and
+0 for a skip-above negative, and a ``weight`` on positives: the builder's inverse-propensity
+weighted gain (sum of action weight x clipped 1 / propensity over its engagements), or with
+``propensity_weighting`` off the plain sum of action weights. Negatives carry no weight: they
+join the labeled negatives of their query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from trainer.io import write_atomic
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_TOP_GRADE = 2
+TRAIN_FILE = "train.jsonl"
+HELD_BACK_FILE = "held_back.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class FeedbackWindow:
+    """Aware UTC datetimes: logs recorded in [since, until); since None = from the start."""
+
+    since: datetime | None
+    until: datetime
+
+
+def build_feedback(
+    events_dir: Path,
+    catalog: Path,
+    window: FeedbackWindow,
+    out: Path,
+    *,
+    holdout_fraction: float,
+    propensity_weighting: bool,
+    clip: float,
+) -> dict[str, Any]:
+    """Write ``out/train.jsonl``, ``out/held_back.jsonl`` and ``out/summary.json``.
+
+    Returns:
+        Counts (JSON-ready): impressions, events, train_positives, train_negatives,
+        held_back_clicks, the split time and the builder's skip counts.
+    """
+    from trainer.data.catalog import read_catalog
+    from trainer.feedback.dataset import FeedbackConfig, build_dataset
+    from trainer.feedback.logs import read_impressions
+
+    known = read_catalog(catalog).item_ids
+    impressions, _ = read_impressions(events_dir)
+    split = _split_time(impressions, window, holdout_fraction)
+    train = build_dataset(
+        events_dir, known, FeedbackConfig(clip=clip, since=window.since, until=split)
+    )
+    held = build_dataset(
+        events_dir, known, FeedbackConfig(clip=clip, since=split, until=window.until)
+    )
+    n_pos, n_neg = _write_labels(train.pairs, out / TRAIN_FILE, propensity_weighting)
+    positives = held.pairs.filter(pc.greater(held.pairs.column("label"), 0))
+    positions = positives.column("position").to_numpy()
+    propensity = (
+        train.propensities.at(positions) if train.summary["pairs"] else np.ones(len(positions))
+    )
+    lines = [
+        json.dumps(
+            {"query": q, "item_id": i, "position": int(p), "propensity": float(w)},
+            ensure_ascii=False,
+        )
+        + "\n"
+        for q, i, p, w in zip(
+            positives.column("query").to_pylist(),
+            positives.column("item_id").to_pylist(),
+            positions,
+            propensity,
+            strict=True,
+        )
+    ]
+    write_atomic(out / HELD_BACK_FILE, "".join(lines))
+    counts = {
+        "impressions": train.summary["impressions"] + held.summary["impressions"],
+        "events": train.summary["events"] + held.summary["events"],
+        "events_attributed": train.summary["events_attributed"] + held.summary["events_attributed"],
+        "train_positives": n_pos,
+        "train_negatives": n_neg,
+        "held_back_clicks": len(lines),
+        "split": split.isoformat() if split else None,
+        "propensity": train.propensities.to_json()["by_position"][:20],
+        "skipped": train.summary["skipped"],
+    }
+    summary = {"train": train.summary, "held_back": held.summary, "counts": counts}
+    write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1, default=str) + "\n")
+    return counts
+
+
+def _split_time(impressions, window: FeedbackWindow, fraction: float) -> datetime | None:
+    """The time after which the most recent ``fraction`` of the window's impressions lie."""
+    times = impressions.column("time").to_pylist()
+    since = window.since
+    times = sorted(
+        t for t in times if t is not None and (since is None or t >= since) and t < window.until
+    )
+    if not times:
+        return window.until
+    cut = min(len(times) - 1, int(round(len(times) * (1 - fraction))))
+    return times[cut]
+
+
+def _write_labels(pairs, path: Path, propensity_weighting: bool) -> tuple[int, int]:
+    """The builder's pairs as a labels file; (positives, negatives) written."""
+    queries = pairs.column("query").to_pylist()
+    items = pairs.column("item_id").to_pylist()
+    labels = pairs.column("label").to_numpy()
+    weights = pairs.column("weight").to_numpy()
+    ipw = pairs.column("ipw").to_numpy()
+    query_ids = {q: f"fq{i}" for i, q in enumerate(sorted(set(queries)))}
+    lines = []
+    n_pos = n_neg = 0
+    for q, item, label, weight, inverse in zip(queries, items, labels, weights, ipw, strict=True):
+        row: dict[str, Any] = {"query_id": query_ids[q], "query": q, "item_id": item}
+        if label > 0:
+            # weight = sum(action x ipw); without weighting: sum(action) = weight / mean ipw
+            row["grade"] = FEEDBACK_TOP_GRADE
+            row["weight"] = float(weight if propensity_weighting else weight / max(inverse, 1e-12))
+            n_pos += 1
+        else:
+            row["grade"] = 0
+            n_neg += 1
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    write_atomic(path, "".join(lines))
+    return n_pos, n_neg
