@@ -1,0 +1,175 @@
+"""`aisle-learn`: the learning loop's commands (`dataset`: the server's logs → training data)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _when(text: str) -> datetime:
+    """An ISO 8601 time; naive times are UTC."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-12-01T00:00:00Z)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _weights(text: str) -> dict[str, float]:
+    """ACTION=W,... e.g. click=1,add_to_cart=2,purchase=4."""
+    out = {}
+    try:
+        for part in filter(None, text.split(",")):
+            name, value = part.split("=")
+            out[name.strip()] = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give ACTION=WEIGHT pairs, e.g. click=1,add_to_cart=2,purchase=4"
+        ) from None
+    return out
+
+
+def add_dataset_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "dataset",
+        help="build training data from the impression and event logs",
+        description=(
+            "Join the server's events to the result lists they came from (impressions.jsonl + "
+            "events.jsonl in the events dir), estimate position bias by EM, and write a "
+            "dataset dir: pairs.parquet (query, item, graded label, inverse-propensity "
+            "weight, counts; skip-above negatives), next_items.parquet (consecutive "
+            "purchases), propensity.json, summary.json. Bad log lines, unknown item ids and "
+            "events without an impression are counted in summary.json and skipped. "
+            "See docs/learning.md."
+        ),
+    )
+    parser.add_argument(
+        "--events", type=Path, help="the server's events dir (default: ROOT/events with --index)"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--index", type=Path, help="index root: its current version's items are the known ids"
+    )
+    source.add_argument("--catalog", type=Path, help="catalog file (JSONL/CSV/Parquet) instead")
+    parser.add_argument("--out", type=Path, required=True, help="dataset dir to write (replaced)")
+    parser.add_argument(
+        "--since", type=_when, help="first recorded time to use, inclusive (ISO 8601; UTC)"
+    )
+    parser.add_argument("--until", type=_when, help="recorded time to stop at, exclusive")
+    parser.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        default="local",
+        help="local: pyarrow on this machine (default); spark: the same step as a Spark job",
+    )
+    parser.add_argument(
+        "--spark-master", default="local[2]", help="Spark master for --engine spark"
+    )
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=10.0,
+        help="largest inverse-propensity weight (>= 1; 1 turns the weighting off; default 10)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=_weights,
+        default={},
+        help="action weights, e.g. click=1,add_to_cart=2,purchase=4 (the default; view=0)",
+    )
+    parser.set_defaults(run=run_dataset)
+
+
+def known_item_ids(index: Path | None, catalog: Path | None) -> list[str]:
+    """The catalog's item ids: the current version's items.parquet of an index root, or a
+    catalog file."""
+    if catalog is not None:
+        from trainer.data.catalog import read_catalog
+
+        return read_catalog(catalog).item_ids
+    import pyarrow.parquet as pq
+
+    from indexer.storage.layout import ITEMS_FILE, IndexRoot
+
+    root = IndexRoot(index)
+    current = root.current()
+    if current is None:
+        raise ValueError(f"{index} has no published version (no CURRENT)")
+    return (
+        pq.read_table(root.version_dir(current) / ITEMS_FILE, columns=["item_id"])
+        .column("item_id")
+        .to_pylist()
+    )
+
+
+def run_dataset(args: argparse.Namespace) -> int:
+    from trainer.feedback.dataset import FeedbackConfig, build_dataset, write_dataset
+
+    events = args.events or (args.index / "events" if args.index else None)
+    if events is None:
+        raise ValueError("give --events DIR (the server's events dir)")
+    if not events.is_dir():
+        raise ValueError(f"events dir {events} does not exist")
+    config = FeedbackConfig(
+        weights=args.weights or FeedbackConfig().weights,
+        clip=args.clip,
+        since=args.since,
+        until=args.until,
+    )
+    known = known_item_ids(args.index, args.catalog)
+    if args.engine == "spark":
+        from trainer.feedback.spark import build_dataset_spark
+
+        dataset = build_dataset_spark(events, known, config, master=args.spark_master)
+    else:
+        dataset = build_dataset(events, known, config)
+    write_dataset(dataset, args.out)
+    print(json.dumps({"out": str(args.out), **_headline(dataset.summary)}))
+    return 0
+
+
+def _headline(summary: dict) -> dict:
+    keys = ("impressions", "events", "events_attributed", "pairs", "positives", "negatives")
+    return {key: summary[key] for key in (*keys, "next_item_pairs", "skipped")}
+
+
+# Each subcommand registers itself here: (name, add-parser function).
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_dataset_parser]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="aisle-learn",
+        description="The learning loop: shoppers' behaviour → training data → better towers.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(commands)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:
+        print(f"aisle-learn {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
