@@ -71,11 +71,14 @@ def build_feedback(
     train = build_dataset(
         events_dir, known, FeedbackConfig(clip=clip, since=window.since, until=split)
     )
-    held = build_dataset(
-        events_dir, known, FeedbackConfig(clip=clip, since=split, until=window.until)
-    )
+    held = None
+    if split < window.until:  # else the window holds no result list: nothing to hold back
+        held = build_dataset(
+            events_dir, known, FeedbackConfig(clip=clip, since=split, until=window.until)
+        )
     n_pos, n_neg = _write_labels(train.pairs, out / TRAIN_FILE, propensity_weighting)
-    positives = held.pairs.filter(pc.greater(held.pairs.column("label"), 0))
+    held_pairs = held.pairs if held is not None else train.pairs.slice(0, 0)
+    positives = held_pairs.filter(pc.greater(held_pairs.column("label"), 0))
     positions = positives.column("position").to_numpy()
     propensity = (
         train.propensities.at(positions) if train.summary["pairs"] else np.ones(len(positions))
@@ -95,23 +98,25 @@ def build_feedback(
         )
     ]
     write_atomic(out / HELD_BACK_FILE, "".join(lines))
+    held_summary = held.summary if held is not None else {}
     counts = {
-        "impressions": train.summary["impressions"] + held.summary["impressions"],
-        "events": train.summary["events"] + held.summary["events"],
-        "events_attributed": train.summary["events_attributed"] + held.summary["events_attributed"],
+        "impressions": train.summary["impressions"] + held_summary.get("impressions", 0),
+        "events": train.summary["events"] + held_summary.get("events", 0),
+        "events_attributed": train.summary["events_attributed"]
+        + held_summary.get("events_attributed", 0),
         "train_positives": n_pos,
         "train_negatives": n_neg,
         "held_back_clicks": len(lines),
-        "split": split.isoformat() if split else None,
+        "split": split.isoformat(),
         "propensity": train.propensities.to_json()["by_position"][:20],
         "skipped": train.summary["skipped"],
     }
-    summary = {"train": train.summary, "held_back": held.summary, "counts": counts}
+    summary = {"train": train.summary, "held_back": held_summary, "counts": counts}
     write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1, default=str) + "\n")
     return counts
 
 
-def _split_time(impressions, window: FeedbackWindow, fraction: float) -> datetime | None:
+def _split_time(impressions, window: FeedbackWindow, fraction: float) -> datetime:
     """The time after which the most recent ``fraction`` of the window's impressions lie."""
     times = impressions.column("time").to_pylist()
     since = window.since

@@ -350,10 +350,17 @@ def _gate(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict)
     catalog = read_catalog(catalog_path)
     judged = read_labels(config.judged) if config.judged is not None else None
     gains, recall_grade = "grade", FEEDBACK_TOP_GRADE
-    if config.judged is not None:
-        _, gains, recall_grade, _ = EvalConfig(
-            catalog=catalog_path, labels=config.judged, dataset=config.judged_dataset
-        ).settings()
+    if judged is not None:
+        try:
+            _, gains, recall_grade, _ = EvalConfig(
+                catalog=catalog_path, labels=config.judged, dataset=config.judged_dataset
+            ).settings()
+        except ValueError:
+            if config.judged_dataset is not None:
+                raise
+            # an unnamed dataset: gains by grade (ESCI's for 0..3), the top grade is relevant
+            top = max(g for judged_q in judged.judgments.values() for g in judged_q.values())
+            gains, recall_grade = ("esci" if top == 3 else "grade"), top
     held_path = Path(steps["dataset"]["dir"]) / "held_back.jsonl"
     held_back = read_held_back(held_path) if held_path.exists() else []
     challenger = dict(steps["train"])
