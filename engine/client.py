@@ -9,6 +9,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aisle.v1 import (
+    events_pb2,
+    events_pb2_grpc,
     index_admin_pb2,
     index_admin_pb2_grpc,
     retrieval_pb2,
@@ -52,6 +54,7 @@ class AisleClient:
         self._retrieval = retrieval_pb2_grpc.RetrievalStub(self._channel)
         self._admin = index_admin_pb2_grpc.IndexAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._events = events_pb2_grpc.EventsStub(self._channel)
         self._admin_metadata = self._read_metadata + (
             (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
         )
@@ -128,6 +131,16 @@ class AisleClient:
         kind = retrieval_pb2.EMBED_KIND_ITEM if items else retrieval_pb2.EMBED_KIND_QUERY
         return self._retrieval.Embed(
             retrieval_pb2.EmbedRequest(texts=list(texts), kind=kind),
+            timeout=self.timeout_s,
+            metadata=self._read_metadata,
+        )
+
+    def record_events(self, events: Sequence[events_pb2.Event]) -> events_pb2.RecordResponse:
+        """Record shopper events (durable when this returns). Give each event the
+        ``request_id`` of the response that showed the item and its 1-based ``position`` there
+        (``offset + index + 1``), so it is attributed to that result list."""
+        return self._events.Record(
+            events_pb2.RecordRequest(events=list(events)),
             timeout=self.timeout_s,
             metadata=self._read_metadata,
         )

@@ -34,6 +34,7 @@ from engine.cluster.shard import (
     add_shard_services,
     load_shard_service,
 )
+from engine.search.impressions import ImpressionWriter
 from engine.search.service import SearchService
 from engine.search.snapshot import load_snapshot
 from engine.search.types import EncodingConfig
@@ -92,6 +93,9 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     tls: TlsConfig | None = None
     events_dir: Path | None = None  # event log; None: ROOT/events when serving an index root
+    # Log what each response showed to events_dir/impressions.jsonl (engine.search.impressions;
+    # asynchronous, bounded, every drop counted). Off: responses still carry a request_id.
+    impressions: bool = True
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     # Shutdown: health says NOT_SERVING for `drain_s` while the listener still takes requests
     # (a load balancer's window to stop routing here), then the listener closes and in-flight
@@ -215,6 +219,12 @@ class AisleServer:
             return index / "events"  # an index root: its events live beside its versions
         return None  # a bare version dir: no event log unless one is named
 
+    def _impression_writer(self) -> ImpressionWriter | None:
+        directory = self._events_dir()
+        if not self.config.impressions or directory is None:
+            return None
+        return ImpressionWriter(directory, on_drop=self.metrics.impressions_dropped.inc)
+
     def load(self) -> None:
         """Load model and index; health turns SERVING only after this."""
 
@@ -233,6 +243,7 @@ class AisleServer:
                 encoding=self.config.encoding,
                 on_batch=on_batch,
                 events_dir=self._events_dir(),
+                impressions=self._impression_writer(),
             )
         else:
             service = SearchService(
@@ -242,6 +253,7 @@ class AisleServer:
                 encoding=self.config.encoding,
                 on_batch=on_batch,
                 events_dir=self._events_dir(),
+                impressions=self._impression_writer(),
             )
             service.warm_up()
         m = self.metrics

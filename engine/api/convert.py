@@ -47,6 +47,8 @@ FACET_FIELDS = ("category", "brand")
 MAX_UPSERT = 1000
 MAX_DELETE = 10_000
 MAX_EVENTS = 1000
+MAX_REQUEST_ID_CHARS = 64  # Event.request_id (the server's ids are 29 characters)
+MAX_POSITION = 10_000  # Event.position
 MAX_ID_CHARS = 256
 MAX_ITEM_FIELDS_BYTES = 64 * 1024  # an item's fields, serialized: a page of hits must fit a reply
 # The Timestamp range (0001-01-01 to 9999-12-31 UTC): outside it a time is not a time.
@@ -402,7 +404,30 @@ def events(request: events_pb2.RecordRequest, received: datetime) -> list[Event]
                 )
                 continue
             when = e.time.ToDatetime(tzinfo=UTC)
-        out.append(Event(e.user_id, e.item_id, EVENT_TYPE_NAMES.get(e.type, ""), e.query, when))
+        if len(e.request_id) > MAX_REQUEST_ID_CHARS:
+            violations.append(
+                FieldViolation(
+                    f"events[{i}].request_id", f"at most {MAX_REQUEST_ID_CHARS} characters"
+                )
+            )
+        if not 0 <= e.position <= MAX_POSITION:
+            violations.append(
+                FieldViolation(
+                    f"events[{i}].position",
+                    f"0 (unknown) or a 1-based position up to {MAX_POSITION}",
+                )
+            )
+        out.append(
+            Event(
+                e.user_id,
+                e.item_id,
+                EVENT_TYPE_NAMES.get(e.type, ""),
+                e.query,
+                when,
+                request_id=e.request_id,
+                position=e.position,
+            )
+        )
     if violations:
         raise InvalidArgument.of(violations)
     return out
@@ -505,6 +530,7 @@ def fill_results(
             PageToken(offset + k, result.index.version, request_digest(request))
         )
     response.index.CopyFrom(index_info(result.index))
+    response.request_id = result.request_id
     timings = result.timings_ms
     response.timings.CopyFrom(
         types_pb2.Timings(

@@ -89,6 +89,11 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        self.impressions_dropped = Counter(
+            "aisle_impressions_dropped",
+            "Impressions not logged: the writer's queue was full or the disk refused them",
+            registry=r,
+        )
         self._http: Any = None
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:

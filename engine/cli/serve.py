@@ -103,6 +103,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "root; a bare version dir has none unless given)",
     )
     parser.add_argument(
+        "--impressions",
+        choices=("on", "off"),
+        default="on",
+        help="log what each response showed to EVENTS_DIR/impressions.jsonl, in the "
+        "background (asynchronous, bounded, drops counted in aisle_impressions_dropped_total; "
+        "docs/learning.md); default on",
+    )
+    parser.add_argument(
         "--protect-reads",
         action="store_true",
         help="Retrieval and Events need the admin token too (default: only IndexAdmin does)",
@@ -262,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_host=args.metrics_host,
             tls=tls,
             events_dir=args.events_dir,
+            impressions=args.impressions == "on",
             shard=ShardSpec.parse(args.shard) if args.shard is not None else None,
             router=router,
             encoding=EncodingConfig(

@@ -33,6 +33,10 @@ class Event:
     query: str
     time: datetime
     recorded: datetime | None = None
+    # The response that showed the item (its request_id) and the 1-based position it was shown
+    # at: attribution to an impression (engine.search.impressions); "" and 0: not attributed.
+    request_id: str = ""
+    position: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -43,6 +47,8 @@ class Event:
                 "query": self.query,
                 "time": self.time.isoformat(),
                 **({"recorded": self.recorded.isoformat()} if self.recorded else {}),
+                **({"request_id": self.request_id} if self.request_id else {}),
+                **({"position": self.position} if self.position else {}),
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -53,7 +59,9 @@ class EventLog:
     """Append-only JSON lines in `directory/events.jsonl`, fsynced before append() returns.
 
     The same file is the interactions input of the next training run (user_id, item_id, and the
-    order of lines as the position). A torn last line (a crash mid-append) is skipped on read.
+    order of lines as the position), and with impressions.jsonl beside it the input of
+    `aisle-learn dataset` (trainer.feedback; the format is in docs/learning.md). A torn last
+    line (a crash mid-append) is skipped on read.
     """
 
     def __init__(self, directory: str | Path) -> None:
@@ -124,6 +132,8 @@ class EventLog:
                         raw.get("query", ""),
                         datetime.fromisoformat(raw["time"]),
                         datetime.fromisoformat(raw["recorded"]) if "recorded" in raw else None,
+                        request_id=raw.get("request_id", ""),
+                        position=int(raw.get("position", 0)),
                     )
                 except (ValueError, KeyError, TypeError) as error:
                     raise ValueError(f"{self.path}:{number}: bad event record ({error})") from error

@@ -3,6 +3,7 @@ live updates and events over it."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -18,6 +19,7 @@ from engine.search import live_updates, pipeline, recommend
 from engine.search.batcher import EncoderGate, MicroBatcher
 from engine.search.errors import FailedPrecondition, NotFound
 from engine.search.events import Event, EventLog, UserState
+from engine.search.impressions import Impression, ImpressionWriter, new_request_id
 from engine.search.retriever import with_excluded
 from engine.search.snapshot import Snapshot, is_known, load_snapshot, load_version
 from engine.search.types import (
@@ -56,8 +58,11 @@ class SearchService:
         on_batch: Any = None,
         events_dir: Path | None = None,
         load: Callable[[Path], Snapshot] | None = None,
+        impressions: ImpressionWriter | None = None,
     ) -> None:
         self._index_path = Path(index_path)
+        # What each response showed, for attribution (engine.search.impressions); None: off.
+        self._impressions = impressions
         self._event_log = EventLog(events_dir) if events_dir is not None else None
         self._events_lock = threading.Lock()
         self._encoding = encoding or EncodingConfig()
@@ -110,6 +115,45 @@ class SearchService:
 
     def close(self) -> None:
         self._batcher.close()
+        if self._impressions is not None:
+            self._impressions.close()  # writes what is queued
+
+    @property
+    def impressions(self) -> ImpressionWriter | None:
+        return self._impressions
+
+    def _shown(
+        self,
+        result: SearchResult,
+        surface: str,
+        *,
+        user_id: str = "",
+        query: str = "",
+        offset: int = 0,
+        k: int = 0,
+        seed_item_id: str = "",
+    ) -> SearchResult:
+        """``result`` with a new request_id, its impression queued for the log. The user id
+        is the domain request's (after any pseudonymisation at the API edge)."""
+        request_id = new_request_id()
+        if self._impressions is not None:
+            self._impressions.submit(
+                Impression(
+                    request_id=request_id,
+                    time=time.time(),
+                    surface=surface,
+                    user_id=user_id,
+                    query=query,
+                    mode="popular" if result.popularity_fallback else result.mode,
+                    model_fingerprint=result.index.model_fingerprint,
+                    index_version=result.index.version,
+                    offset=offset,
+                    k=k,
+                    items=tuple(hit.item_id for hit in result.hits),
+                    seed_item_id=seed_item_id,
+                )
+            )
+        return dataclasses.replace(result, request_id=request_id)
 
     # -- encoding -------------------------------------------------------------------------------
 
@@ -148,7 +192,11 @@ class SearchService:
     ) -> list[SearchResult]:
         """Answer several searches with one encoder call, on one snapshot."""
         snap, batcher = self._snapshot, self._batcher
-        return pipeline.search_batch(snap, batcher, self.users, queries, timeout_s)
+        results = pipeline.search_batch(snap, batcher, self.users, queries, timeout_s)
+        return [
+            self._shown(r, "search", user_id=q.user_id, query=q.text, offset=q.offset, k=q.k)
+            for q, r in zip(queries, results, strict=True)
+        ]
 
     def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         return self.search_batch([query], timeout_s)[0]
@@ -162,11 +210,16 @@ class SearchService:
         spec: FilterSpec | None = None,
     ) -> SearchResult:
         """Neighbours of a catalog item by its stored vector (engine.search.recommend)."""
-        return recommend.similar_items(self._snapshot, item_id, k, offset, expected_version, spec)
+        result = recommend.similar_items(self._snapshot, item_id, k, offset, expected_version, spec)
+        return self._shown(result, "similar", offset=offset, k=k, seed_item_id=item_id)
 
     def recommend(self, k: int, **kwargs: Any) -> SearchResult:
         """Items for a user or a history (engine.search.recommend.recommend's keywords)."""
-        return recommend.recommend(self._snapshot, self.users, k, **kwargs)
+        result = recommend.recommend(self._snapshot, self.users, k, **kwargs)
+        user_id = kwargs.get("user_id", "")
+        return self._shown(
+            result, "recommend", user_id=user_id, offset=kwargs.get("offset", 0), k=k
+        )
 
     # -- events and items -----------------------------------------------------------------------
 
@@ -211,8 +264,8 @@ class SearchService:
                 text="warm up", k=10, diversity=DiversitySpec(max_per_category=2, mmr_lambda=0.5)
             ),
         ]
-        for query in queries:
-            self.search(query)
+        for query in queries:  # through the pipeline: warm-up results are no impressions
+            pipeline.search_batch(self._snapshot, self._batcher, self.users, [query])
         self._batcher.cache.clear()  # the warm-up text is not a shopper's query
         log.info("warmed up in %.0f ms", (time.perf_counter() - t) * 1e3)
 

@@ -84,6 +84,7 @@ class SearchResult:
     mode: str = "dense"
     partial: bool = False
     missing_shards: tuple[int, ...] = ()
+    request_id: str = ""  # set by the service: names this list in the impression log
 
 
 MODE_DEFAULT, MODE_DENSE, MODE_LEXICAL, MODE_HYBRID = "default", "dense", "lexical", "hybrid"
