@@ -102,6 +102,9 @@ def test_simulate_against_a_real_server(tmp_path, title_catalog, tiny_model_dir)
     logged = list(EventLog(root / "events").read())
     assert len(logged) == 2 * report.events
     assert {e.type for e in logged} <= {"click", "add_to_cart", "purchase"}
+    # every event is attributed: the response's request_id and the hit's 1-based position
+    assert report.attributed == report.sessions
+    assert all(e.request_id and 1 <= e.position <= 5 for e in logged)
     # a query equal to a title ranks that item first, and relevant items sell
     assert report.purchases > 0
     shutil.rmtree(root)
