@@ -111,6 +111,9 @@ class RoundConfig:
         propensity_weighting: weight feedback by inverse propensity (False: action weights only).
         holdout_fraction: share of the window's most recent result lists held back for the gate.
         train: fine-tuning settings.
+        vector_cache: where the gate caches catalog vectors by model fingerprint (the
+            champion's are then computed once, and the build reuses the challenger's); None =
+            ``ROOT/learning/vector-cache``.
         fault: called with each step's name before it runs and with "<step>:written" after its
             output is in place but before the state records it; raising there (``RoundFault``)
             is a crash at that point (tests).
@@ -131,10 +134,12 @@ class RoundConfig:
     propensity_weighting: bool = True
     holdout_fraction: float = 0.2
     train: TrainSettings = field(default_factory=TrainSettings)
+    vector_cache: Path | None = None
     fault: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("index", "model", "out", "events", "catalog", "labeled", "labeled_catalog"):
+        paths = ("index", "model", "out", "events", "catalog", "labeled", "labeled_catalog")
+        for name in (*paths, "vector_cache"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -375,14 +380,13 @@ def _gate(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict)
             gains=gains,
             recall_grade=recall_grade,
             clip=config.thresholds.clip,
-            cache_dir=work / "vectors",
+            cache_dir=config.vector_cache or root.root / ledger.LEARNING_DIR / "vector-cache",
         )
         entry["metrics"] = metrics
         if name == "challenger":
             with atomic_path(vectors, suffix=".npy") as tmp:
                 np.save(tmp, xb)
     decision = decide(champion["metrics"], challenger["metrics"], config.thresholds)
-    shutil.rmtree(work / "vectors", ignore_errors=True)
     log.info("round %d gate: %s (%s)", n, decision.outcome, "; ".join(decision.reasons))
     return {
         "champion": champion,
