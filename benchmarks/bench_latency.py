@@ -16,6 +16,11 @@ What it measures, in one run (the server is its own process, this script is the 
   that drift on a shared machine lands on both sides alike; the ratio of those served p50 to
   the floor p50 (``served_over_floor_p50``), and, for comparison, of the separate concurrency-1
   level's p50 to it (``served_c1_over_floor_p50``);
+* impressions on vs off (``impressions``): two servers, one logging impressions (the default)
+  and one started with ``--impressions off``, loaded alternately in blocks at concurrency 8 with
+  the same queries (the order flipping per round, so drift lands on both): p50 of each and the
+  p50 the impression log adds, in percent (the target is under 5 %); ``--impressions-only``
+  runs just this;
 * `--soak MINUTES`: dense, concurrency 32 for that long: errors, and the server process's RSS
   and open file descriptors over time, with the RSS slope (MB/min, least squares after the
   first SOAK_WARMUP_FRACTION of the run) that says whether memory is flat or leaking.
@@ -43,6 +48,7 @@ import logging
 import os
 import random
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -241,13 +247,18 @@ def grown_catalog(n: int, data: Path, cache: Path) -> tuple[Path, Path]:
 class Server:
     """`aisle-serve` in its own process on 127.0.0.1; stopped by its pid."""
 
-    def __init__(self, root: Path, work: Path, *, cache_size: int) -> None:
-        self.port_file = port_file = work / f"port-{os.getpid()}-{cache_size}"
+    def __init__(self, root: Path, work: Path, *, cache_size: int, impressions: str = "on") -> None:
+        tag = f"{os.getpid()}-{cache_size}-{impressions}"
+        self.port_file = port_file = work / f"port-{tag}"
         port_file.unlink(missing_ok=True)
+        # The server's own events dir (impressions land there), not the cached index root's.
+        self.events_dir = work / f"events-{tag}"
+        shutil.rmtree(self.events_dir, ignore_errors=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli.serve", "--index", str(root), "--port", "0",
              "--port-file", str(port_file), "--cache-size", str(cache_size), "--workers", "32",
-             "--max-in-flight", "256"],
+             "--max-in-flight", "256", "--events-dir", str(self.events_dir),
+             "--impressions", impressions],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 600  # a 1M-item index takes a while to verify and load
@@ -260,13 +271,20 @@ class Server:
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def stop(self) -> None:
+    def stop(self, keep_events: bool = False) -> None:
+        """SIGTERM (the impression writer flushes), then remove the port file and, unless
+        ``keep_events``, the events dir."""
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
@@ -275,6 +293,8 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.port_file.unlink(missing_ok=True)
+        if not keep_events:
+            shutil.rmtree(self.events_dir, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- load
@@ -483,6 +503,69 @@ def floor(address: str, root: Path, queries: list[str], k: int) -> dict[str, Any
     return result
 
 
+IMPRESSIONS_CONCURRENCY = 8
+IMPRESSIONS_ROUNDS = 8
+
+
+def impressions_cost(
+    root: Path, work: Path, queries: list[str], requests: int, k: int
+) -> dict[str, Any]:
+    """p50 at concurrency 8 with the impression log on and off: two servers (cache off), the
+    same queries sent to each in alternating blocks (IMPRESSIONS_ROUNDS rounds, the order
+    flipping each round), latencies pooled per side."""
+    block = max(50, requests // IMPRESSIONS_ROUNDS)
+    c = IMPRESSIONS_CONCURRENCY
+    servers = {side: Server(root, work, cache_size=0, impressions=side) for side in ("on", "off")}
+    pooled: dict[str, list[float]] = {"on": [], "off": []}
+    errors = {"on": 0, "off": 0}
+    cpu = {"on": 0.0, "off": 0.0}  # server CPU seconds: far less noisy than latency on a busy host
+    per_round = []
+    try:
+        for server in servers.values():
+            run_load(server.address, queries[-50:], c, 50, k)  # warm-up, not counted
+        for r in range(IMPRESSIONS_ROUNDS):
+            sample = queries[r * block : (r + 1) * block] or queries[:block]
+            p50 = {}
+            for side in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                before = servers[side].cpu_s()
+                level = run_load(servers[side].address, sample, c, len(sample), k)
+                cpu[side] += servers[side].cpu_s() - before
+                pooled[side] += level["latencies_ms"]
+                errors[side] += level["errors"]
+                p50[side] = level["p50_ms"]
+            per_round.append(p50)
+        written = servers["on"].events_dir / "impressions.jsonl"
+    finally:
+        for side, server in servers.items():
+            server.stop(keep_events=side == "on")
+    lines = sum(1 for _ in written.open()) if written.exists() else 0
+    shutil.rmtree(servers["on"].events_dir, ignore_errors=True)
+    on, off = (summary(pooled[s], 0.0, errors[s]) for s in ("on", "off"))
+    return {
+        "concurrency": c,
+        "rounds": IMPRESSIONS_ROUNDS,
+        "requests_per_side": len(pooled["on"]),
+        "on": on,
+        "off": off,
+        "per_round_p50_ms": per_round,
+        "p50_added_pct": round((on["p50_ms"] / off["p50_ms"] - 1) * 100, 2),
+        "server_cpu_ms_per_request": {
+            side: round(cpu[side] * 1e3 / max(1, len(pooled[side])), 3) for side in cpu
+        },
+        "server_cpu_added_pct": round((cpu["on"] / max(cpu["off"], 1e-9) - 1) * 100, 2),
+        "impressions_logged": lines,  # the warm-up's 50 included
+    }
+
+
+def impressions_line(cost: dict[str, Any]) -> str:
+    return (
+        f"impressions (c={cost['concurrency']}): p50 on {cost['on']['p50_ms']:.2f} ms, off "
+        f"{cost['off']['p50_ms']:.2f} ms: {cost['p50_added_pct']:+.1f} %; server CPU per "
+        f"request {cost['server_cpu_ms_per_request']} ms ({cost['server_cpu_added_pct']:+.1f} %); "
+        f"{cost['impressions_logged']} logged"
+    )
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -547,6 +630,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list: dense (always) and hybrid (concurrency "
         f"{', '.join(map(str, PRESETS['S'].hybrid_concurrency))}, where the index has BM25) "
         "(default: dense,hybrid)",
+    )
+    parser.add_argument(
+        "--impressions-only",
+        action="store_true",
+        help="measure only the impression log's cost (on vs off, concurrency 8)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-out/latency.jsonl"))
     parser.add_argument("--plot", type=Path, default=Path("bench-out/latency.png"))
@@ -616,6 +704,15 @@ def main(argv: list[str] | None = None) -> int:
     if hybrid_skipped:
         results["hybrid_skipped"] = hybrid_skipped
         log.info("no hybrid levels: %s", hybrid_skipped)
+    if args.impressions_only:
+        results = {**results, "bench": "latency_impressions", "benchmark": "latency_impressions"}
+        results["impressions"] = cost = impressions_cost(
+            root, args.cache_dir, queries, config.requests, config.k
+        )
+        print(impressions_line(cost))
+        append_jsonl(args.out, results)
+        print(f"wrote {args.out}")
+        return 0
     pool = QueryPool(queries)
 
     server = Server(root, args.cache_dir, cache_size=0)
@@ -689,6 +786,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cache on (c=8): p50 {cached['p50_ms']:.2f} ms, hit rate {cached['hit_rate']}")
     finally:
         server.stop()
+
+    results["impressions"] = cost = impressions_cost(
+        root, args.cache_dir, queries, config.requests, config.k
+    )
+    print(impressions_line(cost))
 
     plot(results, args.plot)
     for level in results["served"] + results["hybrid"]:

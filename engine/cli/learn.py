@@ -45,7 +45,7 @@ def add_dataset_parser(commands: argparse._SubParsersAction) -> None:
         help="build training data from the impression and event logs",
         description=(
             "Join the server's events to the result lists they came from (impressions.jsonl + "
-            "events.jsonl in the events dir), estimate position bias by EM, and write a "
+            "events.jsonl in the events dir), estimate position bias from the logs, and write a "
             "dataset dir: pairs.parquet (query, item, graded label, inverse-propensity "
             "weight, counts; skip-above negatives), next_items.parquet (consecutive "
             "purchases), propensity.json, summary.json. Bad log lines, unknown item ids and "
@@ -80,6 +80,13 @@ def add_dataset_parser(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=10.0,
         help="largest inverse-propensity weight (>= 1; 1 turns the weighting off; default 10)",
+    )
+    parser.add_argument(
+        "--propensity",
+        choices=("harvest", "em"),
+        default="harvest",
+        help="position-bias estimate: harvest (intervention harvesting, default) or em "
+        "(docs/learning.md)",
     )
     parser.add_argument(
         "--weights",
@@ -123,6 +130,7 @@ def run_dataset(args: argparse.Namespace) -> int:
     config = FeedbackConfig(
         weights=args.weights or FeedbackConfig().weights,
         clip=args.clip,
+        propensity=args.propensity,
         since=args.since,
         until=args.until,
     )

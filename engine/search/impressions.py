@@ -8,9 +8,11 @@ line format is documented in docs/learning.md).
 The guarantee differs from the event log's on purpose: events are durable when acknowledged;
 impressions are asynchronous, bounded and at-most-once. The request thread only puts a record
 on a bounded queue (never waits for the disk); one writer thread appends what is queued as one
-group (one write and one fsync per group). When the queue is full the record is dropped and
-counted (``dropped``, the ``aisle_impressions_dropped_total`` metric, and a rate-limited log
-line), never blocking the request. ``close()`` writes what is queued before returning.
+group (one write per group, a group gathering for LINGER_S; an fsync at most every FSYNC_EVERY_S
+and at close: a killed process loses nothing written, a machine crash at most that second).
+When the queue is full the record is dropped and counted (``dropped``, the
+``aisle_impressions_dropped_total`` metric, and a rate-limited log line), never blocking the
+request. ``close()`` writes and fsyncs what is queued before returning.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ log = logging.getLogger(__name__)
 
 LOG_NAME = "impressions.jsonl"
 DEFAULT_QUEUE = 10_000  # records; at ~0.5 KB each about 5 MB of memory at most
-MAX_GROUP = 1_000  # records per write + fsync
+MAX_GROUP = 1_000  # records per write
+# After the first record of a group the writer waits this long for more: at most ~20 wakeups
+# and writes a second however busy the server is, instead of one per request.
+LINGER_S = 0.05
+# Measured: an fsync per group cost ~0.3 ms of server CPU per request (+7 %) at concurrency 8;
+# impressions are at-most-once anyway, so the page cache may hold up to this much of them.
+FSYNC_EVERY_S = 1.0
 DROP_LOG_EVERY_S = 10.0
 
 _CLOSE = object()
@@ -98,6 +106,7 @@ class ImpressionWriter:
         *,
         max_queue: int = DEFAULT_QUEUE,
         on_drop: Callable[[], None] | None = None,
+        linger_s: float = LINGER_S,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
@@ -105,6 +114,8 @@ class ImpressionWriter:
         self.dropped = 0
         self.written = 0
         self._on_drop = on_drop
+        self._linger_s = linger_s
+        self._last_fsync = time.monotonic()
         self._last_drop_log = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._closed = False
@@ -161,6 +172,8 @@ class ImpressionWriter:
     def _run(self) -> None:
         while True:
             first = self._queue.get()
+            if first is not _CLOSE and self._linger_s > 0:
+                time.sleep(self._linger_s)  # let a group gather (group commit)
             group = [first]
             while len(group) < MAX_GROUP:
                 try:
@@ -179,9 +192,11 @@ class ImpressionWriter:
     def _write(self, records: list[Impression]) -> None:
         try:
             self._file.write("".join(r.to_json() + "\n" for r in records))
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file.flush()  # in the page cache: survives a kill of this process
             self.written += len(records)
+            if time.monotonic() - self._last_fsync >= FSYNC_EVERY_S:
+                os.fsync(self._file.fileno())
+                self._last_fsync = time.monotonic()
         except OSError as error:  # a full disk: count them as dropped, keep serving
             log.error("could not write %d impressions: %s", len(records), error)
             for _ in records:
@@ -209,4 +224,8 @@ class ImpressionWriter:
         if self._thread.is_alive():
             log.warning("impression writer did not finish within %.0f s", timeout_s)
             return
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            log.error("could not fsync %s: %s", self.path, error)
         self._file.close()

@@ -27,7 +27,7 @@ dataset dir, written atomically) and ``read_dataset``. The output directory hold
 ``next_items.parquet`` — consecutive purchases of one shopper (recommendation pairs):
     user_id, item_id (bought first), next_item_id (bought next), time (of the next purchase)
 
-``propensity.json`` — the fitted examination curve (trainer.feedback.propensity).
+``propensity.json`` — the estimated examination curve (trainer.feedback.propensity).
 ``summary.json`` — the window, every count, and what was skipped and why.
 """
 
@@ -50,7 +50,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trainer.feedback.logs import LogStats, read_events, read_impressions
-from trainer.feedback.propensity import Propensities, estimate_propensities, inverse_propensity
+from trainer.feedback.propensity import (
+    METHODS,
+    Propensities,
+    estimate_propensities,
+    inverse_propensity,
+)
 from trainer.io import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,7 @@ class FeedbackConfig:
     weights: action → gain; an action with weight 0 (``view`` by default: a client may report
         an item merely shown in a list as viewed) is recorded but is no engagement.
     clip: inverse-propensity weights are at most this (>= 1).
+    propensity: how position bias is estimated: ``harvest`` or ``em``.
     max_position: positions deeper than this share the last propensity.
     since, until: the window, by the server's recorded time (impressions: ``time``; events:
         ``recorded``, or ``time`` in logs older than that field); since inclusive, until
@@ -103,6 +109,7 @@ class FeedbackConfig:
 
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     clip: float = 10.0
+    propensity: str = "harvest"  # or "em" (trainer.feedback.propensity)
     max_position: int = 50
     since: datetime | None = None
     until: datetime | None = None
@@ -117,6 +124,8 @@ class FeedbackConfig:
             raise ValueError("weights must be >= 0")
         if self.clip < 1:
             raise ValueError(f"clip must be >= 1 (1: no propensity weighting), got {self.clip}")
+        if self.propensity not in METHODS:
+            raise ValueError(f"propensity must be one of {METHODS}, got {self.propensity!r}")
         if self.max_position < 1:
             raise ValueError(f"max_position must be >= 1, got {self.max_position}")
         for name in ("since", "until"):
@@ -287,6 +296,7 @@ def build_from_tables(
         pair_of_cell,
         cell_position[usable],
         engaged[usable],
+        method=config.propensity,
         max_position=config.max_position,
     )
 
@@ -319,6 +329,7 @@ def build_from_tables(
         },
         "weights": {name: config.weight(name) for name in DEFAULT_WEIGHTS},
         "clip": config.clip,
+        "propensity": config.propensity,
         "impressions": impressions.num_rows,
         "impressions_by_surface": _value_counts(surface),
         "shown_cells": n_cells,

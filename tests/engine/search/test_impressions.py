@@ -108,6 +108,7 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path, monkeypatch) -
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(impressions_module, "FSYNC_EVERY_S", 0.0)  # every group fsyncs
     drops = []
     writer = ImpressionWriter(tmp_path, max_queue=3, on_drop=lambda: drops.append(1))
     assert writer.submit(impression(0))
