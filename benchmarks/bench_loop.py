@@ -195,6 +195,7 @@ def run_loop(
         judged=subset["gate"],
         judged_dataset="homedepot",
         server=address,
+        settle_s=0.0,  # each round starts after server.service.impressions.flush()
         thresholds=GateThresholds(),
         propensity_weighting=weighting,
         train=TrainSettings(

@@ -219,6 +219,13 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
         default=0.2,
         help="most recent share of the window's result lists held back for the gate",
     )
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=5.0,
+        help="end the window this many seconds ago, so impressions still being written by the "
+        "server land in a window (default 5)",
+    )
     parser.add_argument("--max-steps", type=int, default=200, help="fine-tuning steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-5)
@@ -254,6 +261,7 @@ def run_round_command(args: argparse.Namespace) -> int:
         ),
         propensity_weighting=not args.no_propensity_weighting,
         holdout_fraction=args.holdout_fraction,
+        settle_s=args.settle_s,
         train=TrainSettings(
             max_steps=args.max_steps,
             batch_size=args.batch_size,

@@ -65,6 +65,12 @@ def build_feedback(
     from trainer.feedback.dataset import FeedbackConfig, build_dataset
     from trainer.feedback.logs import read_impressions
 
+    if window.since is not None and window.since >= window.until:  # rounds back to back
+        write_atomic(out / TRAIN_FILE, "")
+        write_atomic(out / HELD_BACK_FILE, "")
+        counts = {"impressions": 0, "events": 0, "train_positives": 0, "held_back_clicks": 0}
+        write_atomic(out / SUMMARY_FILE, json.dumps({"counts": counts}) + "\n")
+        return counts
     known = read_catalog(catalog).item_ids
     impressions, _ = read_impressions(events_dir)
     split = _split_time(impressions, window, holdout_fraction)

@@ -38,7 +38,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,9 @@ class RoundConfig:
         thresholds: the gate's.
         propensity_weighting: weight feedback by inverse propensity (False: action weights only).
         holdout_fraction: share of the window's most recent result lists held back for the gate.
+        settle_s: the window ends this many seconds before the round starts, so impressions
+            still in the server's background writer (it writes within about a second) land in
+            this window or the next, not in neither.
         train: fine-tuning settings.
         vector_cache: where the gate caches catalog vectors by model fingerprint (the
             champion's are then computed once, and the build reuses the challenger's); None =
@@ -133,6 +136,7 @@ class RoundConfig:
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     propensity_weighting: bool = True
     holdout_fraction: float = 0.2
+    settle_s: float = 5.0
     train: TrainSettings = field(default_factory=TrainSettings)
     vector_cache: Path | None = None
     fault: Callable[[str], None] | None = None
@@ -153,6 +157,8 @@ class RoundConfig:
             value = getattr(self, name)
             if value is not None and not value.is_file():
                 raise ValueError(f"{name} file not found: {value}")
+        if not self.settle_s >= 0:
+            raise ValueError(f"settle_s must be >= 0 seconds, got {self.settle_s!r}")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
 
@@ -261,9 +267,8 @@ def _publish_dir(tmp: Path, final: Path) -> None:
 def _dataset(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict) -> dict:
     previous = ledger.rounds(root.root)
     since = previous[-1]["window"]["until"] if previous else None
-    window = FeedbackWindow(
-        since=datetime.fromisoformat(since) if since else None, until=datetime.now(UTC)
-    )
+    until = datetime.now(UTC) - timedelta(seconds=config.settle_s)
+    window = FeedbackWindow(since=datetime.fromisoformat(since) if since else None, until=until)
     tmp = _fresh_dir(work / "dataset.partial")
     summary = build_feedback(
         config.events_dir,
@@ -311,6 +316,7 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
     if tmp.exists():
         shutil.rmtree(tmp)
     settings = config.train
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)  # a crashed run's: start afresh
     train(
         TrainConfig(
             datasets=tuple(specs),

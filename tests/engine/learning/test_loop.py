@@ -58,6 +58,7 @@ def test_simulated_traffic_then_a_round_through_a_real_server(
                 out=tmp_path / "models",
                 judged=judged,
                 server=address,
+                settle_s=0.0,  # the impressions were flushed above
                 thresholds=GateThresholds(min_ndcg_gain=-1, min_ips_gain=-1, tie_tolerance=0),
                 train=TrainSettings(
                     max_steps=6, batch_size=8, lr=1e-3, num_threads=1, export_onnx=False
@@ -65,7 +66,8 @@ def test_simulated_traffic_then_a_round_through_a_real_server(
             )
         )
         counts = result.record["counts"]
-        assert counts["impressions"] == 300 and counts["events_attributed"] == report.events
+        assert counts["impressions"] == 300, (counts, result.record["window"])
+        assert counts["events_attributed"] == report.events
         assert counts["train_positives"] > 0 and counts["held_back_clicks"] > 0
         assert result.promoted and result.version == 2
         with AisleClient(address) as client:

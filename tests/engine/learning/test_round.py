@@ -101,6 +101,7 @@ def config_for(root, judged, srv, tmp_path, **kwargs) -> RoundConfig:
         "out": tmp_path / "models",
         "judged": judged,
         "server": f"127.0.0.1:{srv.port}",
+        "settle_s": 0.0,
         # anything but a tie promotes: the test is about the steps, not about the tiny model
         "thresholds": GateThresholds(min_ndcg_gain=-1, min_ips_gain=-1, tie_tolerance=0),
         "train": TrainSettings(
