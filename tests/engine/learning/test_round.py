@@ -214,3 +214,41 @@ def test_bad_input_is_refused_with_the_field(tmp_path, setup):
         config_for(root, tmp_path / "missing.jsonl", server, tmp_path)
     with pytest.raises(ValueError, match="holdout_fraction"):
         config_for(root, judged, server, tmp_path, holdout_fraction=1.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stage", ["round:train:written", "after-embed", "round:build:written", "round:reload"]
+)
+def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
+    """A real kill (os._exit(137) at ``stage``; "after-embed" is inside the index build) of
+    ``aisle-learn round``: the server keeps serving the old pair until a rerun finishes."""
+    import os
+    import subprocess
+    import sys
+
+    from indexer.storage.faults import FAULT_ENV, FAULT_EXIT_CODE
+
+    root, judged, server, tmp_path = setup
+    before = served(server)
+    argv = [
+        sys.executable, "-m", "engine.cli.learn", "round", "--index", str(root),
+        "--model", str(_served_model(root)), "--out", str(tmp_path / "models"),
+        "--judged", str(judged), "--server", f"127.0.0.1:{server.port}", "--settle-s", "0",
+        "--min-ndcg-gain", "-1", "--min-ips-gain", "-1", "--tie-tolerance", "0",
+        "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--threads", "1", "--no-onnx",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    killed = subprocess.run(
+        argv, env={**env, FAULT_ENV: stage}, capture_output=True, text=True, timeout=600
+    )
+    assert killed.returncode == FAULT_EXIT_CODE, killed.stderr[-2000:]
+    published = stage in ("round:build:written", "round:reload")
+    assert IndexRoot(root).current() == (2 if published else 1)
+    assert served(server) == before  # no Reload yet: the old pair is served
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed["round"] == 1 and printed["promoted"] and printed["version"] == 2
+    assert served(server)[0] == 2 and IndexRoot(root).versions() == [1, 2]
+    assert len(ledger.rounds(root)) == 1
