@@ -3,16 +3,20 @@ slice for the gate, through the dataset builder (``trainer.feedback.dataset``).
 
 The most recent ``holdout_fraction`` of the window's result lists (by the server's time) is held
 back: the builder runs once on the older part (training) and once on the recent part, whose
-engaged items become the gate's held-back clicks, with the examination propensity of the
-position they were engaged at taken from the training part's fit (more data; the held-back
-part alone is small).
+engaged items become the gate's held-back clicks.
+
+Examination propensities are fitted on all the logs before the split, earlier rounds' too: one
+window holds the rankings of one model, where an item rarely changes position for a query, so
+neither intervention harvesting nor EM can tell examination from relevance there; across
+rounds the rankers differ, which is what the fit needs. The held-back clicks take the
+propensity of the position they were engaged at from that fit.
 
 Training labels are a labels file (``trainer.data.labels.read_labels``) over the catalog:
 one query_id per distinct query text, grade ``FEEDBACK_TOP_GRADE`` (2) for an engaged item and
-0 for a skip-above negative, and a ``weight`` on positives: the builder's inverse-propensity
-weighted gain (sum of action weight x clipped 1 / propensity over its engagements), or with
-``propensity_weighting`` off the plain sum of action weights. Negatives carry no weight: they
-join the labeled negatives of their query.
+0 for a skip-above negative, and a ``weight`` on positives: its summed action weight times the
+clipped inverse propensity of its engaged position, or with ``propensity_weighting`` off the
+summed action weight alone. Negatives carry no weight: they join the labeled negatives of
+their query.
 """
 
 from __future__ import annotations
@@ -77,18 +81,26 @@ def build_feedback(
     train = build_dataset(
         events_dir, known, FeedbackConfig(clip=clip, since=window.since, until=split)
     )
+    # Position bias is fitted on every log before the split, not just this window's: within one
+    # window one model ranked, so an item rarely moves and neither harvesting nor EM can tell
+    # examination from relevance; across rounds the rankers differ and the same (query, item)
+    # lands at other positions, which is what the fit needs.
+    history = train
+    if window.since is not None:
+        history = build_dataset(events_dir, known, FeedbackConfig(clip=clip, until=split))
+    propensities = history.propensities
     held = None
     if split < window.until:  # else the window holds no result list: nothing to hold back
         held = build_dataset(
             events_dir, known, FeedbackConfig(clip=clip, since=split, until=window.until)
         )
-    n_pos, n_neg = _write_labels(train.pairs, out / TRAIN_FILE, propensity_weighting)
+    n_pos, n_neg = _write_labels(
+        train.pairs, out / TRAIN_FILE, propensities if propensity_weighting else None, clip
+    )
     held_pairs = held.pairs if held is not None else train.pairs.slice(0, 0)
     positives = held_pairs.filter(pc.greater(held_pairs.column("label"), 0))
     positions = positives.column("position").to_numpy()
-    propensity = (
-        train.propensities.at(positions) if train.summary["pairs"] else np.ones(len(positions))
-    )
+    propensity = propensities.at(positions) if history.summary["pairs"] else np.ones(len(positions))
     lines = [
         json.dumps(
             {"query": q, "item_id": i, "position": int(p), "propensity": float(w)},
@@ -114,7 +126,8 @@ def build_feedback(
         "train_negatives": n_neg,
         "held_back_clicks": len(lines),
         "split": split.isoformat(),
-        "propensity": train.propensities.to_json()["by_position"][:20],
+        "propensity": propensities.to_json()["by_position"][:20],
+        "propensity_impressions": history.summary["impressions"],
         "skipped": train.summary["skipped"],
     }
     summary = {"train": train.summary, "held_back": held_summary, "counts": counts}
@@ -135,22 +148,36 @@ def _split_time(impressions, window: FeedbackWindow, fraction: float) -> datetim
     return times[cut]
 
 
-def _write_labels(pairs, path: Path, propensity_weighting: bool) -> tuple[int, int]:
-    """The builder's pairs as a labels file; (positives, negatives) written."""
+def _write_labels(pairs, path: Path, propensities, clip: float) -> tuple[int, int]:
+    """The builder's pairs as a labels file; (positives, negatives) written.
+
+    A positive's weight is its summed action weight (the builder's weight / its ipw) times the
+    clipped inverse propensity of its best engaged position under ``propensities`` (None: no
+    propensity weighting). Exact when its engagements share one position, as they do within a
+    window one model ranked."""
+    from trainer.feedback.propensity import inverse_propensity
+
     queries = pairs.column("query").to_pylist()
     items = pairs.column("item_id").to_pylist()
     labels = pairs.column("label").to_numpy()
     weights = pairs.column("weight").to_numpy()
     ipw = pairs.column("ipw").to_numpy()
+    position = pairs.column("position").to_numpy()
+    new_ipw = (
+        inverse_propensity(propensities.at(position), clip)
+        if propensities is not None
+        else np.ones(len(position))
+    )
     query_ids = {q: f"fq{i}" for i, q in enumerate(sorted(set(queries)))}
     lines = []
     n_pos = n_neg = 0
-    for q, item, label, weight, inverse in zip(queries, items, labels, weights, ipw, strict=True):
+    rows = zip(queries, items, labels, weights, ipw, new_ipw, strict=True)
+    for q, item, label, weight, inverse, new_inverse in rows:
         row: dict[str, Any] = {"query_id": query_ids[q], "query": q, "item_id": item}
         if label > 0:
-            # weight = sum(action x ipw); without weighting: sum(action) = weight / mean ipw
             row["grade"] = FEEDBACK_TOP_GRADE
-            row["weight"] = float(weight if propensity_weighting else weight / max(inverse, 1e-12))
+            # the builder's weight = sum(action x ipw), so sum(action) = weight / mean ipw
+            row["weight"] = float(weight / max(inverse, 1e-12) * new_inverse)
             n_pos += 1
         else:
             row["grade"] = 0
