@@ -136,9 +136,14 @@ def run_dataset(args: argparse.Namespace) -> int:
     )
     known = known_item_ids(args.index, args.catalog)
     if args.engine == "spark":
+        from indexer.build.spark import spark_session
         from trainer.feedback.spark import build_dataset_spark
 
-        dataset = build_dataset_spark(events, known, config, master=args.spark_master)
+        spark = spark_session(args.spark_master, "aisle-learn")
+        try:
+            dataset = build_dataset_spark(events, known, config, spark=spark)
+        finally:
+            spark.stop()
     else:
         dataset = build_dataset(events, known, config)
     write_dataset(dataset, args.out)

@@ -84,6 +84,7 @@ def estimate_propensities(
     position: np.ndarray,
     clicked: np.ndarray,
     *,
+    shown: np.ndarray | None = None,
     method: str = "harvest",
     max_position: int = 50,
     iterations: int = 200,
@@ -95,7 +96,10 @@ def estimate_propensities(
         pair: (n,) int64, a dense id of each impression's (query, item) pair, 0..n_pairs-1.
         position: (n,) int64, the 1-based position it was shown at; positions past
             ``max_position`` are pooled into the last one.
-        clicked: (n,) bool or int, whether it was engaged (clicked, added to cart or bought).
+        clicked: (n,) bool or int, whether it was engaged (clicked, added to cart or bought);
+            with ``shown``, how many of those impressions were.
+        shown: (n,) int64 impressions each row stands for (rows pre-aggregated by pair and
+            position); None: one each.
         method: ``harvest`` (default) or ``em``.
         max_position: the deepest position fitted.
         iterations: EM only: at most this many steps; stops early when the log-likelihood
@@ -107,6 +111,7 @@ def estimate_propensities(
     pair = np.asarray(pair, dtype=np.int64)
     position = np.clip(np.asarray(position, dtype=np.int64), 1, max_position) - 1
     clicked = np.asarray(clicked).astype(np.float64)
+    weight = np.ones(len(pair)) if shown is None else np.asarray(shown, dtype=np.float64)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     n = len(pair)
@@ -116,7 +121,7 @@ def estimate_propensities(
     # Aggregate to (pair, position) cells: N shown, C clicked. EM works on counts.
     cell = pair * n_pos + position
     cells, inverse = np.unique(cell, return_inverse=True)
-    shown = np.bincount(inverse).astype(np.float64)
+    shown = np.bincount(inverse, weights=weight)
     clicks = np.bincount(inverse, weights=clicked)
     cell_pair = cells // n_pos
     cell_pos = cells % n_pos
@@ -139,7 +144,7 @@ def estimate_propensities(
         g = gamma[cell_pair]  # (cells,)
         p = np.clip(t * g, _EPS, 1 - _EPS)
         ll = float(np.sum(clicks * np.log(p) + (shown - clicks) * np.log1p(-p)))
-        if ll - previous < tol * n:
+        if ll - previous < tol * shown.sum():
             break
         previous = ll
         unclicked = shown - clicks

@@ -198,6 +198,7 @@ def test_events_carry_request_id_and_position(own_root: Path) -> None:
     assert event.item_id == hit.item_id
 
 
+@pytest.mark.slow  # a server subprocess (imports torch, loads the model)
 def test_kill_9_after_an_acknowledged_record_loses_nothing(own_root: Path, tmp_path) -> None:
     port_file = tmp_path / "port"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
