@@ -276,7 +276,15 @@ def run_round_command(args: argparse.Namespace) -> int:
             export_onnx=not args.no_onnx,
         ),
     )
-    result = run_round(config)
+    import grpc
+
+    try:
+        result = run_round(config)
+    except grpc.RpcError as error:  # the Reload: the round resumes there when rerun
+        raise ValueError(
+            f"--server {args.server}: {error.code().name}: {error.details()}; the new version is "
+            "published; rerun the same command to retry the Reload"
+        ) from None
     record = result.record
     print(
         json.dumps(
@@ -311,9 +319,17 @@ def add_rollback_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_rollback_command(args: argparse.Namespace) -> int:
+    import grpc
+
     from engine.learning.rollback import rollback
 
-    record = rollback(args.index, to=args.to, server=args.server, admin_token=args.admin_token)
+    try:
+        record = rollback(args.index, to=args.to, server=args.server, admin_token=args.admin_token)
+    except grpc.RpcError as error:
+        raise ValueError(
+            f"--server {args.server}: {error.code().name}: {error.details()}; CURRENT was rolled "
+            "back; Reload the server (or restart it) to serve it"
+        ) from None
     print(json.dumps(record))
     return 0
 
