@@ -158,6 +158,7 @@ def run_loop(
     work: Path,
     cache: Path,
     seed: int,
+    min_ips_gain: float = 0.0,
 ) -> dict[str, Any]:
     """One loop: serve the zero-shot model, then ``preset.rounds`` rounds of traffic + learning."""
     from engine.learning.gate import GateThresholds
@@ -196,7 +197,7 @@ def run_loop(
         judged_dataset="homedepot",
         server=address,
         settle_s=0.0,  # each round starts after server.service.impressions.flush()
-        thresholds=GateThresholds(),
+        thresholds=GateThresholds(min_ips_gain=min_ips_gain),
         propensity_weighting=weighting,
         train=TrainSettings(
             max_steps=preset.max_steps, batch_size=preset.batch_size, lr=preset.lr,
@@ -282,7 +283,14 @@ def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict[str, flo
     }
 
 
-def run(preset_name: str, out: Path, rounds: int | None, seed: int, label_trained: Path | None):
+def run(
+    preset_name: str,
+    out: Path,
+    rounds: int | None,
+    seed: int,
+    label_trained: Path | None,
+    min_ips_gain: float = 0.0,
+):
     from trainer.data.catalog import read_catalog
     from trainer.data.labels import read_labels
     from trainer.encoder.model_dir import default_model_dir
@@ -296,7 +304,13 @@ def run(preset_name: str, out: Path, rounds: int | None, seed: int, label_traine
     cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     subset = make_subset(data, work, preset, seed)
-    config = {"preset": preset_name, **asdict(preset), "seed": seed, **subset["sizes"]}
+    config = {
+        "preset": preset_name,
+        **asdict(preset),
+        "seed": seed,
+        "min_ips_gain": min_ips_gain,
+        **subset["sizes"],
+    }
     print(json.dumps({"config": config, "machine": machine()}), flush=True)
     zero_shot = default_model_dir()
     catalog, dev = read_catalog(subset["catalog"]), read_labels(subset["dev"])
@@ -309,7 +323,9 @@ def run(preset_name: str, out: Path, rounds: int | None, seed: int, label_traine
         results["label_trained"] = {"model": str(label_trained), "dev_ndcg@10": mean,
                                     "dev_ndcg@10_stderr": se}  # fmt: skip
     for name, weighting in (("ips", True), ("no_ips", False)):
-        results[name] = run_loop(name, weighting, subset, zero_shot, preset, work, cache, seed)
+        results[name] = run_loop(
+            name, weighting, subset, zero_shot, preset, work, cache, seed, min_ips_gain
+        )
     last = {n: results[n]["rounds"][-1].pop("_per_query") for n in ("ips", "no_ips")}
     for n in ("ips", "no_ips"):
         for row in results[n]["rounds"]:
@@ -341,11 +357,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--label-trained", type=Path, help="a model trained on the labels: a reference line"
     )
+    parser.add_argument(
+        "--min-ips-gain",
+        type=float,
+        default=0.0,
+        help="the gate's threshold on held-back IPS-DCG@10 (negative: a tolerated loss)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    record = run(args.preset, args.out, args.rounds, args.seed, args.label_trained)
+    record = run(
+        args.preset, args.out, args.rounds, args.seed, args.label_trained, args.min_ips_gain
+    )
     from benchmarks.report.loop import draw_loop
 
     record["plot"] = str(args.out / "loop.png")
