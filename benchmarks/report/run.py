@@ -18,7 +18,7 @@ from typing import IO
 
 log = logging.getLogger(__name__)
 
-RUN_ORDER = ("rerank", "ann", "reindex", "train", "quality", "latency")  # quick ones first
+RUN_ORDER = ("rerank", "ann", "reindex", "train", "quality", "latency", "loop")  # quick first
 BENCH_PRESETS = {name: ("S", "M", "L") for name in RUN_ORDER} | {"quality": ("S", "M")}
 DEFAULT_OUT = Path("bench-out")
 TAIL_LINES = 20  # of a failed benchmark's stderr, in its section
@@ -36,7 +36,7 @@ def bench_command(name: str, preset: str, out: Path = DEFAULT_OUT) -> list[str]:
     argv = ["-m", f"benchmarks.bench_{name}", "--preset", p]
     if Path(out) == DEFAULT_OUT:
         return argv
-    if name in ("quality", "train"):  # these take the results folder
+    if name in ("quality", "train", "loop"):  # these take the results folder
         return [*argv, "--out", str(out)]
     argv += ["--out", str(out / f"{name}.jsonl")]
     if name == "ann":

@@ -14,6 +14,7 @@ from benchmarks.report.ann import ann_metrics, ann_section
 from benchmarks.report.figures import Context, Figure
 from benchmarks.report.format import Metrics, Record
 from benchmarks.report.latency import latency_metrics, latency_section
+from benchmarks.report.loop import loop_metrics, loop_section
 from benchmarks.report.quality import quality_metrics, quality_section
 from benchmarks.report.reindex import reindex_metrics, reindex_section
 from benchmarks.report.rerank import rerank_metrics, rerank_section
@@ -38,4 +39,5 @@ PARTS: dict[str, Part] = {
     "train": Part("Training throughput", train_section, train_metrics),
     "reindex": Part("Batch reindex throughput", reindex_section, reindex_metrics),
     "rerank": Part("Re-ranking kernels", rerank_section, rerank_metrics),
+    "loop": Part("Learning loop", loop_section, loop_metrics),
 }

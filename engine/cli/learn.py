@@ -1,4 +1,5 @@
-"""`aisle-learn`: the learning loop's commands (`dataset`: the server's logs → training data)."""
+"""`aisle-learn`: the learning loop's commands (`dataset`: the server's logs → training data;
+`round`: one learning round; `rollback`: the previous champion again; `ledger`: the rounds)."""
 
 from __future__ import annotations
 
@@ -164,8 +165,208 @@ def _headline(summary: dict) -> dict:
     return {key: summary[key] for key in (*keys, "next_item_pairs", "skipped")}
 
 
+def add_round_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "round",
+        help="one learning round: dataset → train → gate → build → Reload → ledger",
+        description=(
+            "Build training data from the logs since the last round (holding back the most "
+            "recent slice), fine-tune a challenger from the serving model (mixed with --labeled), "
+            "gate it against the champion on --judged (NDCG@10) and the held-back logs "
+            "(IPS-DCG@10); if it wins, build and publish a new index version with it and Reload "
+            "--server. Appends ROOT/learning/rounds.jsonl. Crash-safe: rerun the same command "
+            "to resume at the first unfinished step. See docs/learning.md."
+        ),
+    )
+    parser.add_argument("--index", type=Path, required=True, help="the served index root")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="the champion: the model dir served now"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="models dir: the challenger goes to OUT/round-<n>"
+    )
+    parser.add_argument("--events", type=Path, help="events dir (default: ROOT/events)")
+    parser.add_argument(
+        "--catalog", type=Path, help="catalog to train on and index (default: the served items)"
+    )
+    parser.add_argument(
+        "--labeled", type=Path, help="labels file mixed into training so the model does not forget"
+    )
+    parser.add_argument(
+        "--labeled-catalog", type=Path, help="catalog of --labeled (default: --catalog)"
+    )
+    parser.add_argument("--judged", type=Path, help="fixed judged set (labels) for the gate")
+    parser.add_argument(
+        "--judged-dataset", help="evaluation convention of --judged: esci, homedepot, ..."
+    )
+    parser.add_argument("--server", help="HOST:PORT of the server to Reload after a publish")
+    parser.add_argument("--admin-token", help="IndexAdmin token of --server")
+    parser.add_argument(
+        "--min-ndcg-gain",
+        type=float,
+        default=0.0,
+        help="least challenger - champion NDCG@10 on --judged to promote (default 0)",
+    )
+    parser.add_argument(
+        "--min-ips-gain",
+        type=float,
+        default=0.0,
+        help="least challenger - champion IPS-DCG@10 on the held-back logs (default 0)",
+    )
+    parser.add_argument(
+        "--tie-tolerance",
+        type=float,
+        default=1e-4,
+        help="differences this small on every metric are a tie: the champion stays",
+    )
+    parser.add_argument(
+        "--clip", type=float, default=10.0, help="largest inverse-propensity weight (default 10)"
+    )
+    parser.add_argument(
+        "--no-propensity-weighting",
+        action="store_true",
+        help="weight feedback by action only, not by inverse examination propensity",
+    )
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.2,
+        help="most recent share of the window's result lists held back for the gate",
+    )
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=5.0,
+        help="end the window this many seconds ago, so impressions still being written by the "
+        "server land in a window (default 5)",
+    )
+    parser.add_argument("--max-steps", type=int, default=200, help="fine-tuning steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--no-onnx", action="store_true", help="do not export the challenger's ONNX query tower"
+    )
+    parser.set_defaults(run=run_round_command)
+
+
+def run_round_command(args: argparse.Namespace) -> int:
+    from engine.learning.gate import GateThresholds
+    from engine.learning.round import RoundConfig, TrainSettings, run_round
+
+    config = RoundConfig(
+        index=args.index,
+        model=args.model,
+        out=args.out,
+        events=args.events,
+        catalog=args.catalog,
+        labeled=args.labeled,
+        labeled_catalog=args.labeled_catalog,
+        judged=args.judged,
+        judged_dataset=args.judged_dataset,
+        server=args.server,
+        admin_token=args.admin_token,
+        thresholds=GateThresholds(
+            min_ndcg_gain=args.min_ndcg_gain,
+            min_ips_gain=args.min_ips_gain,
+            tie_tolerance=args.tie_tolerance,
+            clip=args.clip,
+        ),
+        propensity_weighting=not args.no_propensity_weighting,
+        holdout_fraction=args.holdout_fraction,
+        settle_s=args.settle_s,
+        train=TrainSettings(
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            num_threads=args.threads,
+            export_onnx=not args.no_onnx,
+        ),
+    )
+    import grpc
+
+    try:
+        result = run_round(config)
+    except grpc.RpcError as error:  # the Reload: the round resumes there when rerun
+        raise ValueError(
+            f"--server {args.server}: {error.code().name}: {error.details()}; the new version is "
+            "published; rerun the same command to retry the Reload"
+        ) from None
+    record = result.record
+    print(
+        json.dumps(
+            {
+                "round": result.round,
+                "outcome": result.outcome,
+                "promoted": result.promoted,
+                "version": result.version,
+                "deltas": record["decision"]["deltas"],
+                "reasons": record["decision"]["reasons"],
+            }
+        )
+    )
+    return 0
+
+
+def add_rollback_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "rollback",
+        help="serve the previous champion again (CURRENT back one version, Reload)",
+        description=(
+            "Point ROOT/CURRENT at the version before it (or --to N), Reload --server (model and "
+            "index together: a version names its model by fingerprint) and append a rollback "
+            "record to ROOT/learning/rounds.jsonl."
+        ),
+    )
+    parser.add_argument("--index", type=Path, required=True, help="the served index root")
+    parser.add_argument("--to", type=int, help="version to serve (default: the one before)")
+    parser.add_argument("--server", help="HOST:PORT of the server to Reload")
+    parser.add_argument("--admin-token", help="IndexAdmin token of --server")
+    parser.set_defaults(run=run_rollback_command)
+
+
+def run_rollback_command(args: argparse.Namespace) -> int:
+    import grpc
+
+    from engine.learning.rollback import rollback
+
+    try:
+        record = rollback(args.index, to=args.to, server=args.server, admin_token=args.admin_token)
+    except grpc.RpcError as error:
+        raise ValueError(
+            f"--server {args.server}: {error.code().name}: {error.details()}; CURRENT was rolled "
+            "back; Reload the server (or restart it) to serve it"
+        ) from None
+    print(json.dumps(record))
+    return 0
+
+
+def add_ledger_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "ledger",
+        help="print the learning ledger (ROOT/learning/rounds.jsonl), one JSON line per record",
+    )
+    parser.add_argument("--index", type=Path, required=True, help="the index root")
+    parser.set_defaults(run=run_ledger_command)
+
+
+def run_ledger_command(args: argparse.Namespace) -> int:
+    from engine.learning import ledger
+
+    for record in ledger.read(args.index):
+        print(json.dumps(record, sort_keys=True))
+    return 0
+
+
 # Each subcommand registers itself here: (name, add-parser function).
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_dataset_parser]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_dataset_parser,
+    add_round_parser,
+    add_rollback_parser,
+    add_ledger_parser,
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

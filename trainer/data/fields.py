@@ -79,6 +79,14 @@ def _to_float(value: Any, text: bool) -> float:
     return number
 
 
+def to_weight(value: Any, text: bool) -> float:
+    """``value`` as a finite number > 0 (a per-example loss weight), else raise BadValue."""
+    number = _to_float(value, text)
+    if number <= 0:
+        raise BadValue(f"must be > 0, got {number!r}")
+    return number
+
+
 def to_int(value: Any, text: bool) -> int:
     """``value`` (a JSON int or integral float; ``text``: CSV digits) as an int64, else raise
     BadValue."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.data.catalog import Catalog
-from trainer.data.fields import required_field, to_int, to_str
+from trainer.data.fields import required_field, to_int, to_str, to_weight
 from trainer.data.rows import DataError, iter_rows
 
 logger = logging.getLogger(__name__)
@@ -24,11 +24,21 @@ class Labels:
         queries: query_id → query text, in order of first appearance in the file.
         judgments: query_id → {item_id: grade}.
         path: the source file.
+        weights: query_id → {item_id: loss weight > 0} for the judgments whose row gave an
+            optional ``weight`` (e.g. the inverse propensity weight of a judgment learned from
+            shoppers' clicks); a judgment without one weighs 1.
     """
 
     queries: dict[str, str]
     judgments: dict[str, dict[str, int]]
     path: str
+    weights: dict[str, dict[str, float]] | None = None
+
+    def weight(self, query_id: str, item_id: str) -> float:
+        """The loss weight of one judgment (1.0 unless its row gave a ``weight``)."""
+        if not self.weights:
+            return 1.0
+        return self.weights.get(query_id, {}).get(item_id, 1.0)
 
 
 def _add_query(
@@ -57,7 +67,9 @@ def read_labels(path: str | Path, *, grades: tuple[int, ...] = (0, 1, 2, 3)) -> 
     """Read graded judgments: rows with ``query_id``, ``query``, ``item_id`` and ``grade``.
 
     ``grade`` must be an integer in ``grades`` (a JSON float such as ``3.0`` is accepted when
-    integral). Other fields (``esci_label``, ``source_rating``, ``relevance``) are ignored.
+    integral). An optional ``weight`` (a number > 0) scales the judgment's loss weight in
+    training (``Labels.weight``). Other fields (``esci_label``, ``source_rating``,
+    ``relevance``) are ignored.
     The same judgment repeated with the same grade is kept once (and logged).
 
     Raises:
@@ -73,6 +85,7 @@ def read_labels(path: str | Path, *, grades: tuple[int, ...] = (0, 1, 2, 3)) -> 
     query_lines: dict[str, int] = {}
     judgments: dict[str, dict[str, int]] = {}
     judgment_lines: dict[tuple[str, str], int] = {}
+    weights: dict[str, dict[str, float]] = {}
     repeats = 0
     for line, obj in rows_iter:
         query_id = required_field(path, line, obj, "query_id", to_str, text)
@@ -83,6 +96,9 @@ def read_labels(path: str | Path, *, grades: tuple[int, ...] = (0, 1, 2, 3)) -> 
             raise DataError(
                 path, line, f"grade {grade} is not one of {sorted(allowed)}", field="grade"
             )
+        if obj.get("weight") is not None:
+            weight = required_field(path, line, obj, "weight", to_weight, text)
+            weights.setdefault(query_id, {})[item_id] = weight
         _add_query(path, line, queries, query_lines, query_id, query)
         per_query = judgments.setdefault(query_id, {})
         previous = per_query.get(item_id)
@@ -105,7 +121,7 @@ def read_labels(path: str | Path, *, grades: tuple[int, ...] = (0, 1, 2, 3)) -> 
         logger.warning("%s: %d repeated identical judgments kept once", path, repeats)
     n_judgments = sum(len(j) for j in judgments.values())
     logger.info("read %d judgments for %d queries from %s", n_judgments, len(queries), path)
-    return Labels(queries=queries, judgments=judgments, path=str(path))
+    return Labels(queries=queries, judgments=judgments, path=str(path), weights=weights or None)
 
 
 def read_queries(path: str | Path) -> dict[str, str]:

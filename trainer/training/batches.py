@@ -12,7 +12,8 @@ positive with weight ``partial_weight`` (by default its NDCG gain relative to th
 ESCI 0.1, Home Depot 0.5; 0 makes it only "not a negative"), and in every case it is masked out
 of the negatives of its query, in-batch or mined. Lower grades (ESCI C and I, Home Depot 0) are
 ordinary negatives; grade-0 judgments ("labeled irrelevant", items a production engine ranked
-high) can join the mined hard negatives.
+high) can join the mined hard negatives. A judgment's own ``weight`` (``Labels.weight``, e.g. an
+inverse propensity weight of learned feedback) multiplies its pair weight; absent, it is 1.
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def search_data(
             if grade >= top_grade - 1:
                 rel.append(row)
                 weight = 1.0 if grade >= top_grade else partial_weight
+                weight *= labels.weight(query_id, item_id)  # 1 unless the row gave a weight
                 if weight > 0:
                     pair_query.append(qi)
                     pair_item.append(row)
@@ -256,6 +258,9 @@ def split_labels(labels: Labels, fraction: float, seed: int) -> tuple[Labels, La
             queries={q: labels.queries[q] for q in ids},
             judgments={q: labels.judgments[q] for q in ids},
             path=labels.path + (" (train part)" if keep else " (held-out part)"),
+            weights={q: labels.weights[q] for q in ids if q in labels.weights}
+            if labels.weights
+            else None,
         )
 
     return part(True), part(False)

@@ -1,0 +1,187 @@
+"""A round's feedback: the window's logs split by time into training labels and a held-back
+slice for the gate, through the dataset builder (``trainer.feedback.dataset``).
+
+The most recent ``holdout_fraction`` of the window's result lists (by the server's time) is held
+back: the builder runs once on the older part (training) and once on the recent part, whose
+engaged items become the gate's held-back clicks.
+
+Examination propensities are fitted on all the logs before the split, earlier rounds' too: one
+window holds the rankings of one model, where an item rarely changes position for a query, so
+neither intervention harvesting nor EM can tell examination from relevance there; across
+rounds the rankers differ, which is what the fit needs. The held-back clicks take the
+propensity of the position they were engaged at from that fit.
+
+Training labels are a labels file (``trainer.data.labels.read_labels``) over the catalog:
+one query_id per distinct query text, grade ``FEEDBACK_TOP_GRADE`` (2) for an engaged item and
+0 for a skip-above negative, and a ``weight`` on positives: its summed action weight times the
+clipped inverse propensity of its engaged position, or with ``propensity_weighting`` off the
+summed action weight alone. Negatives carry no weight: they join the labeled negatives of
+their query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from trainer.io import write_atomic
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_TOP_GRADE = 2
+TRAIN_FILE = "train.jsonl"
+HELD_BACK_FILE = "held_back.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class FeedbackWindow:
+    """Aware UTC datetimes: logs recorded in [since, until); since None = from the start."""
+
+    since: datetime | None
+    until: datetime
+
+
+def build_feedback(
+    events_dir: Path,
+    catalog: Path,
+    window: FeedbackWindow,
+    out: Path,
+    *,
+    holdout_fraction: float,
+    propensity_weighting: bool,
+    clip: float,
+) -> dict[str, Any]:
+    """Write ``out/train.jsonl``, ``out/held_back.jsonl`` and ``out/summary.json``.
+
+    Returns:
+        Counts (JSON-ready): impressions, events, train_positives, train_negatives,
+        held_back_clicks, the split time and the builder's skip counts.
+    """
+    from trainer.data.catalog import read_catalog
+    from trainer.feedback.dataset import FeedbackConfig, build_dataset
+    from trainer.feedback.logs import read_impressions
+
+    if window.since is not None and window.since >= window.until:  # rounds back to back
+        write_atomic(out / TRAIN_FILE, "")
+        write_atomic(out / HELD_BACK_FILE, "")
+        counts = {"impressions": 0, "events": 0, "train_positives": 0, "held_back_clicks": 0}
+        write_atomic(out / SUMMARY_FILE, json.dumps({"counts": counts}) + "\n")
+        return counts
+    known = read_catalog(catalog).item_ids
+    impressions, _ = read_impressions(events_dir)
+    split = _split_time(impressions, window, holdout_fraction)
+    train = build_dataset(
+        events_dir, known, FeedbackConfig(clip=clip, since=window.since, until=split)
+    )
+    # Position bias is fitted on every log before the split, not just this window's: within one
+    # window one model ranked, so an item rarely moves and neither harvesting nor EM can tell
+    # examination from relevance; across rounds the rankers differ and the same (query, item)
+    # lands at other positions, which is what the fit needs.
+    history = train
+    if window.since is not None:
+        history = build_dataset(events_dir, known, FeedbackConfig(clip=clip, until=split))
+    propensities = history.propensities
+    held = None
+    if split < window.until:  # else the window holds no result list: nothing to hold back
+        held = build_dataset(
+            events_dir, known, FeedbackConfig(clip=clip, since=split, until=window.until)
+        )
+    n_pos, n_neg = _write_labels(
+        train.pairs, out / TRAIN_FILE, propensities if propensity_weighting else None, clip
+    )
+    held_pairs = held.pairs if held is not None else train.pairs.slice(0, 0)
+    positives = held_pairs.filter(pc.greater(held_pairs.column("label"), 0))
+    positions = positives.column("position").to_numpy()
+    propensity = propensities.at(positions) if history.summary["pairs"] else np.ones(len(positions))
+    lines = [
+        json.dumps(
+            {"query": q, "item_id": i, "position": int(p), "propensity": float(w)},
+            ensure_ascii=False,
+        )
+        + "\n"
+        for q, i, p, w in zip(
+            positives.column("query").to_pylist(),
+            positives.column("item_id").to_pylist(),
+            positions,
+            propensity,
+            strict=True,
+        )
+    ]
+    write_atomic(out / HELD_BACK_FILE, "".join(lines))
+    held_summary = held.summary if held is not None else {}
+    counts = {
+        "impressions": train.summary["impressions"] + held_summary.get("impressions", 0),
+        "events": train.summary["events"] + held_summary.get("events", 0),
+        "events_attributed": train.summary["events_attributed"]
+        + held_summary.get("events_attributed", 0),
+        "train_positives": n_pos,
+        "train_negatives": n_neg,
+        "held_back_clicks": len(lines),
+        "split": split.isoformat(),
+        "propensity": propensities.to_json()["by_position"][:20],
+        "propensity_impressions": history.summary["impressions"],
+        "skipped": train.summary["skipped"],
+    }
+    summary = {"train": train.summary, "held_back": held_summary, "counts": counts}
+    write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1, default=str) + "\n")
+    return counts
+
+
+def _split_time(impressions, window: FeedbackWindow, fraction: float) -> datetime:
+    """The time after which the most recent ``fraction`` of the window's impressions lie."""
+    times = impressions.column("time").to_pylist()
+    since = window.since
+    times = sorted(
+        t for t in times if t is not None and (since is None or t >= since) and t < window.until
+    )
+    if not times:
+        return window.until
+    cut = min(len(times) - 1, int(round(len(times) * (1 - fraction))))
+    return times[cut]
+
+
+def _write_labels(pairs, path: Path, propensities, clip: float) -> tuple[int, int]:
+    """The builder's pairs as a labels file; (positives, negatives) written.
+
+    A positive's weight is its summed action weight (the builder's weight / its ipw) times the
+    clipped inverse propensity of its best engaged position under ``propensities`` (None: no
+    propensity weighting). Exact when its engagements share one position, as they do within a
+    window one model ranked."""
+    from trainer.feedback.propensity import inverse_propensity
+
+    queries = pairs.column("query").to_pylist()
+    items = pairs.column("item_id").to_pylist()
+    labels = pairs.column("label").to_numpy()
+    weights = pairs.column("weight").to_numpy()
+    ipw = pairs.column("ipw").to_numpy()
+    position = pairs.column("position").to_numpy()
+    new_ipw = (
+        inverse_propensity(propensities.at(position), clip)
+        if propensities is not None
+        else np.ones(len(position))
+    )
+    query_ids = {q: f"fq{i}" for i, q in enumerate(sorted(set(queries)))}
+    lines = []
+    n_pos = n_neg = 0
+    rows = zip(queries, items, labels, weights, ipw, new_ipw, strict=True)
+    for q, item, label, weight, inverse, new_inverse in rows:
+        row: dict[str, Any] = {"query_id": query_ids[q], "query": q, "item_id": item}
+        if label > 0:
+            row["grade"] = FEEDBACK_TOP_GRADE
+            # the builder's weight = sum(action x ipw), so sum(action) = weight / mean ipw
+            row["weight"] = float(weight / max(inverse, 1e-12) * new_inverse)
+            n_pos += 1
+        else:
+            row["grade"] = 0
+            n_neg += 1
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    write_atomic(path, "".join(lines))
+    return n_pos, n_neg
