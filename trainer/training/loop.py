@@ -433,8 +433,13 @@ class Trainer:
                         },
                         self.step,
                     )
-                    logger.debug(
-                        "step %d: loss %.4f, %.1f pairs/s", self.step, logs["loss"], pairs_per_s
+                    logger.log(
+                        logging.DEBUG if cfg.progress else logging.INFO,  # no bar: say it
+                        "step %d of %d: loss %.4f, %.1f pairs/s",
+                        self.step,
+                        self.total_steps,
+                        logs["loss"],
+                        pairs_per_s,
                     )
                     recent = []
                 if not final:

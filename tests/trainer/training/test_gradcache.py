@@ -116,9 +116,7 @@ def test_cached_gradient_equals_the_full_batch_gradient(
     model.zero_grad(set_to_none=True)
 
     cached = _batch(model, data, 16, 3)  # mini-batches of 3: uneven chunks, C/3 item calls
-    cache = GradCache(
-        model, model, torch.device("cpu"), contextlib.nullcontext, ddp_enabled=False
-    )
+    cache = GradCache(model, model, torch.device("cpu"), contextlib.nullcontext, ddp_enabled=False)
     out = cache.step(cached, _loss_fn(cached, symmetric))
     got = _grads(model)
     assert out.loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
@@ -136,9 +134,7 @@ def test_cached_step_reuses_the_dropout_masks_and_keeps_the_rng_stream(
     model = build_two_tower(tiny_model_dir)
     model.train()
     batch = _batch(model, data, 12, 4)
-    cache = GradCache(
-        model, model, torch.device("cpu"), contextlib.nullcontext, ddp_enabled=False
-    )
+    cache = GradCache(model, model, torch.device("cpu"), contextlib.nullcontext, ddp_enabled=False)
     grads = []
     for _ in range(2):
         torch.manual_seed(5)
@@ -167,9 +163,7 @@ def test_bf16_and_fp32_steps_reduce_the_loss(
     loss_fn = _loss_fn(batch, False)
 
     def autocast():
-        return (
-            torch.autocast("cpu", dtype=amp) if amp is not None else contextlib.nullcontext()
-        )
+        return torch.autocast("cpu", dtype=amp) if amp is not None else contextlib.nullcontext()
 
     cache = GradCache(model, model, torch.device("cpu"), autocast, ddp_enabled=False)
 
