@@ -118,7 +118,7 @@ PRESETS = {
     "M": BenchConfig("M", steps=200, warmup_steps=10),
     "L": BenchConfig("L", steps=600, warmup_steps=20),
     # Large batches with gradient caching on both sides: a CPU size and a GPU size.
-    "C": BenchConfig("C", steps=8, warmup_steps=2, batch_size=256, mini_batch_size=32),
+    "C": BenchConfig("C", steps=5, warmup_steps=1, batch_size=256, mini_batch_size=32),
     "G": BenchConfig("G", steps=40, warmup_steps=5, batch_size=4096, mini_batch_size=512),
 }
 

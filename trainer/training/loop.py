@@ -39,6 +39,7 @@ from trainer.training.setup import (
     build_optimizer,
     compile_towers,
     export_onnx,
+    faster_amp,
     lr_lambda,
     param_digest,
     plan_steps,
@@ -135,6 +136,12 @@ class Trainer:
         self.model.to(self.device)
         if config.compile:
             compile_towers(self.model, self.device)
+        if config.amp == "auto" and self.amp_dtype is not None:
+            # bf16 only where it is faster: timed at this run's (mini-)batch size
+            size = config.mini_batch_size or config.batch_size
+            fast, _ = faster_amp(self.model, self.device, size, config.max_item_length)
+            if ctx.broadcast(fast is None):  # every rank takes rank 0's choice
+                self.amp_dtype = None
         self.ddp = self.model
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel

@@ -345,3 +345,18 @@ def test_hard_kill_with_the_cache_on_resumes_to_the_same_parameters(
     metrics = json.loads((config.out / "training_metrics.json").read_text())
     assert metrics["steps"] == 150
     assert metrics["param_digests"] == straight.param_digests
+
+
+def test_amp_auto_times_both_precisions_and_leaves_no_trace(tiny_model_dir: Path) -> None:
+    from trainer.training.setup import faster_amp
+
+    model = build_two_tower(tiny_model_dir)
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    dtype, timings = faster_amp(model, torch.device("cpu"), 4, 8, repeats=1)
+    assert dtype in (None, torch.bfloat16)
+    assert set(timings) == {"fp32", "bf16"} and all(t > 0 for t in timings.values())
+    assert (dtype is None) == (timings["fp32"] <= timings["bf16"])
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.rand(1), expected)  # the run's random stream is untouched
