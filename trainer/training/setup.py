@@ -65,7 +65,10 @@ def faster_amp(
         (None for fp32 or torch.bfloat16, seconds per step of each).
     """
     tower = model.item_tower
-    ids = torch.randint(1000, 2000, (batch, length), device=device)
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    vocab = int(tower.encoder.config.vocab_size)
+    ids = torch.randint(vocab // 2, vocab, (batch, length), device=device)
     mask = torch.ones_like(ids)
     timings: dict[str, float] = {}
 
@@ -79,8 +82,6 @@ def faster_amp(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         run(dtype)  # warm-up (kernel selection, caches)
         sync()
@@ -228,7 +229,7 @@ def compile_towers(model: TwoTowerModel, device: torch.device) -> bool:
     try:
         for tower in towers:
             tower.encoder.compile(dynamic=True)
-        ids = torch.full((2, 8), 101, dtype=torch.long, device=device)
+        ids = torch.ones((2, 8), dtype=torch.long, device=device)
         with torch.no_grad():
             for tower in towers:
                 tower(ids, torch.ones_like(ids))
