@@ -33,6 +33,15 @@ from trainer.training.batches import Batch, pad_ids
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``x`` as a tensor on ``device``. On CUDA it goes through pinned memory so the copy is
+    asynchronous: a copy from pageable memory waits for the stream, a device sync mid-step."""
+    tensor = torch.from_numpy(x)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def length_chunks(seqs: Sequence[np.ndarray], size: int, pad_id: int) -> list[Chunk]:
     """Mini-batches of at most ``size`` sequences of similar length, each padded to its own
     longest one (shortest first; rows index ``seqs``).
@@ -110,7 +119,7 @@ class GradCache:
         self.ddp_enabled = ddp_enabled
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(x).to(self.device, non_blocking=True)
+        return to_device(x, self.device)
 
     def _calls(self, batch: Batch) -> list[tuple[Chunk | None, Chunk]]:
         """The encoder calls of a step: query chunk j (if any) with item chunk j, in an order

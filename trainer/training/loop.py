@@ -28,7 +28,7 @@ from trainer.training.config import TrainConfig, jsonable
 from trainer.training.distributed import DistContext
 from trainer.training.embedder import Embedder, autocast
 from trainer.training.feed import BatchFeed
-from trainer.training.gradcache import GradCache
+from trainer.training.gradcache import GradCache, to_device
 from trainer.training.losses import in_batch_accuracy, sampled_softmax_loss
 from trainer.training.model import TwoTowerModel, build_two_tower, save_model_dir
 from trainer.training.prefetch import Prefetcher
@@ -258,7 +258,7 @@ class Trainer:
         """The batch's loss as a function of (xq, xb, scale)."""
 
         def tensor(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(x).to(self.device, non_blocking=True)
+            return to_device(x, self.device)
 
         mask = tensor(batch.mask)
         log_q = tensor(batch.log_q) if self.config.logq else None
@@ -283,7 +283,7 @@ class Trainer:
         dev = self.device
 
         def tensor(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(x).to(dev, non_blocking=True)
+            return to_device(x, dev)
 
         with autocast(self.device, self.amp_dtype):
             if batch.task == "search":
