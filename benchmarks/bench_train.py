@@ -82,6 +82,9 @@ class BenchConfig:
     max_grad_norm: float = 1.0
     temperature: float = 0.05  # = 1 / MultipleNegativesRankingLoss scale 20
     seed: int = 0
+    # Gradient caching on both sides: Aisle's mini_batch_size, sentence-transformers'
+    # CachedMultipleNegativesRankingLoss(mini_batch_size=...); None = plain in-batch softmax.
+    mini_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 2:
@@ -93,6 +96,11 @@ class BenchConfig:
             )
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
+        if self.mini_batch_size is not None and not 1 <= self.mini_batch_size <= self.batch_size:
+            raise ValueError(
+                f"mini_batch_size must be in [1, batch_size={self.batch_size}], got "
+                f"{self.mini_batch_size}"
+            )
 
     @property
     def lr_warmup_steps(self) -> int:
@@ -109,6 +117,9 @@ PRESETS = {
     "S": BenchConfig("S", steps=40, warmup_steps=5),
     "M": BenchConfig("M", steps=200, warmup_steps=10),
     "L": BenchConfig("L", steps=600, warmup_steps=20),
+    # Large batches with gradient caching on both sides: a CPU size and a GPU size.
+    "C": BenchConfig("C", steps=5, warmup_steps=1, batch_size=256, mini_batch_size=32),
+    "G": BenchConfig("G", steps=40, warmup_steps=5, batch_size=4096, mini_batch_size=512),
 }
 
 
@@ -225,6 +236,7 @@ def _aisle_config(spec: RunSpec, tmp: Path) -> Any:
         hard_negatives=0,
         labeled_negatives=False,
         batch_size=c.batch_size,
+        mini_batch_size=c.mini_batch_size,
         lr=c.lr,
         weight_decay=c.weight_decay,
         warmup_steps=c.lr_warmup_steps,
@@ -283,7 +295,10 @@ def run_st(spec: RunSpec) -> dict[str, Any]:
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
     from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging
 
@@ -300,7 +315,12 @@ def run_st(spec: RunSpec) -> dict[str, Any]:
     torch.manual_seed(c.seed)
     model = SentenceTransformer(spec.model, device=spec.device)
     model.max_seq_length = c.st_max_seq_length
-    loss = MultipleNegativesRankingLoss(model, scale=1.0 / c.temperature)
+    if c.mini_batch_size is None:
+        loss = MultipleNegativesRankingLoss(model, scale=1.0 / c.temperature)
+    else:
+        loss = CachedMultipleNegativesRankingLoss(
+            model, scale=1.0 / c.temperature, mini_batch_size=c.mini_batch_size
+        )
     steps: list[_Step] = []
     shapes = _EncoderShapes(_vocab_size(spec.model))
 
@@ -474,7 +494,10 @@ def run(
     }
     st_settings.update(
         {
-            "loss": "MultipleNegativesRankingLoss(model, scale=20.0, similarity_fct=cos_sim)",
+            "loss": "MultipleNegativesRankingLoss(model, scale=20.0, similarity_fct=cos_sim)"
+            if config.mini_batch_size is None
+            else "CachedMultipleNegativesRankingLoss(model, scale=20.0, "
+            f"mini_batch_size={config.mini_batch_size})",
             "max_seq_length": config.st_max_seq_length,
             "dataset": "datasets.Dataset.from_dict({'anchor': queries, 'positive': item_texts})",
             "bf16": "True in the bf16 row",
@@ -492,6 +515,8 @@ def run(
         "partial_weight": 0.0,
         "amp": "off (fp32 row) / bf16 (bf16 row)",
         "length_buckets": "default (2 on CPU, 1 on GPU)",
+        "mini_batch_size": config.mini_batch_size,
+        "prefetch": "default (2 batches, a thread)",
         "eval": "none",
         "checkpoints": "none",
         "export_onnx": False,
@@ -507,7 +532,32 @@ def run(
         "device": device,
         "threads": threads,
         "model": str(model),
+        "useful_tflops": {
+            side: useful_tflops(model, main_row[side], config) for side in ("aisle", "st")
+        },
     }
+
+
+def useful_tflops(model: Path, side: dict[str, Any], config: BenchConfig) -> float | None:
+    """The model FLOP/s a side's pairs/s stands for, in TFLOP/s: 6 x (encoder parameters
+    outside the embeddings) x (padded tokens per pair) x pairs/s (forward + backward of every
+    token; attention scores and the loss left out; gradient caching's extra forward pass not
+    counted, it is overhead). Divide by the device's peak for the fraction it reaches."""
+    for path in (model / "config.json", model / "query_tower" / "config.json"):
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+            h, layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
+            inner = int(cfg.get("intermediate_size", 4 * h))
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    else:
+        return None
+    params = layers * (4 * h * h + 2 * h * inner)
+    tokens = side.get("padded_tokens_per_pair") or (
+        config.max_query_length + config.max_item_length
+    )
+    return round(6 * params * tokens * side["pairs_per_s"] / 1e12, 4)
 
 
 def print_row(row: dict[str, Any]) -> None:
@@ -566,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", type=Path, default=None, help="model dir (default: packaged)")
     parser.add_argument("--data", type=Path, default=None, help="Home Depot data dir")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the device's peak TFLOP/s at the row's precision: adds the fraction reached",
+    )
     parser.add_argument("--steps", type=int, help="override: optimizer steps per side")
     parser.add_argument(
         "--warmup-steps", type=int, help="override: first steps left out of the timing"
@@ -607,6 +662,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info}")
     started = time.perf_counter()
     results = run(config, precisions, device, args.threads, model, data)
+    flops = results["useful_tflops"]
+    print(f"useful model TFLOP/s: aisle {flops['aisle']}, sentence-transformers {flops['st']}")
+    if args.peak_tflops:
+        for side in ("aisle", "st"):
+            if flops[side] is not None:
+                flops[f"{side}_fraction_of_peak"] = round(flops[side] / args.peak_tflops, 5)
+        print(f"fraction of the {args.peak_tflops} TFLOP/s peak: {flops}")
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "-m", "benchmarks.bench_train", *given])
     record = {

@@ -160,6 +160,14 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--length-buckets", type=int, metavar="N", help="item sub-batches (2 on CPU, 1 on GPU)"
     )
+    opt.add_argument(
+        "--mini-batch-size",
+        type=int,
+        metavar="N",
+        help="gradient caching: encode each --batch-size batch N texts at a time (off)",
+    )
+    opt.add_argument("--prefetch", type=int, metavar="N", help="batches built ahead (2; 0 = off)")
+    opt.add_argument("--compile", type=_bool, metavar="BOOL", help="torch.compile (false)")
     opt.add_argument("--seed", type=int, metavar="S", help="random seed (0)")
 
     run = p.add_argument_group("evaluation, checkpoints, runtime")
@@ -251,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     configure_logging(verbose=verbose)  # faiss.loader's INFO noise demoted
+    from trainer.training.loop import TrainingInterrupted
     from trainer.training.run import train, train_distributed
 
     try:
@@ -259,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         if nproc < 1:
             raise ValueError(f"--nproc must be >= 1, got {nproc}")
         result = train_distributed(config, nproc) if nproc > 1 else train(config)
+    except TrainingInterrupted as e:  # SIGTERM: the checkpoint of the last step is saved
+        print(f"aisle-train: {e}", file=sys.stderr)
+        return 143
     except ValueError as e:  # bad data or config: the message says what to fix
         print(f"aisle-train: error: {e}", file=sys.stderr)
         return 2
@@ -279,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": result.steps,
         "best_step": result.best_step,
         "best_ndcg@10": result.best_metric,
+        "best_evaluated_on": result.best_evaluated_on,
         "stopped_early": result.stopped_early,
         "pairs_per_second": round(result.pairs_per_second, 2),
     }

@@ -458,6 +458,8 @@ class Batch:
         log_q: (B,) float32 log sampling probability of the positives.
         mask: (B, C) bool, True = not a negative of that row.
         weights: (B,) float32 row weights.
+        query_chunks / item_chunks: with gradient caching, the queries and the C item columns
+            as length-sorted mini-batches (rows, ids, mask) (``trainer.training.gradcache``).
     """
 
     task: str
@@ -470,6 +472,8 @@ class Batch:
     query_ids: np.ndarray | None = None
     query_mask: np.ndarray | None = None
     user_vectors: np.ndarray | None = None
+    query_chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    item_chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
     @property
     def size(self) -> int:

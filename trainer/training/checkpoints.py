@@ -51,6 +51,8 @@ _RESUME_FREE = frozenset(
         "eval_batch_size",
         "out",
         "checkpoint_dir",
+        "prefetch",
+        "compile",
     }
 )
 
@@ -130,6 +132,15 @@ class CheckpointDir:
             for old in self.steps()[:-keep] if keep > 0 else []:
                 shutil.rmtree(self.root / _step_dir_name(old), ignore_errors=True)
             logger.info("checkpoint %s", final)
+        ctx.barrier()
+
+    def update_state(self, step: int, ctx: DistContext, state: Mapping[str, Any]) -> None:
+        """Replace the ``state.json`` of step ``step``'s checkpoint (atomically; rank 0), e.g.
+        once the evaluation that followed it has run."""
+        if ctx.is_main:
+            path = self.root / _step_dir_name(step)
+            if (path / STATE_NAME).is_file():
+                write_atomic(path / STATE_NAME, json.dumps(state, indent=1) + "\n")
         ctx.barrier()
 
     def load(

@@ -114,6 +114,11 @@ class TrainConfig:
     per step, AdamW (``lr``, ``weight_decay``), ``warmup_steps`` (None = 10 % of the steps)
     then linear decay to 0, ``max_grad_norm`` clipping, ``amp`` ("auto": bf16 autocast on CUDA,
     off on CPU), ``length_buckets`` (item sub-batches by length, None = 2 on CPU, 1 on GPU).
+    Large batches: with ``mini_batch_size`` set, each micro-batch of ``batch_size`` pairs (the
+    in-batch negative pool) is encoded in length-sorted mini-batches of that many texts with
+    gradient caching (``trainer.training.gradcache``): the full batch's gradient in the memory of
+    one mini-batch. ``prefetch`` batches are built ahead by a thread (0 = in the step);
+    ``compile`` runs the encoders through ``torch.compile`` (falls back with a warning).
     Length: ``max_steps`` and/or ``epochs`` (both: the smaller; neither: 1 epoch).
 
     Evaluation: every ``eval_every`` steps (0 = only at the end) on each dataset's dev file,
@@ -155,6 +160,7 @@ class TrainConfig:
     lexical_dim: int = 0
     lexical_weight: float | None = None
     batch_size: int = 32
+    mini_batch_size: int | None = None
     grad_accum: int = 1
     lr: float = 2e-5
     weight_decay: float = 0.01
@@ -164,6 +170,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     amp: str = "auto"
     length_buckets: int | None = None
+    prefetch: int = 2
+    compile: bool = False
     eval_every: int = 0
     patience: int = 3
     holdout_fraction: float = 0.0
@@ -212,7 +220,14 @@ class TrainConfig:
             "log_every",
         ):
             _positive_int(name, getattr(self, name))
-        for name in ("hard_negatives", "mine_every", "eval_every", "checkpoint_every", "seed"):
+        for name in (
+            "hard_negatives",
+            "mine_every",
+            "eval_every",
+            "checkpoint_every",
+            "seed",
+            "prefetch",
+        ):
             _positive_int(name, getattr(self, name), zero_ok=True)
         for name in (
             "max_steps",
@@ -220,6 +235,7 @@ class TrainConfig:
             "eval_max_items",
             "num_threads",
             "length_buckets",
+            "mini_batch_size",
         ):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -227,6 +243,8 @@ class TrainConfig:
             _positive_int("warmup_steps", self.warmup_steps, zero_ok=True)
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2: in-batch negatives need a second pair")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
         if not 0 < self.temperature <= 1:
             raise ValueError(f"temperature must be in (0, 1], got {self.temperature!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

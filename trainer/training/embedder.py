@@ -52,6 +52,16 @@ class Embedder:
         self.batch_size = batch_size
         self.progress = progress
         self._vectors: dict[tuple[str, int], np.ndarray] = {}  # (catalog, step) → item vectors
+        self.texts_per_second: float | None = None  # measured on the last long embed
+
+    def eta(self, n_texts: int) -> str:
+        """A human estimate of encoding ``n_texts`` at the last measured rate."""
+        if self.texts_per_second is None:
+            return "ETA after the first batch"
+        seconds = n_texts / self.texts_per_second
+        if seconds < 90:
+            return f"ETA ~{seconds:.0f} s"
+        return f"ETA ~{seconds / 60:.1f} min" if seconds < 5400 else f"ETA ~{seconds / 3600:.1f} h"
 
     def embed(
         self, tower: Tower, seqs: Sequence[np.ndarray], desc: str = "", *, collective: bool = True
@@ -71,10 +81,12 @@ class Embedder:
             leave=False,
             disable=not (self.progress and self.ctx.is_main and len(mine) >= 2000),
         )
+        t0 = time.perf_counter()
+        announce = self.texts_per_second is None and len(mine) >= 2000 and self.ctx.is_main
         try:
             with torch.inference_mode(), autocast(self.device, self.amp_dtype):
                 part = [seqs[i] for i in mine.tolist()]
-                for rows in length_batches(part, self.batch_size):
+                for b, rows in enumerate(length_batches(part, self.batch_size)):
                     ids, mask = pad_ids([part[r] for r in rows.tolist()], self.pad_id)
                     out = tower(
                         torch.from_numpy(ids).to(self.device),
@@ -82,9 +94,17 @@ class Embedder:
                     )
                     local[rows] = out.float().cpu().numpy()
                     bar.update(len(rows))
+                    if announce and b == 0:  # longest texts first: an upper bound
+                        rate = len(rows) / max(time.perf_counter() - t0, 1e-9)
+                        logger.info(
+                            "encoding %d texts (%s): at most ~%.0f s at the first batch's rate",
+                            len(mine), desc or "encode", len(mine) / rate,
+                        )  # fmt: skip
         finally:
             bar.close()
             tower.train(was_training)
+        if len(mine) >= 256:
+            self.texts_per_second = len(mine) / max(time.perf_counter() - t0, 1e-9)
         return self.ctx.gather_rows(local, len(seqs), self.device) if collective else local
 
     def catalog_vectors(
@@ -102,6 +122,9 @@ class Embedder:
             xb = self.embed(self.model.item_tower, [data.item_tokens[r] for r in rows.tolist()])
         else:
             self._vectors = {k: v for k, v in self._vectors.items() if k[1] == step}
+            if self.ctx.is_main:
+                n = len(data.item_tokens)
+                logger.info("encoding the %d items of %s, %s", n, data.name, self.eta(n))
             xb = self.embed(self.model.item_tower, data.item_tokens, desc=f"encode {data.name}")
             self._vectors[key] = xb
         logger.info(

@@ -25,6 +25,7 @@ from trainer.training.batches import (
 )
 from trainer.training.config import TrainConfig
 from trainer.training.distributed import DistContext
+from trainer.training.gradcache import length_chunks
 from trainer.training.prepare import PreparedDataset
 
 
@@ -98,8 +99,11 @@ class BatchFeed:
     def _batch(self, k: int) -> Batch:
         rows = self._next_rows(k)
         data = self.datasets[k].data
-        if isinstance(data, SearchData):
-            return search_batch(
+        size = self.config.mini_batch_size
+        if not isinstance(data, SearchData):
+            batch = recommend_batch(data, rows, pad_id=self.pad_id)
+        else:
+            batch = search_batch(
                 data,
                 rows,
                 hard_negatives=self.config.hard_negatives,
@@ -107,4 +111,13 @@ class BatchFeed:
                 rng=rng_for(self.config.seed, STREAM_HARD, self.micro, self.ctx.rank),
                 pad_id=self.pad_id,
             )
-        return recommend_batch(data, rows, pad_id=self.pad_id)
+            if size is not None:
+                queries = data.pair_query[rows].tolist()
+                batch.query_chunks = length_chunks(
+                    [data.query_tokens[q] for q in queries], size, self.pad_id
+                )
+        if size is not None:  # gradient caching: length-sorted mini-batches, padded here
+            batch.item_chunks = length_chunks(
+                [data.item_tokens[r] for r in batch.items.tolist()], size, self.pad_id
+            )
+        return batch

@@ -9,10 +9,10 @@ best step, early stopping, fitted settings) and the run's ``CheckpointDir``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import logging
-import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -22,23 +22,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.training.batches import (
-    Batch,
-    RecommendData,
-    SearchData,
-    item_texts,
-    mine_hard_negatives,
-    tokenize,
-)
+from trainer.training.batches import Batch, RecommendData, mine_hard_negatives
 from trainer.training.checkpoints import CheckpointDir
 from trainer.training.config import TrainConfig, jsonable
 from trainer.training.distributed import DistContext
 from trainer.training.embedder import Embedder, autocast
 from trainer.training.feed import BatchFeed
+from trainer.training.gradcache import GradCache, to_device
 from trainer.training.losses import in_batch_accuracy, sampled_softmax_loss
 from trainer.training.model import TwoTowerModel, build_two_tower, save_model_dir
+from trainer.training.prefetch import Prefetcher
 from trainer.training.prepare import PreparedDataset
 from trainer.training.selection import Selection
+from trainer.training.setup import (
+    amp_dtype,
+    build_optimizer,
+    compile_towers,
+    export_onnx,
+    faster_amp,
+    lr_lambda,
+    param_digest,
+    plan_steps,
+    resolve_device,
+    tokenize_datasets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +65,25 @@ class TrainResult:
     pairs: int
     pairs_per_second: float
     param_digests: list[str]
+    best_evaluated_on: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(asdict(self))
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 (a stop, not a failure)
+    """SIGTERM stopped the run; the checkpoint of the last finished step is on disk (unless
+    checkpoints are off), and ``--resume`` continues from it."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        where = (
+            f"checkpoint {checkpoint}; rerun with --resume to continue"
+            if checkpoint is not None
+            else "no checkpoint (checkpoint_every is 0)"
+        )
+        super().__init__(f"stopped by SIGTERM after step {step}: {where}")
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 class Trainer:
@@ -77,8 +100,8 @@ class Trainer:
         self.datasets = datasets
         self.ctx = ctx
         self.on_step = on_step
-        self.device = _resolve_device(config.device, ctx)
-        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.device = resolve_device(config.device, ctx)
+        self.amp_dtype = amp_dtype(config.amp, self.device)
         self.checkpoints = CheckpointDir(config.checkpoint_root)
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
@@ -106,9 +129,19 @@ class Trainer:
                     f"token length {length} exceeds the base model's {tower.max_positions} "
                     "positions; lower --max-query-length / --max-item-length"
                 )
-        pad_id = _tokenize(self.model, datasets, config)
+        pad_id = tokenize_datasets(self.model, datasets, config)
         self.model.length_buckets = config.length_buckets or (2 if self.device.type == "cpu" else 1)
+        if config.mini_batch_size is not None:
+            self.model.length_buckets = 1  # the feed already cut the batch by length
         self.model.to(self.device)
+        if config.compile:
+            compile_towers(self.model, self.device)
+        if config.amp == "auto" and self.amp_dtype is not None:
+            # bf16 only where it is faster: timed at this run's (mini-)batch size
+            size = config.mini_batch_size or config.batch_size
+            fast, _ = faster_amp(self.model, self.device, size, config.max_item_length)
+            if ctx.broadcast(fast is None):  # every rank takes rank 0's choice
+                self.amp_dtype = None
         self.ddp = self.model
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -127,14 +160,24 @@ class Trainer:
                 find_unused_parameters=unused,
                 **no_sync,
             )
-        self.total_steps, self.warmup = _plan(config, datasets, ctx.world_size)
-        self.optimizer = _optimizer(self.model, config, self.device)
+        self.total_steps, self.warmup = plan_steps(config, datasets, ctx.world_size)
+        self.optimizer = build_optimizer(self.model, config, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(self.total_steps, self.warmup)
+            self.optimizer, lr_lambda(self.total_steps, self.warmup)
         )
         # What a checkpoint saves with state_dict(), by file name.
         self.stateful = dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-        self.feed = BatchFeed(config, datasets, ctx, pad_id)
+        feed = BatchFeed(config, datasets, ctx, pad_id)
+        self.feed: BatchFeed | Prefetcher = (
+            Prefetcher(feed, config.prefetch) if config.prefetch else feed
+        )
+        self.cache = GradCache(
+            self.model,
+            self.ddp,
+            self.device,
+            lambda: autocast(self.device, self.amp_dtype),
+            ddp_enabled=ctx.enabled,
+        )
         self.embedder = Embedder(
             self.model,
             ctx,
@@ -151,22 +194,37 @@ class Trainer:
         self.train_seconds = 0.0
         self.pairs = 0
         self._writer: Any = None
+        self._terminate = False  # SIGTERM seen: stop after the step in flight
+        self._evaluating = False  # SIGTERM now stops at once (the step's checkpoint is saved)
+        self._saved_step = -1
 
     # -- the loop ------------------------------------------------------------------------
 
     def _train_step(self) -> dict[str, Any]:
+        """One optimizer step. Nothing here waits for the device: loss and accuracy stay
+        tensors (summed over the step's micro-batches) until ``_materialize`` at log time."""
         cfg = self.config
         t0 = time.perf_counter()
-        losses, accs, pairs, tasks = [], [], 0, []
+        loss_sum: torch.Tensor | None = None
+        acc_sum: torch.Tensor | None = None
+        pairs, tasks = 0, []
         for a in range(cfg.grad_accum):
             name, batch = self.feed.next()
             last = a == cfg.grad_accum - 1
-            sync = self.ddp.no_sync() if self.ctx.enabled and not last else contextlib.nullcontext()
-            with sync:
-                loss, acc = self._loss(batch)
-                (loss / cfg.grad_accum).backward()
-            losses.append(float(loss.detach()))
-            accs.append(float(acc))
+            if cfg.mini_batch_size is not None:
+                loss, acc = self._cached_loss(batch, last)
+            else:
+                sync = (
+                    self.ddp.no_sync()
+                    if self.ctx.enabled and not last
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    loss, acc = self._loss(batch)
+                    (loss / cfg.grad_accum).backward()
+                loss = loss.detach()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            acc_sum = acc if acc_sum is None else acc_sum + acc
             pairs += batch.size * self.ctx.world_size
             tasks.append(name)
         if cfg.max_grad_norm > 0:
@@ -179,20 +237,53 @@ class Trainer:
         self.train_seconds += seconds
         self.pairs += pairs
         return {
-            "loss": float(np.mean(losses)),
-            "accuracy": float(np.mean(accs)),
+            "loss_sum": loss_sum,
+            "accuracy_sum": acc_sum,
+            "micro_batches": cfg.grad_accum,
             "lr": self.scheduler.get_last_lr()[0],
-            "temperature": self.model.temperature,
             "pairs": pairs,
             "seconds": seconds,
             "datasets": tasks,
         }
 
+    def _materialize(self, recent: list[dict[str, Any]]) -> dict[str, float]:
+        """Means over ``recent`` steps of loss and accuracy: the one device sync per log."""
+        n = sum(r["micro_batches"] for r in recent)
+        loss = torch.stack([r["loss_sum"] for r in recent]).sum() / n
+        acc = torch.stack([r["accuracy_sum"] for r in recent]).sum() / n
+        values = torch.stack([loss, acc]).cpu().tolist()
+        return {"loss": values[0], "accuracy": values[1], "temperature": self.model.temperature}
+
+    def _loss_fn(self, batch: Batch) -> Callable[..., torch.Tensor]:
+        """The batch's loss as a function of (xq, xb, scale)."""
+
+        def tensor(x: np.ndarray) -> torch.Tensor:
+            return to_device(x, self.device)
+
+        mask = tensor(batch.mask)
+        log_q = tensor(batch.log_q) if self.config.logq else None
+        weights = tensor(batch.weights)
+        symmetric = self.config.symmetric and batch.task == "search"
+
+        def loss(xq: torch.Tensor, xb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return sampled_softmax_loss(
+                xq,
+                xb,
+                temperature=1.0 / scale,
+                log_q=log_q,
+                mask=mask,
+                weights=weights,
+                symmetric=symmetric,
+            )
+
+        loss.mask = mask  # type: ignore[attr-defined]
+        return loss
+
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
 
         def tensor(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(x).to(dev, non_blocking=True)
+            return to_device(x, dev)
 
         with autocast(self.device, self.amp_dtype):
             if batch.task == "search":
@@ -205,46 +296,102 @@ class Trainer:
             else:
                 _, xb, scale = self.ddp(None, None, tensor(batch.item_ids), tensor(batch.item_mask))
                 xq = tensor(batch.user_vectors)
-        mask = tensor(batch.mask)
-        loss = sampled_softmax_loss(
-            xq,
-            xb,
-            temperature=1.0 / scale,
-            log_q=tensor(batch.log_q) if self.config.logq else None,
-            mask=mask,
-            weights=tensor(batch.weights),
-            symmetric=self.config.symmetric and batch.task == "search",
-        )
-        return loss, in_batch_accuracy(xq, xb, mask)
+        loss_fn = self._loss_fn(batch)
+        return loss_fn(xq, xb, scale), in_batch_accuracy(xq, xb, loss_fn.mask)
+
+    def _cached_loss(self, batch: Batch, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and accuracy of ``batch`` with gradient caching; its gradient (divided by
+        ``grad_accum``) is accumulated already."""
+        loss_fn = self._loss_fn(batch)
+        out = self.cache.step(batch, loss_fn, grad_scale=1.0 / self.config.grad_accum, sync=last)
+        return out.loss, in_batch_accuracy(out.xq, out.xb, loss_fn.mask)
 
     def _refresh(self, *, start: bool) -> None:
         """Refresh recommendation item banks and re-mine hard negatives when due."""
         cfg = self.config
+        changed = False
         for prepared in self.datasets:
             data = prepared.data
             if isinstance(data, RecommendData):
                 if start or self.step % cfg.refresh_every == 0:
                     data.bank = self.embedder.catalog_vectors(data, self.step)
+                    changed = True
             elif cfg.hard_negatives > 0 and (
                 start or (cfg.mine_every and self.step % cfg.mine_every == 0)
             ):
                 xb = self.embedder.catalog_vectors(data, self.step)
                 xq = self.embedder.embed(self.model.query_tower, data.query_tokens)
                 data.mined = mine_hard_negatives(xq, xb, data.relevant, cfg.mine_window)
+                changed = True
                 logger.info(
                     "%s: mined %.1f hard negatives per query (ranks %d-%d)",
                     data.name,
                     float(np.mean([len(m) for m in data.mined])),
                     *cfg.mine_window,
                 )
+        if changed and isinstance(self.feed, Prefetcher):
+            self.feed.invalidate()  # batches built ahead saw the old negatives / bank
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._terminate = True
+        if self._evaluating:  # the step before this evaluation is checkpointed already
+            raise TrainingInterrupted(self.step, self._checkpoint_path())
+        logger.warning("SIGTERM: stopping after step %d, saving a checkpoint", self.step + 1)
+
+    def _checkpoint_path(self) -> Path | None:
+        if self._saved_step != self.step:
+            return None
+        return self.checkpoints.latest()
+
+    @contextlib.contextmanager
+    def _sigterm_handler(self) -> Any:
+        """SIGTERM → stop after the step in flight, checkpointed (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop for a SIGTERM (the same answer on every rank: under DDP rank 0's
+        flag, shared every ``log_every`` steps, the one collective it costs)."""
+        if not self.ctx.enabled:
+            return self._terminate
+        if self.step % self.config.log_every != 0:
+            return False
+        return bool(self.ctx.broadcast(self._terminate))
+
+    def _evaluate(self, step: int) -> None:
+        self._evaluating = True
+        try:
+            if self._terminate:
+                raise TrainingInterrupted(self.step, self._checkpoint_path())
+            record = self.selection.evaluate(step)
+        finally:
+            self._evaluating = False
+        if record is not None:
+            self._log_scalars({"eval/metric": record["metric"]}, step)
+        if self._saved_step == step:  # the checkpoint now records this evaluation
+            self.checkpoints.update_state(step, self.ctx, self._state(pending_eval=False))
 
     def run(self) -> TrainResult:
+        with self._sigterm_handler():
+            try:
+                return self._run()
+            finally:
+                if isinstance(self.feed, Prefetcher):
+                    self.feed.close()
+
+    def _run(self) -> TrainResult:
         cfg = self.config
-        resumed = False
+        resumed, pending_eval = False, False
         if cfg.resume:
             latest = self.checkpoints.latest()
             if latest is not None:
-                self._resume(latest)
+                pending_eval = self._resume(latest)
                 resumed = True
             elif self.ctx.is_main:
                 logger.info(
@@ -253,6 +400,8 @@ class Trainer:
         self._open_writer()
         if not resumed:
             self._refresh(start=True)
+        if pending_eval:  # killed during the evaluation after its checkpoint: run it again
+            self._evaluate(self.step)
         self.model.train()
         from tqdm.auto import tqdm
 
@@ -269,18 +418,18 @@ class Trainer:
             while self.step < self.total_steps and not self.selection.stopped_early:
                 logs = self._train_step()
                 recent.append(logs)
-                if len(recent) > cfg.log_every:
-                    recent.pop(0)
-                pairs_per_s = sum(r["pairs"] for r in recent) / max(
-                    sum(r["seconds"] for r in recent), 1e-9
-                )
                 bar.update(1)
-                bar.set_postfix(
-                    loss=f"{np.mean([r['loss'] for r in recent]):.4f}",
-                    pairs_s=f"{pairs_per_s:.1f}",
-                    lr=f"{logs['lr']:.2e}",
-                )
-                if self.step % cfg.log_every == 0:
+                final = self.step >= self.total_steps
+                if self.step % cfg.log_every == 0 or final:
+                    logs.update(self._materialize(recent))
+                    pairs_per_s = sum(r["pairs"] for r in recent) / max(
+                        sum(r["seconds"] for r in recent), 1e-9
+                    )
+                    bar.set_postfix(
+                        loss=f"{logs['loss']:.4f}",
+                        pairs_s=f"{pairs_per_s:.1f}",
+                        lr=f"{logs['lr']:.2e}",
+                    )
                     self._log_scalars(
                         {
                             "train/loss": logs["loss"],
@@ -291,18 +440,34 @@ class Trainer:
                         },
                         self.step,
                     )
-                    logger.debug("step %d: %s", self.step, logs)
-                final = self.step >= self.total_steps
+                    logger.log(
+                        logging.DEBUG if cfg.progress else logging.INFO,  # no bar: say it
+                        "step %d of %d: loss %.4f, %.1f pairs/s",
+                        self.step,
+                        self.total_steps,
+                        logs["loss"],
+                        pairs_per_s,
+                    )
+                    recent = []
                 if not final:
                     self._refresh(start=False)
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or final:
-                    record = self.selection.evaluate(self.step)
-                    if record is not None:
-                        self._log_scalars({"eval/metric": record["metric"]}, self.step)
+                eval_due = bool(cfg.eval_every and self.step % cfg.eval_every == 0) or final
+                stop = self._stop_requested()
                 if cfg.checkpoint_every and (
-                    self.step % cfg.checkpoint_every == 0 or final or self.selection.stopped_early
+                    self.step % cfg.checkpoint_every == 0 or final or stop
                 ):
-                    self._save_checkpoint()
+                    # before the evaluation: a kill during a long evaluation loses no training
+                    self._save_checkpoint(pending_eval=eval_due)
+                if stop:
+                    raise TrainingInterrupted(self.step, self._checkpoint_path())
+                if eval_due:
+                    self._evaluate(self.step)
+                    if (
+                        self.selection.stopped_early
+                        and cfg.checkpoint_every
+                        and self._saved_step != self.step
+                    ):
+                        self._save_checkpoint(pending_eval=False)
                 if self.on_step is not None:
                     self.on_step(self.step, logs)
         finally:
@@ -310,7 +475,7 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> TrainResult:
-        digests = self.ctx.all_gather_object(_param_digest(self.model))
+        digests = self.ctx.all_gather_object(param_digest(self.model))
         if len(set(digests)) > 1:
             logger.error("DDP ranks ended with different parameters: %s", digests)
         cfg = self.config
@@ -330,6 +495,7 @@ class Trainer:
                 stopped_early=selection.stopped_early,
                 best_metric=selection.best_metric,
                 best_step=selection.best_step,
+                best_evaluated_on=selection.best_label(),
                 history=selection.history,
                 train_seconds=round(self.train_seconds, 3),
                 pairs=self.pairs,
@@ -358,7 +524,7 @@ class Trainer:
                 metrics=metrics,
             )
             if cfg.export_onnx:
-                _export_onnx(cfg.out)
+                export_onnx(cfg.out)
             if self._writer is not None:
                 self._writer.close()
         else:
@@ -368,10 +534,12 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
-        """What ``state.json`` records: the counters of the trainer and its collaborators."""
+    def _state(self, *, pending_eval: bool) -> dict[str, Any]:
+        """What ``state.json`` records: the counters of the trainer and its collaborators, and
+        whether the evaluation of this step is still to run (checkpoints precede it)."""
         return {
             "step": self.step,
+            "pending_eval": pending_eval,
             **self.feed.state(),
             **self.selection.state(),
             "train_seconds": self.train_seconds,
@@ -381,20 +549,24 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
-    def _save_checkpoint(self) -> None:
-        state, keep = self._state(), self.config.keep_checkpoints
+    def _save_checkpoint(self, *, pending_eval: bool) -> None:
+        state, keep = self._state(pending_eval=pending_eval), self.config.keep_checkpoints
         self.checkpoints.save(
             self.step, self.ctx, self.device, self.stateful, self.datasets, state, keep
         )
+        self._saved_step = self.step
 
-    def _resume(self, path: Path) -> None:
+    def _resume(self, path: Path) -> bool:
+        """Continue from the checkpoint at ``path``; returns whether its evaluation is due."""
         cfg, ctx = self.config, self.ctx
         state = self.checkpoints.load(path, cfg, ctx, self.device, self.stateful, self.datasets)
         self.step = int(state["step"])
         self.feed.restore(state)
         self.selection.restore(state)
         self.train_seconds, self.pairs = float(state["train_seconds"]), int(state["pairs"])
+        self._saved_step = self.step
         logger.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
+        return bool(state.get("pending_eval", False))
 
     # -- TensorBoard ---------------------------------------------------------------------
 
@@ -417,141 +589,3 @@ class Trainer:
             return
         for name, value in values.items():
             self._writer.add_scalar(name, value, step)
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainer's setup: device, precision, token ids, the step plan, the optimizer and schedule
-
-
-def _resolve_device(device: str, ctx: DistContext) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r}: {exc}") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available; use cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", ctx.local_rank if ctx.enabled else 0)
-    return dev
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    # CPU: off by default, by decision; on this repo's 2-core Zen 4 (avx512_bf16) bf16 autocast
-    # cut CPU time per step by ~36 % (MiniLM, batch 32, q32/i64), so pass amp="bf16" there.
-    return None
-
-
-def _tokenize(model: TwoTowerModel, datasets: list[PreparedDataset], config: TrainConfig) -> int:
-    """Token ids of every text, once: catalogs (shared between datasets), queries, eval queries
-    (stored on the datasets). Returns the padding id."""
-    item_tok = model.item_tower.tokenizer
-    query_tok = model.query_tower.tokenizer
-    by_catalog: dict[str, list[np.ndarray]] = {}
-    t0 = time.perf_counter()
-    for prepared in datasets:
-        data = prepared.data
-        key = data.catalog.path
-        if key not in by_catalog:
-            by_catalog[key] = tokenize(item_tok, item_texts(data.catalog), config.max_item_length)
-        data.item_tokens = by_catalog[key]
-        if isinstance(data, SearchData):
-            data.query_tokens = tokenize(query_tok, data.query_texts, config.max_query_length)
-        if prepared.eval_query_texts:
-            prepared.eval_query_tokens = tokenize(
-                query_tok, prepared.eval_query_texts, config.max_query_length
-            )
-    logger.info("tokenised every text in %.1f s", time.perf_counter() - t0)
-    return int(item_tok.pad_token_id or 0)
-
-
-def _plan(config: TrainConfig, datasets: list[PreparedDataset], world_size: int) -> tuple[int, int]:
-    """(optimizer steps, warm-up steps) of the run."""
-    global_batch = config.batch_size * world_size
-    per_epoch = sum(max(1, d.data.n_examples // global_batch) for d in datasets)
-    by_epochs = math.ceil((config.epochs or 1.0) * per_epoch / config.grad_accum)
-    if config.max_steps is not None and config.epochs is None:
-        total = config.max_steps
-    elif config.max_steps is not None:
-        total = min(config.max_steps, by_epochs)
-    else:
-        total = by_epochs
-    total = max(1, total)
-    warmup = config.warmup_steps if config.warmup_steps is not None else math.ceil(0.1 * total)
-    return total, min(warmup, total)
-
-
-def _optimizer(
-    model: TwoTowerModel, config: TrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    decay, no_decay, scale = [], [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if name == "logit_scale":
-            scale.append(param)
-        # The usual BERT recipe: no weight decay on biases and LayerNorm.
-        elif param.ndim < 2 or "LayerNorm" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if scale:
-        # At a fine-tuning lr (2e-5) a learnable temperature would hardly move in a few
-        # thousand steps; its log gets 100x the rate and the same schedule.
-        groups.append({"params": scale, "weight_decay": 0.0, "lr": 100 * config.lr})
-    return torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda")
-
-
-def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-def _param_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + b"\0")
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _export_onnx(model_dir: Path) -> None:
-    """Add the ONNX query tower when the exporter and its packages are available; a model dir
-    without it is still complete (the torch backend serves it), so problems only warn."""
-    import importlib.util
-
-    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
-    if importlib.util.find_spec("trainer.encoder.onnx_export") is None or missing:
-        logger.warning(
-            "no ONNX export of the query tower (missing: %s); install them (pip install "
-            "'aisle[train]') and run: python -m trainer.encoder.onnx_export %s",
-            ", ".join(missing) or "trainer.encoder.onnx_export",
-            model_dir,
-        )
-        return
-    from trainer.encoder.onnx_export import export_query_tower
-
-    try:
-        path = export_query_tower(model_dir)
-    except (ImportError, ValueError) as exc:
-        logger.warning(
-            "ONNX export of %s failed (%s); the model dir is usable without it", model_dir, exc
-        )
-        return
-    logger.info("exported the query tower to %s", path)

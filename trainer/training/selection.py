@@ -98,6 +98,26 @@ class Selection:
                 continue
             data = prepared.data
             rows = prepared.eval_rows
+            label = eval_label(prepared, self.config.holdout_fraction)
+            n_queries = (
+                len(prepared.eval_query_tokens)
+                if prepared.task == "search"
+                else len(prepared.eval_dev.histories if prepared.eval_dev else {})
+            )
+            n_items = len(data.catalog) if rows is None else len(rows)
+            encode = n_items + (n_queries if prepared.task == "search" else 0)
+            if self.ctx.is_main:
+                logger.info(
+                    "evaluating step %d on %s: %s, %s; %d %s; encoding %d texts, %s",
+                    step,
+                    prepared.spec.name,
+                    label["split"],
+                    label["candidates"],
+                    n_queries,
+                    "queries" if prepared.task == "search" else "users",
+                    encode,
+                    self.embedder.eta(encode),
+                )
             xb = self.embedder.catalog_vectors(data, step, rows)
             ids = np.asarray(data.catalog.item_ids, dtype=object)
             if rows is not None:
@@ -113,7 +133,7 @@ class Selection:
                     rankings, labels, prepared.gains, prepared.recall_grade, SEARCH_EVAL_KS
                 )
                 metrics = {name: m.mean for name, m in report.metrics.items()}
-                results[prepared.spec.name] = {"source": prepared.eval_source, **metrics}
+                results[prepared.spec.name] = {"source": prepared.eval_source, **label, **metrics}
             else:
                 if not self.ctx.is_main:
                     continue
@@ -134,7 +154,7 @@ class Selection:
                         name: m.mean for name, m in report.metrics.items()
                     }
                 recommend_weight[prepared.spec.name] = prepared.spec.weight
-                results[prepared.spec.name] = {"source": prepared.eval_source}
+                results[prepared.spec.name] = {"source": prepared.eval_source, **label}
         decay, fit = self._pick_decay(by_decay, recommend_weight)
         for name in recommend_weight:
             results[name].update(by_decay[decay][name])
@@ -146,7 +166,14 @@ class Selection:
         if not self.ctx.is_main or not results:
             return None
         score = weighted / weights if weights else math.nan
-        record: dict[str, Any] = {"step": step, "metric": score, "datasets": results}
+        record: dict[str, Any] = {
+            "step": step,
+            "metric": score,
+            "evaluated_on": "; ".join(
+                f"{name}: {r['split']}, {r['candidates']}" for name, r in results.items()
+            ),
+            "datasets": results,
+        }
         if recommend_weight:
             record["history_decay"] = decay
             if len(fit) > 1:
@@ -249,6 +276,13 @@ class Selection:
         )  # fmt: skip
         return sketch.with_weight(best), fit
 
+    def best_label(self) -> str | None:
+        """What the best evaluation ranked (``evaluated_on`` of its record), or None."""
+        for record in self.history:
+            if record["step"] == self.best_step:
+                return record.get("evaluated_on")
+        return None
+
     def evaluate(self, step: int) -> dict[str, Any] | None:
         """Evaluate the weights of ``step`` (collective), keep them if they are the best so far,
         and decide early stopping (the same decision on every rank).
@@ -277,13 +311,14 @@ class Selection:
             else:
                 self.bad_evals += 1
             logger.info(
-                "step %d: dev %s %.4f%s (best %.4f at step %s) %s",
+                "step %d: %s %.4f%s (best %.4f at step %s) on %s: %s",
                 step,
                 EARLY_STOP_METRIC,
                 score,
                 " *" if improved else "",
                 self.best_metric if self.best_metric is not None else math.nan,
                 self.best_step,
+                record["evaluated_on"],
                 json.dumps(record["datasets"]),
             )
         stop = self.ctx.is_main and self.bad_evals >= self.config.patience
@@ -295,3 +330,24 @@ class Selection:
                 self.bad_evals,
             )
         return record
+
+
+def eval_label(prepared: PreparedDataset, holdout_fraction: float) -> dict[str, str]:
+    """What an evaluation of ``prepared`` measures, for logs and records: ``split`` (its dev
+    file, or the share of the train split held out) and ``candidates`` (the whole catalog, or
+    the judged items plus a random sample: a smaller, easier ranking, so higher numbers)."""
+    unit = "queries" if prepared.task == "search" else "users"
+    if prepared.eval_source == "dev":
+        split = f"dev ({prepared.spec.dev})"
+    else:
+        split = f"train hold-out ({holdout_fraction:.0%} of the train {unit}, not trained on)"
+    n_catalog = len(prepared.data.catalog)
+    rows = prepared.eval_rows
+    if rows is None or len(rows) >= n_catalog:
+        candidates = f"full catalog ({n_catalog:,} items)"
+    else:
+        candidates = (
+            f"{len(rows):,}-item sample of the {n_catalog:,}-item catalog (judged + random; "
+            "optimistic)"
+        )
+    return {"split": split, "candidates": candidates}

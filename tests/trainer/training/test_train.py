@@ -502,8 +502,9 @@ def test_config_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mini_batch_size", [None, 3])  # 3: gradient caching under DDP
 def test_ddp_two_processes_end_with_identical_parameters(
-    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], mini_batch_size: int | None
 ) -> None:
     config = train_config(
         tmp_path,
@@ -520,6 +521,7 @@ def test_ddp_two_processes_end_with_identical_parameters(
         grad_accum=2,
         hard_negatives=1,
         checkpoint_every=3,
+        mini_batch_size=mini_batch_size,
     )
     result = train_distributed(config, 2, backend="gloo")
     assert result.steps == 3 and len(result.param_digests) == 2
