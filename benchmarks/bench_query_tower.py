@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_latency import percentile, run_load
 from benchmarks.bench_quality import dense_ranked, fused, lexical_ranked, score
 from benchmarks.common import append_jsonl, machine, require_shared_data
+from benchmarks.load import percentile, run_load
 from engine.search.fusion import FusionParams
 from indexer.lexical.index import LexicalIndex
 from trainer.data.catalog import catalog_from_records, read_catalog
