@@ -54,7 +54,7 @@ def test_serving_that_index_uses_onnx(tmp_path, catalog, packaged, caplog):
     assert main(["build", "--catalog", str(catalog[0]), "--out", str(root)]) == 0
     with caplog.at_level(logging.INFO):
         load_snapshot(root)
-    assert "query encoder: onnx backend" in caplog.text
+    assert "query encoder: the full query tower, onnx backend" in caplog.text
 
 
 def test_a_root_built_with_the_packaged_model_keeps_it(tmp_path, catalog, packaged, caplog):
