@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from tqdm import tqdm
@@ -73,22 +73,34 @@ def progress_bar(
 
 
 @contextmanager
-def heartbeat(what: str, logger: logging.Logger, every_s: float = HEARTBEAT_S) -> Iterator[None]:
-    """Log "`what`…" now, "`what`: still running (N s)" every `every_s` while the block runs,
-    and "`what`: done in N s" at the end."""
-    started = time.monotonic()
+def repeating(every_s: float, action: Callable[[], None], name: str) -> Iterator[None]:
+    """Call `action` every `every_s` on a daemon thread (named `name`) while the block runs;
+    the thread is stopped and joined when the block ends."""
     stop = threading.Event()
-    logger.info("%s…", what)
 
-    def beat() -> None:
+    def run() -> None:
         while not stop.wait(every_s):
-            logger.info("%s: still running (%.0f s)", what, time.monotonic() - started)
+            action()
 
-    thread = threading.Thread(target=beat, name="aisle-heartbeat", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+@contextmanager
+def heartbeat(what: str, logger: logging.Logger, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """Log "`what`…" now, "`what`: still running (N s)" every `every_s` while the block runs,
+    and "`what`: done in N s" at the end."""
+    started = time.monotonic()
+    logger.info("%s…", what)
+
+    def beat() -> None:
+        logger.info("%s: still running (%.0f s)", what, time.monotonic() - started)
+
+    with repeating(every_s, beat, "aisle-heartbeat"):
+        yield
     logger.info("%s: done in %.1f s", what, time.monotonic() - started)

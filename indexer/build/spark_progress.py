@@ -6,11 +6,12 @@ in local mode and unreadable in a log)."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from trainer.progress import repeating
 
 logger = logging.getLogger(__name__)
 EVERY_S = 5.0
@@ -44,23 +45,16 @@ def stage_lines(tracker: Any, started: dict[int, float], now: float) -> list[str
 def spark_progress(spark: Any, every_s: float = EVERY_S) -> Iterator[None]:
     """Log the running stages of `spark`'s jobs every `every_s` while the block runs."""
     tracker = spark.sparkContext.statusTracker()
-    stop = threading.Event()
     started: dict[int, float] = {}
 
     def poll() -> None:
-        while not stop.wait(every_s):
-            try:
-                lines = stage_lines(tracker, started, time.monotonic())
-            except Exception:  # noqa: BLE001 (a progress line must never fail the build)
-                logger.debug("spark progress poll failed", exc_info=True)
-                continue
-            for line in lines:
-                logger.info("%s", line)
+        try:
+            lines = stage_lines(tracker, started, time.monotonic())
+        except Exception:  # noqa: BLE001 (a progress line must never fail the build)
+            logger.debug("spark progress poll failed", exc_info=True)
+            return
+        for line in lines:
+            logger.info("%s", line)
 
-    thread = threading.Thread(target=poll, name="aisle-spark-progress", daemon=True)
-    thread.start()
-    try:
+    with repeating(every_s, poll, "aisle-spark-progress"):
         yield
-    finally:
-        stop.set()
-        thread.join()
