@@ -253,6 +253,10 @@ class LexicalIndex:
         ids = [vocab.get(t, -1) for t in analyze(query)]
         return np.asarray([i for i in ids if i >= 0], dtype=np.int64)
 
+    def term_id(self, term: str) -> int:
+        """The id of one already analysed term (``analyze``'s output), -1 when unknown."""
+        return self._vocab.get(term, -1)
+
     @property
     def state(self) -> LexicalState:
         """The current state, fixed: later upserts and deletes publish new ones (search it with

@@ -128,6 +128,16 @@ def compute_features(
         put(f"bm25_{field}", w.sum(axis=1))
         if field == "title":
             put("title_coverage", (w > 0).sum(axis=1) / n_terms if n_terms else 0.0)
+    put("title_trigram_cosine", source.fields.title_trigram_cosine(text, rows))
+    phrases = source.fields.phrase_matches(text, rows)
+    put("phrase_in_title", phrases.phrase)
+    put("bigram_coverage", phrases.bigrams)
+    put("first_term_in_title", phrases.first_term)
+    put("last_term_in_title", phrases.last_term)
+    held = rows < source.fields.n_items
+    title_terms = np.full(n, np.nan, dtype=np.float32)
+    title_terms[held] = source.fields.title_terms[rows[held]]
+    put("title_terms", title_terms)
     tokens = number_tokens(text)
     put("number_matches", source.fields.number_matches(tokens, rows))
     columns = source.columns

@@ -1,5 +1,6 @@
 """The fielded lexical index the ranker reads: one BM25 index per catalog field, plus the
-lower-cased title and brand that number-bearing query tokens are matched against verbatim.
+lower-cased title and brand that number-bearing query tokens are matched against verbatim, and
+the title's words and hashed character trigrams for phrase and typo-tolerant matches.
 
 It is built from a version's ``items`` table when a ranker is loaded (about 20 µs per item per
 field: a second or two for 50,000 items), not stored: it is a pure function of the items, so it
@@ -13,15 +14,19 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 
+from indexer.lexical.analysis import analyze
 from indexer.lexical.index import LexicalIndex
 from indexer.ranking.spec import FIELDS
+from indexer.ranking.trigrams import TRIGRAM_DIM, normalized_words, trigram_matrix, trigram_vector
 
-__all__ = ["FieldIndex", "field_text", "number_tokens", "present_fields"]
+__all__ = ["FieldIndex", "PhraseMatches", "field_text", "number_tokens", "present_fields"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +68,47 @@ def number_tokens(text: str) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class PhraseMatches:
+    """How the query's words sit in each candidate's title (``FieldIndex.phrase_matches``).
+
+    Attributes:
+        phrase: (m,) 1 when the query's words appear in the title as one contiguous run.
+        bigrams: (m,) share of the query's adjacent word pairs found adjacent in the title; NaN
+            for a one-word query.
+        first_term, last_term: (m,) 1 when the query's first / last analysed term is a term of
+            the title (the last is often the product type: "... angle bracket"); NaN for a
+            query without terms.
+    """
+
+    phrase: np.ndarray
+    bigrams: np.ndarray
+    first_term: np.ndarray
+    last_term: np.ndarray
+
+
 class FieldIndex:
     """BM25 per field (``FIELDS``) over the items of one version, by global row.
 
     Attributes:
         fields: the fields the items table has (a catalog without brands has no brand index).
         n_items: rows covered: 0 .. n_items - 1.
+        title_terms: (n_items,) float32 analysed terms per title.
     """
 
-    def __init__(self, indexes: dict[str, LexicalIndex], haystacks: np.ndarray) -> None:
+    def __init__(
+        self,
+        indexes: dict[str, LexicalIndex],
+        haystacks: np.ndarray,
+        title_words: np.ndarray,
+        title_trigrams: sp.csr_matrix,
+        title_terms: np.ndarray,
+    ) -> None:
         self._indexes = indexes
         self._haystacks = haystacks  # (n,) object: "title brand", lower-cased
+        self._title_words = title_words  # (n,) object: normalized_words(title)
+        self._title_trigrams = title_trigrams  # (n, TRIGRAM_DIM) CSR, rows L2-normalised
+        self.title_terms = title_terms
         self.fields = tuple(f for f in FIELDS if f in indexes)
         self.n_items = len(haystacks)
 
@@ -98,9 +133,12 @@ class FieldIndex:
             [f"{field_text(r, 'title')} {field_text(r, 'brand')}".lower() for r in records],
             dtype=object,
         )
+        titles = [field_text(r, "title") for r in records]
+        title_words = np.asarray([normalized_words(t) for t in titles], dtype=object)
+        title_terms = np.asarray([len(analyze(t)) for t in titles], dtype=np.float32)
         logger.info("ranker field index: %d items, fields %s, %.1f s", n, present,
                     time.perf_counter() - t)  # fmt: skip
-        return cls(indexes, haystacks)
+        return cls(indexes, haystacks, title_words, trigram_matrix(titles), title_terms)
 
     def term_weights(self, field: str, text: str, rows: np.ndarray) -> np.ndarray | None:
         """(m, t) BM25 weights of the query's terms in ``field`` of ``rows``; None when the
@@ -121,3 +159,47 @@ class FieldIndex:
                 hay = self._haystacks[r]
                 out[i] = sum(token in hay for token in tokens)
         return out / len(tokens)
+
+    def title_trigram_cosine(self, text: str, rows: np.ndarray) -> np.ndarray:
+        """(m,) float32 cosine of the query's and each row's title trigram vectors (0 for rows
+        past ``n_items`` and for a query shorter than a trigram)."""
+        out = np.zeros(len(rows), dtype=np.float32)
+        buckets, weights = trigram_vector(text)
+        held = rows < self.n_items
+        if len(buckets) == 0 or not held.any():
+            return out
+        q = np.zeros(TRIGRAM_DIM, dtype=np.float32)
+        q[buckets] = weights
+        out[held] = self._title_trigrams[rows[held]] @ q
+        return out
+
+    def phrase_matches(self, text: str, rows: np.ndarray) -> PhraseMatches:
+        """Where the query's words and terms sit in each row's title (rows past ``n_items``:
+        0, as if their titles were empty)."""
+        m = len(rows)
+        words = normalized_words(text).split()
+        phrase = " " + " ".join(words) + " "
+        pairs = [f" {a} {b} " for a, b in zip(words, words[1:], strict=False)]
+        titles = [self._title_words[r] if r < self.n_items else "" for r in rows.tolist()]
+        has_phrase = np.fromiter(
+            (bool(words) and phrase in t for t in titles), dtype=np.float32, count=m
+        )
+        if pairs:
+            bigrams = np.fromiter(
+                (sum(p in t for p in pairs) for t in titles), dtype=np.float32, count=m
+            ) / np.float32(len(pairs))
+        else:
+            bigrams = np.full(m, np.nan, dtype=np.float32)
+        terms = analyze(text)
+        first = self._has_term(terms[0], rows) if terms else np.full(m, np.nan, np.float32)
+        last = self._has_term(terms[-1], rows) if terms else np.full(m, np.nan, np.float32)
+        return PhraseMatches(has_phrase, bigrams, first, last)
+
+    def _has_term(self, term: str, rows: np.ndarray) -> np.ndarray:
+        """(m,) float32 1 where the analysed ``term`` is in the row's title."""
+        title = self._indexes.get("title")
+        term_id = title.term_id(term) if title is not None else -1
+        if term_id < 0:
+            return np.zeros(len(rows), dtype=np.float32)
+        weights = title.row_term_weights(np.asarray([term_id], dtype=np.int64), rows)
+        return (weights[:, 0] > 0).astype(np.float32)

@@ -2,7 +2,7 @@
 
 One JSON file (``RANKER_FILE`` inside an index version; any name elsewhere)::
 
-    {"format": "aisle-ranker-1", "feature_spec_version": "aisle-rank-1",
+    {"format": "aisle-ranker-1", "feature_spec_version": "aisle-rank-2",
      "features": [...], "expects": {"model_fingerprint": "...", "fields": [...]},
      "candidates_per_channel": 100, "training": {...}, "model": "<LightGBM model text>"}
 

@@ -17,7 +17,7 @@ __all__ = [
     "TOP_CATEGORY_DEPTH",
 ]
 
-FEATURE_SPEC_VERSION = "aisle-rank-1"
+FEATURE_SPEC_VERSION = "aisle-rank-2"
 
 # The catalog fields with a BM25 index of their own (indexer.ranking.fields): a query term in
 # the title or brand says more than the same term deep in a description.
@@ -52,6 +52,15 @@ _SPEC = (
     ("bm25_description", "BM25 over the bullets and description"),
     ("term_coverage", "share of the query's terms found in the item text"),
     ("title_coverage", "share of the query's terms found in the title"),
+    ("title_trigram_cosine", "cosine of the query's and the title's hashed character-trigram "
+     "vectors (indexer.ranking.trigrams): a match that survives typos and word forms"),
+    ("phrase_in_title", "1 when the query's words appear in the title as one contiguous run"),
+    ("bigram_coverage", "share of the query's adjacent word pairs found adjacent in the title; "
+     "NaN for a one-word query"),
+    ("first_term_in_title", "1 when the query's first analysed term is a title term"),
+    ("last_term_in_title", "1 when the query's last analysed term (often the product type) is a "
+     "title term"),
+    ("title_terms", "analysed terms in the title; NaN for items added since the build"),
     ("number_matches", "share of the query's number-bearing tokens found verbatim in title or "
      "brand (model numbers, sizes); NaN when the query has none"),
     ("popularity", "log1p(rating_count); NaN when missing"),

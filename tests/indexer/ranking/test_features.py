@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,7 @@ from indexer.lexical.index import LexicalIndex
 from indexer.ranking.features import FeatureSource, compute_features, union_candidates
 from indexer.ranking.fields import FieldIndex, field_text, number_tokens, present_fields
 from indexer.ranking.spec import FEATURES, FIELDS, FUSION_ALPHA
+from indexer.ranking.trigrams import TRIGRAM_DIM, trigram_matrix
 from indexer.rerank.columns import ItemColumns
 from indexer.rerank.vectors import VectorStore
 
@@ -175,3 +177,59 @@ def test_compute_features_empty(source):
 def test_spec_fields():
     assert {f"bm25_{f}" for f in FIELDS} <= set(FEATURES)
     assert len(set(FEATURES)) == len(FEATURES)
+
+
+def exact_trigram_cosine(a: str, b: str) -> float:
+    """Cosine of the exact (unhashed) trigram count vectors of two texts' normalised words."""
+    from collections import Counter
+
+    def grams(t: str) -> Counter:
+        s = " " + " ".join(re.findall(r"\w+", t.lower())) + " "
+        return Counter(s[i : i + 3] for i in range(len(s) - 2))
+
+    ga, gb = grams(a), grams(b)
+    dot = sum(ga[g] * gb[g] for g in ga)
+    return dot / math.sqrt(sum(v * v for v in ga.values()) * sum(v * v for v in gb.values()))
+
+
+def test_title_match_features_by_hand(source):
+    cands = union_candidates(np.array([1, 0]), np.array([1, 3, 2]), depth=2)  # rows 1, 0, 3, 2
+    X = compute_features(source, "red sofa DW7800", np.zeros(3, np.float32), cands)
+    titles = ["red sofa", "Acme drill DW7800", "blue sofa bed", "red lamp"]
+    np.testing.assert_allclose(
+        col(X, "title_trigram_cosine"),
+        [exact_trigram_cosine("red sofa DW7800", t) for t in titles],
+        rtol=1e-5,
+    )
+    assert col(X, "phrase_in_title").tolist() == [0, 0, 0, 0]
+    # word pairs "red sofa", "sofa dw7800": only B has one of them
+    assert col(X, "bigram_coverage").tolist() == [0.5, 0, 0, 0]
+    # analysed terms red, sofa, dw, 7800: first "red" (B, C), last "7800" (A)
+    assert col(X, "first_term_in_title").tolist() == [1, 0, 0, 1]
+    assert col(X, "last_term_in_title").tolist() == [0, 1, 0, 0]
+    assert col(X, "title_terms").tolist() == [2, 4, 3, 2]
+    X = compute_features(source, "Sofa  BED", np.zeros(3, np.float32), cands)
+    assert col(X, "phrase_in_title").tolist() == [0, 0, 1, 0]
+    assert col(X, "bigram_coverage").tolist() == [0, 0, 1, 0]
+    X = compute_features(source, "sofa", np.zeros(3, np.float32), cands)
+    assert np.isnan(col(X, "bigram_coverage")).all()  # one word: no pairs
+
+
+def test_title_match_features_of_rows_added_since_the_build(source):
+    # an item upserted after the build has a row past the field index (its features read 0)
+    fields, rows = source.fields, np.array([7, 1])
+    assert fields.title_trigram_cosine("red sofa", rows).tolist() == pytest.approx([0, 1])
+    m = fields.phrase_matches("red sofa", rows)
+    assert m.phrase.tolist() == [0, 1] and m.last_term.tolist() == [0, 1]
+    assert m.bigrams.tolist() == [0, 1] and m.first_term.tolist() == [0, 1]
+
+
+def test_trigram_cosine_tolerates_typos():
+    items = pa.table({"item_id": ["a", "b"], "title": ["Drywall Screws 1-5/8 in.", "Deck Paint"]})
+    fields = FieldIndex.build(items)
+    cos = fields.title_trigram_cosine("drywal screw", np.array([0, 1]))
+    assert cos[0] > 0.6 and cos[1] < 0.2
+    assert fields.title_trigram_cosine("x", np.array([0, 1])).tolist() == [0, 0]  # " x " only
+    assert trigram_matrix([]).shape == (0, TRIGRAM_DIM)
+    m = trigram_matrix(["", "ab"])
+    assert m.getrow(0).nnz == 0 and m.getrow(1).nnz == 2  # " ab " -> " ab", "ab "
