@@ -121,15 +121,17 @@ def compute_features(
     absent = candidates.depth + 1
     put("both_channels", (candidates.dense_rank < absent) & (candidates.lexical_rank < absent))
     put("term_coverage", (weights > 0).sum(axis=1) / n_terms if n_terms else 0.0)
+    title_weights = np.zeros((n, 0), dtype=np.float32)
     for field in FIELDS:
         w = source.fields.term_weights(field, text, rows)
         if w is None:
             continue
         put(f"bm25_{field}", w.sum(axis=1))
         if field == "title":
+            title_weights = w
             put("title_coverage", (w > 0).sum(axis=1) / n_terms if n_terms else 0.0)
     put("title_trigram_cosine", source.fields.title_trigram_cosine(text, rows))
-    phrases = source.fields.phrase_matches(text, rows)
+    phrases = source.fields.phrase_matches(text, rows, title_weights)
     put("phrase_in_title", phrases.phrase)
     put("bigram_coverage", phrases.bigrams)
     put("first_term_in_title", phrases.first_term)

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from indexer.lexical.analysis import analyze
 from indexer.lexical.index import LexicalIndex
 from indexer.ranking.spec import FIELDS
-from indexer.ranking.trigrams import TRIGRAM_DIM, normalized_words, trigram_matrix, trigram_vector
+from indexer.ranking.trigrams import normalized_words, row_cosines, trigram_matrix, trigram_vector
 
 __all__ = ["FieldIndex", "PhraseMatches", "field_text", "number_tokens", "present_fields"]
 
@@ -166,40 +166,47 @@ class FieldIndex:
         out = np.zeros(len(rows), dtype=np.float32)
         buckets, weights = trigram_vector(text)
         held = rows < self.n_items
-        if len(buckets) == 0 or not held.any():
-            return out
-        q = np.zeros(TRIGRAM_DIM, dtype=np.float32)
-        q[buckets] = weights
-        out[held] = self._title_trigrams[rows[held]] @ q
+        if len(buckets) and held.any():
+            out[held] = row_cosines(self._title_trigrams, rows[held], buckets, weights)
         return out
 
-    def phrase_matches(self, text: str, rows: np.ndarray) -> PhraseMatches:
+    def phrase_matches(
+        self, text: str, rows: np.ndarray, title_weights: np.ndarray
+    ) -> PhraseMatches:
         """Where the query's words and terms sit in each row's title (rows past ``n_items``:
-        0, as if their titles were empty)."""
+        0, as if their titles were empty).
+
+        Args:
+            title_weights: ``term_weights("title", text, rows)``, already computed by the
+                caller: its columns are the query's known terms in order, so the first and
+                last terms' columns say whether they are in a title.
+        """
         m = len(rows)
         words = normalized_words(text).split()
-        phrase = " " + " ".join(words) + " "
-        pairs = [f" {a} {b} " for a, b in zip(words, words[1:], strict=False)]
-        titles = [self._title_words[r] if r < self.n_items else "" for r in rows.tolist()]
-        has_phrase = np.fromiter(
-            (bool(words) and phrase in t for t in titles), dtype=np.float32, count=m
-        )
-        if pairs:
-            bigrams = np.fromiter(
-                (sum(p in t for p in pairs) for t in titles), dtype=np.float32, count=m
-            ) / np.float32(len(pairs))
-        else:
-            bigrams = np.full(m, np.nan, dtype=np.float32)
+        held = rows < self.n_items
+        titles = self._title_words[np.where(held, rows, 0)] if self.n_items else None
+        phrase_in = np.zeros(m, dtype=np.float32)
+        bigrams = np.full(m, np.nan, dtype=np.float32)
+        if titles is not None and words:
+            phrase = " " + " ".join(words) + " "
+            phrase_in = np.asarray([phrase in t for t in titles], dtype=np.float32) * held
+            if len(words) > 1:
+                bigrams = np.zeros(m, dtype=np.float32)
+                for a, b in zip(words, words[1:], strict=False):
+                    pair = f" {a} {b} "
+                    bigrams += np.asarray([pair in t for t in titles], dtype=np.float32)
+                bigrams = bigrams * held / np.float32(len(words) - 1)
+        elif len(words) > 1:
+            bigrams = np.zeros(m, dtype=np.float32)
         terms = analyze(text)
-        first = self._has_term(terms[0], rows) if terms else np.full(m, np.nan, np.float32)
-        last = self._has_term(terms[-1], rows) if terms else np.full(m, np.nan, np.float32)
-        return PhraseMatches(has_phrase, bigrams, first, last)
-
-    def _has_term(self, term: str, rows: np.ndarray) -> np.ndarray:
-        """(m,) float32 1 where the analysed ``term`` is in the row's title."""
+        if not terms:
+            nan = np.full(m, np.nan, dtype=np.float32)
+            return PhraseMatches(phrase_in, bigrams, nan, nan)
         title = self._indexes.get("title")
-        term_id = title.term_id(term) if title is not None else -1
-        if term_id < 0:
-            return np.zeros(len(rows), dtype=np.float32)
-        weights = title.row_term_weights(np.asarray([term_id], dtype=np.int64), rows)
-        return (weights[:, 0] > 0).astype(np.float32)
+        known = [
+            title.term_id(t) >= 0 if title is not None else False for t in (terms[0], terms[-1])
+        ]
+        present = title_weights > 0
+        first = present[:, 0] if known[0] else np.zeros(m, dtype=bool)
+        last = present[:, -1] if known[1] else np.zeros(m, dtype=bool)
+        return PhraseMatches(phrase_in, bigrams, first.astype(np.float32), last.astype(np.float32))

@@ -14,8 +14,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
-__all__ = ["TRIGRAM_DIM", "normalized_words", "trigram_matrix", "trigram_vector"]
+__all__ = [
+    "TRIGRAM_DIM",
+    "normalized_words",
+    "row_cosines",
+    "trigram_matrix",
+    "trigram_vector",
+]
 
 TRIGRAM_DIM = 1 << 17
 _WORD = re.compile(r"\w+")
@@ -67,3 +74,36 @@ def trigram_vector(text: str) -> tuple[np.ndarray, np.ndarray]:
     buckets, counts = np.unique(_codes(data), return_counts=True)
     weights = counts.astype(np.float32)
     return buckets, weights / np.float32(np.linalg.norm(weights))
+
+
+def row_cosines(
+    matrix: sp.csr_matrix, rows: np.ndarray, buckets: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """(m,) float32 dot products of ``matrix``'s ``rows`` (each < its row count) with the
+    sparse vector (``buckets`` sorted ascending, ``weights``): a merge of sorted indices, no
+    dense query vector and no scipy indexing per call."""
+    return _row_cosines(
+        matrix.indptr, matrix.indices, matrix.data, np.asarray(rows, np.int64), buckets, weights
+    )
+
+
+@njit(cache=True, nogil=True)
+def _row_cosines(indptr, indices, data, rows, buckets, weights):  # pragma: no cover - numba
+    out = np.zeros(len(rows), dtype=np.float32)
+    nq = len(buckets)
+    for i in range(len(rows)):
+        j, end = indptr[rows[i]], indptr[rows[i] + 1]
+        k = 0
+        acc = np.float32(0.0)
+        while j < end and k < nq:
+            a, b = indices[j], buckets[k]
+            if a == b:
+                acc += data[j] * weights[k]
+                j += 1
+                k += 1
+            elif a < b:
+                j += 1
+            else:
+                k += 1
+        out[i] = acc
+    return out
