@@ -13,9 +13,10 @@ the same candidates:
 * ``dense`` / ``lexical``: one channel's list alone.
 
 NDCG@10 and Recall@100 with the dataset's convention (``trainer.evaluation.presets``), mean and
-standard error over queries. Speed: per dev query, the ranking stage (features + LightGBM,
-``engine.search.ranked.RankingStage.rank``) against the fusion it replaces, p50/p95 over the
-queries, one thread; the candidate count is reported (up to 2N = 200).
+standard error over queries, and ranked - hybrid paired over queries. Speed: per dev query, the
+ranking stage (features + LightGBM, ``engine.search.ranked.RankingStage.rank``) against the
+fusion it replaces, p50/p95 over the queries, one thread; the candidate count is reported (up to
+2N = 200).
 
 Appends one JSON line to ``OUT/rank.jsonl`` and writes the ranker to ``OUT/ranker-<dataset>.json``
 (attach it with ``aisle-rank attach --index ROOT --ranker FILE``).
@@ -55,7 +56,7 @@ from indexer.storage.layout import resolve_version_dir
 from indexer.version import IndexVersion
 from trainer.data.labels import read_labels
 from trainer.encoder.load import load_encoder
-from trainer.evaluation.metrics import resolve_gains
+from trainer.evaluation.metrics import ndcg_at_k, resolve_gains, summarize
 from trainer.evaluation.presets import dataset_preset
 from trainer.text import query_text
 
@@ -74,6 +75,21 @@ def hybrid_order(X: np.ndarray, c: Candidates) -> np.ndarray:
     )
     where = {int(r): int(p) for r, p in zip(c.rows, positions, strict=True)}
     return np.asarray([where[int(r)] for r in rows], dtype=np.int64)
+
+
+def paired_difference(
+    qs: QuerySet, a: list[np.ndarray], b: list[np.ndarray], gains: dict[int, float]
+) -> dict[str, float]:
+    """Mean and standard error over queries of NDCG@10(order a) - NDCG@10(order b): the two
+    orders are of the same candidates, so the per-query pairing removes the query noise."""
+    diffs = []
+    for qid, cand, oa, ob in zip(qs.query_ids, qs.candidates, a, b, strict=True):
+        item_gain = {i: gains.get(g, 0.0) for i, g in qs.judgments[qid].items()}
+        va = ndcg_at_k([str(qs.item_ids[r]) for r in cand.rows[oa]], item_gain, 10)
+        vb = ndcg_at_k([str(qs.item_ids[r]) for r in cand.rows[ob]], item_gain, 10)
+        if va is not None and vb is not None:
+            diffs.append(va - vb)
+    return summarize(diffs).__dict__
 
 
 def stage_timings(stage: RankingStage, source: Any, qs: QuerySet, texts: list[str], xq: np.ndarray):
@@ -147,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     metrics = rankings_metrics(
         qs_dev, orders, resolve_gains(preset.gains), ks=(10,), recall_grade=preset.recall_grade
+    )
+    gains = resolve_gains(preset.gains)
+    metrics["ranked_minus_hybrid"] = paired_difference(
+        qs_dev, orders["ranked"], orders["hybrid"], gains
     )
     texts = [dev.queries[q] for q in qs_dev.query_ids]
     xq = encoder.encode_queries([query_text(x) for x in texts])

@@ -88,9 +88,10 @@ def bench_section(
             blocks.append("The newest earlier result follows; it is not from this run.")
     if loaded is None:
         if outcome is None:
+            also = f" (or `python -m benchmarks.report --only {name}`)" if name in RUN_ORDER else ""
             blocks.append(
                 f"**Not run**: no results in `{out / (name + '.jsonl')}`. To run it: "
-                f"`{run_it}` (or `python -m benchmarks.report --only {name}`)."
+                f"`{run_it}`{also}."
             )
         return "\n\n".join(blocks), []
     record = loaded.record

@@ -16,6 +16,7 @@ from benchmarks.report.format import Metrics, Record
 from benchmarks.report.latency import latency_metrics, latency_section
 from benchmarks.report.loop import loop_metrics, loop_section
 from benchmarks.report.quality import quality_metrics, quality_section
+from benchmarks.report.rank import rank_metrics, rank_section
 from benchmarks.report.reindex import reindex_metrics, reindex_section
 from benchmarks.report.rerank import rerank_metrics, rerank_section
 from benchmarks.report.train import train_metrics, train_section
@@ -40,4 +41,5 @@ PARTS: dict[str, Part] = {
     "reindex": Part("Batch reindex throughput", reindex_section, reindex_metrics),
     "rerank": Part("Re-ranking kernels", rerank_section, rerank_metrics),
     "loop": Part("Learning loop", loop_section, loop_metrics),
+    "rank": Part("Learned ranking stage", rank_section, rank_metrics),
 }

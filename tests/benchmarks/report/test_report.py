@@ -1,6 +1,6 @@
 """Tests for benchmarks.report: the report from JSON lines, the runner, the summary, --compare.
 
-``records.jsonl`` holds one line per benchmark: the ann, latency, reindex and rerank lines are
+``records.jsonl`` holds one line per benchmark: the ann, latency, rank, reindex and rerank lines are
 real runs' lines from bench-out/ (ann trimmed to a few settings); the quality and train lines
 follow the shapes bench_quality.py and bench_train.py append, with illustrative numbers.
 """
@@ -87,6 +87,12 @@ def test_report_renders_every_benchmark_from_its_newest_line(tmp_path: Path) -> 
     latency = section(text, "latency")
     assert f"{fmt(records['latency']['served_over_floor_p50'])}**" in latency
     assert "in-process floor (no gRPC)" in latency
+    # Rank: the ranker against hybrid over the same candidates, and what the stage costs.
+    rank = section(text, "rank")
+    ranked = records["rank"]["results"]["metrics"]["ranked"]["ndcg@10"]
+    assert f"| ranked (LightGBM lambdarank) | {fmt(ranked['mean'])} ± " in rank
+    assert "hybrid (the default fusion)" in rank and "Ranking stage" in rank
+    assert "title_trigram_cosine" in rank  # among the top features by gain
     # Peers side by side.
     assert "hnswlib HNSW32" in section(text, "ann")
     assert "sentence-transformers 41" in section(text, "train")
@@ -111,6 +117,7 @@ def test_report_renders_every_benchmark_from_its_newest_line(tmp_path: Path) -> 
     assert metrics["quality/esci/hybrid fine-tuned/ndcg@10"]["better"] == "higher"
     assert metrics["latency/c1/p50_ms"] == {"value": 8.555, "better": "lower"}
     assert metrics["train/ratio"] == {"value": 1.276, "better": "higher"}
+    assert metrics["rank/homedepot/ranked/ndcg@10"] == {"value": ranked["mean"], "better": "higher"}
     assert metrics["reindex/spark_overhead_ratio"]["better"] == "lower"
     assert metrics["ann/HNSW32/qps_batched@recall0.95"]["better"] == "higher"
     lines = (out / "summary.jsonl").read_text().splitlines()
