@@ -71,6 +71,11 @@ class TrainResult:
         return jsonable(asdict(self))
 
 
+class RefreshInterrupted(Exception):  # noqa: N818 (a stop, not a failure)
+    """SIGTERM during a catalog refresh (hard-negative mining, item banks): raised from the
+    signal handler so a long encoding stops at once; the trainer checkpoints and stops."""
+
+
 class TrainingInterrupted(Exception):  # noqa: N818 (a stop, not a failure)
     """SIGTERM stopped the run; the checkpoint of the last finished step is on disk (unless
     checkpoints are off), and ``--resume`` continues from it."""
@@ -196,6 +201,7 @@ class Trainer:
         self._writer: Any = None
         self._terminate = False  # SIGTERM seen: stop after the step in flight
         self._evaluating = False  # SIGTERM now stops at once (the step's checkpoint is saved)
+        self._refreshing = False  # SIGTERM now stops the refresh at once (single process only)
         self._saved_step = -1
 
     # -- the loop ------------------------------------------------------------------------
@@ -336,6 +342,8 @@ class Trainer:
         self._terminate = True
         if self._evaluating:  # the step before this evaluation is checkpointed already
             raise TrainingInterrupted(self.step, self._checkpoint_path())
+        if self._refreshing:  # a long encoding: stop it now, checkpoint, then stop
+            raise RefreshInterrupted
         logger.warning("SIGTERM: stopping after step %d, saving a checkpoint", self.step + 1)
 
     def _checkpoint_path(self) -> Path | None:
@@ -364,6 +372,25 @@ class Trainer:
             return False
         return bool(self.ctx.broadcast(self._terminate))
 
+    def _refresh_or_stop(self, *, start: bool, eval_due: bool = False) -> None:
+        """``_refresh``, stopped at once by SIGTERM (it can encode a whole catalog: an hour on
+        a CPU): the step is checkpointed with the refresh still to do (``pending_refresh``;
+        ``--resume`` runs it first), or, before the first step, nothing is lost. Under DDP
+        the refresh runs to its end (its collectives must complete on every rank)."""
+        self._refreshing = not self.ctx.enabled
+        try:
+            if self._refreshing and self._terminate:
+                raise RefreshInterrupted
+            self._refresh(start=start)
+        except RefreshInterrupted:
+            self._refreshing = False
+            logger.warning("SIGTERM during the catalog refresh of step %d: stopping", self.step)
+            if self.step > 0 and self.config.checkpoint_every:
+                self._save_checkpoint(pending_eval=eval_due, pending_refresh=True)
+            raise TrainingInterrupted(self.step, self._checkpoint_path()) from None
+        finally:
+            self._refreshing = False
+
     def _evaluate(self, step: int) -> None:
         self._evaluating = True
         try:
@@ -387,11 +414,11 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         cfg = self.config
-        resumed, pending_eval = False, False
+        resumed, pending_eval, pending_refresh = False, False, False
         if cfg.resume:
             latest = self.checkpoints.latest()
             if latest is not None:
-                pending_eval = self._resume(latest)
+                pending_eval, pending_refresh = self._resume(latest)
                 resumed = True
             elif self.ctx.is_main:
                 logger.info(
@@ -399,7 +426,9 @@ class Trainer:
                 )
         self._open_writer()
         if not resumed:
-            self._refresh(start=True)
+            self._refresh_or_stop(start=True)
+        elif pending_refresh:  # the refresh due at this step, cut short by a SIGTERM
+            self._refresh_or_stop(start=False, eval_due=pending_eval)
         if pending_eval:  # killed during the evaluation after its checkpoint: run it again
             self._evaluate(self.step)
         self.model.train()
@@ -449,9 +478,9 @@ class Trainer:
                         pairs_per_s,
                     )
                     recent = []
-                if not final:
-                    self._refresh(start=False)
                 eval_due = bool(cfg.eval_every and self.step % cfg.eval_every == 0) or final
+                if not final:
+                    self._refresh_or_stop(start=False, eval_due=eval_due)
                 stop = self._stop_requested()
                 if cfg.checkpoint_every and (
                     self.step % cfg.checkpoint_every == 0 or final or stop
@@ -534,12 +563,14 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def _state(self, *, pending_eval: bool) -> dict[str, Any]:
+    def _state(self, *, pending_eval: bool, pending_refresh: bool = False) -> dict[str, Any]:
         """What ``state.json`` records: the counters of the trainer and its collaborators, and
-        whether the evaluation of this step is still to run (checkpoints precede it)."""
+        whether the evaluation of this step is still to run (checkpoints precede it), and its
+        catalog refresh (a SIGTERM cut it short)."""
         return {
             "step": self.step,
             "pending_eval": pending_eval,
+            "pending_refresh": pending_refresh,
             **self.feed.state(),
             **self.selection.state(),
             "train_seconds": self.train_seconds,
@@ -549,15 +580,17 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
-    def _save_checkpoint(self, *, pending_eval: bool) -> None:
-        state, keep = self._state(pending_eval=pending_eval), self.config.keep_checkpoints
+    def _save_checkpoint(self, *, pending_eval: bool, pending_refresh: bool = False) -> None:
+        state = self._state(pending_eval=pending_eval, pending_refresh=pending_refresh)
+        keep = self.config.keep_checkpoints
         self.checkpoints.save(
             self.step, self.ctx, self.device, self.stateful, self.datasets, state, keep
         )
         self._saved_step = self.step
 
-    def _resume(self, path: Path) -> bool:
-        """Continue from the checkpoint at ``path``; returns whether its evaluation is due."""
+    def _resume(self, path: Path) -> tuple[bool, bool]:
+        """Continue from the checkpoint at ``path``; returns whether its evaluation and its
+        catalog refresh are still due."""
         cfg, ctx = self.config, self.ctx
         state = self.checkpoints.load(path, cfg, ctx, self.device, self.stateful, self.datasets)
         self.step = int(state["step"])
@@ -566,7 +599,7 @@ class Trainer:
         self.train_seconds, self.pairs = float(state["train_seconds"]), int(state["pairs"])
         self._saved_step = self.step
         logger.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
-        return bool(state.get("pending_eval", False))
+        return bool(state.get("pending_eval", False)), bool(state.get("pending_refresh", False))
 
     # -- TensorBoard ---------------------------------------------------------------------
 

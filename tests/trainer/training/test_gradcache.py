@@ -360,3 +360,46 @@ def test_amp_auto_times_both_precisions_and_leaves_no_trace(tiny_model_dir: Path
     assert (dtype is None) == (timings["fp32"] <= timings["bf16"])
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.rand(1), expected)  # the run's random stream is untouched
+
+
+def test_sigterm_during_mining_stops_at_once_and_resume_matches_a_straight_run(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch
+) -> None:
+    """Mining encodes the whole catalog (an hour on a CPU for a real one): a SIGTERM there
+    stops the run at once, not after it, and loses nothing."""
+    import trainer.training.loop as loop_module
+    from trainer.training.loop import TrainingInterrupted
+
+    straight = train(_cached_run(tmp_path / "a", tiny_model_dir, data))
+    mine = loop_module.mine_hard_negatives
+    calls: list[int] = []
+
+    def term_while_mining(step: int):
+        def mine_and_term(*args, **kwargs):
+            calls.append(step)
+            if len(calls) == step:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, mid-refresh
+                raise AssertionError("SIGTERM did not stop the refresh")
+            return mine(*args, **kwargs)
+
+        return mine_and_term
+
+    # before the first step: nothing trained, nothing saved, nothing lost
+    monkeypatch.setattr(loop_module, "mine_hard_negatives", term_while_mining(1))
+    first = _cached_run(tmp_path / "b", tiny_model_dir, data)
+    with pytest.raises(TrainingInterrupted, match="after step 0"):
+        train(first)
+    assert CheckpointDir(first.checkpoint_root).steps() == []
+    # the re-mining after step 2 (mine_every 2): step 2 is saved with the refresh still due
+    calls.clear()
+    monkeypatch.setattr(loop_module, "mine_hard_negatives", term_while_mining(2))
+    with pytest.raises(TrainingInterrupted, match="after step 2"):
+        train(first)
+    state = json.loads((CheckpointDir(first.checkpoint_root).latest() / "state.json").read_text())
+    assert state["step"] == 2 and state["pending_refresh"] is True
+    assert state["pending_eval"] is True
+    monkeypatch.setattr(loop_module, "mine_hard_negatives", mine)
+    done = train(_cached_run(tmp_path / "b", tiny_model_dir, data, resume=True))
+    assert done.param_digests == straight.param_digests
+    assert [h["metric"] for h in done.history] == [h["metric"] for h in straight.history]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
