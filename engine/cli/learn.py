@@ -162,7 +162,11 @@ def run_dataset(args: argparse.Namespace) -> int:
 
 def _headline(summary: dict) -> dict:
     keys = ("impressions", "events", "events_attributed", "pairs", "positives", "negatives")
-    return {key: summary[key] for key in (*keys, "next_item_pairs", "skipped")}
+    extra = ("propensity_identifiable", "explored_impressions")  # absent in older summaries
+    return {
+        **{key: summary[key] for key in (*keys, "next_item_pairs", "skipped")},
+        **{key: summary[key] for key in extra if key in summary},
+    }
 
 
 def add_round_parser(commands: argparse._SubParsersAction) -> None:
