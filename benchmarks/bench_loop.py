@@ -16,7 +16,8 @@ distractors. The gate's judged set is a slice of train queries outside the traff
 
 Appends one JSON line to ``OUT/loop.jsonl`` and draws ``OUT/loop.png``.
 
-``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--out DIR]``
+``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--out DIR]
+[--explore-share P] [--gate judged|ips|both] [--min-ips-gain X]``
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ def run_loop(
     cache: Path,
     seed: int,
     min_ips_gain: float = 0.0,
+    explore_share: float = 0.0,
+    gate: str = "judged",
 ) -> dict[str, Any]:
     """One loop: serve the zero-shot model, then ``preset.rounds`` rounds of traffic + learning."""
     from engine.learning.gate import GateThresholds
@@ -187,7 +190,7 @@ def run_loop(
             lexical=False, item_vectors=vectors,
         )
     )  # fmt: skip
-    server = create_server(ServerConfig(index=root, port=0, workers=4))
+    server = create_server(ServerConfig(index=root, port=0, workers=4, explore_share=explore_share))
     address = f"127.0.0.1:{server.port}"
     config = RoundConfig(
         index=root,
@@ -197,7 +200,7 @@ def run_loop(
         judged_dataset="homedepot",
         server=address,
         settle_s=0.0,  # each round starts after server.service.impressions.flush()
-        thresholds=GateThresholds(min_ips_gain=min_ips_gain),
+        thresholds=GateThresholds(min_ips_gain=min_ips_gain, gate=gate),
         propensity_weighting=weighting,
         train=TrainSettings(
             max_steps=preset.max_steps, batch_size=preset.batch_size, lr=preset.lr,
@@ -250,6 +253,8 @@ def run_loop(
                             "train_negatives",
                             "held_back_clicks",
                             "propensity",
+                            "propensity_identifiable",
+                            "explored_impressions",
                         )
                     },  # fmt: skip
                     "traffic": traffic.to_dict(),
@@ -290,6 +295,8 @@ def run(
     seed: int,
     label_trained: Path | None,
     min_ips_gain: float = 0.0,
+    explore_share: float = 0.0,
+    gate: str = "judged",
 ):
     from trainer.data.catalog import read_catalog
     from trainer.data.labels import read_labels
@@ -309,6 +316,8 @@ def run(
         **asdict(preset),
         "seed": seed,
         "min_ips_gain": min_ips_gain,
+        "explore_share": explore_share,
+        "gate": gate,
         **subset["sizes"],
     }
     print(json.dumps({"config": config, "machine": machine()}), flush=True)
@@ -324,8 +333,9 @@ def run(
                                     "dev_ndcg@10_stderr": se}  # fmt: skip
     for name, weighting in (("ips", True), ("no_ips", False)):
         results[name] = run_loop(
-            name, weighting, subset, zero_shot, preset, work, cache, seed, min_ips_gain
-        )
+            name, weighting, subset, zero_shot, preset, work, cache, seed, min_ips_gain,
+            explore_share, gate,
+        )  # fmt: skip
     last = {n: results[n]["rounds"][-1].pop("_per_query") for n in ("ips", "no_ips")}
     for n in ("ips", "no_ips"):
         for row in results[n]["rounds"]:
@@ -363,13 +373,27 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="the gate's threshold on held-back IPS-DCG@10 (negative: a tolerated loss)",
     )
+    parser.add_argument(
+        "--explore-share",
+        type=float,
+        default=0.0,
+        help="the served loop's aisle-serve --explore-share: share of searches with adjacent "
+        "hits swapped, so position bias is identifiable from one ranker (default 0)",
+    )
+    parser.add_argument(
+        "--gate",
+        choices=("judged", "ips", "both"),
+        default="judged",
+        help="the round's gate policy, as aisle-learn round --gate (default judged)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     record = run(
-        args.preset, args.out, args.rounds, args.seed, args.label_trained, args.min_ips_gain
-    )
+        args.preset, args.out, args.rounds, args.seed, args.label_trained, args.min_ips_gain,
+        args.explore_share, args.gate,
+    )  # fmt: skip
     from benchmarks.report.loop import draw_loop
 
     record["plot"] = str(args.out / "loop.png")

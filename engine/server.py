@@ -42,6 +42,7 @@ from engine.http.bridge import Bridge
 from engine.http.gateway import HttpGateway, HttpTls
 from engine.privacy.consent import ConsentStore
 from engine.privacy.logs import compact
+from engine.search.explore import Explorer
 from engine.search.impressions import ImpressionWriter
 from engine.search.service import SearchService
 from engine.search.snapshot import load_snapshot
@@ -108,6 +109,8 @@ class ServerConfig:
     # Log what each response showed to events_dir/impressions.jsonl (engine.search.impressions;
     # asynchronous, bounded, every drop counted). Off: responses still carry a request_id.
     impressions: bool = True
+    # Share of Search responses with adjacent hits swapped (engine.search.explore); 0: off.
+    explore_share: float = 0.0
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     # Shutdown: health says NOT_SERVING for `drain_s` while the listener still takes requests
     # (a load balancer's window to stop routing here), then the listener closes and in-flight
@@ -163,6 +166,7 @@ class ServerConfig:
             raise ValueError("protect_reads needs an admin token (AISLE_ADMIN_TOKEN)")
         if self.grace_s < 0 or self.drain_s < 0:
             raise ValueError("grace_s and drain_s must be >= 0")
+        Explorer(self.explore_share)  # validates: 0 <= share <= MAX_SHARE
         if self.shard is not None and self.router is not None:
             raise ValueError(
                 "a server is a shard server (--shard) or a router (--router), not both"
@@ -316,6 +320,11 @@ class AisleServer:
             scrub=self.config.privacy.scrubber,
         )
 
+    def _explorer(self) -> Explorer | None:
+        if not self.config.explore_share:
+            return None
+        return Explorer(self.config.explore_share, on_explore=self.metrics.explored.inc)
+
     def load(self) -> None:
         """Load model and index; health turns SERVING only after this."""
 
@@ -339,6 +348,7 @@ class AisleServer:
                 on_batch=on_batch,
                 events_dir=self._events_dir(),
                 impressions=self._impression_writer(),
+                explorer=self._explorer(),
             )
         else:
             service = SearchService(
@@ -350,6 +360,7 @@ class AisleServer:
                 events_dir=self._events_dir(),
                 impressions=self._impression_writer(),
                 popularity_dp=self.config.privacy.popularity_dp,
+                explorer=self._explorer(),
             )
             service.warm_up()
         m = self.metrics

@@ -32,7 +32,9 @@ def draw_loop(record: Record, path: Path) -> None:
         ax.axhline(trained["dev_ndcg@10"], color="green", linestyle=":", label="label-trained")
     ax.set_xlabel("round (0 = zero-shot start)")
     ax.set_ylabel("Home Depot dev NDCG@10")
-    ax.set_title(f"Learning loop, preset {(record.get('config') or {}).get('preset', '?')}")
+    config = record.get("config") or {}
+    explore = f", explore share {config['explore_share']}" if config.get("explore_share") else ""
+    ax.set_title(f"Learning loop, preset {config.get('preset', '?')}{explore}")
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, path)

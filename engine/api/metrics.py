@@ -94,6 +94,12 @@ class ServerMetrics:
             "Impressions not logged: the writer's queue was full or the disk refused them",
             registry=r,
         )
+        self.explored = Counter(
+            "aisle_explored_responses",
+            "Search responses with adjacent hits swapped for position-bias estimation "
+            "(aisle-serve --explore-share)",
+            registry=r,
+        )
         self._http: Any = None
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:

@@ -162,7 +162,11 @@ def run_dataset(args: argparse.Namespace) -> int:
 
 def _headline(summary: dict) -> dict:
     keys = ("impressions", "events", "events_attributed", "pairs", "positives", "negatives")
-    return {key: summary[key] for key in (*keys, "next_item_pairs", "skipped")}
+    extra = ("propensity_identifiable", "explored_impressions")  # absent in older summaries
+    return {
+        **{key: summary[key] for key in (*keys, "next_item_pairs", "skipped")},
+        **{key: summary[key] for key in extra if key in summary},
+    }
 
 
 def add_round_parser(commands: argparse._SubParsersAction) -> None:
@@ -172,10 +176,10 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
         description=(
             "Build training data from the logs since the last round (holding back the most "
             "recent slice), fine-tune a challenger from the serving model (mixed with --labeled), "
-            "gate it against the champion on --judged (NDCG@10) and the held-back logs "
-            "(IPS-DCG@10); if it wins, build and publish a new index version with it and Reload "
-            "--server. Appends ROOT/learning/rounds.jsonl. Crash-safe: rerun the same command "
-            "to resume at the first unfinished step. See docs/learning.md."
+            "gate it against the champion on --judged (NDCG@10) and/or the held-back logs "
+            "(IPS-DCG@10), as --gate says; if it wins, build and publish a new index version "
+            "with it and Reload --server. Appends ROOT/learning/rounds.jsonl. Crash-safe: rerun "
+            "the same command to resume at the first unfinished step. See docs/learning.md."
         ),
     )
     parser.add_argument("--index", type=Path, required=True, help="the served index root")
@@ -202,6 +206,14 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--server", help="HOST:PORT of the server to Reload after a publish")
     parser.add_argument("--admin-token", help="IndexAdmin token of --server")
     parser.add_argument(
+        "--gate",
+        choices=("judged", "ips", "both"),
+        help="which metrics decide: judged = NDCG@10 on --judged (the default when --judged "
+        "is given: unbiased, while the held-back clicks were logged under the champion and "
+        "favour it), ips = IPS-DCG@10 on the held-back logs (the default without --judged), "
+        "both = each must pass its threshold; the others are reported only",
+    )
+    parser.add_argument(
         "--min-ndcg-gain",
         type=float,
         default=0.0,
@@ -211,7 +223,8 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
         "--min-ips-gain",
         type=float,
         default=0.0,
-        help="least challenger - champion IPS-DCG@10 on the held-back logs (default 0)",
+        help="least challenger - champion IPS-DCG@10 on the held-back logs, with --gate ips or "
+        "both (default 0; negative: a tolerated loss)",
     )
     parser.add_argument(
         "--tie-tolerance",
@@ -272,6 +285,7 @@ def run_round_command(args: argparse.Namespace) -> int:
             min_ips_gain=args.min_ips_gain,
             tie_tolerance=args.tie_tolerance,
             clip=args.clip,
+            gate=args.gate or ("judged" if args.judged is not None else "ips"),
         ),
         propensity_weighting=not args.no_propensity_weighting,
         holdout_fraction=args.holdout_fraction,

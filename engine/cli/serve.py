@@ -127,6 +127,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "docs/learning.md); default on",
     )
     parser.add_argument(
+        "--explore-share",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of Search responses (0 to 0.5) whose adjacent hits are swapped, drawn from "
+        "each request id, so that position bias can be estimated from the logs (the swapped "
+        "pairs are marked in the impression log; never with explain or an explicit sort; "
+        "counted in aisle_explored_responses_total; docs/learning.md); default 0, off",
+    )
+    parser.add_argument(
         "--protect-reads",
         action="store_true",
         help="Retrieval and Events need the admin token too (default: only IndexAdmin does)",
@@ -370,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             tls=tls,
             events_dir=args.events_dir,
             impressions=args.impressions == "on",
+            explore_share=args.explore_share,
             shard=ShardSpec.parse(args.shard) if args.shard is not None else None,
             router=router,
             privacy=privacy,

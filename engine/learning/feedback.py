@@ -128,6 +128,11 @@ def build_feedback(
         "split": split.isoformat(),
         "propensity": propensities.to_json()["by_position"][:20],
         "propensity_impressions": history.summary["impressions"],
+        # False: no exploration and one ranker so far, the curve above is flat for want of
+        # evidence (trainer.feedback.propensity, "Identifiability")
+        "propensity_identifiable": history.summary.get("propensity_identifiable"),
+        "explored_impressions": train.summary.get("explored_impressions", 0)
+        + held_summary.get("explored_impressions", 0),
         "skipped": train.summary["skipped"],
     }
     summary = {"train": train.summary, "held_back": held_summary, "counts": counts}

@@ -157,6 +157,11 @@ class RoundConfig:
             value = getattr(self, name)
             if value is not None and not value.is_file():
                 raise ValueError(f"{name} file not found: {value}")
+        if self.judged is None and self.thresholds.gate != "ips":
+            raise ValueError(
+                f"gate {self.thresholds.gate!r} needs a judged set: pass --judged LABELS, or "
+                "--gate ips to gate on the held-back logs alone"
+            )
         if not self.settle_s >= 0:
             raise ValueError(f"settle_s must be >= 0 seconds, got {self.settle_s!r}")
         if not 0 < self.holdout_fraction < 1:
@@ -479,7 +484,7 @@ def _ledger(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dic
         "decision": gate["decision"],
         "thresholds": {
             k: getattr(config.thresholds, k)
-            for k in ("min_ndcg_gain", "min_ips_gain", "tie_tolerance", "clip")
+            for k in ("min_ndcg_gain", "min_ips_gain", "tie_tolerance", "clip", "gate")
         },
         "version": steps["build"]["version"],
         "reload": steps["reload"],

@@ -71,23 +71,29 @@ class Impression:
     k: int
     items: tuple[str, ...]
     seed_item_id: str = ""  # SimilarItems: the item whose neighbours were shown
+    # Exploration (engine.search.explore): the 1-based position p of each swapped pair
+    # (p, p + 1); empty when the list is in the ranker's order.
+    explore: tuple[int, ...] = ()
 
     def to_json(self) -> str:
+        record = {
+            "request_id": self.request_id,
+            "time": datetime.fromtimestamp(self.time, UTC).isoformat(),
+            "surface": self.surface,
+            "user_id": self.user_id,
+            "query": self.query,
+            "mode": self.mode,
+            "model_fingerprint": self.model_fingerprint,
+            "index_version": self.index_version,
+            "offset": self.offset,
+            "k": self.k,
+            "seed_item_id": self.seed_item_id,
+            "items": list(self.items),
+        }
+        if self.explore:
+            record["explore"] = {"scheme": "swap", "pairs": [[p, p + 1] for p in self.explore]}
         return json.dumps(
-            {
-                "request_id": self.request_id,
-                "time": datetime.fromtimestamp(self.time, UTC).isoformat(),
-                "surface": self.surface,
-                "user_id": self.user_id,
-                "query": self.query,
-                "mode": self.mode,
-                "model_fingerprint": self.model_fingerprint,
-                "index_version": self.index_version,
-                "offset": self.offset,
-                "k": self.k,
-                "seed_item_id": self.seed_item_id,
-                "items": list(self.items),
-            },
+            record,
             ensure_ascii=False,
             separators=(",", ":"),
         )

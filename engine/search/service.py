@@ -21,6 +21,7 @@ from engine.search import live_updates, pipeline, recommend
 from engine.search.batcher import EncoderGate, MicroBatcher
 from engine.search.errors import FailedPrecondition, NotFound
 from engine.search.events import Event, EventLog, UserState
+from engine.search.explore import Explorer
 from engine.search.impressions import Impression, ImpressionWriter, new_request_id
 from engine.search.retriever import with_excluded
 from engine.search.snapshot import Snapshot, is_known, load_snapshot, load_version
@@ -66,8 +67,11 @@ class SearchService:
         load: Callable[[Path], Snapshot] | None = None,
         impressions: ImpressionWriter | None = None,
         popularity_dp: DPConfig | None = None,
+        explorer: Explorer | None = None,
     ) -> None:
         self._index_path = Path(index_path)
+        # Swaps adjacent hits of a share of Search responses (engine.search.explore); None: off.
+        self._explorer = explorer
         # What each response showed, for attribution (engine.search.impressions); None: off.
         self._impressions = impressions
         self._event_log = EventLog(events_dir) if events_dir is not None else None
@@ -162,10 +166,12 @@ class SearchService:
         offset: int = 0,
         k: int = 0,
         seed_item_id: str = "",
+        request_id: str = "",
+        explore: tuple[int, ...] = (),
     ) -> SearchResult:
-        """``result`` with a new request_id, its impression queued for the log. The user id
-        is the domain request's (after any pseudonymisation at the API edge)."""
-        request_id = new_request_id()
+        """``result`` with a request_id (a new one unless given), its impression queued for the
+        log. The user id is the domain request's (after any pseudonymisation at the API edge)."""
+        request_id = request_id or new_request_id()
         if self._impressions is not None:
             self._impressions.submit(
                 Impression(
@@ -181,6 +187,7 @@ class SearchService:
                     k=k,
                     items=tuple(hit.item_id for hit in result.hits),
                     seed_item_id=seed_item_id,
+                    explore=explore,
                 )
             )
         return dataclasses.replace(result, request_id=request_id)
@@ -223,10 +230,24 @@ class SearchService:
         """Answer several searches with one encoder call, on one snapshot."""
         snap, batcher = self._snapshot, self._batcher
         results = pipeline.search_batch(snap, batcher, self.users, queries, timeout_s)
-        return [
-            self._shown(r, "search", user_id=q.user_id, query=q.text, offset=q.offset, k=q.k)
-            for q, r in zip(queries, results, strict=True)
-        ]
+        shown = []
+        for q, r in zip(queries, results, strict=True):
+            request_id, swapped = new_request_id(), ()
+            if self._explorer is not None:
+                r, swapped = self._explorer.explore(request_id, q, r)
+            shown.append(
+                self._shown(
+                    r,
+                    "search",
+                    user_id=q.user_id,
+                    query=q.text,
+                    offset=q.offset,
+                    k=q.k,
+                    request_id=request_id,
+                    explore=swapped,
+                )
+            )
+        return shown
 
     def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         return self.search_batch([query], timeout_s)[0]

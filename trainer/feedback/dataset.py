@@ -342,7 +342,11 @@ def build_from_tables(
         "weights": {name: config.weight(name) for name in DEFAULT_WEIGHTS},
         "clip": config.clip,
         "propensity": config.propensity,
+        # False: one ranker's traffic with no exploration, the curve is flat for want of
+        # evidence (trainer.feedback.propensity, "Identifiability")
+        "propensity_identifiable": propensities.identifiable,
         "impressions": impressions.num_rows,
+        "explored_impressions": _explored(impressions),
         "impressions_by_surface": _value_counts(surface),
         "shown_cells": n_cells,
         "events": n_events,
@@ -400,6 +404,13 @@ def _codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
         values = values.combine_chunks()
     encoded = pc.dictionary_encode(values)
     return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary
+
+
+def _explored(impressions: pa.Table) -> int:
+    """Result lists shown with swapped pairs (an ``explore`` record, engine.search.explore)."""
+    if "explore" not in impressions.column_names or not impressions.num_rows:
+        return 0
+    return int(impressions.num_rows - impressions.column("explore").null_count)
 
 
 def _pairs(

@@ -10,7 +10,9 @@ The two files are a documented contract between engine/ (which writes them) and 
      "model_fingerprint": "…", "index_version": 3, "offset": 0, "k": 10,
      "seed_item_id": "", "items": ["B0…", "B1…"]}
 
-``items[i]`` was shown at position ``offset + i + 1`` (1-based, across pages).
+``items[i]`` was shown at position ``offset + i + 1`` (1-based, across pages). An explored list
+(``aisle-serve --explore-share``) also has ``"explore": {"scheme": "swap", "pairs": [[p, p + 1],
+…]}``: the adjacent positions swapped from the ranker's order (``items`` is what was shown).
 
 ``events.jsonl``, one line per shopper event (the durable log of Events.Record)::
 
@@ -56,6 +58,11 @@ IMPRESSION_SCHEMA = pa.schema(
         ("k", pa.int64()),
         ("seed_item_id", pa.string()),
         ("items", pa.list_(pa.string())),
+        # absent in logs older than exploration, and on lists shown in the ranker's order
+        (
+            "explore",
+            pa.struct([("scheme", pa.string()), ("pairs", pa.list_(pa.list_(pa.int64())))]),
+        ),
     ]
 )
 IMPRESSION_REQUIRED = ("request_id", "time", "items")

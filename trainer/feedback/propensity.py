@@ -25,6 +25,17 @@ where pairs recur many times and for comparison.
 
 Only theta's ratios are identified, so propensities are relative to position 1
 (``propensity[1] = 1``; a deeper one estimated above 1 is capped at 1).
+
+**Identifiability.** theta[k] / theta[j] is identified only where some (query, item) pair was
+shown at both positions and engaged at both: an edge j - k. A position is ``identified`` when
+edges connect it to position 1, whichever method fits. Traffic from one ranker with no
+exploration has no edges (each pair sits at one position), and the fit is flat, 1 everywhere:
+not "no position bias" but "cannot tell". ``Propensities.identified`` says which positions the
+data supported, and ``to_json`` reports it (``identified_positions``, ``identifiable``), so the
+dataset summary says so instead of silently returning a flat curve. Exploration traffic
+(``aisle-serve --explore-share``, adjacent swaps, engine.search.explore) creates exactly the
+edges k - k+1: harvesting then is the swap-intervention estimator, the ratio of the same
+item's click rates one position apart, with no separate method needed.
 """
 
 from __future__ import annotations
@@ -52,6 +63,15 @@ class Propensities:
     log_likelihood: float  # EM's final log-likelihood; nan for harvest
     cells: int  # (query, item, position) cells the fit saw
     positions_seen: np.ndarray  # (max_position,) int64 impressions per position
+    # (max_position,) bool: position connected to position 1 by pairs engaged at both
+    # positions (see the module docstring); None = not computed (all True).
+    identified: np.ndarray | None = None
+
+    @property
+    def identifiable(self) -> bool:
+        """Whether any position past the first was identified from the data: False means the
+        curve is flat for want of evidence (one ranker, no exploration), not measured flat."""
+        return self.identified is None or bool(np.any(self.identified[1:]))
 
     def at(self, positions: np.ndarray) -> np.ndarray:
         """(n,) float64 propensities of 1-based ``positions`` ((n,) int); 1.0 for position <= 0."""
@@ -70,6 +90,10 @@ class Propensities:
             "iterations": self.iterations,
             "log_likelihood": self.log_likelihood if np.isfinite(self.log_likelihood) else None,
             "cells": self.cells,
+            "identifiable": self.identifiable,
+            "identified_positions": (
+                int(np.sum(self.identified)) if self.identified is not None else None
+            ),
         }
 
 
@@ -116,7 +140,9 @@ def estimate_propensities(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     n = len(pair)
     if n == 0:
-        return Propensities(np.ones(1), method, 0, 0.0, 0, np.zeros(1, np.int64))
+        return Propensities(
+            np.ones(1), method, 0, 0.0, 0, np.zeros(1, np.int64), np.ones(1, dtype=bool)
+        )
     n_pos = int(position.max()) + 1
     # Aggregate to (pair, position) cells: N shown, C clicked. EM works on counts.
     cell = pair * n_pos + position
@@ -128,9 +154,9 @@ def estimate_propensities(
     pairs, cell_pair = np.unique(cell_pair, return_inverse=True)
     n_pairs = len(pairs)
     seen = np.bincount(cell_pos, weights=shown, minlength=n_pos)
+    theta_harvest, identified = _harvest(cell_pair, cell_pos, shown, clicks, n_pos)
     if method == "harvest":
-        theta = _harvest(cell_pair, cell_pos, shown, clicks, n_pos)
-        return _relative(theta, seen, method, 1, float("nan"), len(cells))
+        return _relative(theta_harvest, seen, method, 1, float("nan"), len(cells), identified)
     shown_per_pair = np.bincount(cell_pair, weights=shown, minlength=n_pairs)
     theta = np.full(n_pos, 0.5)
     gamma = np.clip(
@@ -156,11 +182,17 @@ def estimate_propensities(
         theta = np.clip(theta / np.maximum(seen, _EPS), _EPS, 1.0)
         gamma = np.bincount(cell_pair, weights=clicks + unclicked * relevant, minlength=n_pairs)
         gamma = np.clip(gamma / shown_per_pair, _EPS, 1.0)
-    return _relative(theta, seen, method, step, ll, len(cells))
+    return _relative(theta, seen, method, step, ll, len(cells), identified)
 
 
 def _relative(
-    theta: np.ndarray, seen: np.ndarray, method: str, steps: int, ll: float, n_cells: int
+    theta: np.ndarray,
+    seen: np.ndarray,
+    method: str,
+    steps: int,
+    ll: float,
+    n_cells: int,
+    identified: np.ndarray,
 ) -> Propensities:
     """Propensities relative to position 1 from a fitted ``theta`` (nan: not estimable)."""
     n_pos = len(theta)
@@ -174,12 +206,20 @@ def _relative(
     # Position 1 is the reference; a deeper position estimated above it is noise on sparse data.
     relative = np.minimum(relative, 1.0)
     log.info(
-        "propensities (%s, %d cells): %s",
+        "propensities (%s, %d cells, %d of %d positions identified): %s",
         method,
         n_cells,
+        int(identified.sum()),
+        n_pos,
         np.array2string(relative[:10], precision=3),
     )
-    return Propensities(relative, method, steps, ll, n_cells, seen.astype(np.int64))
+    if n_pos > 1 and not identified[1:].any():
+        log.warning(
+            "position bias is not identifiable from these logs (no (query, item) was engaged "
+            "at two positions: one ranker, no exploration); the curve is flat for want of "
+            "evidence. Serve with --explore-share to randomise a share of the traffic."
+        )
+    return Propensities(relative, method, steps, ll, n_cells, seen.astype(np.int64), identified)
 
 
 def _harvest(
@@ -188,9 +228,10 @@ def _harvest(
     shown: np.ndarray,
     clicks: np.ndarray,
     n_pos: int,
-) -> np.ndarray:
-    """(n_pos,) theta with theta[0] = 1 from (pair, position) cells (shown, clicked counts);
-    nan where no position pair connects a position to the rest."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n_pos,) theta with theta[0] = 1 from (pair, position) cells (shown, clicked counts),
+    nan where no position pair connects a position to position 1; and (n_pos,) bool, which
+    positions are so connected (identified)."""
     by_pos = []
     for k in range(n_pos):
         at = cell_pos == k
@@ -216,16 +257,33 @@ def _harvest(
             weights.append(1.0 / (1.0 / up + 1.0 / down))
     theta = np.full(n_pos, np.nan)
     theta[0] = 1.0
-    if not rows:
-        return theta
-    a = np.asarray(rows)[:, 1:]  # theta[0] = 1: log theta[0] = 0
-    w = np.sqrt(np.asarray(weights))
-    connected = np.abs(a).sum(axis=0) > 0
-    solution, *_ = np.linalg.lstsq(a[:, connected] * w[:, None], np.asarray(rhs) * w, rcond=None)
+    identified = _reachable(n_pos, [(int(np.argmin(r)), int(np.argmax(r))) for r in rows])
+    keep = [i for i, r in enumerate(rows) if identified[int(np.argmax(r))]]
+    if not keep:
+        return theta, identified
+    # theta[0] = 1: log theta[0] = 0; only the positions connected to position 1 are solved
+    a = np.asarray([rows[i] for i in keep])[:, 1:][:, identified[1:]]
+    w = np.sqrt(np.asarray([weights[i] for i in keep]))
+    b = np.asarray([rhs[i] for i in keep])
+    solution, *_ = np.linalg.lstsq(a * w[:, None], b * w, rcond=None)
     log_theta = np.full(n_pos - 1, np.nan)
-    log_theta[connected] = solution
+    log_theta[identified[1:]] = solution
     theta[1:] = np.exp(log_theta)
-    return theta
+    return theta, identified
+
+
+def _reachable(n_pos: int, edges: list[tuple[int, int]]) -> np.ndarray:
+    """(n_pos,) bool: the positions an undirected path of ``edges`` joins to position 0."""
+    reached = np.zeros(n_pos, dtype=bool)
+    reached[0] = True
+    grown = True
+    while grown:
+        grown = False
+        for j, k in edges:
+            if reached[j] != reached[k]:
+                reached[j] = reached[k] = True
+                grown = True
+    return reached
 
 
 def inverse_propensity(propensity: np.ndarray, clip: float) -> np.ndarray:

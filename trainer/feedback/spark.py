@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 _IMPRESSION_DDL = (
     "request_id string, time string, surface string, user_id string, query string, "
     "mode string, model_fingerprint string, index_version long, offset long, k long, "
-    "seed_item_id string, items array<string>, _corrupt string"
+    "seed_item_id string, items array<string>, "
+    "explore struct<scheme: string, pairs: array<array<long>>>, _corrupt string"
 )
 _EVENT_DDL = (
     "user_id string, item_id string, type string, query string, time string, "
@@ -323,7 +324,9 @@ def build_dataset_spark(
         "weights": {name: config.weight(name) for name in DEFAULT_WEIGHTS},
         "clip": config.clip,
         "propensity": config.propensity,
+        "propensity_identifiable": propensities.identifiable,
         "impressions": n_impressions,
+        "explored_impressions": impressions.filter(F.col("explore").isNotNull()).count(),
         "impressions_by_surface": {
             row["surface"]: row["count"] for row in impressions.groupBy("surface").count().collect()
         },

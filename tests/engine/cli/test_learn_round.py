@@ -38,6 +38,11 @@ def test_round_without_feedback_keeps_the_champion_then_ledger_and_rollback(
 
     assert learn.main(["rollback", "--index", str(root)]) == 2  # one version: nothing older
     assert "no version older" in capsys.readouterr().err
+    # without --judged the gate is ips; asking for the judged gate without one is refused
+    assert json.loads(lines[0])["thresholds"]["gate"] == "ips"
+    bad = [*argv, "--out", str(tmp_path / "models"), "--gate", "judged"]
+    assert learn.main(bad) == 2
+    assert "--judged" in capsys.readouterr().err
     build_index(BuildConfig(catalog=title_catalog[0], out=root, model=tiny_model_dir, shards=2))
     assert IndexRoot(root).current() == 2
     assert learn.main(["rollback", "--index", str(root)]) == 0

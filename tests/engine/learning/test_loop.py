@@ -59,7 +59,9 @@ def test_simulated_traffic_then_a_round_through_a_real_server(
                 judged=judged,
                 server=address,
                 settle_s=0.0,  # the impressions were flushed above
-                thresholds=GateThresholds(min_ndcg_gain=-1, min_ips_gain=-1, tie_tolerance=0),
+                thresholds=GateThresholds(
+                    min_ndcg_gain=-1, min_ips_gain=-1, tie_tolerance=0, gate="both"
+                ),
                 train=TrainSettings(
                     max_steps=6, batch_size=8, lr=1e-3, num_threads=1, export_onnx=False
                 ),

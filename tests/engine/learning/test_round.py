@@ -103,7 +103,9 @@ def config_for(root, judged, srv, tmp_path, **kwargs) -> RoundConfig:
         "server": f"127.0.0.1:{srv.port}",
         "settle_s": 0.0,
         # anything but a tie promotes: the test is about the steps, not about the tiny model
-        "thresholds": GateThresholds(min_ndcg_gain=-1, min_ips_gain=-1, tie_tolerance=0),
+        "thresholds": GateThresholds(
+            min_ndcg_gain=-1, min_ips_gain=-1, tie_tolerance=0, gate="both"
+        ),
         "train": TrainSettings(
             max_steps=6, batch_size=8, lr=1e-3, num_threads=1, export_onnx=False
         ),
@@ -214,6 +216,9 @@ def test_bad_input_is_refused_with_the_field(tmp_path, setup):
         config_for(root, tmp_path / "missing.jsonl", server, tmp_path)
     with pytest.raises(ValueError, match="holdout_fraction"):
         config_for(root, judged, server, tmp_path, holdout_fraction=1.5)
+    with pytest.raises(ValueError, match="gate 'both' needs a judged set"):
+        config_for(root, None, server, tmp_path)
+    config_for(root, None, server, tmp_path, thresholds=GateThresholds(gate="ips"))
 
 
 @pytest.mark.slow
@@ -235,7 +240,7 @@ def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
         sys.executable, "-m", "engine.cli.learn", "round", "--index", str(root),
         "--model", str(_served_model(root)), "--out", str(tmp_path / "models"),
         "--judged", str(judged), "--server", f"127.0.0.1:{server.port}", "--settle-s", "0",
-        "--min-ndcg-gain", "-1", "--min-ips-gain", "-1", "--tie-tolerance", "0",
+        "--min-ndcg-gain", "-1", "--min-ips-gain", "-1", "--tie-tolerance", "0", "--gate", "both",
         "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--threads", "1", "--no-onnx",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}

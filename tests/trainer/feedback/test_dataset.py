@@ -252,3 +252,28 @@ def test_write_dataset_is_atomic_and_replaces(tmp_path: Path) -> None:
     assert propensity["by_position"][0] == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "events"]  # no temp dirs
     assert pq.read_schema(out / "pairs.parquet").names[:3] == ["query", "item_id", "label"]
+
+
+def test_explored_lists_are_counted_and_old_lines_still_read(tmp_path: Path) -> None:
+    explored = impression("r2", ["i2", "i1", "i3"], minute=1)
+    explored["explore"] = {"scheme": "swap", "pairs": [[1, 2]]}
+    old = impression("r3", ["i1", "i2", "i3"], minute=2)
+    del old["seed_item_id"]  # a line from before a field existed
+    directory = write_logs(
+        tmp_path / "events",
+        [impression("r1", ["i1", "i2", "i3"]), explored, old],
+        [
+            event("i1", "click", rid="r1", position=1),
+            event("i1", "click", rid="r2", position=2, minute=2),
+            event("i1", "click", rid="r3", position=1, minute=3),
+        ],
+    )
+    table, stats = read_impressions(directory)
+    assert table.num_rows == 3 and not stats.skipped
+    assert table.column("explore").to_pylist()[1] == {"scheme": "swap", "pairs": [[1, 2]]}
+    dataset = build_dataset(directory, CATALOG, FeedbackConfig())
+    assert dataset.summary["impressions"] == 3
+    assert dataset.summary["explored_impressions"] == 1
+    # i1 engaged at positions 1 and 2 for the same query: position 2 is identified
+    assert dataset.summary["propensity_identifiable"] is True
+    assert dataset.propensities.to_json()["identified_positions"] == 2

@@ -37,6 +37,8 @@ def logs(directory: Path) -> Path:
         offset = 3 if n % 10 == 0 else 0
         query = f"q{n % 4}"
         impressions.append(impression(f"r{n}", shown[:4], query=query, offset=offset, minute=n))
+        if n % 9 == 0:  # an explored list (engine.search.explore); the others read as before
+            impressions[-1]["explore"] = {"scheme": "swap", "pairs": [[offset + 1, offset + 2]]}
         for i, item in enumerate(shown[:4]):
             if rng.random() < 0.5 / (i + 1):
                 kind = ["click", "add_to_cart", "purchase"][rng.integers(3)]
@@ -81,8 +83,11 @@ def test_spark_matches_local(spark, tmp_path: Path) -> None:
                 assert x[name] == y[name], (name, x, y)
     assert next_pairs(remote) == next_pairs(local)
     for name in ("impressions", "events", "events_attributed", "shown_cells", "skipped",
-                 "positives", "negatives", "impressions_without_events"):  # fmt: skip
+                 "positives", "negatives", "impressions_without_events",
+                 "explored_impressions", "propensity_identifiable"):  # fmt: skip
         assert remote.summary[name] == local.summary[name], name
     assert [s["skipped"] for s in remote.summary["logs"]] == [
         s["skipped"] for s in local.summary["logs"]
     ]
+    assert local.summary["explored_impressions"] == 34  # n % 9 == 0 for n < 300
+    assert local.summary["propensity_identifiable"] is True  # the lists rotate
