@@ -33,6 +33,7 @@ from trainer.training.losses import in_batch_accuracy, sampled_softmax_loss
 from trainer.training.model import TwoTowerModel, build_two_tower, save_model_dir
 from trainer.training.prefetch import Prefetcher
 from trainer.training.prepare import PreparedDataset
+from trainer.training.private import dp_sgd, noise_logq
 from trainer.training.selection import Selection
 from trainer.training.setup import (
     amp_dtype,
@@ -113,7 +114,8 @@ class Trainer:
 
         self.model: TwoTowerModel = build_two_tower(
             config.base_model,
-            shared_towers=config.shared_towers,
+            # DP-SGD trains the query tower against the base's frozen item tower
+            shared_towers=config.shared_towers and config.dp_epsilon is None,
             projection_dim=config.projection_dim,
             pooling=config.pooling,
             temperature=config.temperature,
@@ -190,6 +192,8 @@ class Trainer:
         self.selection = Selection(
             config, datasets, ctx, self.model, self.embedder, self.checkpoints
         )
+        # What of the run is differentially private (trainer.training.private); None: nothing.
+        self.privacy = noise_logq(config, datasets)
         self.step = 0
         self.train_seconds = 0.0
         self.pairs = 0
@@ -380,7 +384,7 @@ class Trainer:
     def run(self) -> TrainResult:
         with self._sigterm_handler():
             try:
-                return self._run()
+                return self._run() if self.config.dp_epsilon is None else self._run_private()
             finally:
                 if isinstance(self.feed, Prefetcher):
                     self.feed.close()
@@ -474,6 +478,25 @@ class Trainer:
             bar.close()
         return self._finish()
 
+    def _run_private(self) -> TrainResult:
+        """DP-SGD (``trainer.training.private.dp_sgd``) for the planned steps, one evaluation,
+        the export; no mid-run checkpoints."""
+        if self.ctx.enabled:
+            raise ValueError("dp_epsilon: DP-SGD runs in one process (no DDP / --nproc > 1)")
+        started = time.perf_counter()
+        self.privacy = dp_sgd(
+            self.model, self.datasets, self.embedder, self.config, self.device, self.total_steps
+        )
+        self.train_seconds = time.perf_counter() - started
+        self.step = self.privacy["dp_sgd"]["steps"]
+        self.pairs = round(
+            self.privacy["dp_sgd"]["sample_rate"]
+            * self.step
+            * sum(d.data.n_examples for d in self.datasets)
+        )
+        self._evaluate(self.step)
+        return self._finish()
+
     def _finish(self) -> TrainResult:
         digests = self.ctx.all_gather_object(param_digest(self.model))
         if len(set(digests)) > 1:
@@ -509,6 +532,7 @@ class Trainer:
                 "device": str(self.device),
                 "amp": str(self.amp_dtype) if self.amp_dtype else "off",
                 "history_decay": history_decay,
+                "privacy": self.privacy,
                 "lexical": None
                 if lexical is None
                 else {**lexical.settings(), "weight_fit_ndcg@10": lexical_fit},
