@@ -184,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
         "--dp-max-grad-norm", type=float, metavar="C", help="DP-SGD's per-example clip (1.0)"
     )
     dp.add_argument(
+        "--dp-trainable-layers",
+        type=int,
+        metavar="N",
+        help="DP-SGD trains only the last N transformer layers of the query tower (all): "
+        "fewer parameters to clip and noise, much less time and memory per step",
+    )
+    dp.add_argument(
         "--dp-logq-epsilon",
         type=float,
         metavar="E",

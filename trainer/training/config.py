@@ -140,8 +140,10 @@ class TrainConfig:
     the query tower with DP-SGD (Opacus: per-example clipping to ``dp_max_grad_norm``, Gaussian
     noise calibrated to (``dp_epsilon``, ``dp_delta``) over the run's steps) against the frozen
     item tower of the base model, a softmax over every catalog item (no in-batch negatives, no
-    logQ); ``dp_logq_epsilon`` instead keeps the usual loss and noises the logQ frequencies of
-    the ``shoppers`` datasets (Laplace, one count per example). The two do not combine.
+    logQ); ``dp_trainable_layers`` trains only the last N transformer layers (fewer parameters
+    to clip and noise, less time and memory per step). ``dp_logq_epsilon`` instead keeps the
+    usual loss and noises the logQ frequencies of the ``shoppers`` datasets (Laplace, one count
+    per example). The two do not combine.
 
     Export: the model dir at ``out``, plus the ONNX query tower (``trainer.encoder.onnx_export``)
     when ``export_onnx`` and the exporter's packages (onnx, onnxscript) are installed; without
@@ -203,6 +205,7 @@ class TrainConfig:
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    dp_trainable_layers: int | None = None
     dp_logq_epsilon: float | None = None
 
     def __post_init__(self) -> None:
@@ -331,6 +334,8 @@ class TrainConfig:
             raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta!r}")
         if not self.dp_max_grad_norm > 0:
             raise ValueError(f"dp_max_grad_norm must be > 0, got {self.dp_max_grad_norm!r}")
+        if self.dp_trainable_layers is not None:
+            _positive_int("dp_trainable_layers", self.dp_trainable_layers)
         if self.dp_logq_epsilon is not None and not any(d.shoppers for d in datasets):
             raise ValueError(
                 "dp_logq_epsilon noises the logQ frequencies of shopper-derived datasets, but "

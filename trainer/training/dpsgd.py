@@ -62,6 +62,7 @@ class DPSGDReport:
     steps: int
     examples: int
     mean_loss: float
+    sample_rate: float = 0.0  # each example's chance to be in a batch (Poisson sampling)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -150,8 +151,11 @@ def dp_train(
     batch = min(config.batch_size, n)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(data, batch_size=batch, shuffle=True, generator=generator)
-    per_epoch = max(1, math.ceil(n / batch))
+    per_epoch = len(loader)  # = ceil(n / batch)
     total = steps if steps is not None else config.epochs * per_epoch
+    # Opacus' Poisson loader samples each example with probability 1 / len(loader), and its
+    # accountant uses that rate: calibrate the noise to the same one.
+    sample_rate = 1.0 / per_epoch
     tower.train()
     params = [p for p in tower.parameters() if p.requires_grad]
     if not params:
@@ -166,7 +170,7 @@ def dp_train(
             get_noise_multiplier(
                 target_epsilon=config.epsilon,
                 target_delta=config.delta,
-                sample_rate=batch / n,
+                sample_rate=sample_rate,
                 steps=total,
                 accountant="rdp",
             )
@@ -211,6 +215,7 @@ def dp_train(
         steps=done,
         examples=n,
         mean_loss=float(np.mean(losses)) if losses else float("nan"),
+        sample_rate=sample_rate,
     )
     log.info("DP-SGD: %s", report.to_json())
     return report

@@ -489,11 +489,8 @@ class Trainer:
         )
         self.train_seconds = time.perf_counter() - started
         self.step = self.privacy["dp_sgd"]["steps"]
-        self.pairs = round(
-            self.privacy["dp_sgd"]["sample_rate"]
-            * self.step
-            * sum(d.data.n_examples for d in self.datasets)
-        )
+        report = self.privacy["dp_sgd"]
+        self.pairs = round(report["sample_rate"] * report["examples"] * self.step)
         self._evaluate(self.step)
         return self._finish()
 

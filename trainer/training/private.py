@@ -7,10 +7,10 @@ the base model's item tower and frozen (the towers are separate in the exported 
 tower is the base's), so one example's loss depends on that example alone, which per-example
 clipping needs. Noise is calibrated by Opacus' RDP accountant to (``dp_epsilon``, ``dp_delta``)
 over the run's planned steps at sampling rate batch_size / examples. The transformer layers
-(and a projection) train; the embedding tables stay frozen (Opacus cannot take per-example
-gradients of BERT's position embeddings). The learning rate is constant (no warm-up or
-decay). The guarantee is per example, one (query, item) pair of the labels file; it is per
-shopper only when each shopper contributes at most one pair.
+(all, or the last ``dp_trainable_layers``) and a projection train; the embedding tables stay
+frozen (Opacus cannot take per-example gradients of BERT's position embeddings). The learning
+rate is constant (no warm-up or decay). The guarantee is per example, one (query, item) pair
+of the labels file; it is per shopper only when each shopper contributes at most one pair.
 
 **logQ frequencies** (``dp_logq_epsilon``, the usual in-batch loss): the frequencies behind the
 logQ correction of the datasets marked ``shoppers`` (built from shoppers' behaviour, e.g. the
@@ -153,6 +153,7 @@ def dp_sgd(
         # The embedding tables stay frozen: Opacus cannot take per-example gradients of the
         # position embeddings (their input, position_ids, has no batch dimension).
         train_embeddings=False,
+        trainable_layers=config.dp_trainable_layers,
     )
     freeze_for_dp(model.query_tower.encoder, settings)  # the pooler and the embeddings
     report = dp_train(
@@ -172,7 +173,7 @@ def dp_sgd(
             **report.to_json(),
             "target_epsilon": config.dp_epsilon,
             "max_grad_norm": config.dp_max_grad_norm,
-            "sample_rate": min(config.batch_size, len(targets)) / len(targets),
+            "trainable_layers": config.dp_trainable_layers,
             "accountant": "rdp (Opacus)",
             "unit": UNIT,
             "items_in_softmax": int(sum(len(b) for b in banks)),

@@ -57,7 +57,8 @@ def test_dp_epsilon_runs_dp_sgd_and_reports_epsilon_delta_and_noise(
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     privacy = summary["privacy"]
-    assert 0 < privacy["epsilon"] <= 2 * 1.01 and privacy["delta"] == 1e-4
+    # calibrated to the target at Opacus' own sampling rate: spent is the target, not less
+    assert 0.9 * 2 <= privacy["epsilon"] <= 2 * 1.01 and privacy["delta"] == 1e-4
     assert privacy["noise_multiplier"] > 0
     out = tmp_path / "model"
     metrics = json.loads((out / TRAINING_METRICS_NAME).read_text())
@@ -175,3 +176,26 @@ def test_toml_config_keys_mark_shopper_data_and_noise_its_logq(
     metrics = json.loads((tmp_path / "model" / TRAINING_METRICS_NAME).read_text())
     assert metrics["privacy"]["logq"]["exact_datasets"] == ["labeled"]
     assert metrics["config"]["datasets"][0]["shoppers"] is True
+
+
+def test_dp_trainable_layers_leaves_the_earlier_layers_as_they_were(
+    tmp_path, tiny_model_dir, data, capsys
+) -> None:
+    from safetensors.torch import load_file
+
+    code = run(tmp_path, tiny_model_dir, data, "--max-steps", "3", "--dp-epsilon", "8",
+               "--dp-trainable-layers", "1")  # fmt: skip
+    assert code == 0
+    out = tmp_path / "model"
+    metrics = json.loads((out / TRAINING_METRICS_NAME).read_text())
+    assert metrics["privacy"]["dp_sgd"]["trainable_layers"] == 1
+    (base_file,) = tiny_model_dir.glob("*.safetensors")
+    base = load_file(str(base_file))
+    trained = load_file(str(out / read_model_info(out).query_tower / "model.safetensors"))
+    layers = sorted({int(k.split("layer.")[1].split(".")[0]) for k in base if "layer." in k})
+    assert len(layers) >= 2
+    for key, value in base.items():
+        if "embeddings" in key or f"layer.{layers[0]}." in key:
+            assert (trained[key] == value).all(), f"{key} changed but was frozen"
+    last = [k for k in base if f"layer.{layers[-1]}." in k and k.endswith("weight")]
+    assert any(not (trained[k] == base[k]).all() for k in last)
