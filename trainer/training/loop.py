@@ -104,6 +104,9 @@ class Trainer:
         self.device = resolve_device(config.device, ctx)
         self.amp_dtype = amp_dtype(config.amp, self.device)
         self.checkpoints = CheckpointDir(config.checkpoint_root)
+        # What of the run is differentially private (trainer.training.private); None: nothing.
+        # Before the batch feed (and its prefetch thread) reads any log_q.
+        self.privacy = noise_logq(config, datasets)
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         if self.device.type == "cuda":
@@ -192,8 +195,6 @@ class Trainer:
         self.selection = Selection(
             config, datasets, ctx, self.model, self.embedder, self.checkpoints
         )
-        # What of the run is differentially private (trainer.training.private); None: nothing.
-        self.privacy = noise_logq(config, datasets)
         self.step = 0
         self.train_seconds = 0.0
         self.pairs = 0
