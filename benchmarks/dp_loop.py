@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument(
+        "--dp-lr",
+        type=float,
+        help="learning rate of the DP-SGD runs (default: --lr); DP-SGD's "
+        "clipped, noised steps usually want a larger one",
+    )
     p.add_argument("--dp-delta", type=float, default=1e-5)
     p.add_argument("--dp-max-grad-norm", type=float, default=1.0)
     p.add_argument("--dp-trainable-layers", type=int, default=2)
@@ -191,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "--dp-epsilon", setting, "--dp-delta", str(args.dp_delta),
             "--dp-max-grad-norm", str(args.dp_max_grad_norm),
             "--dp-trainable-layers", str(args.dp_trainable_layers),
+            "--lr", str(args.dp_lr or args.lr),
         ]  # fmt: skip
         t = time.perf_counter()
         if train_main([*common, "--out", str(out), *flags]) != 0:

@@ -260,6 +260,9 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
         "--dp-max-grad-norm", type=float, default=1.0, metavar="C", help="per-example clip (1.0)"
     )
     dp.add_argument(
+        "--dp-trainable-layers", type=int, metavar="N", help="DP-SGD trains the last N layers (all)"
+    )
+    dp.add_argument(
         "--dp-logq-epsilon",
         type=float,
         metavar="E",
@@ -303,6 +306,7 @@ def run_round_command(args: argparse.Namespace) -> int:
             dp_epsilon=args.dp_epsilon,
             dp_delta=args.dp_delta,
             dp_max_grad_norm=args.dp_max_grad_norm,
+            dp_trainable_layers=args.dp_trainable_layers,
             dp_logq_epsilon=args.dp_logq_epsilon,
         ),
     )

@@ -84,6 +84,7 @@ class TrainSettings:
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    dp_trainable_layers: int | None = None
     dp_logq_epsilon: float | None = None
 
     def __post_init__(self) -> None:
@@ -350,6 +351,7 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
             dp_epsilon=settings.dp_epsilon,
             dp_delta=settings.dp_delta,
             dp_max_grad_norm=settings.dp_max_grad_norm,
+            dp_trainable_layers=settings.dp_trainable_layers,
             dp_logq_epsilon=settings.dp_logq_epsilon,
         )
     )

@@ -254,7 +254,9 @@ def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
     assert len(ledger.rounds(root)) == 1
 
 
-@pytest.mark.parametrize("flags", [["--dp-epsilon", "4"], ["--dp-logq-epsilon", "1"]])
+@pytest.mark.parametrize(
+    "flags", [["--dp-epsilon", "4", "--dp-trainable-layers", "1"], ["--dp-logq-epsilon", "1"]]
+)
 def test_aisle_learn_round_passes_the_dp_flags_to_training(setup, flags, capsys):
     """`aisle-learn round --dp-*`: the challenger is trained under the budget (DP-SGD, or the
     feedback dataset's noisy logQ) and its training_metrics.json says so."""
@@ -274,5 +276,6 @@ def test_aisle_learn_round_passes_the_dp_flags_to_training(setup, flags, capsys)
     if flags[0] == "--dp-epsilon":
         assert privacy["model_weights_private"] and 0 < privacy["total_epsilon"] <= 4.04
         assert privacy["dp_sgd"]["noise_multiplier"] > 0
+        assert privacy["dp_sgd"]["trainable_layers"] == 1
     else:
         assert privacy["logq"]["datasets"] == ["feedback"] and privacy["total_epsilon"] == 1
