@@ -10,6 +10,11 @@ gains 2^grade - 1. ESCI here is small (100 train, 20 dev queries): read the dev 
 standard error.
 
     python -m benchmarks.bench_dp_utility
+
+``--source loop`` measures it on the learning loop's simulated traffic instead
+(``benchmarks.dp_loop``): a Home Depot subset served on 127.0.0.1, the simulator's shoppers
+searching train queries, ``aisle-learn dataset`` on their logs, ``aisle-train --dp-epsilon`` at
+each ε, dev NDCG@10 (dev queries never in the traffic) with standard errors, one JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import gzip
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +53,17 @@ def _judgments(path: Path) -> dict[str, tuple[str, dict[str, int]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--source=loop" in argv or any(
+        a == "--source" and b == "loop" for a, b in zip(argv, argv[1:], strict=False)
+    ):  # the loop mode has its own flags (benchmarks.dp_loop)
+        from benchmarks.dp_loop import main as loop_main
+
+        rest = [a for a in argv if a != "--source=loop"]
+        if "--source" in rest:
+            k = rest.index("--source")
+            rest = rest[:k] + rest[k + 2 :]
+        return loop_main(rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-queries", type=int, default=100)
     parser.add_argument("--dev-queries", type=int, default=20)
@@ -75,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         "parts in parallel; a later run joins them)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-out/dp_utility.jsonl"))
+    parser.add_argument(
+        "--source",
+        choices=("esci", "loop"),
+        default="esci",
+        help="esci: ESCI exact judgments as clicks (below); loop: the learning loop's simulated "
+        "traffic on Home Depot with its own flags (python -m benchmarks.dp_loop --help)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     data = require_shared_data("esci")

@@ -42,6 +42,7 @@ from engine.http.bridge import Bridge
 from engine.http.gateway import HttpGateway, HttpTls
 from engine.privacy.consent import ConsentStore
 from engine.privacy.logs import compact
+from engine.privacy.retention import RetentionSchedule
 from engine.search.explore import Explorer
 from engine.search.impressions import ImpressionWriter
 from engine.search.service import SearchService
@@ -280,6 +281,7 @@ class AisleServer:
             )
         self.metrics_port: int | None = None
         self._clients: ShardClients | None = None  # a router's, to its shard servers
+        self._retention: RetentionSchedule | None = None  # --retention-every
 
     def _forget_datasets(self, user_ids: tuple[str, ...]) -> int:
         """Erasure in the training datasets under ROOT/datasets/ (docs/privacy.md)."""
@@ -336,6 +338,10 @@ class AisleServer:
         retention = self.config.privacy.retention_days
         if events_dir is not None and retention is not None and os.access(events_dir, os.W_OK):
             compact(events_dir, retention)  # retention at start, before the log is replayed
+        every = self.config.privacy.retention_every_hours
+        if events_dir is not None and retention is not None and every is not None:
+            # and then periodically, beside the live log's appends (the dir may appear later)
+            self._retention = RetentionSchedule(events_dir, retention, every)
         if self.config.shard is not None:  # one shard's index and vectors, no model
             service = load_shard_service(self.config.index, self.config.shard)
         elif self.config.router is not None:  # the model and catalog; shards are remote
@@ -371,6 +377,8 @@ class AisleServer:
         m.index_version.set_function(lambda: service.snapshot.summary.version)
         m.index_items.set_function(lambda: service.snapshot.summary.item_count)
         self._slot.service = service
+        if self._retention is not None:
+            self._retention.start()
         for name in ("", *self._service_names):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         summary = service.snapshot.summary
@@ -425,6 +433,8 @@ class AisleServer:
             log.info("health NOT_SERVING; draining for %.1f s before closing the listener", drain_s)
             time.sleep(drain_s)
         self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        if self._retention is not None:
+            self._retention.stop()
         if self._gateway is not None:
             self._gateway.stop()
         if self._slot.service is not None:

@@ -170,6 +170,34 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--compile", type=_bool, metavar="BOOL", help="torch.compile (false)")
     opt.add_argument("--seed", type=int, metavar="S", help="random seed (0)")
 
+    dp = p.add_argument_group("differential privacy (docs/privacy.md)")
+    dp.add_argument(
+        "--dp-epsilon",
+        type=float,
+        metavar="E",
+        help="train the query tower with DP-SGD (Opacus) to this ε: per-example clipping and "
+        "calibrated Gaussian noise, a softmax over every catalog item against the base's "
+        "frozen item tower; search datasets only, one process (default: off)",
+    )
+    dp.add_argument("--dp-delta", type=float, metavar="D", help="DP-SGD's δ (1e-5)")
+    dp.add_argument(
+        "--dp-max-grad-norm", type=float, metavar="C", help="DP-SGD's per-example clip (1.0)"
+    )
+    dp.add_argument(
+        "--dp-trainable-layers",
+        type=int,
+        metavar="N",
+        help="DP-SGD trains only the last N transformer layers of the query tower (all): "
+        "fewer parameters to clip and noise, much less time and memory per step",
+    )
+    dp.add_argument(
+        "--dp-logq-epsilon",
+        type=float,
+        metavar="E",
+        help="without --dp-epsilon: Laplace-noise the logQ frequencies of datasets marked "
+        "shoppers = true (config file) at this ε; labeled data stays exact (default: off)",
+    )
+
     run = p.add_argument_group("evaluation, checkpoints, runtime")
     run.add_argument("--eval-every", type=int, metavar="STEPS", help="0 = at the end only")
     run.add_argument("--patience", type=int, metavar="N", help="evaluations without gain (3)")
@@ -246,6 +274,25 @@ def _distill_fast_tower(config: Any, out: Path, variant: str) -> None:
     distill_query(config)
 
 
+def _privacy_summary(out: Path) -> dict[str, Any] | None:
+    """ε, δ and the noise multiplier the run spent, from its training_metrics.json."""
+    from trainer.training.model import TRAINING_METRICS_NAME
+
+    try:
+        metrics = json.loads((out / TRAINING_METRICS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    privacy = metrics.get("privacy")
+    if not privacy:
+        return None
+    summary = {"epsilon": privacy["total_epsilon"], "delta": privacy["total_delta"]}
+    if privacy.get("dp_sgd"):
+        summary["noise_multiplier"] = privacy["dp_sgd"]["noise_multiplier"]
+    if privacy.get("logq"):
+        summary["logq_laplace_scale"] = privacy["logq"]["scale"]
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``aisle-train``; returns 0, 2 for bad data or config, 1 for I/O errors.
 
@@ -267,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         nproc = getattr(args, "nproc", 1)
         if nproc < 1:
             raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        if nproc > 1 and config.dp_epsilon is not None:
+            raise ValueError("--dp-epsilon runs in one process: DP-SGD with DDP is not supported")
         result = train_distributed(config, nproc) if nproc > 1 else train(config)
     except TrainingInterrupted as e:  # SIGTERM: the checkpoint of the last step is saved
         print(f"aisle-train: {e}", file=sys.stderr)
@@ -295,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         "stopped_early": result.stopped_early,
         "pairs_per_second": round(result.pairs_per_second, 2),
     }
+    privacy = _privacy_summary(result.out)
+    if privacy is not None:
+        summary["privacy"] = privacy
     print(json.dumps(summary))
     return 0
 

@@ -49,8 +49,23 @@ class PrivacyConfig:
     scrubber: QueryScrubber = field(default_factory=QueryScrubber)
     default: Preferences = field(default_factory=Preferences)
     retention_days: float | None = None
+    # Compact to `retention_days` every this many hours while serving (None: at start only).
+    retention_every_hours: float | None = None
     # The popularity fallback from shoppers' engagement, with DP noise (None: the catalog's).
     popularity_dp: DPConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.retention_days is not None and not self.retention_days > 0:
+            raise ValueError(f"--retention-days must be > 0, got {self.retention_days}")
+        if self.retention_every_hours is not None:
+            if self.retention_days is None:
+                raise ValueError(
+                    "--retention-every needs --retention-days (how old a record may get)"
+                )
+            if not self.retention_every_hours > 0:
+                raise ValueError(
+                    f"--retention-every must be > 0 hours, got {self.retention_every_hours}"
+                )
 
     def candidates(self, user_id: str) -> tuple[str, ...]:
         """Where this raw user id's data may be stored: its pseudonyms, current key first."""

@@ -261,6 +261,26 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-onnx", action="store_true", help="do not export the challenger's ONNX query tower"
     )
+    dp = parser.add_argument_group("differential privacy (as aisle-train's; docs/privacy.md)")
+    dp.add_argument(
+        "--dp-epsilon",
+        type=float,
+        metavar="E",
+        help="train the challenger's query tower with DP-SGD to this ε (default: off)",
+    )
+    dp.add_argument("--dp-delta", type=float, default=1e-5, metavar="D", help="(1e-5)")
+    dp.add_argument(
+        "--dp-max-grad-norm", type=float, default=1.0, metavar="C", help="per-example clip (1.0)"
+    )
+    dp.add_argument(
+        "--dp-trainable-layers", type=int, metavar="N", help="DP-SGD trains the last N layers (all)"
+    )
+    dp.add_argument(
+        "--dp-logq-epsilon",
+        type=float,
+        metavar="E",
+        help="without --dp-epsilon: Laplace-noise the feedback's logQ frequencies (default: off)",
+    )
     parser.set_defaults(run=run_round_command)
 
 
@@ -297,6 +317,11 @@ def run_round_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             num_threads=args.threads,
             export_onnx=not args.no_onnx,
+            dp_epsilon=args.dp_epsilon,
+            dp_delta=args.dp_delta,
+            dp_max_grad_norm=args.dp_max_grad_norm,
+            dp_trainable_layers=args.dp_trainable_layers,
+            dp_logq_epsilon=args.dp_logq_epsilon,
         ),
     )
     import grpc

@@ -224,6 +224,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(also `aisle-events compact --retention-days`; default: keep)",
     )
     privacy.add_argument(
+        "--retention-every",
+        type=float,
+        default=None,
+        metavar="HOURS",
+        help="with --retention-days: also compact every HOURS hours while serving (a "
+        "background thread, safe beside Events.Record writes; default: at start only)",
+    )
+    privacy.add_argument(
         "--popularity-epsilon",
         type=float,
         default=None,
@@ -354,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                 use_for_training=args.default_use_for_training == "on",
             ),
             retention_days=args.retention_days,
+            retention_every_hours=args.retention_every,
             popularity_dp=(
                 DPConfig(args.popularity_epsilon, max_items_per_user=args.popularity_items_per_user)
                 if args.popularity_epsilon is not None

@@ -79,6 +79,13 @@ class TrainSettings:
     seed: int = 0
     num_threads: int | None = None
     export_onnx: bool = True
+    # Differential privacy (docs/privacy.md), as aisle-train's --dp-* flags: DP-SGD on the
+    # feedback (and labeled) pairs, or noisy logQ frequencies of the feedback dataset.
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
+    dp_trainable_layers: int | None = None
+    dp_logq_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "max_query_length", "max_item_length"):
@@ -87,6 +94,10 @@ class TrainSettings:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not self.lr > 0 or not self.feedback_weight > 0:
             raise ValueError("lr and feedback_weight must be > 0")
+        if self.dp_epsilon is not None and self.feedback_weight != 1.0:
+            raise ValueError(
+                "--dp-epsilon samples every example alike: the feedback weight must stay 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -293,7 +304,7 @@ def _dataset(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: di
 
 
 def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict) -> dict:
-    from trainer.encoder.model_dir import model_fingerprint
+    from trainer.encoder.model_dir import model_fingerprint, read_model_info
     from trainer.training.config import DatasetSpec, TrainConfig
     from trainer.training.run import train
 
@@ -307,6 +318,7 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
             train=dataset / "train.jsonl",
             name="feedback",
             weight=config.train.feedback_weight,
+            shoppers=True,  # shoppers' behaviour: --dp-logq-epsilon noises its frequencies
         )
     ]
     if config.labeled is not None:
@@ -339,6 +351,13 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
             num_threads=settings.num_threads,
             export_onnx=settings.export_onnx,
             progress=False,
+            # a champion from a DP-SGD round has separate towers; keep what it has
+            shared_towers=read_model_info(config.model).shared_towers,
+            dp_epsilon=settings.dp_epsilon,
+            dp_delta=settings.dp_delta,
+            dp_max_grad_norm=settings.dp_max_grad_norm,
+            dp_trainable_layers=settings.dp_trainable_layers,
+            dp_logq_epsilon=settings.dp_logq_epsilon,
         )
     )
     shutil.rmtree(work / "checkpoints", ignore_errors=True)

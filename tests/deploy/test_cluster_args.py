@@ -66,8 +66,12 @@ def test_small_overlay_command_lines_serve_search_health_and_reload(index_root, 
     cluster = next(o for o in objects if o["metadata"]["name"] == "aisle-cluster")["data"]
     token_file = tmp_path / "admin-token"
     token_file.write_text(TOKEN + "\n")
+    keys_dir = tmp_path / "user-keys-secret"
+    keys_dir.mkdir()
+    (keys_dir / "user-keys").write_text("k1:test-user-key-0123456789abcdef\n")
     paths = {
         "/index": str(index_root),
+        "/etc/aisle/user-keys": str(keys_dir),
         "/etc/aisle/admin": str(tmp_path),
         "/events": str(tmp_path / "events"),
     }
@@ -121,6 +125,8 @@ def test_small_overlay_command_lines_serve_search_health_and_reload(index_root, 
             assert reply.index.version == reply.previous_version == 1
             assert len(admin.search("lamp", 5).hits) == 5
         assert (tmp_path / "events" / "router-0").is_dir()  # --events-dir=/events/$(POD_NAME)
+        # The router read the Secret's user keys: it does not warn that ids are kept raw.
+        assert "no user keys" not in (tmp_path / "router.log").read_text()
     finally:
         for process in processes:  # SIGTERM: each drains and exits 0
             if process.poll() is None:

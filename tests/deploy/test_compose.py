@@ -61,3 +61,18 @@ def test_the_servers_health_check_is_the_images():
     port = flags(server["command"])["--port"]
     assert test == ["CMD", "python", "/opt/aisle/healthcheck.py", f"127.0.0.1:{port}"]
     assert server["ports"] == [f"${{AISLE_PORT:-50051}}:{port}"]
+
+
+def test_the_server_pseudonymises_user_ids_with_a_file_secret():
+    compose = load("compose.yaml")
+    server = compose["services"]["server"]
+    (name,) = server["secrets"]
+    assert flags(server["command"])["--user-keys-file"] == f"/run/secrets/{name}"
+    source = compose["secrets"][name]["file"]
+    assert source == "${AISLE_USER_KEYS_PATH:-./user-keys}"
+    # The default file next to compose.yaml is never committed nor copied into an image.
+    ignored = (DEPLOY.parent / ".gitignore").read_text().splitlines()
+    assert "/deploy/user-keys" in ignored
+    assert "!deploy/user-keys" not in (DEPLOY.parent / ".containerignore").read_text()
+    docs = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    assert "deploy/user-keys" in docs and "create secret generic aisle-user-keys" in docs

@@ -18,7 +18,7 @@ OVERLAYS = ["base", "overlays/small", "overlays/large"]
 # Native gRPC probes are GA since 1.27; validate against the newest schemas too.
 K8S_VERSIONS = ["1.30.0", "1.35.0"]
 # Secrets an operator creates from their own files (docs/deploy.md says how), never committed.
-EXTERNAL_SECRETS = {"aisle-tls"}
+EXTERNAL_SECRETS = {"aisle-tls", "aisle-user-keys"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "CronJob"}
 SERVING_KINDS = {"Deployment", "StatefulSet"}
 
@@ -309,3 +309,23 @@ def test_the_reindex_job_reloads_every_router_and_speaks_their_tls(rendered):
     router_secret = {v["name"]: v for v in pod_specs(router)[0]["volumes"]}[router_mounts[tls_dir]]
     job_secret = {v["name"]: v for v in pod["volumes"]}[mounts["/etc/aisle/tls"]]
     assert job_secret["secret"]["secretName"] == router_secret["secret"]["secretName"]
+
+
+def test_the_router_pseudonymises_user_ids_with_keys_from_a_secret_and_shards_get_none(rendered):
+    router = named(rendered, "Deployment", "aisle-router")
+    pod = pod_specs(router)[0]
+    (container,) = pod["containers"]
+    keys_file = arg(container, "--user-keys-file")
+    assert keys_file is not None, "the router must pseudonymise user ids (docs/privacy.md)"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(Path(keys_file).parent)]
+    assert mount["readOnly"] is True
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    assert volume["secret"]["secretName"] == "aisle-user-keys"
+    assert Path(keys_file).name == "user-keys"  # the key docs/deploy.md creates it under
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+    secrets = {s["metadata"]["name"] for s in by_kind(rendered, "Secret")}
+    assert "aisle-user-keys" not in secrets, "the operator's keys, never a committed placeholder"
+    for statefulset in by_kind(rendered, "StatefulSet"):  # shards never see user ids
+        for c in pod_specs(statefulset)[0]["containers"]:
+            assert arg(c, "--user-keys-file") is None

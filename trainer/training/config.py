@@ -53,8 +53,13 @@ class DatasetSpec:
     weight: float = 1.0
     name: str = ""
     dataset: str | None = None
+    # Its rows come from shoppers' behaviour (the learning loop's feedback), not from labels:
+    # with dp_logq_epsilon its logQ frequencies are noised (trainer.training.private).
+    shoppers: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.shoppers, bool):
+            raise ValueError(f"dataset shoppers must be true or false, got {self.shoppers!r}")
         for name in ("catalog", "train", "dev"):
             object.__setattr__(self, name, _as_path(getattr(self, name)))
         if self.catalog is None or self.train is None:
@@ -131,6 +136,15 @@ class TrainConfig:
     (None = ``<out>.checkpoints``), the newest ``keep_checkpoints`` kept; ``resume`` continues
     from the newest.
 
+    Differential privacy (``trainer.training.private``, docs/privacy.md): ``dp_epsilon`` trains
+    the query tower with DP-SGD (Opacus: per-example clipping to ``dp_max_grad_norm``, Gaussian
+    noise calibrated to (``dp_epsilon``, ``dp_delta``) over the run's steps) against the frozen
+    item tower of the base model, a softmax over every catalog item (no in-batch negatives, no
+    logQ); ``dp_trainable_layers`` trains only the last N transformer layers (fewer parameters
+    to clip and noise, less time and memory per step). ``dp_logq_epsilon`` instead keeps the
+    usual loss and noises the logQ frequencies of the ``shoppers`` datasets (Laplace, one count
+    per example). The two do not combine.
+
     Export: the model dir at ``out``, plus the ONNX query tower (``trainer.encoder.onnx_export``)
     when ``export_onnx`` and the exporter's packages (onnx, onnxscript) are installed; without
     them a warning says how to export later.
@@ -188,6 +202,11 @@ class TrainConfig:
     tensorboard_dir: Path | None = None
     progress: bool = True
     export_onnx: bool = True
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
+    dp_trainable_layers: int | None = None
+    dp_logq_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         datasets = tuple(
@@ -299,6 +318,59 @@ class TrainConfig:
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
+
+        self._check_privacy(datasets)
+
+    def _check_privacy(self, datasets: tuple[DatasetSpec, ...]) -> None:
+        """DP settings, and the combinations DP-SGD cannot honour (errors, never ignored)."""
+        for name in ("dp_epsilon", "dp_logq_epsilon"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, int | float) and math.isfinite(value) and value > 0
+            ):
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if not 0 < self.dp_delta < 1:
+            raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta!r}")
+        if not self.dp_max_grad_norm > 0:
+            raise ValueError(f"dp_max_grad_norm must be > 0, got {self.dp_max_grad_norm!r}")
+        if self.dp_trainable_layers is not None:
+            _positive_int("dp_trainable_layers", self.dp_trainable_layers)
+        if self.dp_logq_epsilon is not None and not any(d.shoppers for d in datasets):
+            raise ValueError(
+                "dp_logq_epsilon noises the logQ frequencies of shopper-derived datasets, but "
+                "no dataset sets shoppers = true (labeled data's frequencies stay exact)"
+            )
+        if self.dp_epsilon is None:
+            return
+        why = {
+            "dp_logq_epsilon": "DP-SGD's loss is a softmax over the whole catalog: no logQ",
+            "mini_batch_size": "gradient caching has no per-example gradients to clip",
+            "compile": "Opacus' per-example gradient hooks do not run under torch.compile",
+            "hard_negatives": "DP-SGD scores every catalog item; there is nothing to mine",
+            "symmetric": "item -> query needs in-batch queries (one example's loss would "
+            "depend on others)",
+            "learnable_temperature": "DP-SGD trains the query tower only",
+            "resume": "a DP-SGD run writes no mid-run checkpoints (the accountant starts afresh)",
+        }
+        for name, reason in why.items():
+            value = getattr(self, name)
+            if value not in (None, False, 0):
+                raise ValueError(f"dp_epsilon cannot be combined with {name}: {reason}")
+        if self.grad_accum != 1:
+            raise ValueError(
+                "dp_epsilon cannot be combined with grad_accum > 1: the batch size sets the "
+                "sampling rate the privacy accounting uses; raise batch_size instead"
+            )
+        if any(d.task != "search" for d in datasets):
+            raise ValueError(
+                "dp_epsilon trains the query tower on search pairs; recommend datasets (user "
+                "histories) are not supported with DP-SGD"
+            )
+        if len({d.weight for d in datasets}) > 1:
+            raise ValueError(
+                "dp_epsilon samples every example with the same probability (the accounting "
+                "needs it), so datasets cannot have different weights"
             )
 
     @property

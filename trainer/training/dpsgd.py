@@ -62,6 +62,7 @@ class DPSGDReport:
     steps: int
     examples: int
     mean_loss: float
+    sample_rate: float = 0.0  # each example's chance to be in a batch (Poisson sampling)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -88,6 +89,138 @@ class _QueryTower:
         return QueryTower()
 
 
+def freeze_for_dp(encoder: Any, config: DPSGDConfig) -> None:
+    """Freeze what DP-SGD leaves alone in a Hugging Face encoder: the pooler (unused by the
+    pooled output), the word embeddings unless ``train_embeddings``, and all but the last
+    ``trainable_layers`` transformer layers."""
+    frozen = [getattr(encoder, "pooler", None)]
+    if not config.train_embeddings:
+        frozen.append(getattr(encoder, "embeddings", None))
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if config.trainable_layers is not None and layers is not None:
+        frozen.extend(layers[: max(len(layers) - config.trainable_layers, 0)])
+    for part in filter(None, frozen):
+        for p in part.parameters():
+            p.requires_grad_(False)
+
+
+def dp_train(
+    tower: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    targets: np.ndarray,
+    item_vectors: Any,
+    config: DPSGDConfig,
+    *,
+    weights: np.ndarray | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+) -> DPSGDReport:
+    """DP-SGD on ``tower`` (an ``nn.Module``: (ids, mask) → unit query vectors) in place.
+
+    Each example's loss is ``weight`` × the cross-entropy of a softmax over all of
+    ``item_vectors`` (frozen) at ``config.temperature``; Opacus clips each example's gradient
+    to ``max_grad_norm`` (so a weight cannot raise one example's influence past the clip) and
+    adds Gaussian noise whose multiplier its RDP accountant calibrates to (ε, δ) over ``steps``
+    Poisson-sampled batches of expected size ``batch_size`` (None: ``epochs`` passes).
+
+    Args:
+        input_ids, attention_mask: (n, seq) int64 tensors on CPU.
+        targets: (n,) int row in ``item_vectors`` of each example's engaged item.
+        item_vectors: (n_items, dim) float32 unit vectors (array or tensor; moved to the
+            tower's device).
+        weights: (n,) float loss weights (None: 1).
+    """
+    import torch
+    from opacus import PrivacyEngine
+    from opacus.accountants.utils import get_noise_multiplier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = len(targets)
+    if n == 0 or len(input_ids) != n:
+        raise ValueError("give one target per query, and at least one query")
+    torch.manual_seed(seed)
+    device = next(tower.parameters()).device
+    w = np.ones(n, dtype=np.float32) if weights is None else np.asarray(weights, np.float32)
+    data = TensorDataset(
+        input_ids,
+        attention_mask,
+        torch.as_tensor(np.asarray(targets), dtype=torch.long),
+        torch.as_tensor(w),
+    )
+    batch = min(config.batch_size, n)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=batch, shuffle=True, generator=generator)
+    per_epoch = len(loader)  # = ceil(n / batch)
+    total = steps if steps is not None else config.epochs * per_epoch
+    # Opacus' Poisson loader samples each example with probability 1 / len(loader), and its
+    # accountant uses that rate: calibrate the noise to the same one.
+    sample_rate = 1.0 / per_epoch
+    tower.train()
+    params = [p for p in tower.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("DP-SGD: the tower has no trainable parameter left")
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    items = torch.as_tensor(item_vectors, dtype=torch.float32).to(device)  # (n_items, dim)
+    engine = None
+    noise = 0.0
+    model = tower
+    if config.epsilon is not None:
+        noise = float(
+            get_noise_multiplier(
+                target_epsilon=config.epsilon,
+                target_delta=config.delta,
+                sample_rate=sample_rate,
+                steps=total,
+                accountant="rdp",
+            )
+        )
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        model, optimizer, loader = engine.make_private(
+            module=tower,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise,
+            max_grad_norm=config.max_grad_norm,
+            noise_generator=torch.Generator(device=device).manual_seed(seed + 1),
+        )
+    done, losses = 0, []
+    try:
+        while done < total:
+            for ids, mask, y, wy in loader:
+                if done >= total:
+                    break
+                done += 1  # an empty Poisson batch is a step too (the accountant counts it)
+                if not len(y):
+                    optimizer.zero_grad()
+                    continue
+                optimizer.zero_grad()
+                q = model(ids.to(device), mask.to(device))  # (b, dim)
+                ce = torch.nn.functional.cross_entropy(
+                    q @ items.T / config.temperature, y.to(device), reduction="none"
+                )
+                loss = (ce * wy.to(device)).mean()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+    finally:
+        if engine is not None:
+            model.remove_hooks()  # leave the tower a plain module (export, evaluation)
+    tower.eval()
+    spent = engine.get_epsilon(config.delta) if engine is not None else None
+    report = DPSGDReport(
+        epsilon=spent,
+        delta=config.delta,
+        noise_multiplier=noise,
+        steps=done,
+        examples=n,
+        mean_loss=float(np.mean(losses)) if losses else float("nan"),
+        sample_rate=sample_rate,
+    )
+    log.info("DP-SGD: %s", report.to_json())
+    return report
+
+
 def dp_finetune(
     model: Any,
     tokenizer: Any,
@@ -98,20 +231,16 @@ def dp_finetune(
     *,
     seed: int = 0,
 ) -> DPSGDReport:
-    """Fine-tune `model` (a Hugging Face encoder: the query tower) in place.
+    """Fine-tune `model` (a Hugging Face encoder: the query tower) in place with ``dp_train``
+    for ``config.epochs`` passes.
 
     Args:
         queries: the examples' query texts.
         targets: (n,) int row in `item_vectors` of each example's engaged item.
         item_vectors: (n_items, dim) float32 unit item vectors, frozen.
     """
-    import torch
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
-
     if len(queries) != len(targets) or not len(queries):
         raise ValueError("give one target per query, and at least one query")
-    torch.manual_seed(seed)
     encoded = tokenizer(
         queries,
         padding="max_length",
@@ -119,64 +248,18 @@ def dp_finetune(
         max_length=config.max_length,
         return_tensors="pt",
     )
-    data = TensorDataset(
-        encoded["input_ids"], encoded["attention_mask"], torch.as_tensor(targets, dtype=torch.long)
-    )
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, generator=generator)
-    frozen = [getattr(model, "pooler", None)]  # unused by the pooled output: no gradient
-    if not config.train_embeddings:
-        frozen.append(model.embeddings)
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    if config.trainable_layers is not None and layers is not None:
-        frozen.extend(layers[: max(len(layers) - config.trainable_layers, 0)])
-    for part in filter(None, frozen):
-        for p in part.parameters():
-            p.requires_grad_(False)
+    freeze_for_dp(model, config)
     tower = _QueryTower.build(model, config.pooling)
-    tower.train()
-    params = [p for p in tower.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
-    items = torch.as_tensor(np.asarray(item_vectors, dtype=np.float32))  # (n_items, dim)
-    engine = None
-    noise = 0.0
-    if config.epsilon is not None:
-        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-        tower, optimizer, loader = engine.make_private_with_epsilon(
-            module=tower,
-            optimizer=optimizer,
-            data_loader=loader,
-            target_epsilon=config.epsilon,
-            target_delta=config.delta,
-            epochs=config.epochs,
-            max_grad_norm=config.max_grad_norm,
-            noise_generator=torch.Generator().manual_seed(seed + 1),
-        )
-        noise = float(optimizer.noise_multiplier)
-    steps, losses = 0, []
-    for _ in range(config.epochs):
-        for input_ids, attention_mask, y in loader:
-            if not len(y):
-                continue  # Poisson sampling may draw an empty batch
-            optimizer.zero_grad()
-            q = tower(input_ids, attention_mask)  # (b, dim)
-            loss = torch.nn.functional.cross_entropy(q @ items.T / config.temperature, y)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            losses.append(float(loss))
-    tower.eval()
-    model.eval()
-    spent = engine.get_epsilon(config.delta) if engine is not None else None
-    report = DPSGDReport(
-        epsilon=spent,
-        delta=config.delta,
-        noise_multiplier=noise,
-        steps=steps,
-        examples=len(queries),
-        mean_loss=float(np.mean(losses)) if losses else float("nan"),
+    report = dp_train(
+        tower,
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        targets,
+        item_vectors,
+        config,
+        seed=seed,
     )
-    log.info("DP-SGD: %s", report.to_json())
+    model.eval()
     return report
 
 

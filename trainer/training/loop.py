@@ -33,6 +33,7 @@ from trainer.training.losses import in_batch_accuracy, sampled_softmax_loss
 from trainer.training.model import TwoTowerModel, build_two_tower, save_model_dir
 from trainer.training.prefetch import Prefetcher
 from trainer.training.prepare import PreparedDataset
+from trainer.training.private import dp_sgd, noise_logq
 from trainer.training.selection import Selection
 from trainer.training.setup import (
     amp_dtype,
@@ -108,6 +109,9 @@ class Trainer:
         self.device = resolve_device(config.device, ctx)
         self.amp_dtype = amp_dtype(config.amp, self.device)
         self.checkpoints = CheckpointDir(config.checkpoint_root)
+        # What of the run is differentially private (trainer.training.private); None: nothing.
+        # Before the batch feed (and its prefetch thread) reads any log_q.
+        self.privacy = noise_logq(config, datasets)
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         if self.device.type == "cuda":
@@ -118,7 +122,8 @@ class Trainer:
 
         self.model: TwoTowerModel = build_two_tower(
             config.base_model,
-            shared_towers=config.shared_towers,
+            # DP-SGD trains the query tower against the base's frozen item tower
+            shared_towers=config.shared_towers and config.dp_epsilon is None,
             projection_dim=config.projection_dim,
             pooling=config.pooling,
             temperature=config.temperature,
@@ -407,7 +412,7 @@ class Trainer:
     def run(self) -> TrainResult:
         with self._sigterm_handler():
             try:
-                return self._run()
+                return self._run() if self.config.dp_epsilon is None else self._run_private()
             finally:
                 if isinstance(self.feed, Prefetcher):
                     self.feed.close()
@@ -503,6 +508,22 @@ class Trainer:
             bar.close()
         return self._finish()
 
+    def _run_private(self) -> TrainResult:
+        """DP-SGD (``trainer.training.private.dp_sgd``) for the planned steps, one evaluation,
+        the export; no mid-run checkpoints."""
+        if self.ctx.enabled:
+            raise ValueError("dp_epsilon: DP-SGD runs in one process (no DDP / --nproc > 1)")
+        started = time.perf_counter()
+        self.privacy = dp_sgd(
+            self.model, self.datasets, self.embedder, self.config, self.device, self.total_steps
+        )
+        self.train_seconds = time.perf_counter() - started
+        self.step = self.privacy["dp_sgd"]["steps"]
+        report = self.privacy["dp_sgd"]
+        self.pairs = round(report["sample_rate"] * report["examples"] * self.step)
+        self._evaluate(self.step)
+        return self._finish()
+
     def _finish(self) -> TrainResult:
         digests = self.ctx.all_gather_object(param_digest(self.model))
         if len(set(digests)) > 1:
@@ -538,6 +559,7 @@ class Trainer:
                 "device": str(self.device),
                 "amp": str(self.amp_dtype) if self.amp_dtype else "off",
                 "history_decay": history_decay,
+                "privacy": self.privacy,
                 "lexical": None
                 if lexical is None
                 else {**lexical.settings(), "weight_fit_ndcg@10": lexical_fit},

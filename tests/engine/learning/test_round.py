@@ -257,3 +257,30 @@ def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
     assert printed["round"] == 1 and printed["promoted"] and printed["version"] == 2
     assert served(server)[0] == 2 and IndexRoot(root).versions() == [1, 2]
     assert len(ledger.rounds(root)) == 1
+
+
+@pytest.mark.parametrize(
+    "flags", [["--dp-epsilon", "4", "--dp-trainable-layers", "1"], ["--dp-logq-epsilon", "1"]]
+)
+def test_aisle_learn_round_passes_the_dp_flags_to_training(setup, flags, capsys):
+    """`aisle-learn round --dp-*`: the challenger is trained under the budget (DP-SGD, or the
+    feedback dataset's noisy logQ) and its training_metrics.json says so."""
+    from engine.cli.learn import main as learn_main
+
+    root, judged, server, tmp_path = setup
+    argv = [
+        "round", "--index", str(root), "--model", str(_served_model(root)),
+        "--out", str(tmp_path / "models"), "--judged", str(judged), "--settle-s", "0",
+        "--min-ndcg-gain", "-1", "--min-ips-gain", "-1", "--tie-tolerance", "0",
+        "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--threads", "1", "--no-onnx",
+        *flags,
+    ]  # fmt: skip
+    assert learn_main(argv) == 0
+    (model,) = (tmp_path / "models").glob("round-*")
+    privacy = json.loads((model / "training_metrics.json").read_text())["privacy"]
+    if flags[0] == "--dp-epsilon":
+        assert privacy["model_weights_private"] and 0 < privacy["total_epsilon"] <= 4.04
+        assert privacy["dp_sgd"]["noise_multiplier"] > 0
+        assert privacy["dp_sgd"]["trainable_layers"] == 1
+    else:
+        assert privacy["logq"]["datasets"] == ["feedback"] and privacy["total_epsilon"] == 1

@@ -429,3 +429,62 @@ def test_http_gateway_callers_are_pseudonymised_like_grpc_callers(keyed_root) ->
     assert logged[-1]["user_id"].startswith("k1.") and "[email]" in logged[-1]["query"]
     shown = [json.loads(line) for line in (keyed_root / "events/impressions.jsonl").open()]
     assert shown and all(r["user_id"].startswith("k1.") for r in shown if r["user_id"])
+
+
+def test_periodic_retention_drops_old_records_while_concurrent_writes_lose_nothing(
+    keyed_root,
+) -> None:
+    """--retention-every: the server compacts on a timer, beside Events.Record appends."""
+    import threading
+    import time
+
+    from engine.privacy.logs import log_lock
+
+    events_dir = keyed_root / "events"
+    old = {"user_id": "k1.old", "item_id": "SKU0051", "type": "click", "query": ""}
+    old |= {"time": "2020-01-01T00:00:00+00:00", "recorded": "2020-01-01T00:00:00+00:00"}
+    server = serve(keyed_root, retention_days=30, retention_every_hours=0.3 / 3600)
+    acked: list[int] = []
+    try:
+        address = f"127.0.0.1:{server.port}"
+        record(address, click(BOB, "SKU0050"))  # fresh and acknowledged: it must survive
+        with log_lock(events_dir):  # planted old records, as if written long ago
+            with (events_dir / "events.jsonl").open("a") as f:
+                f.write(json.dumps(old) + "\n")
+            with (events_dir / "impressions.jsonl").open("a") as f:
+                f.write(json.dumps({**old, "items": ["SKU0051"]}) + "\n")
+        stop = threading.Event()
+
+        def writer(n: int) -> None:  # acknowledged writes while passes run every 0.3 s
+            while not stop.is_set():
+                acked.append(record(address, click(f"writer-{n}", f"SKU{len(acked) % 40:04d}")))
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines = (events_dir / "events.jsonl").read_text().splitlines()
+            if all(json.loads(x)["user_id"] != "k1.old" for x in lines):
+                break
+            time.sleep(0.1)
+        time.sleep(1.5)  # several more passes while the writers keep writing
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop(0)
+    kept = [json.loads(x) for x in (events_dir / "events.jsonl").read_text().splitlines()]
+    assert all(r["user_id"] != "k1.old" for r in kept), "the old event outlived retention"
+    impressions = (events_dir / "impressions.jsonl").read_text().splitlines()
+    assert all(json.loads(x)["user_id"] != "k1.old" for x in impressions)
+    assert len(acked) > 10 and sum(acked) == len(acked)
+    assert len(kept) == 1 + len(acked)  # Bob's and every acknowledged write survived
+    assert kept[0]["item_id"] == "SKU0050"
+
+
+def test_retention_every_needs_retention_days() -> None:
+    with pytest.raises(ValueError, match="--retention-every needs --retention-days"):
+        PrivacyConfig(retention_every_hours=1.0)
+    with pytest.raises(ValueError, match="--retention-every must be > 0"):
+        PrivacyConfig(retention_days=7, retention_every_hours=0)
