@@ -399,3 +399,8 @@ def test_quality_section_names_the_model_parts() -> None:
     assert "weight 0.4" in text and "scientific fine-tuned: user tower decay 0.7" in text
     assert "zero-shot: user tower" not in text
     assert model_parts([{"dataset": "esci", "method": "fine-tuned", "history_decay": 1.0}]) == ""
+    fast = {"dataset": "homedepot", "method": "fine-tuned, fast query tower (static)",
+            "query_tower": "fast"}  # fmt: skip
+    assert "fast query tower (static): the fine-tuned model's distilled query tower" in (
+        model_parts([fast])
+    )
