@@ -190,6 +190,7 @@ def test_help_runs(capsys) -> None:
 def test_aisle_train_adds_the_static_fast_query_tower_by_default(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], capsys, caplog
 ) -> None:
+    from trainer.distill.students import auto_steps
     from trainer.encoder.fast_tower import read_fast_tower_info
     from trainer.encoder.model_dir import model_fingerprint
 
@@ -203,8 +204,9 @@ def test_aisle_train_adds_the_static_fast_query_tower_by_default(
     assert summary["fast_query_tower"] == "static"
     info = read_fast_tower_info(out)
     assert info.variant == "static" and info.item_fingerprint == model_fingerprint(out)
-    # sized to the data: 150 items, 20 queries → a few hundred queries, the fewest steps
-    assert info.metrics["steps"] == 100 and info.metrics["train_queries"] < 400
+    # sized to the data: 150 items, 20 queries → a few hundred queries, about the fewest steps
+    assert info.metrics["train_queries"] < 400
+    assert info.metrics["steps"] == auto_steps(info.metrics["train_queries"], 64) <= 200
     assert "--fast-query-tower none skips it" in caplog.text and "ETA" in caplog.text
     assert load_encoder(out).query_tower == "fast"
     assert not query_onnx_path(out).exists()  # --export-onnx false holds: static needs none

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from trainer.distill.run import DistillConfig, distill_query
-from trainer.distill.students import AUTO_STEPS, FitSettings
+from trainer.distill.students import AUTO_PASSES, AUTO_STEPS, FitSettings
 from trainer.encoder.fast_tower import DEFAULT_FAST_TOWER, FAST_TOWER_VARIANTS
 
 _EPILOG = """\
@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         metavar="N",
-        help=f"training steps (default: about 5 passes over the queries, {AUTO_STEPS[0]} to "
+        help=f"training steps (default: about {AUTO_PASSES} passes over the queries, "
+        f"{AUTO_STEPS[0]} to "
         f"{AUTO_STEPS[1]})",
     )
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="queries (64)")

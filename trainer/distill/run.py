@@ -315,7 +315,10 @@ def _item_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
 
 
 def _static_student(tower: TorchTower, texts: list[str]) -> StaticStudent:
+    started = time.perf_counter()
+    logger.info("static: the teacher's vector of each of its %d tokens first", len(tower.tokenizer))
     vectors = l2_normalize(token_vectors(tower))  # (vocab, dim) unit rows
+    logger.info("static: token vectors in %.1fs", time.perf_counter() - started)
     vectors *= sif_weights(tower.tokenizer, texts)[:, None]
     return StaticStudent(vectors, tower.tokenizer)
 
