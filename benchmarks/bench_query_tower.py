@@ -143,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         info = read_fast_tower_info(m)
         if info is None:
             raise SystemExit(f"{m} has no fast query tower")
-        encoders[info.variant] = load_encoder(m, query_tower="fast", num_threads=1)
-        towers[info.variant] = m
+        # Two dirs with the same variant (e.g. static at two step counts): named by their dir.
+        name = info.variant if info.variant not in towers else f"{info.variant} ({m.name})"
+        encoders[name] = load_encoder(m, query_tower="fast", num_threads=1)
+        towers[name] = m
     import torch
 
     torch.set_num_threads(1)
