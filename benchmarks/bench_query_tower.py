@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -202,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.time() - started, 1),
         "load_avg": os.getloadavg(),
         "machine": machine("onnxruntime", "torch"),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(
+            [
+                "python",
+                "-m",
+                "benchmarks.bench_query_tower",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     append_jsonl(args.out / "query_tower.jsonl", record)
