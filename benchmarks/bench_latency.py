@@ -35,10 +35,18 @@ grown vectors as its item vectors (``BuildConfig.item_vectors``), IVF4096,Flat w
 on the real dev queries. It is dense-only (no BM25 over 1M repeated titles), so it has no hybrid
 rows.
 
+Query towers (``--query-tower full,fast``; the model dir, ``--model``, must have a fast tower,
+``query_fast/``, which aisle-train writes by default): the main levels above use the first tower;
+then ``query_towers`` holds a row per tower measured side by side (``benchmarks.tower_load``: one
+server per tower, the same distinct queries at each concurrency level, dense): p50/p99 ms, QPS,
+errors and the server's encode p50/p99 per level, and QPS / p50 relative to the first tower.
+``--query-tower-only`` runs just those rows. Without ``--query-tower`` the server is asked for the
+full tower (``full``), as before fast towers existed, so older lines stay comparable.
+
 ``python -m benchmarks.bench_latency [--preset S|M|L|1M] [--modes dense,hybrid] [--soak MINUTES]
-[--model DIR]``; ``--modes dense,hybrid,ranked --ranker FILE`` adds hybrid and ranked at
-concurrency 1, in alternating blocks on one server over a copy of the index with the ranker
-attached, and the ranking stage's cost (ranked minus hybrid p50/p99).
+[--model DIR] [--query-tower full,fast]``; ``--modes dense,hybrid,ranked --ranker FILE`` adds
+hybrid and ranked at concurrency 1, in alternating blocks on one server over a copy of the
+index with the ranker attached, and the ranking stage's cost (ranked minus hybrid p50/p99).
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import append_jsonl, machine, require_shared_data  # noqa: E402
 from benchmarks.load import QueryPool, Server, mode_enum, run_load, summary  # noqa: E402
+from benchmarks.tower_load import Tower, parse_towers, tower_levels  # noqa: E402
 
 log = logging.getLogger("bench_latency")
 
@@ -256,7 +265,9 @@ def soak_trend(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
 FLOOR_BLOCK = 25  # queries per block of the interleaved floor
 
 
-def floor(address: str, root: Path, queries: list[str], k: int) -> dict[str, Any]:
+def floor(
+    address: str, root: Path, queries: list[str], k: int, query_tower: str = "full"
+) -> dict[str, Any]:
     """The floor: the same dense encode + search + re-rank in-process (cache off, one query at a
     time), interleaved with the same queries served by the server at ``address``: blocks of
     FLOOR_BLOCK queries, each block once through gRPC and once in-process, which goes first
@@ -269,7 +280,7 @@ def floor(address: str, root: Path, queries: list[str], k: int) -> dict[str, Any
     from engine.search.types import EncodingConfig, SearchQuery
 
     faiss.omp_set_num_threads(1)  # the server's setting (aisle-serve --threads 1)
-    encoding = EncodingConfig(cache_size=0)
+    encoding = EncodingConfig(cache_size=0, query_tower=query_tower)
     snapshot = load_snapshot(root, encoding=encoding)
     service = SearchService(snapshot, index_path=root, model_dir=None, encoding=encoding)
     dense = mode_enum("dense")
@@ -324,14 +335,17 @@ IMPRESSIONS_ROUNDS = 8
 
 
 def impressions_cost(
-    root: Path, work: Path, queries: list[str], requests: int, k: int
+    root: Path, work: Path, queries: list[str], requests: int, k: int, query_tower: str = "full"
 ) -> dict[str, Any]:
     """p50 at concurrency 8 with the impression log on and off: two servers (cache off), the
     same queries sent to each in alternating blocks (IMPRESSIONS_ROUNDS rounds, the order
     flipping each round), latencies pooled per side."""
     block = max(50, requests // IMPRESSIONS_ROUNDS)
     c = IMPRESSIONS_CONCURRENCY
-    servers = {side: Server(root, work, cache_size=0, impressions=side) for side in ("on", "off")}
+    servers = {
+        side: Server(root, work, cache_size=0, impressions=side, query_tower=query_tower)
+        for side in ("on", "off")
+    }
     pooled: dict[str, list[float]] = {"on": [], "off": []}
     errors = {"on": 0, "off": 0}
     cpu = {"on": 0.0, "off": 0.0}  # server CPU seconds: far less noisy than latency on a busy host
@@ -460,7 +474,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure only the impression log's cost (on vs off, concurrency 8)",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench-out/latency.jsonl"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results (default bench-out/latency.jsonl; with --query-tower-only "
+        "bench-out/latency_towers.jsonl, so the report's newest full line stays whole)",
+    )
     parser.add_argument("--plot", type=Path, default=Path("bench-out/latency.png"))
     parser.add_argument("--cache-dir", type=Path, default=Path("bench-out/cache"))
     parser.add_argument("--items", type=int, help="override: catalog slice (a quick check)")
@@ -473,7 +492,27 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         help="override: serve this trained model dir instead of the packaged MiniLM",
     )
+    parser.add_argument(
+        "--query-tower",
+        default="full",
+        help="comma list of full,fast: the main levels use the first; with two, a row per tower "
+        "side by side (query_towers); fast needs --model DIR with query_fast/ (default: full)",
+    )
+    parser.add_argument(
+        "--query-tower-only",
+        action="store_true",
+        help="measure only the rows per query tower (--query-tower), dense",
+    )
     args = parser.parse_args(argv)
+    if args.out is None:
+        name = "latency_towers" if args.query_tower_only else "latency"
+        args.out = Path(f"bench-out/{name}.jsonl")
+    try:
+        towers = parse_towers(args.query_tower)
+    except ValueError as e:
+        parser.error(str(e))
+    if "fast" in towers and args.model is None:
+        parser.error("--query-tower fast needs --model DIR (a model dir with query_fast/)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = shlex.join(
         ["python", "-m", "benchmarks.bench_latency", *(sys.argv[1:] if argv is None else argv)]
@@ -518,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             "lexical": config.lexical,
             "item_vectors": (manifest.build.get("item_vectors") or {}).get("path"),
         },
+        "query_tower": towers[0],  # of the main levels
         "served": [],
         "hybrid": [],
         "hybrid_cost_ms": None,
@@ -531,15 +571,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.impressions_only:
         results = {**results, "bench": "latency_impressions", "benchmark": "latency_impressions"}
         results["impressions"] = cost = impressions_cost(
-            root, args.cache_dir, queries, config.requests, config.k
+            root, args.cache_dir, queries, config.requests, config.k, towers[0]
         )
         print(impressions_line(cost))
         append_jsonl(args.out, results)
         print(f"wrote {args.out}")
         return 0
     pool = QueryPool(queries)
+    if len(towers) > 1 or args.query_tower_only:
+        model = Path(config.model) if config.model is not None else None
+        results["query_towers"] = tower_levels(
+            root,
+            args.cache_dir,
+            [Tower(t, t, model) for t in towers],
+            pool,
+            config.concurrency,
+            config.requests,
+            config.k,
+        )
+        if args.query_tower_only:
+            results = {**results, "bench": "latency_towers", "benchmark": "latency_towers"}
+            append_jsonl(args.out, results)
+            print(f"wrote {args.out}")
+            return 0
 
-    server = Server(root, args.cache_dir, cache_size=0)
+    server = Server(root, args.cache_dir, cache_size=0, query_tower=towers[0])
     try:
         run_load(server.address, queries[-50:], 1, 50, config.k)  # warm-up, not counted
         for c in config.concurrency:
@@ -550,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             results["served"].append(level)
             print(level_line(f"dense  concurrency {c:3d}", level))
         distinct, _ = pool.take(min(config.requests, 500))
-        results["floor"] = base = floor(server.address, root, distinct, config.k)
+        results["floor"] = base = floor(server.address, root, distinct, config.k, towers[0])
         one = results["served"][0]
         results["served_over_floor_p50"] = round(
             base["paired_served"]["p50_ms"] / base["p50_ms"], 3
@@ -599,11 +655,11 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
 
     if "ranked" in args.modes:
-        results["ranked"] = ranked_levels(root, args, config, pool)
+        results["ranked"] = ranked_levels(root, args, config, pool, towers[0])
         results["ranked_cost_ms"] = ranked_cost(results["ranked"])
         print(f"ranked cost over hybrid at concurrency 1 (ms): {results['ranked_cost_ms']}")
 
-    server = Server(root, args.cache_dir, cache_size=10_000)
+    server = Server(root, args.cache_dir, cache_size=10_000, query_tower=towers[0])
     try:
         weights = 1.0 / np.arange(1, 501) ** 1.1  # Zipf-like popularity over 500 queries
         sample = random.Random(1).choices(queries[:500], weights=weights, k=config.requests)
@@ -617,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
 
     results["impressions"] = cost = impressions_cost(
-        root, args.cache_dir, queries, config.requests, config.k
+        root, args.cache_dir, queries, config.requests, config.k, towers[0]
     )
     print(impressions_line(cost))
 
@@ -641,7 +697,9 @@ def hybrid_cost(
     return {q: round(hybrid_1[f"{q}_ms"] - dense_1[f"{q}_ms"], 3) for q in ("p50", "p99")}
 
 
-def ranked_levels(root: Path, args: Any, config: Any, pool: Any) -> list[dict[str, Any]]:
+def ranked_levels(
+    root: Path, args: Any, config: Any, pool: Any, query_tower: str = "full"
+) -> list[dict[str, Any]]:
     """Hybrid and ranked at concurrency 1, in alternating blocks on one server over a copy of
     the index (files hard-linked) with ``args.ranker`` attached: the ranking stage's cost with
     everything else equal."""
@@ -658,7 +716,7 @@ def ranked_levels(root: Path, args: Any, config: Any, pool: Any) -> list[dict[st
     copy = work / "index"
     shutil.copytree(root, copy, copy_function=os.link)
     attach_ranker(copy, args.ranker, keep=None)
-    server = Server(copy, args.cache_dir, cache_size=0)
+    server = Server(copy, args.cache_dir, cache_size=0, query_tower=query_tower)
     levels: dict[str, dict[str, Any]] = {}
     try:
         for mode in ("hybrid", "ranked"):  # warm-up

@@ -20,6 +20,10 @@ UniSRec next-item protocol), mean and standard error over queries (users):
   stopping (the same queries: ``trainer.training.batches.split_labels`` with the config's
   fraction and seed), never on dev.
 * ``popularity`` (Scientific): every user gets the items most interacted with in train.
+* ``fine-tuned, fast query tower (VARIANT)`` and its ``hybrid ...`` row (search datasets): when
+  the fine-tuned model dir holds a fast query tower (``query_fast/``, which ``aisle-train``
+  writes by default), the same item vectors with queries encoded by that distilled tower.
+  The ``fine-tuned`` rows are always the model's full query tower.
 
 Item vectors are cached by model fingerprint, item length and item texts (``--cache-dir``).
 Appends one JSON line to ``OUT/quality.jsonl`` and draws ``OUT/quality.png``.
@@ -53,6 +57,7 @@ from engine.search.fusion import FusionParams, fuse
 from indexer.lexical.index import LexicalIndex
 from trainer.data.catalog import Catalog, read_catalog
 from trainer.data.labels import Labels, read_interactions, read_labels
+from trainer.encoder.fast_tower import read_fast_tower_info
 from trainer.encoder.load import Encoder, load_encoder
 from trainer.encoder.model_dir import default_model_dir, model_fingerprint
 from trainer.evaluation.metrics import EvalReport, evaluate_rankings
@@ -178,6 +183,16 @@ def trained_model(out: Path, train_config: Path) -> Path:
 
 
 Ranked = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def fast_encoder(model_dir: Path) -> tuple[str, Encoder] | None:
+    """(row label, Encoder with the model's fast query tower) when ``model_dir`` has one."""
+    info = read_fast_tower_info(model_dir)
+    if info is None:
+        return None
+    return f"fine-tuned, fast query tower ({info.variant})", load_encoder(
+        model_dir, query_tower="fast"
+    )
 
 
 def query_vectors(encoder: Encoder, queries: Mapping[str, str]) -> np.ndarray:
@@ -379,9 +394,9 @@ def run_search(
         dense_dev = dense_ranked(xq_dev, xb, dev_q)
         add(label, score(dense_dev, ds.item_ids, ds.dev, ds.gains, ds.recall_grade),
             time.perf_counter() - t0, item_vectors_cached=cached,
-            fingerprint=encoder.fingerprint,
+            fingerprint=encoder.fingerprint, query_tower=encoder.query_tower,
             lexical=encoder.info.lexical)  # fmt: skip
-        if encoder.lexical is not None:
+        if encoder.lexical is not None and encoder.query_tower == "full":
             # The same towers without their trigram sketch: the BERT columns, renormalised.
             t0 = time.perf_counter()
             bert_dev = bert_only_ranked(encoder.info.dim, xq_dev, xb, dev_q)
@@ -596,12 +611,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_fine_tuned:
         for name in datasets:  # train each needed config once, in dataset order
             model_dirs[name] = given.get(name) or trained_model(args.out, configs[name][0])
-    loaded = {str(d): load_encoder(d) for d in dict.fromkeys(model_dirs.values())}
+    unique_dirs = dict.fromkeys(model_dirs.values())
+    loaded = {str(d): load_encoder(d, query_tower="full") for d in unique_dirs}
+    fast = {str(d): fast_encoder(d) for d in unique_dirs}
 
     def models_for(name: str) -> dict[str, Encoder]:
         models = {"zero-shot": zero_shot}
         if name in model_dirs:
             models["fine-tuned"] = loaded[str(model_dirs[name])]
+            tower = fast[str(model_dirs[name])]
+            if tower is not None and name in SEARCH_DATASETS:
+                models[tower[0]] = tower[1]
         return models
 
     config = {
@@ -613,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_configs": {d: str(configs[d][0]) for d in datasets if d in configs},
         "fingerprints": {"zero-shot": zero_shot.fingerprint}
         | {f"fine-tuned {d}": loaded[str(m)].fingerprint for d, m in model_dirs.items()},
+        "fast_query_towers": {
+            d: fast[str(m)][0] for d, m in model_dirs.items() if fast[str(m)] is not None
+        },
     }
     print(json.dumps(config, indent=1), flush=True)
     rows: list[dict[str, Any]] = []

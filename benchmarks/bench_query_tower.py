@@ -12,7 +12,9 @@ from ``aisle-train distill-query``; all dirs must share the model fingerprint):
   parameters), against a catalog slice: every item judged for a dev query plus random others up
   to ``--items`` (the item vectors are the full item tower's, shared by every tower).
 * **served** (``--serve``): ``aisle-serve --model DIR --query-tower fast|full`` on an index built
-  with the model, p50 / p99 ms and QPS at each ``--concurrency`` level, dense mode.
+  with the model, p50 / p99 ms, QPS, errors and the server's encode p50 / p99 at each
+  ``--concurrency`` level, dense mode, every tower's server up at once and given the same
+  queries per level (``benchmarks.tower_load``), each relative to the full tower.
 
 Appends one JSON line to ``OUT/query_tower.jsonl`` and draws ``OUT/query_tower.png`` (NDCG@10 vs
 encode µs). ``python -m benchmarks.bench_query_tower --model DIR [--model DIR ...]``
@@ -23,11 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import subprocess
+import shlex
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,9 @@ import numpy as np
 
 from benchmarks.bench_quality import dense_ranked, fused, lexical_ranked, score
 from benchmarks.common import append_jsonl, machine, require_shared_data
-from benchmarks.load import percentile, run_load
+from benchmarks.load import QueryPool, percentile
+from benchmarks.report.query_tower import draw_query_towers
+from benchmarks.tower_load import Tower, tower_levels
 from engine.search.fusion import FusionParams
 from indexer.lexical.index import LexicalIndex
 from trainer.data.catalog import catalog_from_records, read_catalog
@@ -102,56 +106,18 @@ def encode_times(encoders: dict[str, Encoder], queries: list[str], n: int) -> di
     }
 
 
-def serve_levels(
-    index: Path, model: Path, tower: str, queries: list[str], levels: list[int], requests: int
-) -> dict[str, Any]:
-    """aisle-serve in its own process with ``--query-tower tower``; one load run per level."""
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli.serve", "--index", str(index), "--model",
-             str(model), "--query-tower", tower, "--port", "0", "--port-file", str(port_file),
-             "--cache-size", "0", "--workers", "32", "--max-in-flight", "256"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 600
-            while not port_file.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("aisle-serve did not start")
-                time.sleep(0.1)
-            address = f"127.0.0.1:{int(port_file.read_text())}"
-            run_load(address, queries, 4, 50, 10)  # warm-up
-            out = {}
-            for c in levels:
-                r = run_load(address, queries, c, requests, 10)
-                out[str(c)] = {k: r[k] for k in ("p50_ms", "p99_ms", "qps", "errors") if k in r} | {
-                    "encode_p50_ms": r["stages_p50_ms"].get("encode_ms")
-                }
-            return out
-        finally:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(30)
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, marker in (("dense", "o"), ("hybrid", "s")):
-        for r in rows:
-            ax.scatter(r["encode_cpu_p50_us"], r[f"ndcg@10_{mode}"], marker=marker)
-            ax.annotate(f"{r['tower']} ({mode})", (r["encode_cpu_p50_us"],
-                        r[f"ndcg@10_{mode}"]), fontsize=7)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("query encode p50 (CPU µs, one thread)")
-    ax.set_ylabel("Home Depot dev NDCG@10")
-    ax.set_title("query towers: quality vs encode cost")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def serve_towers(
+    index: Path, towers: dict[str, Path], queries: list[str], levels: list[int], requests: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Per tower, its served levels: ``aisle-serve --model DIR --query-tower fast|full`` over
+    ``index``, every tower up at once and given the same queries per level
+    (``benchmarks.tower_load``)."""
+    specs = [
+        Tower(name, "full" if name == "full" else "fast", model) for name, model in towers.items()
+    ]
+    with tempfile.TemporaryDirectory() as work:
+        rows = tower_levels(index, Path(work), specs, QueryPool(queries), levels, requests, 10)
+    return {row["tower"]: row["levels"] for row in rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         info = read_fast_tower_info(m)
         if info is None:
             raise SystemExit(f"{m} has no fast query tower")
-        encoders[info.variant] = load_encoder(m, query_tower="fast", num_threads=1)
-        towers[info.variant] = m
+        # Two dirs with the same variant (e.g. static at two step counts): named by their dir.
+        name = info.variant if info.variant not in towers else f"{info.variant} ({m.name})"
+        encoders[name] = load_encoder(m, query_tower="fast", num_threads=1)
+        towers[name] = m
     import torch
 
     torch.set_num_threads(1)
@@ -223,26 +191,30 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s", row)
     if args.serve is not None:
         levels = [int(c) for c in args.concurrency.split(",")]
-        qs = list(queries.values())
+        served = serve_towers(args.serve, towers, list(queries.values()), levels, args.requests)
         for row in results:
-            tower = "full" if row["tower"] == "full" else "fast"
-            row["served"] = serve_levels(
-                args.serve, towers[row["tower"]], tower, qs, levels, args.requests
-            )
-            log.info("%s served %s", row["tower"], row["served"])
+            row["served"] = served[row["tower"]]
     record = {
         "bench": "query_tower",
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "items": len(texts),
         "dev_queries": len(queries),
         "results": results,
-        "seconds": round(time.time() - started, 1),
+        "wall_s": round(time.time() - started, 1),
         "load_avg": os.getloadavg(),
         "machine": machine("onnxruntime", "torch"),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(
+            [
+                "python",
+                "-m",
+                "benchmarks.bench_query_tower",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     append_jsonl(args.out / "query_tower.jsonl", record)
-    plot(results, args.out / "query_tower.png")
+    draw_query_towers(record, args.out / "query_tower.png")
     for r in results:
         print(
             f"{r['tower']:>12}  encode CPU p50 {r['encode_cpu_p50_us']:8.1f} µs  p99 "

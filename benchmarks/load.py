@@ -4,6 +4,7 @@ at a fixed concurrency with the server's stage timings per response."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("bench_latency")
+_SERVER_IDS = itertools.count()  # servers of one process get distinct port files and event dirs
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,8 +42,19 @@ def summary(latencies_ms: list[float], wall_s: float, errors: int) -> dict[str, 
 class Server:
     """`aisle-serve` in its own process on 127.0.0.1; stopped by its pid."""
 
-    def __init__(self, root: Path, work: Path, *, cache_size: int, impressions: str = "on") -> None:
-        tag = f"{os.getpid()}-{cache_size}-{impressions}"
+    def __init__(
+        self,
+        root: Path,
+        work: Path,
+        *,
+        cache_size: int,
+        impressions: str = "on",
+        query_tower: str | None = None,
+        model: Path | None = None,
+    ) -> None:
+        """``query_tower``: aisle-serve --query-tower (None: its default, the fast tower when
+        the model dir has one); ``model``: --model (None: the index's own model)."""
+        tag = f"{os.getpid()}-{next(_SERVER_IDS)}-{cache_size}-{impressions}"
         self.port_file = port_file = work / f"port-{tag}"
         port_file.unlink(missing_ok=True)
         # The server's own events dir (impressions land there), not the cached index root's.
@@ -51,7 +64,9 @@ class Server:
             [sys.executable, "-m", "engine.cli.serve", "--index", str(root), "--port", "0",
              "--port-file", str(port_file), "--cache-size", str(cache_size), "--workers", "32",
              "--max-in-flight", "256", "--events-dir", str(self.events_dir),
-             "--impressions", impressions],
+             "--impressions", impressions,
+             *(["--query-tower", query_tower] if query_tower else []),
+             *(["--model", str(model)] if model is not None else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 600  # a 1M-item index takes a while to verify and load
@@ -201,5 +216,6 @@ def run_load(
     out["mode"] = mode
     out["errors_by_code"] = errors
     out["stages_p50_ms"] = {n: round(percentile(v, 50), 3) for n, v in stages.items()}
+    out["stages_p99_ms"] = {n: round(percentile(v, 99), 3) for n, v in stages.items()}
     out["latencies_ms"] = latencies
     return out

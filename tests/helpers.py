@@ -244,6 +244,7 @@ def train_config(tmp_path: Path, model: Path, data: dict[str, Path], **kwargs) -
         "progress": False,
         "num_threads": 1,
         "export_onnx": False,  # covered by the CLI test; it costs seconds per run
+        "fast_query_tower": "none",  # aisle-train's default; tests/trainer/test_cli.py covers it
         **kwargs,
     }
     return TrainConfig(**settings)

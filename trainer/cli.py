@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.encoder.fast_tower import DEFAULT_FAST_TOWER, FAST_TOWER_VARIANTS
 from trainer.logs import configure_logging
+
+logger = logging.getLogger(__name__)
 
 _EPILOG = """\
 examples:
@@ -21,6 +25,14 @@ examples:
   aisle-train --config train.toml --resume
   aisle-train distill-query --teacher models/hd --out models/hd-fast \\
       --catalog data/homedepot/products.jsonl.gz   (a fast query tower; see its --help)
+
+After training, OUT also gets a fast query tower, OUT/query_fast/ (--fast-query-tower,
+default static: one distilled vector per token, tens of microseconds per query instead of
+milliseconds, same vector space, no reindex; aisle-serve uses it unless --query-tower full).
+It is distilled on the first search dataset's catalog and train queries plus queries made
+from catalog text (a few minutes on a CPU for a large catalog; the log gives an ETA); runs
+with recommendation datasets only skip it. --fast-query-tower none (or fast_query_tower =
+"none" in the config) skips it.
 
 A --config file (JSON or TOML) holds any of the settings below by their long names with
 underscores (max_steps, batch_size, ...) and a list of datasets, e.g. in TOML:
@@ -39,7 +51,8 @@ underscores (max_steps, batch_size, ...) and a list of datasets, e.g. in TOML:
   task = "recommend"
 
 Flags given on the command line override the file. Exit codes: 0 done, 2 bad data or
-config (reported before any training step), 1 an I/O error.
+config (reported before any training step; or a fast query tower that could not be made, the
+model dir then complete without it), 1 an I/O error.
 """
 
 
@@ -216,16 +229,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--fast-query-tower",
-        choices=("none", "int8", "student", "static"),
-        help="after training, distil a fast query tower into OUT with the first search "
-        "dataset's catalog and train queries (aisle-train distill-query's defaults; none)",
+        choices=("none", *FAST_TOWER_VARIANTS),
+        help="after training, distil this fast query tower into OUT/query_fast/ on the first "
+        f"search dataset (aisle-train distill-query's defaults; {DEFAULT_FAST_TOWER}; none = skip)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     return p
 
 
 _DATASET_FLAGS = ("catalog", "train", "dev", "task", "dataset")
-_NOT_CONFIG = ("config", "nproc", "verbose", "no_progress", "fast_query_tower")
+_NOT_CONFIG = ("config", "nproc", "verbose", "no_progress")
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -263,15 +276,37 @@ def build_config(args: argparse.Namespace) -> Any:
     return TrainConfig(**{k: v for k, v in settings.items() if k in known})
 
 
-def _distill_fast_tower(config: Any, out: Path, variant: str) -> None:
-    """Add a fast query tower to the trained model dir ``out`` (``trainer.distill``)."""
+def _distill_fast_tower(config: Any, out: Path) -> str | None:
+    """Add ``config.fast_query_tower`` to the trained model dir ``out`` (``trainer.distill``),
+    distilled on the first search dataset; returns its variant, or None when skipped ("none",
+    or no search dataset to distil on: an info line says so)."""
+    if config.fast_query_tower == "none":
+        return None
+    search = [d for d in config.datasets if d.task == "search"]
+    if not search:
+        logger.info(
+            "no fast query tower: no search dataset to distil it on (recommendation only); "
+            "the full query tower serves"
+        )
+        return None
     from trainer.distill.run import DistillConfig, distill_query
 
-    search = [d for d in config.datasets if d.task == "search"]
-    catalog = search[0].catalog if search else config.datasets[0].catalog
-    train = search[0].train if search else None
-    config = DistillConfig(teacher=out, out=out, catalog=catalog, train=train, variant=variant)
-    distill_query(config)
+    logger.info(
+        "adding the %s fast query tower to %s (--fast-query-tower none skips it)",
+        config.fast_query_tower,
+        out,
+    )
+    result = distill_query(
+        DistillConfig(
+            teacher=out,
+            out=out,
+            catalog=search[0].catalog,
+            train=search[0].train,
+            variant=config.fast_query_tower,
+            num_threads=config.num_threads,
+        )
+    )
+    return result.info.variant
 
 
 def _privacy_summary(out: Path) -> dict[str, Any] | None:
@@ -328,13 +363,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result is None:  # a rank > 0 under torchrun: rank 0 reports
         return 0
-    fast = getattr(args, "fast_query_tower", "none")
-    if fast != "none":
-        try:
-            _distill_fast_tower(config, result.out, fast)
-        except ValueError as e:
-            print(f"aisle-train: error: the fast query tower: {e}", file=sys.stderr)
-            return 2
+    try:  # once, here: after every DDP process is done (ranks > 0 returned above)
+        fast = _distill_fast_tower(config, result.out)
+    except (ValueError, OSError) as e:
+        print(
+            f"aisle-train: error: the fast query tower: {e} (the model dir {result.out} is "
+            "complete and serves with its full query tower; add the fast one with "
+            "aisle-train distill-query --teacher OUT --out OUT --catalog ...)",
+            file=sys.stderr,
+        )
+        return 2 if isinstance(e, ValueError) else 1
     summary = {
         "out": str(result.out),
         "steps": result.steps,
@@ -343,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_evaluated_on": result.best_evaluated_on,
         "stopped_early": result.stopped_early,
         "pairs_per_second": round(result.pairs_per_second, 2),
+        "fast_query_tower": fast,
     }
     privacy = _privacy_summary(result.out)
     if privacy is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from benchmarks.report.figures import Context, Figure, own_or_drawn, pyplot, save_figure
 from benchmarks.report.format import Metrics, Record, config_line, fmt, md_table, put_metric
+from benchmarks.report.query_tower import served_towers_table
 
 
 def _stages(level: Mapping[str, Any]) -> list[Any]:
@@ -89,8 +90,13 @@ def _latency_rows(r: Record) -> list[list[Any]]:
 
 
 def _latency_blocks(r: Record) -> list[str]:
+    tower = (
+        f" Main levels served with the {r['query_tower']} query tower."
+        if "query_tower" in r
+        else ""
+    )
     blocks = [
-        config_line(r.get("config") or {}) + f" {fmt(r.get('n_items'))} items.",
+        config_line(r.get("config") or {}) + f" {fmt(r.get('n_items'))} items.{tower}",
         md_table(_LATENCY_HEADER, _latency_rows(r)),
         f"**Served p50 / in-process floor p50 at concurrency 1: "
         f"{fmt(r.get('served_over_floor_p50'))}** (1.0 = gRPC and the server add nothing)"
@@ -108,12 +114,37 @@ def _latency_blocks(r: Record) -> list[str]:
             f"Cost of the second (lexical) channel, hybrid minus dense at concurrency 1: "
             f"p50 {fmt(cost.get('p50'))} ms, p99 {fmt(cost.get('p99'))} ms."
         )
+    if r.get("query_towers"):
+        blocks.append(_towers_block(r["query_towers"]))
     rss = (r.get("soak") or {}).get("rss_mb_first_last_max")
     if rss:
         blocks.append(
             f"Server RSS during the soak, MB first / last / max: {' / '.join(map(fmt, rss))}."
         )
     return blocks
+
+
+def _towers_block(rows: list[dict[str, Any]]) -> str:
+    return (
+        "Per query tower, side by side (dense, cache off, one server per tower up at once, the "
+        "same queries per level; `--query-tower`)\n\n" + served_towers_table(rows)
+    )
+
+
+def _newest_towers_only(ctx: Context) -> Record | None:
+    """The newest line of ``latency_towers.jsonl`` (``bench_latency --query-tower-only``)."""
+    try:
+        lines = (ctx.out_dir / "latency_towers.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("query_towers"):
+            return record
+    return None
 
 
 def _other_scale(ctx: Context) -> Record | None:
@@ -146,6 +177,13 @@ def latency_section(ctx: Context) -> tuple[list[str], list[Figure]]:
             f"--preset {preset}`, written {other.get('time', '?')}):"
         )
         blocks += _latency_blocks(other)
+    towers = None if r.get("query_towers") else _newest_towers_only(ctx)
+    if towers is not None:
+        blocks.append(
+            f"**Also: the newest rows per query tower** (`{towers.get('command', '?')}`, written "
+            f"{towers.get('time', '?')}, {fmt(towers.get('n_items'))} items):"
+        )
+        blocks.append(_towers_block(towers["query_towers"]))
     figures = []
     if r.get("served"):
         figures.append(
@@ -172,6 +210,11 @@ def latency_metrics(record: Record) -> Metrics:
     put_metric(out, "latency/served_over_floor_p50", record.get("served_over_floor_p50"), "lower")
     cached = record.get("cache_on_concurrency_8") or {}
     put_metric(out, "latency/cache_on_c8/p50_ms", cached.get("p50_ms"), "lower")
+    for row in record.get("query_towers") or []:
+        for level in row.get("levels") or []:
+            name = f"latency/tower_{row.get('tower')}/c{level.get('concurrency')}"
+            put_metric(out, f"{name}/qps", level.get("qps"), "higher")
+            put_metric(out, f"{name}/p99_ms", level.get("p99_ms"), "lower")
     soak = record.get("soak") or {}
     put_metric(out, "latency/soak/p99_ms", soak.get("p99_ms"), "lower")
     put_metric(out, "latency/soak/errors", soak.get("errors"), "lower")

@@ -70,7 +70,7 @@ def bench_section(
     (a benchmark it did not run shows its newest earlier result, saying so)."""
     part = PARTS[name]
     blocks = [f"## {number}. {part.title} (`{name}`)"]
-    run_it = shlex.join(["python", *bench_command(name, preset, out)])
+    run_it = part.command or shlex.join(["python", *bench_command(name, preset, out)])
     if outcome is not None and not outcome.ok:
         why = (
             f"exited with status {outcome.exit_code}"
@@ -88,10 +88,13 @@ def bench_section(
             blocks.append("The newest earlier result follows; it is not from this run.")
     if loaded is None:
         if outcome is None:
-            also = f" (or `python -m benchmarks.report --only {name}`)" if name in RUN_ORDER else ""
             blocks.append(
-                f"**Not run**: no results in `{out / (name + '.jsonl')}`. To run it: "
-                f"`{run_it}`{also}."
+                f"**Not run**: no results in `{out / (name + '.jsonl')}`. To run it: `{run_it}`"
+                + (
+                    " (the report does not run it)."
+                    if part.command
+                    else f" (or `python -m benchmarks.report --only {name}`)."
+                )
             )
         return "\n\n".join(blocks), []
     record = loaded.record

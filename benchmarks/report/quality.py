@@ -123,7 +123,8 @@ def quality_section(ctx: Context) -> tuple[list[str], list[Figure]]:
 
 def model_parts(rows: list[dict]) -> str:
     """One line on the optional parts of the models behind the rows: the trigram sketch
-    (``lexical``) and the user tower's decay, with what the comparison rows mean."""
+    (``lexical``), the fast query tower and the user tower's decay, with what the comparison
+    rows mean."""
     notes = []
     for r in rows:
         lexical = r.get("lexical")
@@ -132,6 +133,12 @@ def model_parts(rows: list[dict]) -> str:
                 f"{r['dataset']} {r['method']}: BERT towers plus a {lexical.get('dim')}-dim "
                 f'character-trigram sketch, weight {lexical.get("weight")} ("BERT part only": '
                 "the same towers without it)"
+            )
+        if r.get("query_tower") == "fast":
+            notes.append(
+                f"{r['dataset']} {r['method']}: the fine-tuned model's distilled query tower "
+                "(query_fast/) against the same item vectors (the fine-tuned rows use its full "
+                "query tower)"
             )
         decay = r.get("history_decay")
         if r["method"] == "fine-tuned" and isinstance(decay, int | float) and decay != 1.0:

@@ -16,7 +16,7 @@ from benchmarks.report.sections import PARTS
 
 log = logging.getLogger(__name__)
 
-REPORT_ORDER = ("quality", "rank", "ann", "latency", "train", "reindex", "rerank")
+REPORT_ORDER = ("quality", "rank", "ann", "latency", "query_tower", "train", "reindex", "rerank")
 
 
 @dataclass(frozen=True)

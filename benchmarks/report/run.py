@@ -31,11 +31,7 @@ def bench_preset(name: str, preset: str) -> str:
 
 
 def bench_command(name: str, preset: str, out: Path = DEFAULT_OUT) -> list[str]:
-    """The arguments after ``python``: results go to ``out`` (given only when not bench-out).
-    ``rank`` is not run by the report (it needs an index of the dataset's catalog, ROOT)."""
-    if name == "rank":
-        argv = ["-m", "benchmarks.bench_rank", "--dataset", "homedepot", "--index", "ROOT"]
-        return argv if Path(out) == DEFAULT_OUT else [*argv, "--out", str(out)]
+    """The arguments after ``python``: results go to ``out`` (given only when not bench-out)."""
     p = bench_preset(name, preset)
     argv = ["-m", f"benchmarks.bench_{name}", "--preset", p]
     if Path(out) == DEFAULT_OUT:

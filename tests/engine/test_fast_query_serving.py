@@ -92,3 +92,27 @@ def test_serve_cli_refuses_fast_without_a_fast_tower(index_root: Path, tiny_mode
         ]  # fmt: skip
     )
     assert code == 2
+
+
+@pytest.mark.slow
+def test_server_loads_a_distilled_student_tower_and_answers(
+    index_root: Path, tiny_model_dir: Path, title_catalog, tmp_path: Path
+) -> None:
+    """The third variant, a 1-layer student distilled by aisle-train distill-query (an ONNX
+    graph of its own), served on the index built with the teacher."""
+    from trainer.cli import main as train_main
+    from trainer.encoder.fast_tower import read_fast_tower_info
+
+    model = tmp_path / "student"
+    assert train_main(["distill-query", "--teacher", str(tiny_model_dir), "--out", str(model),
+                       "--catalog", str(title_catalog[0]), "--variant", "student",
+                       "--layers", "1", "--steps", "5", "--synth-queries", "100"]) == 0  # fmt: skip
+    assert read_fast_tower_info(model).variant == "student-1l"
+    config = ServerConfig(index=index_root, model=model, port=0, workers=4)
+    server = create_server(config)
+    try:
+        with AisleClient(f"127.0.0.1:{server.port}") as client:
+            assert client.status().query_tower == "fast"
+            assert len(client.search("red sofa", k=5).hits) == 5
+    finally:
+        server.stop(0)

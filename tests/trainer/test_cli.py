@@ -38,6 +38,8 @@ FAST = [
     "--lr",
     "1e-3",
 ]
+# The tests that are not about the fast query tower skip it (aisle-train distils one by default).
+NO_FAST_TOWER = ["--fast-query-tower", "none"]
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -61,7 +63,7 @@ def test_one_dataset_from_flags(
             "--max-steps", "2",
             "--shared-towers", "false",
             "--projection-dim", "16",
-            *FAST,
+            *FAST, *NO_FAST_TOWER,
         ]
     )  # fmt: skip
     assert code == 0
@@ -81,7 +83,7 @@ def test_export_adds_the_onnx_query_tower(
     out = tmp_path / "model"
     args = ["--catalog", str(data["products"]), "--train", str(data["labels_train"]),
             "--base-model", str(tiny_model_dir), "--out", str(out), "--max-steps", "1",
-            "--projection-dim", "16", *FAST, "--export-onnx", "true"]  # fmt: skip
+            "--projection-dim", "16", *FAST, *NO_FAST_TOWER, "--export-onnx", "true"]  # fmt: skip
     assert main(args) == 0
     # The ONNX query tower is exported when the exporter's packages are installed; without
     # them the run still succeeds and says how to export later.
@@ -108,7 +110,7 @@ def test_config_file_with_two_tasks_and_flag_overrides(
         f'train = "{data["interactions_train"]}"\ndev = "{data["interactions_dev"]}"\n'
         'task = "recommend"\nweight = 0.5\n'
     )
-    code = main(["--config", str(config), "--max-steps", "2", *FAST])
+    code = main(["--config", str(config), "--max-steps", "2", *FAST, *NO_FAST_TOWER])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2  # the flag beat the file's 50
@@ -185,8 +187,57 @@ def test_help_runs(capsys) -> None:
     assert "--config" in capsys.readouterr().out
 
 
+def test_aisle_train_adds_the_static_fast_query_tower_by_default(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], capsys, caplog
+) -> None:
+    from trainer.distill.students import auto_steps
+    from trainer.encoder.fast_tower import read_fast_tower_info
+    from trainer.encoder.model_dir import model_fingerprint
+
+    out = tmp_path / "model"
+    args = ["--catalog", str(data["products"]), "--train", str(data["labels_train"]),
+            "--base-model", str(tiny_model_dir), "--out", str(out), "--max-steps", "1",
+            *FAST]  # fmt: skip
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["fast_query_tower"] == "static"
+    info = read_fast_tower_info(out)
+    assert info.variant == "static" and info.item_fingerprint == model_fingerprint(out)
+    # sized to the data: 150 items, 20 queries → a few hundred queries, about the fewest steps
+    assert info.metrics["train_queries"] < 400
+    assert info.metrics["steps"] == auto_steps(info.metrics["train_queries"], 64) <= 200
+    assert "--fast-query-tower none skips it" in caplog.text and "ETA" in caplog.text
+    assert load_encoder(out).query_tower == "fast"
+    assert not query_onnx_path(out).exists()  # --export-onnx false holds: static needs none
+
+
+def test_recommendation_only_runs_skip_the_fast_tower_with_an_info_line(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], capsys, caplog
+) -> None:
+    from trainer.encoder.fast_tower import FAST_TOWER_DIR
+
+    out = tmp_path / "model"
+    args = ["--catalog", str(data["products"]), "--train", str(data["interactions_train"]),
+            "--task", "recommend", "--base-model", str(tiny_model_dir), "--out", str(out),
+            "--max-steps", "1", *FAST]  # fmt: skip
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fast_query_tower"] is None
+    assert "no search dataset to distil it on" in caplog.text
+    assert not (out / FAST_TOWER_DIR).exists()
+
+
+def test_fast_query_tower_config_key_is_checked(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "train.toml"
+    config.write_text('out = "m"\nfast_query_tower = "tiny"\n[[datasets]]\ncatalog = "c"\n'
+                      'train = "t"\n')  # fmt: skip
+    assert main(["--config", str(config)]) == 2
+    assert "fast_query_tower must be one of" in _error_line(capsys)
+
+
 @pytest.mark.slow
-def test_fast_query_tower_flag_distils_one_into_the_trained_model(
+def test_fast_query_tower_flag_picks_another_variant(
     tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
 ) -> None:
     from trainer.encoder.fast_tower import read_fast_tower_info
@@ -195,8 +246,9 @@ def test_fast_query_tower_flag_distils_one_into_the_trained_model(
     out = tmp_path / "model"
     args = ["--catalog", str(data["products"]), "--train", str(data["labels_train"]),
             "--base-model", str(tiny_model_dir), "--out", str(out), "--max-steps", "1",
-            *FAST, "--fast-query-tower", "static"]  # fmt: skip
+            *FAST, "--fast-query-tower", "int8"]  # fmt: skip
     assert main(args) == 0
     info = read_fast_tower_info(out)
-    assert info.variant == "static" and info.item_fingerprint == model_fingerprint(out)
+    assert (info.kind, info.variant) == ("onnx", "int8")
+    assert info.item_fingerprint == model_fingerprint(out)
     assert load_encoder(out).query_tower == "fast"

@@ -9,8 +9,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from trainer.distill.run import DEFAULT_VARIANT, VARIANTS, DistillConfig, distill_query
-from trainer.distill.students import FitSettings
+from trainer.distill.run import DistillConfig, distill_query
+from trainer.distill.students import AUTO_PASSES, AUTO_STEPS, FitSettings
+from trainer.encoder.fast_tower import DEFAULT_FAST_TOWER, FAST_TOWER_VARIANTS
 
 _EPILOG = """\
 variants:
@@ -44,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path, metavar="FILE", help="catalog (needed to train)")
     p.add_argument("--train", type=Path, metavar="FILE", help="labeled queries (optional)")
     p.add_argument(
-        "--variant", choices=VARIANTS, default=DEFAULT_VARIANT, help=f"({DEFAULT_VARIANT})"
+        "--variant",
+        choices=FAST_TOWER_VARIANTS,
+        default=DEFAULT_FAST_TOWER,
+        help=f"({DEFAULT_FAST_TOWER})",
     )
     p.add_argument("--layers", type=int, default=2, metavar="N", help="student layers (2)")
     p.add_argument(
@@ -53,7 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--synth-queries", type=int, default=20_000, metavar="N", help="from the catalog (20000)"
     )
-    p.add_argument("--steps", type=int, default=2000, metavar="N", help="training steps (2000)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help=f"training steps (default: about {AUTO_PASSES} passes over the queries, "
+        f"{AUTO_STEPS[0]} to "
+        f"{AUTO_STEPS[1]})",
+    )
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="queries (64)")
     p.add_argument(
         "--lr", type=float, metavar="LR", help="learning rate (static 1e-3, student 1e-4)"

@@ -1,6 +1,6 @@
 """``distill_query``: make a model dir's fast query tower (``trainer.encoder.fast_tower``).
 
-Variants (``VARIANTS``):
+Variants (``FAST_TOWER_VARIANTS``):
 
 - ``"int8"``: the full query tower's ONNX graph with its weights quantised to int8
   (``onnxruntime.quantization.quantize_dynamic``); no training.
@@ -34,6 +34,7 @@ from trainer.distill.students import (
     FitSettings,
     StaticStudent,
     TransformerStudent,
+    auto_steps,
     fit,
     sif_weights,
     student_layers,
@@ -41,7 +42,9 @@ from trainer.distill.students import (
     token_vectors,
 )
 from trainer.encoder.fast_tower import (
+    DEFAULT_FAST_TOWER,
     FAST_TOWER_DIR,
+    FAST_TOWER_VARIANTS,
     STATIC_FILE,
     STATIC_TOKENIZER,
     FastTowerInfo,
@@ -56,9 +59,6 @@ from trainer.encoder.torch_tower import TorchTower
 from trainer.text import item_text
 
 logger = logging.getLogger(__name__)
-
-VARIANTS = ("int8", "student", "static")
-DEFAULT_VARIANT = "static"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class DistillConfig:
     out: Path
     catalog: Path | None = None
     train: Path | None = None
-    variant: str = DEFAULT_VARIANT
+    variant: str = DEFAULT_FAST_TOWER
     layers: int = 2
     quantize: bool = False
     synth_queries: int = 20_000
@@ -85,13 +85,14 @@ class DistillConfig:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant not in FAST_TOWER_VARIANTS:
+            raise ValueError(f"variant must be one of {FAST_TOWER_VARIANTS}, got {self.variant!r}")
         if self.variant != "int8" and self.catalog is None:
             raise ValueError(f"variant {self.variant!r} is trained: it needs --catalog")
         if not 0 < self.holdout_fraction < 0.5:
             raise ValueError(f"holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
-        if self.synth_queries < 0 or self.fit.steps < 1 or self.fit.batch_size < 2:
+        steps = self.fit.steps
+        if self.synth_queries < 0 or (steps is not None and steps < 1) or self.fit.batch_size < 2:
             raise ValueError("synth_queries must be >= 0, steps >= 1 and batch_size >= 2")
 
 
@@ -106,15 +107,18 @@ def dense_part(vectors: np.ndarray, dim: int) -> np.ndarray:
     return l2_normalize(np.ascontiguousarray(vectors[:, :dim], dtype=np.float32))
 
 
-def prepare_out(teacher: Path, out: Path) -> None:
+def prepare_out(teacher: Path, out: Path, *, export: bool = True) -> None:
     """Make ``out`` the teacher's model dir with a current full-tower ONNX export: a copy of
-    every file (so its ``model_fingerprint`` is the teacher's), unless ``out`` is the teacher.
+    every file (so its ``model_fingerprint`` is the teacher's), unless ``out`` is the teacher
+    (then the export is added only with ``export``: the static variant does not need it, and
+    ``aisle-train --export-onnx false`` asked for none).
 
     Raises:
         ValueError: the teacher is not a model dir, or ``out`` exists and is not empty.
     """
     if out.exists() and out.resolve() == teacher.resolve():
-        _ensure_export(out)
+        if export:
+            _ensure_export(out)
         return
     check_model_dir(teacher)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -171,8 +175,9 @@ def distill_query(config: DistillConfig) -> DistillResult:
     """
     started = time.perf_counter()
     teacher_dir, out = Path(config.teacher), Path(config.out)
-    prepare_out(teacher_dir, out)
-    encoder = load_encoder(out, backend="onnx", query_tower="full", num_threads=config.num_threads)
+    prepare_out(teacher_dir, out, export=config.variant != "static")
+    # ONNX (the export is there unless the static variant was added in place without one)
+    encoder = load_encoder(out, backend="auto", query_tower="full", num_threads=config.num_threads)
     info = encoder.info
     with tempfile.TemporaryDirectory(prefix=".query_fast.", dir=out) as tmp:
         work = Path(tmp) / FAST_TOWER_DIR
@@ -187,12 +192,24 @@ def distill_query(config: DistillConfig) -> DistillResult:
                 heldout = texts[-_n_heldout(len(texts), config) :]
         else:
             catalog, texts, rows = _pairs(config)
+            n_train = len(texts) - _n_heldout(len(texts), config)
+            steps = config.fit.steps or auto_steps(n_train, config.fit.batch_size)
+            settings = replace(config.fit, max_length=info.max_query_length, steps=steps)
+            logger.info(
+                "distilling the %s query tower of %s: %d queries (%d held out), %d items, "
+                "%d steps of %d queries; the teacher's vectors first",
+                config.variant,
+                out,
+                len(texts),
+                len(texts) - n_train,
+                len(set(rows)),
+                steps,
+                settings.batch_size,
+            )
             teacher_q, items, heldout = _teacher_targets(encoder, catalog, texts, rows, config)
-            n_train = len(texts) - len(heldout)
             tower = TorchTower(
                 out / norm_tower(info.query_tower), pooling=info.pooling, device="cpu"
             )
-            settings = replace(config.fit, max_length=info.max_query_length)
             if config.variant == "student":
                 layer_ids = student_layers(tower.model.config.num_hidden_layers, config.layers)
                 student: TransformerStudent | StaticStudent = TransformerStudent(tower, layer_ids)
@@ -204,6 +221,7 @@ def distill_query(config: DistillConfig) -> DistillResult:
             metrics["heldout_cosine_before"] = _mean_cosine(before, teacher_q[n_train:])
             losses = fit(student, texts[:n_train], teacher_q[:n_train], items[:n_train], settings)
             metrics["final_loss"] = round(float(np.mean(losses[-50:])), 5)
+            metrics["steps"] = len(losses)
             metrics["train_queries"] = n_train
             if isinstance(student, TransformerStudent):
                 kind = "onnx"
@@ -297,7 +315,10 @@ def _item_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
 
 
 def _static_student(tower: TorchTower, texts: list[str]) -> StaticStudent:
+    started = time.perf_counter()
+    logger.info("static: the teacher's vector of each of its %d tokens first", len(tower.tokenizer))
     vectors = l2_normalize(token_vectors(tower))  # (vocab, dim) unit rows
+    logger.info("static: token vectors in %.1fs", time.perf_counter() - started)
     vectors *= sif_weights(tower.tokenizer, texts)[:, None]
     return StaticStudent(vectors, tower.tokenizer)
 

@@ -41,6 +41,10 @@ STATIC_TOKENIZER = "tokenizer.json"
 KINDS = ("onnx", "static")
 # Which query tower an Encoder uses: "auto" = the fast one when the model dir has it.
 QUERY_TOWERS = ("auto", "fast", "full")
+# How a fast tower is made (``trainer.distill``); the default is the one ``aisle-train`` adds
+# after training: the static tower alone meets 1 ms per query within 2 % NDCG (docs/training.md).
+FAST_TOWER_VARIANTS = ("int8", "student", "static")
+DEFAULT_FAST_TOWER = "static"
 _HEX64_LEN = 64
 
 

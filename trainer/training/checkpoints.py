@@ -53,6 +53,7 @@ _RESUME_FREE = frozenset(
         "checkpoint_dir",
         "prefetch",
         "compile",
+        "fast_query_tower",  # made after training, from the exported model dir
     }
 )
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from trainer.encoder.fast_tower import DEFAULT_FAST_TOWER, FAST_TOWER_VARIANTS
 from trainer.encoder.trigram import DEFAULT_BUCKETS, DEFAULT_HASHES, check_lexical_settings
 from trainer.encoder.user import check_history_decay
 from trainer.evaluation.presets import dataset_preset
@@ -147,7 +148,10 @@ class TrainConfig:
 
     Export: the model dir at ``out``, plus the ONNX query tower (``trainer.encoder.onnx_export``)
     when ``export_onnx`` and the exporter's packages (onnx, onnxscript) are installed; without
-    them a warning says how to export later.
+    them a warning says how to export later. ``fast_query_tower``: the fast query tower the
+    ``aisle-train`` command distils into ``out`` after training ("static", the default; "int8",
+    "student"; "none" = skip), from the first search dataset; ``train`` itself never distils
+    (``trainer.cli`` does, once, after every DDP process is done).
     """
 
     datasets: tuple[DatasetSpec, ...]
@@ -207,6 +211,7 @@ class TrainConfig:
     dp_max_grad_norm: float = 1.0
     dp_trainable_layers: int | None = None
     dp_logq_epsilon: float | None = None
+    fast_query_tower: str = DEFAULT_FAST_TOWER
 
     def __post_init__(self) -> None:
         datasets = tuple(
@@ -313,6 +318,11 @@ class TrainConfig:
             )
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.fast_query_tower not in ("none", *FAST_TOWER_VARIANTS):
+            raise ValueError(
+                f"fast_query_tower must be one of {('none', *FAST_TOWER_VARIANTS)}, got "
+                f"{self.fast_query_tower!r}"
+            )
         if self.pooling is not None and self.pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if not isinstance(self.device, str) or not self.device:

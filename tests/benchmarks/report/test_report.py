@@ -1,8 +1,9 @@
 """Tests for benchmarks.report: the report from JSON lines, the runner, the summary, --compare.
 
-``records.jsonl`` holds one line per benchmark: the ann, latency, rank, reindex and rerank lines are
-real runs' lines from bench-out/ (ann trimmed to a few settings); the quality and train lines
-follow the shapes bench_quality.py and bench_train.py append, with illustrative numbers.
+``records.jsonl`` holds one line per benchmark: the ann, latency, rank, reindex and rerank lines
+are real runs' lines from bench-out/ (ann trimmed to a few settings); the quality, train and
+query_tower lines follow the shapes bench_quality.py, bench_train.py and bench_query_tower.py
+append, with illustrative numbers.
 """
 
 from __future__ import annotations
@@ -97,13 +98,18 @@ def test_report_renders_every_benchmark_from_its_newest_line(tmp_path: Path) -> 
     assert "hnswlib HNSW32" in section(text, "ann")
     assert "sentence-transformers 41" in section(text, "train")
     assert "Spark overhead" in section(text, "reindex")
+    towers = section(text, "query_tower")
+    assert "| full | 1,850 | 2,900 | 1,900 | 3,100 | — | 0.3 | — | 0.36 | — |" in towers
+    assert "| static | 50 | 80 | 52 | 90 | 37 | 0.29 | -3.33 % | 0.354 | -1.67 % |" in towers
+    assert "| static | 8 | 8.5 | 14 | 900 | 0 | 0.07 | 0.2 | 3× | -67.31 % |" in towers
+    assert "hybrid NDCG@10 -1.67 % within 2 %" in towers and "3× the full tower's ≥ 2.5×" in towers
     # Machine: CPU and library versions from the records.
     assert "| quality | 2026-11-29T18:10:00+00:00 | AMD EPYC | 2 |" in text
     assert "| faiss-cpu | 1.15.1 |" in text
 
     # Figures: drawn (the benchmarks' own PNGs are not there), linked relatively, each naming
     # the command whose results it shows.
-    for name in ("quality", "ann", "latency", "train", "reindex"):
+    for name in ("quality", "ann", "latency", "query_tower", "train", "reindex"):
         png = report.parent / "report" / f"{name}.png"
         assert png.read_bytes().startswith(PNG_MAGIC), name
         assert f"](report/{name}.png)" in section(text, name)
@@ -118,6 +124,8 @@ def test_report_renders_every_benchmark_from_its_newest_line(tmp_path: Path) -> 
     assert metrics["latency/c1/p50_ms"] == {"value": 8.555, "better": "lower"}
     assert metrics["train/ratio"] == {"value": 1.276, "better": "higher"}
     assert metrics["rank/homedepot/ranked/ndcg@10"] == {"value": ranked["mean"], "better": "higher"}
+    assert metrics["query_tower/static/encode_cpu_p50_us"] == {"value": 50.0, "better": "lower"}
+    assert metrics["query_tower/static/served/c8/qps"] == {"value": 900.0, "better": "higher"}
     assert metrics["reindex/spark_overhead_ratio"]["better"] == "lower"
     assert metrics["ann/HNSW32/qps_batched@recall0.95"]["better"] == "higher"
     lines = (out / "summary.jsonl").read_text().splitlines()
@@ -398,3 +406,8 @@ def test_quality_section_names_the_model_parts() -> None:
     assert "weight 0.4" in text and "scientific fine-tuned: user tower decay 0.7" in text
     assert "zero-shot: user tower" not in text
     assert model_parts([{"dataset": "esci", "method": "fine-tuned", "history_decay": 1.0}]) == ""
+    fast = {"dataset": "homedepot", "method": "fine-tuned, fast query tower (static)",
+            "query_tower": "fast"}  # fmt: skip
+    assert "fast query tower (static): the fine-tuned model's distilled query tower" in (
+        model_parts([fast])
+    )
