@@ -219,3 +219,12 @@ def run_load(
     out["stages_p99_ms"] = {n: round(percentile(v, 99), 3) for n, v in stages.items()}
     out["latencies_ms"] = latencies
     return out
+
+
+def level_line(label: str, level: dict[str, Any]) -> str:
+    """One load level as a line: p50 / p95 / p99, QPS, errors and the server's stage p50s."""
+    return (
+        f"{label}: p50 {level['p50_ms']:.2f} ms  p95 {level['p95_ms']:.2f}  p99 "
+        f"{level['p99_ms']:.2f}  qps {level['qps']}  errors {level['errors']}  stages "
+        f"{level['stages_p50_ms']}"
+    )
