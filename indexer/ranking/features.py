@@ -131,7 +131,7 @@ def compute_features(
             title_weights = w
             put("title_coverage", (w > 0).sum(axis=1) / n_terms if n_terms else 0.0)
     put("title_trigram_cosine", source.fields.title_trigram_cosine(text, rows))
-    phrases = source.fields.phrase_matches(text, rows, title_weights)
+    phrases = source.fields.phrase_matches(text, rows, title_weights, terms)
     put("phrase_in_title", phrases.phrase)
     put("bigram_coverage", phrases.bigrams)
     put("first_term_in_title", phrases.first_term)

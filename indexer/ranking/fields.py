@@ -171,7 +171,7 @@ class FieldIndex:
         return out
 
     def phrase_matches(
-        self, text: str, rows: np.ndarray, title_weights: np.ndarray
+        self, text: str, rows: np.ndarray, title_weights: np.ndarray, terms: list[str]
     ) -> PhraseMatches:
         """Where the query's words and terms sit in each row's title (rows past ``n_items``:
         0, as if their titles were empty).
@@ -180,6 +180,7 @@ class FieldIndex:
             title_weights: ``term_weights("title", text, rows)``, already computed by the
                 caller: its columns are the query's known terms in order, so the first and
                 last terms' columns say whether they are in a title.
+            terms: ``analyze(text)``, already computed by the caller.
         """
         m = len(rows)
         words = normalized_words(text).split()
@@ -198,7 +199,6 @@ class FieldIndex:
                 bigrams = bigrams * held / np.float32(len(words) - 1)
         elif len(words) > 1:
             bigrams = np.zeros(m, dtype=np.float32)
-        terms = analyze(text)
         if not terms:
             nan = np.full(m, np.nan, dtype=np.float32)
             return PhraseMatches(phrase_in, bigrams, nan, nan)

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from indexer.lexical.analysis import analyze
 from indexer.lexical.index import LexicalIndex
 from indexer.ranking.features import FeatureSource, compute_features, union_candidates
 from indexer.ranking.fields import FieldIndex, field_text, number_tokens, present_fields
@@ -219,7 +220,9 @@ def test_title_match_features_of_rows_added_since_the_build(source):
     # an item upserted after the build has a row past the field index (its features read 0)
     fields, rows = source.fields, np.array([7, 1])
     assert fields.title_trigram_cosine("red sofa", rows).tolist() == pytest.approx([0, 1])
-    m = fields.phrase_matches("red sofa", rows, fields.term_weights("title", "red sofa", rows))
+    m = fields.phrase_matches(
+        "red sofa", rows, fields.term_weights("title", "red sofa", rows), analyze("red sofa")
+    )
     assert m.phrase.tolist() == [0, 1] and m.last_term.tolist() == [0, 1]
     assert m.bigrams.tolist() == [0, 1] and m.first_term.tolist() == [0, 1]
 
