@@ -380,8 +380,9 @@ def merge_topk(
     row_key = np.where(missing, np.iinfo(np.int64).max, I_all)
     order = np.lexsort((row_key, score_key), axis=-1)[:, :k]  # primary: score desc; then row asc
     take = order.shape[1]
-    I[:, :take] = np.take_along_axis(I_all, order, axis=1)
-    D[:, :take] = np.take_along_axis(D_all, order, axis=1)
+    query_rows = np.arange(nq)[:, None]  # plain fancy indexing: take_along_axis costs ~10x more
+    I[:, :take] = I_all[query_rows, order]
+    D[:, :take] = D_all[query_rows, order]
     D[I < 0] = _MISSING_SCORE
     return D, I
 

@@ -5,7 +5,9 @@ everything queued (up to `max_batch` texts, waiting at most `window_ms` for more
 and encodes it in one call. When the encoder is idle and nothing is queued, a request encodes on
 its own thread (no hand-off); while the encoder is busy, texts queue up and the next call takes
 them all, so under load batching turns many small encoder calls into a few larger ones. A full
-queue is refused at once.
+queue is refused at once. An encoder that is thread-safe and costs microseconds (the static
+query tower) gains nothing from batching and loses the hand-off: with `inline=True` every request
+encodes on its own thread, concurrently, and there is no worker or queue.
 
 `EncoderGate` shares the one encoder between that query path and item-tower work (Embed of
 items, the encoding of Upserts): queries go first, item work runs in small chunks that wait
@@ -148,10 +150,14 @@ class MicroBatcher:
         max_queue: int = 1024,
         cache_size: int = 10_000,
         on_batch: Callable[[int], None] | None = None,
+        inline: bool = False,
     ) -> None:
+        """``inline``: encode every call on the calling thread, concurrently (``encode`` must be
+        thread-safe), with no worker thread or queue; see the module docstring."""
         if max_batch < 1 or max_queue < 1 or window_ms < 0:
             raise ValueError("need max_batch >= 1, max_queue >= 1 and window_ms >= 0")
         self._encode = encode
+        self.inline = inline
         self.max_batch = max_batch
         self.window_s = window_ms / 1e3
         self.cache = EmbeddingCache(cache_size)
@@ -160,8 +166,10 @@ class MicroBatcher:
         self._closed = threading.Event()
         self._direct_lock = threading.Lock()  # encodes after close() run one at a time
         self._busy = threading.Lock()  # held while the encoder runs (worker or inline)
-        self._worker = threading.Thread(target=self._run, name="aisle-encoder", daemon=True)
-        self._worker.start()
+        self._worker = None
+        if not inline:
+            self._worker = threading.Thread(target=self._run, name="aisle-encoder", daemon=True)
+            self._worker.start()
 
     @property
     def queue_depth(self) -> int:
@@ -174,7 +182,14 @@ class MicroBatcher:
         """
         vectors: list[np.ndarray | None] = [self.cache.get(t) for t in texts]
         missing = [i for i, v in enumerate(vectors) if v is None]
-        if missing:
+        if missing and self.inline:
+            fresh = self._encode([texts[i] for i in missing])
+            for j, i in enumerate(missing):
+                vectors[i] = fresh[j]
+                self.cache.put(texts[i], fresh[j])
+            if self._on_batch is not None:
+                self._on_batch(len(missing))
+        elif missing:
             if self._closed.is_set():  # a request still on a replaced snapshot
                 with self._direct_lock:
                     fresh = self._encode([texts[i] for i in missing])
@@ -274,4 +289,5 @@ class MicroBatcher:
     def close(self) -> None:
         """Stop the worker once the queue is drained; later calls encode directly."""
         self._closed.set()
-        self._worker.join(timeout=30)
+        if self._worker is not None:
+            self._worker.join(timeout=30)

@@ -303,16 +303,20 @@ def page(
     k: int,
 ) -> tuple[list[Hit], bool]:
     """The hits at [offset, offset + k) of a ranking, and whether more follow."""
+    end = offset + k
+    shown = rows[offset:end]
+    # Whole-array conversions: per-element numpy scalars cost ~1 µs each, 4 per hit.
     hits = [
-        Hit(int(r), str(snap.index.item_ids[r]), float(s), float(m))
-        for r, s, m in zip(
-            rows[offset : offset + k],
-            scores[offset : offset + k],
-            sims[offset : offset + k],
+        Hit(r, item_id, s, m)
+        for r, item_id, s, m in zip(
+            shown.tolist(),
+            snap.index.item_ids[shown].tolist(),
+            scores[offset:end].tolist(),
+            sims[offset:end].tolist(),
             strict=True,
         )
     ]
-    return hits, len(rows) > offset + k
+    return hits, len(rows) > end
 
 
 def _blend(xq: np.ndarray, user: np.ndarray, weight: float) -> np.ndarray:

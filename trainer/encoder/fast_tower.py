@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
+import queue
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,9 @@ def query_fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
+_SMALL_BATCH = 8  # up to this many texts are tokenised one by one on the calling thread
+
+
 class StaticTower:
     """A static token-embedding query tower (a ``trainer.encoder.load.TowerBackend``).
 
@@ -157,14 +160,29 @@ class StaticTower:
             raise ValueError(f"{tower_dir / STATIC_FILE}: embeddings must be (vocab, dim)")
         tokenizer.no_padding()
         tokenizer.no_truncation()
-        self._tokenizer = tokenizer
+        self._tokenizer_json = tokenizer.to_str()
+        # A Tokenizer is not safe to call from two threads at once (PyO3 refuses a borrow with
+        # "Already borrowed"; huggingface/tokenizers#537), and a lock around it made concurrent
+        # server requests queue: each call borrows a spare copy, made when none is free.
+        self._spare: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._spare.put(tokenizer)
         self.dim = int(self.embeddings.shape[1])
-        self._lock = threading.Lock()
 
     def token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids per text, without special tokens, at most ``max_length`` each."""
-        with self._lock:  # tokenizers' Tokenizer is not documented as thread-safe
-            encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        try:
+            tokenizer = self._spare.get_nowait()
+        except queue.Empty:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(self._tokenizer_json)
+        try:
+            if len(texts) <= _SMALL_BATCH:  # a request's query: no hand-off to rayon's pool
+                encodings = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+            else:
+                encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+        finally:
+            self._spare.put(tokenizer)
         vocab = self.embeddings.shape[0]
         return [[i for i in e.ids[:max_length] if i < vocab] for e in encodings]
 

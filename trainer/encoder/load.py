@@ -147,6 +147,13 @@ class Encoder:
         """What encodes queries: "onnx" (ONNX Runtime), "torch" or "static" (numpy)."""
         return self._query_tower.backend
 
+    @property
+    def queries_inline(self) -> bool:
+        """True when the query tower is thread-safe and takes microseconds (the static tower):
+        a server encodes each query on its request thread, concurrently, instead of batching
+        queries across requests through one encoder (``engine.search.batcher``)."""
+        return self._query_tower.backend == "static"
+
     def encode_queries(
         self, texts: Sequence[str], *, batch_size: int = 64, max_length: int | None = None
     ) -> np.ndarray:

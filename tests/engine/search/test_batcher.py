@@ -145,3 +145,28 @@ def test_after_close_requests_still_get_answers() -> None:
     batcher = MicroBatcher(enc, cache_size=0)
     batcher.close()
     np.testing.assert_array_equal(batcher.encode(["late"]), enc(["late"]))
+
+
+def test_inline_encodes_each_call_on_its_own_thread_concurrently() -> None:
+    """``inline=True`` (the static query tower): no worker, no batching, calls overlap."""
+    enc = CountingEncoder(delay_s=0.05)
+    batcher = MicroBatcher(enc, cache_size=16, inline=True)
+    assert batcher._worker is None
+    threads: set[int] = set()
+
+    def encode(i: int) -> np.ndarray:
+        threads.add(threading.get_ident())
+        return batcher.encode([f"query {i}", "shared"])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        out = list(pool.map(encode, range(8)))
+    elapsed = time.perf_counter() - started
+    for i, vectors in enumerate(out):
+        np.testing.assert_array_equal(vectors, enc([f"query {i}", "shared"]))
+    # 8 calls of 50 ms one after another would take 0.4 s; run concurrently they overlap.
+    assert elapsed < 0.3, elapsed
+    assert len(threads) > 1
+    assert batcher.cache.get("query 3") is not None  # the cache still fills
+    batcher.close()
+    np.testing.assert_array_equal(batcher.encode(["after close"]), enc(["after close"]))

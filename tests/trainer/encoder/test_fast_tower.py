@@ -136,3 +136,19 @@ def test_the_fast_tower_keeps_the_trigram_sketch(tiny_model_dir: Path, tmp_path:
     np.testing.assert_allclose(xf[:, 32:], xq[:, 32:], atol=1e-6)  # the same sketch
     assert not np.allclose(xf[:, :32], xq[:, :32])  # another dense part
     np.testing.assert_allclose(np.linalg.norm(xf, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_static_tower_encodes_from_many_threads_at_once(fast_model: Path) -> None:
+    """Concurrent requests each borrow a tokenizer (one Tokenizer refuses concurrent calls):
+    every thread's vectors equal the one-thread result, small batches and large alike."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tower = StaticTower(fast_tower_dir(fast_model))
+    texts = [f"red velvet sofa {i} usb cable model x{i}" for i in range(40)]
+    one = [tower.encode([t], 32) for t in texts]
+    batch = tower.encode(texts, 32)  # > the small-batch size: encode_batch
+    np.testing.assert_allclose(np.concatenate(one), batch, atol=1e-6)
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda t: tower.encode([t], 32), texts * 5))
+            np.testing.assert_array_equal(np.concatenate(got), np.concatenate(one * 5))
