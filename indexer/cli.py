@@ -15,6 +15,8 @@ from indexer.build.ranker import attach_ranker
 from indexer.build.spark import SparkConfig, build_index_spark
 from indexer.ranking.model import RANKER_FILE, Ranker
 from indexer.ranking.training import (
+    CV_BELOW,
+    VALIDATIONS,
     RankerConfig,
     evaluate_ranker,
     prepare_queries,
@@ -450,6 +452,13 @@ def rank_arg_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=2, metavar="N",
                        help="LightGBM threads (default 2)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0, help="held-out split and model seed")
+    train.add_argument("--validation", choices=VALIDATIONS, default="auto",
+                       help="holdout: early stopping on 15%% of the train queries; cv: K-fold "
+                       "cross-validation over them picks the tree size and rounds, then all "
+                       f"train; auto: cv under {CV_BELOW} usable queries "
+                       "(default auto)")  # fmt: skip
+    train.add_argument("--cv-folds", type=int, default=5, metavar="K",
+                       help="folds of --validation cv (default 5)")  # fmt: skip
     evaluate.add_argument("--ranker", type=Path, default=None, metavar="FILE",
                           help="ranker file; default: the version's own")  # fmt: skip
     evaluate.add_argument("--recall-grade", type=int, default=None, metavar="G",
@@ -492,7 +501,12 @@ def _rank_train_or_evaluate(args: argparse.Namespace) -> dict:
     qs = prepare_queries(index, source, encoder, labels, show_progress=True)
     if args.command == "train":
         config = RankerConfig(
-            gains=args.gains, max_rounds=args.max_rounds, threads=args.threads, seed=args.seed
+            gains=args.gains,
+            max_rounds=args.max_rounds,
+            threads=args.threads,
+            seed=args.seed,
+            validation=args.validation,
+            cv_folds=args.cv_folds,
         )
         ranker = train_ranker(
             qs, config, model_fingerprint=encoder.fingerprint, fields=source.fields.fields

@@ -23,6 +23,21 @@ def _cell(summary: Any) -> str:
     return f"{fmt(summary['mean'])} ± {fmt(summary.get('stderr'))}"
 
 
+def _validation(training: dict) -> str:
+    """How the ranker was validated (never on dev): cross-validation or a held-out slice."""
+    if training.get("validation") == "cv":
+        return (
+            f"{fmt(training.get('queries_fit'))} train queries, "
+            f"{fmt(training.get('cv_folds'))}-fold cross-validation over them (never dev), "
+            f"mean fold NDCG@10 {fmt(training.get('held_out_ndcg@10'))}"
+        )
+    return (
+        f"{fmt(training.get('queries_fit'))} train queries fitted, "
+        f"{fmt(training.get('queries_held_out'))} held out for early stopping (never dev), "
+        f"held-out NDCG@10 {fmt(training.get('held_out_ndcg@10'))}"
+    )
+
+
 def rank_section(ctx: Context) -> tuple[list[str], list[Figure]]:
     r = ctx.record.get("results") or {}
     config = ctx.record.get("config") or {}
@@ -50,11 +65,9 @@ def rank_section(ctx: Context) -> tuple[list[str], list[Figure]]:
                 if name in metrics
             ],
         ),  # fmt: skip
-        f"Training: {fmt(training.get('queries_fit'))} train queries fitted, "
-        f"{fmt(training.get('queries_held_out'))} held out for early stopping (never dev), "
-        f"{fmt(training.get('candidates'))} candidates, {fmt(training.get('rounds'))} rounds, "
-        f"held-out NDCG@10 {fmt(training.get('held_out_ndcg@10'))}; features "
-        f"{fmt(r.get('train_features_s'))} s, LightGBM {fmt(r.get('train_s'))} s.",
+        f"Training: {_validation(training)}, "
+        f"{fmt(training.get('candidates'))} candidates, {fmt(training.get('rounds'))} rounds; "
+        f"features {fmt(r.get('train_features_s'))} s, LightGBM {fmt(r.get('train_s'))} s.",
         f"Ranking stage (features + LightGBM, one thread, per dev query): p50 "
         f"{fmt(stage.get('p50'))} ms, p95 {fmt(stage.get('p95'))} ms, for "
         f"{fmt(stage.get('candidates_p50'))} candidates at the median (at most "

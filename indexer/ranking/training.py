@@ -4,8 +4,12 @@ For each labelled query: encode it with the version's towers, take the dense cha
 and the lexical channel's top N (``CANDIDATES_PER_CHANNEL``, the server's hybrid depth), their
 union (``union_candidates``), and the features of every candidate (``compute_features``, the
 function the server calls). Judged candidates get their grade, unjudged ones 0. LightGBM's
-``lambdarank`` is trained on these groups with early stopping on a held-out slice of the
-*training* queries (never dev), optimising NDCG@10 with the dataset's gains.
+``lambdarank`` is trained on these groups, optimising NDCG@10 with the dataset's gains, and
+validated on the *training* queries only (never dev): with many queries, early stopping on a
+held-out slice of them; with few (``CV_BELOW``, ESCI's 100), where a 15-query slice is too
+small to stop on and holding it out costs a sixth of the data, K-fold cross-validation over the
+queries picks the tree size from a small grid (``CV_GRID``) and the number of rounds, and the
+ranker is then trained on all of them.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+VALIDATIONS = ("auto", "holdout", "cv")
+CV_BELOW = 1000  # usable training queries under which "auto" cross-validates
+# (num_leaves, min_data_in_leaf) tried by cross-validation: from a few-split stump-like model
+# that stays close to the fused score it is given to the default trees.
+CV_GRID = ((4, 50), (8, 20), (15, 50), (31, 20))
+
 
 @dataclass(frozen=True)
 class RankerConfig:
@@ -55,6 +65,10 @@ class RankerConfig:
         max_rounds: boosting rounds at most; early stopping ends sooner.
         early_stopping: rounds without a better held-out NDCG@10 before stopping.
         valid_fraction: share of the training queries held out for early stopping.
+        validation: "holdout" (early stopping on ``valid_fraction`` of the queries), "cv"
+            (``cv_folds``-fold cross-validation picks ``CV_GRID``'s tree size and the rounds,
+            then all queries train) or "auto": cv below ``CV_BELOW`` usable queries.
+        cv_folds: folds of "cv" (fewer when there are too few queries for two per fold).
         seed: the held-out split and LightGBM's seed.
         threads: LightGBM threads.
     """
@@ -67,11 +81,19 @@ class RankerConfig:
     max_rounds: int = 500
     early_stopping: int = 50
     valid_fraction: float = 0.15
+    validation: str = "auto"
+    cv_folds: int = 5
     seed: int = 0
     threads: int = 2
 
     def __post_init__(self) -> None:
         resolve_gains(self.gains)
+        if self.validation not in VALIDATIONS:
+            raise ValueError(
+                f"validation must be one of {', '.join(VALIDATIONS)}, got {self.validation!r}"
+            )
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
         if self.max_rounds < 1 or self.early_stopping < 1 or self.num_leaves < 2:
@@ -173,7 +195,7 @@ def _stack(qs: QuerySet, which: list[int]) -> tuple[np.ndarray, np.ndarray, list
 def train_ranker(
     qs: QuerySet, config: RankerConfig, *, model_fingerprint: str, fields: tuple[str, ...]
 ) -> Ranker:
-    """Train lambdarank on ``qs`` with early stopping on a held-out slice of it.
+    """Train lambdarank on ``qs``, validated on it as ``config.validation`` says.
 
     Raises:
         ValueError: too few queries with a relevant candidate to hold some out.
@@ -187,20 +209,45 @@ def train_ranker(
         )
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(useful)
-    n_valid = max(1, round(len(order) * config.valid_fraction))
-    valid, fit = sorted(order[:n_valid].tolist()), sorted(order[n_valid:].tolist())
     gains = resolve_gains(config.gains)
     label_gain = [gains.get(g, 0.0) for g in range(max(gains) + 1)]
-    X_fit, y_fit, g_fit = _stack(qs, fit)
-    X_val, y_val, g_val = _stack(qs, valid)
-    params = {
+    validation = config.validation
+    if validation == "auto":
+        validation = "cv" if len(useful) < CV_BELOW else "holdout"
+    if validation == "cv":
+        booster, record = _train_cross_validated(qs, config, order.tolist(), label_gain)
+    else:
+        booster, record = _train_held_out(qs, config, order.tolist(), label_gain)
+    seconds = time.perf_counter() - t0
+    logger.info(
+        "ranker (%s): %d rounds, validation NDCG@10 %.4f (LightGBM's, over candidates), %.1f s",
+        validation, booster.current_iteration(), record["held_out_ndcg@10"] or float("nan"),
+        seconds,
+    )  # fmt: skip
+    return Ranker(
+        booster=booster,
+        model_fingerprint=model_fingerprint,
+        fields=fields,
+        training={
+            "validation": validation,
+            **record,
+            "candidates": int(sum(len(qs.labels[i]) for i in useful)),
+            "rounds": int(booster.current_iteration()),
+            "seconds": round(seconds, 2),
+            "config": {k: v for k, v in config.__dict__.items()},
+        },
+    )
+
+
+def _params(config: RankerConfig, label_gain: list[float], num_leaves: int, min_leaf: int) -> dict:
+    return {
         "objective": "lambdarank",
         "metric": "ndcg",
         "eval_at": [10],
         "label_gain": label_gain,
-        "num_leaves": config.num_leaves,
+        "num_leaves": num_leaves,
         "learning_rate": config.learning_rate,
-        "min_data_in_leaf": config.min_data_in_leaf,
+        "min_data_in_leaf": min_leaf,
         "feature_fraction": config.feature_fraction,
         "lambdarank_truncation_level": 20,
         "num_threads": config.threads,
@@ -209,37 +256,86 @@ def train_ranker(
         "force_row_wise": True,
         "verbose": -1,
     }
+
+
+def _fit(
+    qs: QuerySet,
+    params: dict,
+    fit: list[int],
+    valid: list[int] | None,
+    config: RankerConfig,
+    rounds: int,
+) -> lgb.Booster:
+    """LightGBM on the ``fit`` queries; with ``valid``, early stopping on them."""
+    X_fit, y_fit, g_fit = _stack(qs, sorted(fit))
     train_set = lgb.Dataset(X_fit, y_fit, group=g_fit, free_raw_data=False)
+    if valid is None:
+        return lgb.train(params, train_set, num_boost_round=rounds)
+    X_val, y_val, g_val = _stack(qs, sorted(valid))
     valid_set = lgb.Dataset(X_val, y_val, group=g_val, reference=train_set)
-    booster = lgb.train(
+    return lgb.train(
         params,
         train_set,
-        num_boost_round=config.max_rounds,
+        num_boost_round=rounds,
         valid_sets=[valid_set],
         valid_names=["held_out"],
         callbacks=[lgb.early_stopping(config.early_stopping, verbose=False)],
     )
-    seconds = time.perf_counter() - t0
+
+
+def _train_held_out(
+    qs: QuerySet, config: RankerConfig, order: list[int], label_gain: list[float]
+) -> tuple[lgb.Booster, dict[str, Any]]:
+    """Early stopping on ``valid_fraction`` of the queries; the rest train."""
+    n_valid = max(1, round(len(order) * config.valid_fraction))
+    valid, fit = order[:n_valid], order[n_valid:]
+    params = _params(config, label_gain, config.num_leaves, config.min_data_in_leaf)
+    booster = _fit(qs, params, fit, valid, config, config.max_rounds)
     best = booster.best_score.get("held_out", {}).get("ndcg@10")
-    logger.info(
-        "ranker: %d rounds, held-out NDCG@10 %.4f (LightGBM's, over candidates), %.1f s",
-        booster.best_iteration, best or float("nan"), seconds,
-    )  # fmt: skip
     booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
-    return Ranker(
-        booster=booster,
-        model_fingerprint=model_fingerprint,
-        fields=fields,
-        training={
-            "queries_fit": len(fit),
-            "queries_held_out": len(valid),
-            "candidates": int(len(y_fit) + len(y_val)),
-            "rounds": int(booster.current_iteration()),
-            "held_out_ndcg@10": best,
-            "seconds": round(seconds, 2),
-            "config": {k: v for k, v in config.__dict__.items()},
-        },
-    )
+    return booster, {
+        "queries_fit": len(fit),
+        "queries_held_out": len(valid),
+        "held_out_ndcg@10": best,
+    }
+
+
+def _train_cross_validated(
+    qs: QuerySet, config: RankerConfig, order: list[int], label_gain: list[float]
+) -> tuple[lgb.Booster, dict[str, Any]]:
+    """K-fold over the queries: each ``CV_GRID`` setting trains on K-1 folds with early stopping
+    on the K-th; the setting with the best mean fold NDCG@10 is trained on every query for the
+    mean of its folds' best round counts."""
+    folds = min(config.cv_folds, len(order) // 2)  # at least two queries per fold
+    parts = [order[f::folds] for f in range(folds)]
+    trials = []
+    for num_leaves, min_leaf in CV_GRID:
+        params = _params(config, label_gain, num_leaves, min_leaf)
+        scores, rounds = [], []
+        for f in range(folds):
+            fit = [i for g, part in enumerate(parts) if g != f for i in part]
+            booster = _fit(qs, params, fit, parts[f], config, config.max_rounds)
+            scores.append(booster.best_score["held_out"]["ndcg@10"])
+            rounds.append(booster.best_iteration)
+        trials.append(
+            {
+                "num_leaves": num_leaves,
+                "min_data_in_leaf": min_leaf,
+                "ndcg@10": float(np.mean(scores)),
+                "ndcg@10_stderr": float(np.std(scores, ddof=1) / np.sqrt(folds)),
+                "rounds": max(1, round(float(np.mean(rounds)))),
+            }
+        )
+    best = max(trials, key=lambda t: t["ndcg@10"])
+    params = _params(config, label_gain, best["num_leaves"], best["min_data_in_leaf"])
+    booster = _fit(qs, params, order, None, config, best["rounds"])
+    return booster, {
+        "queries_fit": len(order),
+        "queries_held_out": 0,
+        "held_out_ndcg@10": best["ndcg@10"],
+        "cv_folds": folds,
+        "cv_trials": trials,
+    }
 
 
 def evaluate_ranker(

@@ -14,6 +14,8 @@ from indexer.build.local import build_index
 from indexer.cli import rank_main
 from indexer.ranking.model import RANKER_FILE, Ranker, RankerMismatchError
 from indexer.ranking.training import (
+    CV_BELOW,
+    CV_GRID,
     RankerConfig,
     evaluate_ranker,
     prepare_queries,
@@ -41,7 +43,9 @@ def prepared(index_root, title_catalog, tiny_model_dir):
 @pytest.fixture(scope="module")
 def ranker(prepared):
     version, encoder, source, qs = prepared
-    config = RankerConfig(min_data_in_leaf=2, num_leaves=7, max_rounds=60, early_stopping=20)
+    config = RankerConfig(
+        min_data_in_leaf=2, num_leaves=7, max_rounds=60, early_stopping=20, validation="holdout"
+    )
     return train_ranker(
         qs, config, model_fingerprint=encoder.fingerprint, fields=source.fields.fields
     )
@@ -63,6 +67,33 @@ def test_ranker_orders_its_training_data_better_than_chance(prepared, ranker):
     assert ranked > chance + 0.2, (ranked, chance)
     assert ranker.training["queries_held_out"] >= 1
     assert ranker.training["rounds"] >= 1
+
+
+def test_few_queries_cross_validate_then_train_on_all(prepared):
+    """Below CV_BELOW usable queries "auto" cross-validates: every CV_GRID setting is tried on
+    K folds, the best one trains on every query, and it still beats chance."""
+    _, encoder, source, qs = prepared
+    config = RankerConfig(max_rounds=60, early_stopping=10, cv_folds=3)
+    ranker = train_ranker(
+        qs, config, model_fingerprint=encoder.fingerprint, fields=source.fields.fields
+    )
+    training = ranker.training
+    useful = sum(1 for y in qs.labels if len(y) and y.max() > 0)
+    assert useful < CV_BELOW
+    assert training["validation"] == "cv" and training["cv_folds"] == 3
+    assert training["queries_fit"] == useful and training["queries_held_out"] == 0
+    trials = training["cv_trials"]
+    assert [(t["num_leaves"], t["min_data_in_leaf"]) for t in trials] == list(CV_GRID)
+    best = max(trials, key=lambda t: t["ndcg@10"])
+    assert training["held_out_ndcg@10"] == best["ndcg@10"]
+    assert training["rounds"] == best["rounds"] >= 1
+    ranked = evaluate_ranker(qs, ranker, "grade", recall_grade=2)["ranked"]["ndcg@10"]["mean"]
+    dense = evaluate_ranker(qs, ranker, "grade", recall_grade=2)["dense"]["ndcg@10"]["mean"]
+    assert ranked > dense, (ranked, dense)
+    with pytest.raises(ValueError, match="validation must be one of"):
+        RankerConfig(validation="dev")
+    with pytest.raises(ValueError, match="cv_folds"):
+        RankerConfig(cv_folds=1)
 
 
 def test_contributions_sum_to_the_score(prepared, ranker):
