@@ -97,6 +97,13 @@ def add_dataset_parser(commands: argparse._SubParsersAction) -> None:
         "(docs/learning.md)",
     )
     parser.add_argument(
+        "--propensity-shape",
+        choices=("monotone", "free"),
+        default="monotone",
+        help="monotone (default): the estimate made non-increasing in position (isotonic); "
+        "free: as fitted, for layouts where a deeper slot can draw more eyes (docs/learning.md)",
+    )
+    parser.add_argument(
         "--weights",
         type=_weights,
         default={},
@@ -139,6 +146,7 @@ def run_dataset(args: argparse.Namespace) -> int:
         weights=args.weights or FeedbackConfig().weights,
         clip=args.clip,
         propensity=args.propensity,
+        propensity_shape=args.propensity_shape,
         since=args.since,
         until=args.until,
         default_use_for_training=args.default_use_for_training == "on",

@@ -53,6 +53,7 @@ from trainer.feedback.logs import LogStats, read_events, read_impressions
 from trainer.feedback.privacy import allowed
 from trainer.feedback.propensity import (
     METHODS,
+    SHAPES,
     Propensities,
     estimate_propensities,
     inverse_propensity,
@@ -103,6 +104,7 @@ class FeedbackConfig:
         an item merely shown in a list as viewed) is recorded but is no engagement.
     clip: inverse-propensity weights are at most this (>= 1).
     propensity: how position bias is estimated: ``harvest`` or ``em``.
+    propensity_shape: ``monotone`` (the estimate made non-increasing in position) or ``free``.
     max_position: positions deeper than this share the last propensity.
     since, until: the window, by the server's recorded time (impressions: ``time``; events:
         ``recorded``, or ``time`` in logs older than that field); since inclusive, until
@@ -112,6 +114,7 @@ class FeedbackConfig:
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     clip: float = 10.0
     propensity: str = "harvest"  # or "em" (trainer.feedback.propensity)
+    propensity_shape: str = "monotone"  # or "free"
     max_position: int = 50
     since: datetime | None = None
     until: datetime | None = None
@@ -130,6 +133,10 @@ class FeedbackConfig:
             raise ValueError(f"clip must be >= 1 (1: no propensity weighting), got {self.clip}")
         if self.propensity not in METHODS:
             raise ValueError(f"propensity must be one of {METHODS}, got {self.propensity!r}")
+        if self.propensity_shape not in SHAPES:
+            raise ValueError(
+                f"propensity_shape must be one of {SHAPES}, got {self.propensity_shape!r}"
+            )
         if self.max_position < 1:
             raise ValueError(f"max_position must be >= 1, got {self.max_position}")
         for name in ("since", "until"):
@@ -310,6 +317,7 @@ def build_from_tables(
         engaged[usable],
         method=config.propensity,
         max_position=config.max_position,
+        shape=config.propensity_shape,
     )
 
     # -- pairs ---------------------------------------------------------------------------------
@@ -342,6 +350,7 @@ def build_from_tables(
         "weights": {name: config.weight(name) for name in DEFAULT_WEIGHTS},
         "clip": config.clip,
         "propensity": config.propensity,
+        "propensity_shape": config.propensity_shape,
         # False: one ranker's traffic with no exploration, the curve is flat for want of
         # evidence (trainer.feedback.propensity, "Identifiability")
         "propensity_identifiable": propensities.identifiable,

@@ -36,6 +36,19 @@ dataset summary says so instead of silently returning a flat curve. Exploration 
 (``aisle-serve --explore-share``, adjacent swaps, engine.search.explore) creates exactly the
 edges k - k+1: harvesting then is the swap-intervention estimator, the ratio of the same
 item's click rates one position apart, with no separate method needed.
+
+**Shape.** By default (``shape="monotone"``) the fitted curve is projected onto the
+non-increasing curves: shoppers of a ranked list look at a deeper position no more often than
+a shallower one. With little exploration traffic the deep positions rest on a handful of swaps
+and came out non-monotone (bench_loop preset S: 1, .60, .35, .33, .49, .63, .40, 1.0, .61, .22),
+and every such spike became a clipped weight. The projection is weighted isotonic regression
+of log theta (pool adjacent violators), each position weighted by the precision of its
+estimate (harvest: the inverse variance of its log theta from the least-squares fit; em: the
+engaged impressions there), so a position measured from a few swaps gives way to its
+well-measured neighbours. On simulated one-ranker traffic with 120 explored lists (the test's
+12 seeds) it halved the mean absolute error of the curve (0.18 -> 0.10). ``shape="free"``
+keeps the raw fit (a grid layout, where the second row can draw more eyes than the end of the
+first, is the case for it).
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ log = logging.getLogger(__name__)
 _EPS = 1e-6
 HARVEST_SPAN = 5  # position pairs compared: up to this many positions apart
 METHODS = ("harvest", "em")
+SHAPES = ("monotone", "free")
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,7 @@ class Propensities:
     """Relative examination probability per 1-based position; ``by_position[0]`` is position 1
     (always 1.0). Positions past the fitted range take the last fitted value."""
 
-    by_position: np.ndarray  # (max_position,) float64, non-increasing is typical, not enforced
+    by_position: np.ndarray  # (max_position,) float64, non-increasing unless shape "free"
     method: str
     iterations: int  # EM steps (1 for harvest)
     log_likelihood: float  # EM's final log-likelihood; nan for harvest
@@ -66,6 +80,7 @@ class Propensities:
     # (max_position,) bool: position connected to position 1 by pairs engaged at both
     # positions (see the module docstring); None = not computed (all True).
     identified: np.ndarray | None = None
+    shape: str = "free"
 
     @property
     def identifiable(self) -> bool:
@@ -85,6 +100,7 @@ class Propensities:
         return {
             "method": self.method,
             "reference": REFERENCES[self.method],
+            "shape": self.shape,
             "by_position": [round(float(p), 6) for p in self.by_position],
             "impressions_by_position": [int(n) for n in self.positions_seen],
             "iterations": self.iterations,
@@ -113,6 +129,7 @@ def estimate_propensities(
     max_position: int = 50,
     iterations: int = 200,
     tol: float = 1e-7,
+    shape: str = "monotone",
 ) -> Propensities:
     """Examination propensity per position from logged impressions (see the module docstring).
 
@@ -125,6 +142,8 @@ def estimate_propensities(
         shown: (n,) int64 impressions each row stands for (rows pre-aggregated by pair and
             position); None: one each.
         method: ``harvest`` (default) or ``em``.
+        shape: ``monotone`` (default: the non-increasing curve closest to the fit) or
+            ``free`` (the fit as it is); see the module docstring.
         max_position: the deepest position fitted.
         iterations: EM only: at most this many steps; stops early when the log-likelihood
             gains less than ``tol`` per impression.
@@ -138,6 +157,8 @@ def estimate_propensities(
     weight = np.ones(len(pair)) if shown is None else np.asarray(shown, dtype=np.float64)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     n = len(pair)
     if n == 0:
         return Propensities(
@@ -154,9 +175,12 @@ def estimate_propensities(
     pairs, cell_pair = np.unique(cell_pair, return_inverse=True)
     n_pairs = len(pairs)
     seen = np.bincount(cell_pos, weights=shown, minlength=n_pos)
-    theta_harvest, identified = _harvest(cell_pair, cell_pos, shown, clicks, n_pos)
+    theta_harvest, identified, precision = _harvest(cell_pair, cell_pos, shown, clicks, n_pos)
     if method == "harvest":
-        return _relative(theta_harvest, seen, method, 1, float("nan"), len(cells), identified)
+        fit = (seen, precision, shape, len(cells), identified)
+        return _relative(theta_harvest, method, 1, float("nan"), *fit)
+    engaged = np.bincount(cell_pos, weights=clicks, minlength=n_pos)
+    fit = (seen, engaged, shape, len(cells), identified)
     shown_per_pair = np.bincount(cell_pair, weights=shown, minlength=n_pairs)
     theta = np.full(n_pos, 0.5)
     gamma = np.clip(
@@ -182,19 +206,22 @@ def estimate_propensities(
         theta = np.clip(theta / np.maximum(seen, _EPS), _EPS, 1.0)
         gamma = np.bincount(cell_pair, weights=clicks + unclicked * relevant, minlength=n_pairs)
         gamma = np.clip(gamma / shown_per_pair, _EPS, 1.0)
-    return _relative(theta, seen, method, step, ll, len(cells), identified)
+    return _relative(theta, method, step, ll, *fit)
 
 
 def _relative(
     theta: np.ndarray,
-    seen: np.ndarray,
     method: str,
     steps: int,
     ll: float,
+    seen: np.ndarray,
+    precision: np.ndarray,
+    shape: str,
     n_cells: int,
     identified: np.ndarray,
 ) -> Propensities:
-    """Propensities relative to position 1 from a fitted ``theta`` (nan: not estimable)."""
+    """Propensities relative to position 1 from a fitted ``theta`` (nan: not estimable), made
+    non-increasing when ``shape`` is "monotone" (weighted by ``precision`` per position)."""
     n_pos = len(theta)
     relative = theta / theta[0]
     relative = np.where((seen > 0) & np.isfinite(relative), relative, np.nan)
@@ -205,9 +232,15 @@ def _relative(
     relative[0] = 1.0
     # Position 1 is the reference; a deeper position estimated above it is noise on sparse data.
     relative = np.minimum(relative, 1.0)
+    if shape == "monotone":
+        weights = np.where(np.isfinite(precision) & (precision > 0), precision, 0.0)
+        weights = np.maximum(weights, _EPS)  # unidentified positions follow their neighbours
+        weights[0] = max(1e12, weights.max() * 1e6)  # the reference is exact
+        relative = np.exp(non_increasing(np.log(np.maximum(relative, _EPS)), weights))
     log.info(
-        "propensities (%s, %d cells, %d of %d positions identified): %s",
+        "propensities (%s, %s, %d cells, %d of %d positions identified): %s",
         method,
+        shape,
         n_cells,
         int(identified.sum()),
         n_pos,
@@ -219,7 +252,23 @@ def _relative(
             "at two positions: one ranker, no exploration); the curve is flat for want of "
             "evidence. Serve with --explore-share to randomise a share of the traffic."
         )
-    return Propensities(relative, method, steps, ll, n_cells, seen.astype(np.int64), identified)
+    return Propensities(
+        relative, method, steps, ll, n_cells, seen.astype(np.int64), identified, shape
+    )
+
+
+def non_increasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The non-increasing sequence closest to ``values`` in weighted least squares (isotonic
+    regression by pooling adjacent violators): each run of values that rises is replaced by its
+    weighted mean until none rises. (n,) float64 in and out; ``weights`` > 0."""
+    blocks: list[list[float]] = []  # [weighted mean, total weight, length]
+    for value, weight in zip(values.tolist(), weights.tolist(), strict=True):
+        blocks.append([value, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks[-1]
+            blocks[-1] = [(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2]
+    return np.repeat([b[0] for b in blocks], [b[2] for b in blocks]).astype(np.float64)
 
 
 def _harvest(
@@ -228,10 +277,11 @@ def _harvest(
     shown: np.ndarray,
     clicks: np.ndarray,
     n_pos: int,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(n_pos,) theta with theta[0] = 1 from (pair, position) cells (shown, clicked counts),
-    nan where no position pair connects a position to position 1; and (n_pos,) bool, which
-    positions are so connected (identified)."""
+    nan where no position pair connects a position to position 1; (n_pos,) bool, which
+    positions are so connected (identified); and (n_pos,) the precision (inverse variance) of
+    each log theta from the weighted least squares, 0 where unidentified."""
     by_pos = []
     for k in range(n_pos):
         at = cell_pos == k
@@ -257,10 +307,11 @@ def _harvest(
             weights.append(1.0 / (1.0 / up + 1.0 / down))
     theta = np.full(n_pos, np.nan)
     theta[0] = 1.0
+    precision = np.zeros(n_pos)
     identified = _reachable(n_pos, [(int(np.argmin(r)), int(np.argmax(r))) for r in rows])
     keep = [i for i, r in enumerate(rows) if identified[int(np.argmax(r))]]
     if not keep:
-        return theta, identified
+        return theta, identified, precision
     # theta[0] = 1: log theta[0] = 0; only the positions connected to position 1 are solved
     a = np.asarray([rows[i] for i in keep])[:, 1:][:, identified[1:]]
     w = np.sqrt(np.asarray([weights[i] for i in keep]))
@@ -269,7 +320,10 @@ def _harvest(
     log_theta = np.full(n_pos - 1, np.nan)
     log_theta[identified[1:]] = solution
     theta[1:] = np.exp(log_theta)
-    return theta, identified
+    # Var(log theta) = diag((A^T W A)^-1): W holds each log-ratio's inverse Poisson variance.
+    variance = np.diag(np.linalg.pinv((a * w[:, None]).T @ (a * w[:, None])))
+    precision[1:][identified[1:]] = 1.0 / np.maximum(variance, _EPS)
+    return theta, identified, precision
 
 
 def _reachable(n_pos: int, edges: list[tuple[int, int]]) -> np.ndarray:

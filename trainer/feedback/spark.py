@@ -239,6 +239,7 @@ def build_dataset_spark(
         shown=grid.column("shown").to_numpy(),
         method=config.propensity,
         max_position=config.max_position,
+        shape=config.propensity_shape,
     )
 
     # -- pairs ----------------------------------------------------------------------------------
@@ -324,6 +325,7 @@ def build_dataset_spark(
         "weights": {name: config.weight(name) for name in DEFAULT_WEIGHTS},
         "clip": config.clip,
         "propensity": config.propensity,
+        "propensity_shape": config.propensity_shape,
         "propensity_identifiable": propensities.identifiable,
         "impressions": n_impressions,
         "explored_impressions": impressions.filter(F.col("explore").isNotNull()).count(),

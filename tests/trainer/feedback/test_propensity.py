@@ -128,3 +128,40 @@ def test_swap_exploration_identifies_the_curve_from_one_ranker() -> None:
     # and the naive click rate by position, which mixes in the ranker's relevance, does not
     ctr = np.bincount(position - 1, weights=clicked) / np.bincount(position - 1)
     assert np.abs(ctr / ctr[0] - theta).max() > np.abs(fitted.by_position - theta).max()
+
+
+def test_non_increasing_pools_adjacent_violators() -> None:
+    from trainer.feedback.propensity import non_increasing
+
+    np.testing.assert_allclose(
+        non_increasing(np.array([1.0, 0.6, 0.35, 0.5, 0.3]), np.ones(5)),
+        [1.0, 0.6, 0.425, 0.425, 0.3],
+    )
+    # weights: the well-measured position keeps most of its value, the sparse spike is pulled in
+    np.testing.assert_allclose(
+        non_increasing(np.array([1.0, 0.4, 1.0]), np.array([100.0, 90.0, 10.0])),
+        [1.0, 0.46, 0.46],
+    )
+    already = np.array([1.0, 0.5, 0.5, 0.2])
+    np.testing.assert_array_equal(non_increasing(already, np.ones(4)), already)
+
+
+def test_monotone_shape_tames_sparse_exploration() -> None:
+    # Little exploration traffic (the bench_loop preset S regime): the free fit of deep positions
+    # rests on a few swaps and is not monotone; the default monotone fit is, and is closer to
+    # the truth on average over seeds.
+    theta = 1.0 / np.arange(1, 11)
+    free_err, mono_err = [], []
+    for seed in range(12):
+        pair, position, clicked = simulate_one_ranker(theta, 600, seed, share=0.2)
+        free = estimate_propensities(pair, position, clicked, max_position=10, shape="free")
+        mono = estimate_propensities(pair, position, clicked, max_position=10)
+        assert mono.shape == "monotone" and mono.to_json()["shape"] == "monotone"
+        assert np.all(np.diff(mono.by_position) <= 1e-12)
+        assert mono.by_position[0] == 1.0
+        free_err.append(np.abs(free.by_position - theta).mean())
+        mono_err.append(np.abs(mono.by_position - theta).mean())
+    # measured: 0.10 against 0.18 (the module docstring)
+    assert np.mean(mono_err) < 0.75 * np.mean(free_err), (mono_err, free_err)
+    with pytest.raises(ValueError, match="shape"):
+        estimate_propensities(np.array([0]), np.array([1]), np.array([1]), shape="convex")
