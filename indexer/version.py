@@ -41,6 +41,7 @@ SEARCH_PARAMS = ("nprobe", "efSearch")
 # FAISS uses BLAS for flat search only from this many queries on (default 20); below it, it loops
 # one query at a time, ~8x slower at batch 64 with the same results.
 _BLAS_THRESHOLD = 16
+_MAX_EFFORTS = 256  # cached SearchParameters per version (distinct nprobe/efSearch per shard)
 _MISSING_SCORE = np.float32(-np.finfo(np.float32).max)  # FAISS's own "no result" score for IP
 # Suffix of a shard's vectors file -> encoding (names written by VectorStore.save).
 _VECTOR_SUFFIXES = {vector_file_names("", kind)[0]: kind for kind in VECTOR_KINDS}
@@ -99,6 +100,9 @@ class IndexVersion:
         self.items = items
         self.item_ids = np.asarray(items.column("item_id").to_pylist(), dtype=object)
         self._indexes = indexes
+        # (shard, params) -> (SearchParameters, the SWIG objects it points to): built once per
+        # effort setting; FAISS only reads them, so concurrent searches share one.
+        self._search_params: dict[tuple, tuple[Any, list[Any]]] = {}
         # Per shard: its stored vectors by local position (memory-mapped); a plain array is
         # taken as float32 vectors.
         # None: a shard this process does not hold (opened with ``shards=``).
@@ -342,12 +346,19 @@ class IndexVersion:
             )
         nq = len(xq)
         D_parts, I_parts = [], []
-        for index, info in zip(self._indexes, self.manifest.shards, strict=True):
+        effort = tuple(sorted(merged.items()))
+        shards = zip(self._indexes, self.manifest.shards, strict=True)
+        for shard, (index, info) in enumerate(shards):
             if index is None or info.count == 0 or nq == 0:  # None: a shard held elsewhere
                 continue
-            keep: list[Any] = []  # SWIG param objects must outlive the search call
-            sp = search_parameters(index, merged, keep)
-            D_s, I_s = index.search(xq, min(k, info.count), params=sp)
+            cached = self._search_params.get((shard, effort))
+            if cached is None:
+                keep: list[Any] = []  # SWIG param objects must outlive every search using them
+                cached = (search_parameters(index, merged, keep), keep)
+                if len(self._search_params) >= _MAX_EFFORTS:  # efforts a client may vary
+                    self._search_params.clear()
+                self._search_params[(shard, effort)] = cached
+            D_s, I_s = index.search(xq, min(k, info.count), params=cached[0])
             D_parts.append(D_s)
             I_parts.append(I_s)
         return merge_topk(D_parts, I_parts, nq, k)

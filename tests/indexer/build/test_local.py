@@ -72,6 +72,11 @@ def test_ivf_build_and_recall(tmp_path, catalog, tiny_model_dir):
     # grow with nprobe.
     recalls = [_recall(index.search(xq, 10, params={"nprobe": p})[1], I_ref) for p in (2, 4, 8)]
     assert recalls[0] >= 0.6 and recalls[0] <= recalls[1] <= recalls[2] == 1.0, recalls
+    # The per-effort SearchParameters are built once and reused: asking again for nprobe 2
+    # after 8 gives nprobe 2's answer, not the cached 8's, and the same as the first time.
+    _, again = index.search(xq, 10, params={"nprobe": 2})
+    np.testing.assert_array_equal(again, index.search(xq, 10, params={"nprobe": 2})[1])
+    assert _recall(again, I_ref) == recalls[0]
 
 
 def test_hnsw_build(tmp_path, catalog, tiny_model_dir):
