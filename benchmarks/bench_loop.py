@@ -291,7 +291,7 @@ def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict[str, flo
 def run(
     preset_name: str,
     out: Path,
-    rounds: int | None,
+    overrides: dict[str, int],
     seed: int,
     label_trained: Path | None,
     min_ips_gain: float = 0.0,
@@ -302,9 +302,7 @@ def run(
     from trainer.data.labels import read_labels
     from trainer.encoder.model_dir import default_model_dir
 
-    preset = PRESETS[preset_name]
-    if rounds is not None:
-        preset = replace(preset, rounds=rounds)
+    preset = replace(PRESETS[preset_name], **overrides)
     data = require_shared_data("homedepot")
     work = out / "loop-work"
     cache = work / "vector-cache"
@@ -314,6 +312,7 @@ def run(
     config = {
         "preset": preset_name,
         **asdict(preset),
+        "overridden": sorted(overrides),  # the preset's sizes changed on the command line
         "seed": seed,
         "min_ips_gain": min_ips_gain,
         "explore_share": explore_share,
@@ -362,6 +361,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="S")
     parser.add_argument("--rounds", type=int, help="override the preset's number of rounds")
+    parser.add_argument(
+        "--sessions", type=int, help="override the preset's simulated searches per round"
+    )
+    parser.add_argument(
+        "--steps", type=int, help="override the preset's fine-tuning steps per round"
+    )
+    parser.add_argument(
+        "--traffic-queries",
+        type=int,
+        help="override the preset's Home Depot train queries "
+        "the shoppers search (each brings its judged items into the catalog)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="results folder")
     parser.add_argument(
@@ -390,8 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    overrides = {
+        name: value
+        for name, value in (
+            ("rounds", args.rounds),
+            ("sessions", args.sessions),
+            ("max_steps", args.steps),
+            ("traffic_queries", args.traffic_queries),
+        )
+        if value is not None
+    }
     record = run(
-        args.preset, args.out, args.rounds, args.seed, args.label_trained, args.min_ips_gain,
+        args.preset, args.out, overrides, args.seed, args.label_trained, args.min_ips_gain,
         args.explore_share, args.gate,
     )  # fmt: skip
     from benchmarks.report.loop import draw_loop
