@@ -43,11 +43,13 @@ from engine.http.gateway import HttpGateway, HttpTls
 from engine.privacy.consent import ConsentStore
 from engine.privacy.logs import compact
 from engine.privacy.retention import RetentionSchedule
+from engine.search.engagement import EngagementFeed
 from engine.search.explore import Explorer
 from engine.search.impressions import ImpressionWriter
 from engine.search.service import SearchService
 from engine.search.snapshot import load_snapshot
 from engine.search.types import EncodingConfig
+from trainer.feedback.engagement import ENGAGEMENT_DAYS
 from trainer.feedback.privacy import forget_dataset_users
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,10 @@ class ServerConfig:
     impressions: bool = True
     # Share of Search responses with adjacent hits swapped (engine.search.explore); 0: off.
     explore_share: float = 0.0
+    # The ranking stage's engagement feature: engaged events per item in the event log's last
+    # `engagement_days` days, re-read every `engagement_refresh_s` (engine.search.engagement).
+    engagement_days: float = ENGAGEMENT_DAYS
+    engagement_refresh_s: float = 300.0
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     # Shutdown: health says NOT_SERVING for `drain_s` while the listener still takes requests
     # (a load balancer's window to stop routing here), then the listener closes and in-flight
@@ -168,6 +174,11 @@ class ServerConfig:
         if self.grace_s < 0 or self.drain_s < 0:
             raise ValueError("grace_s and drain_s must be >= 0")
         Explorer(self.explore_share)  # validates: 0 <= share <= MAX_SHARE
+        if not self.engagement_days > 0 or not self.engagement_refresh_s > 0:
+            raise ValueError(
+                "engagement_days and engagement_refresh_s must be > 0, got "
+                f"{self.engagement_days} and {self.engagement_refresh_s}"
+            )
         if self.shard is not None and self.router is not None:
             raise ValueError(
                 "a server is a shard server (--shard) or a router (--router), not both"
@@ -327,6 +338,17 @@ class AisleServer:
             return None
         return Explorer(self.config.explore_share, on_explore=self.metrics.explored.inc)
 
+    def _engagement(self) -> EngagementFeed | None:
+        directory = self._events_dir()
+        if directory is None:
+            return None  # no event log: the ranker's engagement feature is missing (NaN)
+        return EngagementFeed(
+            directory,
+            days=self.config.engagement_days,
+            refresh_s=self.config.engagement_refresh_s,
+            default_use_for_training=self.config.privacy.default.use_for_training,
+        )
+
     def load(self) -> None:
         """Load model and index; health turns SERVING only after this."""
 
@@ -367,6 +389,7 @@ class AisleServer:
                 impressions=self._impression_writer(),
                 popularity_dp=self.config.privacy.popularity_dp,
                 explorer=self._explorer(),
+                engagement=self._engagement(),
             )
             service.warm_up()
         m = self.metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from indexer.build.compact import compact
@@ -29,6 +30,7 @@ from indexer.storage.update_log import UPDATES_DIR, UpdateLog
 from indexer.version import IndexVersion
 from trainer.data.labels import read_labels
 from trainer.encoder.load import load_encoder
+from trainer.feedback.engagement import ENGAGEMENT_DAYS, read_engagement
 from trainer.logs import configure_logging
 
 __all__ = ["main", "rank_main"]
@@ -444,6 +446,14 @@ def rank_arg_parser() -> argparse.ArgumentParser:
         sub.add_argument("--gains", default="grade", choices=["grade", "esci"],
                          help="grade -> gain table: grade (gain = grade) or esci (E=1, S=0.1, "
                          "C=0.01) (default: grade)")  # fmt: skip
+        sub.add_argument("--events", type=Path, default=None, metavar="DIR",
+                         help="the server's events dir: the engagement feature counts its "
+                         "engaged events per item (consent and erasure respected); without "
+                         "it the feature is missing (NaN), as for a server with no event "
+                         "log")  # fmt: skip
+        sub.add_argument("--engagement-days", type=float, default=ENGAGEMENT_DAYS, metavar="D",
+                         help="the engagement window, in days back from now (default "
+                         f"{ENGAGEMENT_DAYS:g}; aisle-serve --engagement-days)")  # fmt: skip
         sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     train.add_argument("--out", required=True, type=Path, metavar="FILE",
                        help="ranker file to write (JSON; written atomically)")  # fmt: skip
@@ -496,7 +506,12 @@ def _rank_train_or_evaluate(args: argparse.Namespace) -> dict:
     manifest = load_manifest(version_dir / MANIFEST_NAME)
     encoder = load_encoder(args.model or manifest.model_path)
     index = IndexVersion.open(version_dir, expected_fingerprint=encoder.fingerprint)
-    source = version_source(index, encoder)
+    engagement = None
+    if args.events is not None:
+        if not args.events.is_dir():
+            raise ValueError(f"--events {args.events}: not a directory")
+        engagement = read_engagement(args.events, days=args.engagement_days)
+    source = version_source(index, encoder, engagement)
     labels = read_labels(args.labels)
     qs = prepare_queries(index, source, encoder, labels, show_progress=True)
     if args.command == "train":
@@ -511,6 +526,11 @@ def _rank_train_or_evaluate(args: argparse.Namespace) -> dict:
         ranker = train_ranker(
             qs, config, model_fingerprint=encoder.fingerprint, fields=source.fields.fields
         )
+        if engagement is not None:  # what the engagement feature was read from, in the file
+            used = {"events_dir": str(args.events), "days": args.engagement_days,
+                    "events": engagement.events, "items": len(engagement.counts),
+                    "until": engagement.until.isoformat()}  # fmt: skip
+            ranker = replace(ranker, training={**ranker.training, "engagement": used})
         ranker.save(args.out)
         return {"ranker": str(args.out), **ranker.training}
     path = args.ranker or version_dir / RANKER_FILE

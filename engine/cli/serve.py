@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from indexer.storage.manifest import IndexFormatError
+from trainer.feedback.engagement import ENGAGEMENT_DAYS
 from trainer.logs import add_logging_arguments, configure_logging
 
 EPILOG = """examples:
@@ -135,6 +136,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "each request id, so that position bias can be estimated from the logs (the swapped "
         "pairs are marked in the impression log; never with explain or an explicit sort; "
         "counted in aisle_explored_responses_total; docs/learning.md); default 0, off",
+    )
+    parser.add_argument(
+        "--engagement-days",
+        type=float,
+        default=ENGAGEMENT_DAYS,
+        metavar="D",
+        help="the ranker's engagement feature counts each item's engaged events (click 1, "
+        "add to cart 2, purchase 4) in EVENTS_DIR's last D days, consent and erasure "
+        f"respected; train the ranker with the same value (default {ENGAGEMENT_DAYS:g})",
+    )
+    parser.add_argument(
+        "--engagement-refresh-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="re-read the event log for the engagement feature every S seconds, in the "
+        "background (default 300)",
     )
     parser.add_argument(
         "--protect-reads",
@@ -390,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             events_dir=args.events_dir,
             impressions=args.impressions == "on",
             explore_share=args.explore_share,
+            engagement_days=args.engagement_days,
+            engagement_refresh_s=args.engagement_refresh_s,
             shard=ShardSpec.parse(args.shard) if args.shard is not None else None,
             router=router,
             privacy=privacy,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from engine.search.batcher import MicroBatcher
+from engine.search.engagement import EngagementFeed
 from engine.search.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.search.events import UserState
 from engine.search.fusion import fuse as fuse_lists
@@ -84,9 +85,11 @@ def search_batch(
     users: UserState,
     queries: list[SearchQuery],
     timeout_s: float | None = None,
+    engagement: EngagementFeed | None = None,
 ) -> list[SearchResult]:
     """Answer several searches with one encoder call, then search and re-rank each; every call
-    of the request (encoder, shards) ends within `timeout_s`."""
+    of the request (encoder, shards) ends within `timeout_s`. `engagement`: the ranking
+    stage's per-item engagement (None: that feature is missing)."""
     end = math.inf if timeout_s is None else time.monotonic() + timeout_s
     for q in queries:
         with _naming(q):
@@ -106,7 +109,7 @@ def search_batch(
     results = []
     for i, q in enumerate(queries):
         with _naming(q):
-            results.append(_search_one(snap, q, xq[i], personalized[i], encode_ms, end))
+            results.append(_search_one(snap, q, xq[i], personalized[i], encode_ms, end, engagement))
     return results
 
 
@@ -128,6 +131,7 @@ def _search_one(
     personalized: bool,
     encode_ms: float,
     end: float,
+    engagement: EngagementFeed | None = None,
 ) -> SearchResult:
     t0 = time.perf_counter()
     if q.sort_attribute and q.sort_attribute not in snap.columns.attr_names:
@@ -159,7 +163,7 @@ def _search_one(
             partial_ok=True,  # a SearchResponse flags what is missing
         )
     else:
-        found, ranked = _hybrid(snap, q, xq, need, spec, mode)
+        found, ranked = _hybrid(snap, q, xq, need, spec, mode, engagement)
     valid = found.I >= 0
     D, I, sim = found.D[valid], found.I[valid], found.sim[valid]
     facets = _facet_counts(snap.columns, I, q.facets) if q.facets else {}
@@ -244,6 +248,7 @@ def _hybrid(
     need: int,
     spec: FilterSpec | None,
     mode: str,
+    engagement: EngagementFeed | None = None,
 ) -> tuple[Retrieved, RankedCandidates | None]:
     """Lexical, hybrid or ranked retrieval: candidates from BM25 (and the dense channel), fused
     (or ordered by the ranker, engine.search.ranked), then the same boosts, diversity and top-k
@@ -273,6 +278,7 @@ def _hybrid(
             xq=xq,
             dense_rows=dense.I[dense.I >= 0],
             lexical_rows=lex_I,
+            engagement=engagement.rows(snap.index.item_ids) if engagement is not None else None,
         )
         scores, rows = ranked.scores, ranked.rows
     else:

@@ -64,8 +64,10 @@ class RankingStage:
         xq: np.ndarray,
         dense_rows: np.ndarray,
         lexical_rows: np.ndarray,
+        engagement: np.ndarray | None = None,
     ) -> RankedCandidates:
-        """Score the union of the two channels' candidate lists (rows best first)."""
+        """Score the union of the two channels' candidate lists (rows best first);
+        ``engagement``: ``EngagementFeed.rows`` of the searched snapshot, or None."""
         t0 = time.perf_counter()
         candidates = union_candidates(dense_rows, lexical_rows, self.depth)
         source = FeatureSource(
@@ -75,6 +77,7 @@ class RankingStage:
             fields=self.fields,
             sketch_dim=self.sketch_dim,
             lexical_state=lexical_state,
+            engagement=engagement,
         )
         X = compute_features(source, text, xq, candidates)
         order, scores = self.ranker.order(X, candidates.rows)

@@ -19,6 +19,7 @@ from engine.privacy.consent import NO_PERSONALIZATION
 from engine.privacy.logs import Rewrite, forget
 from engine.search import live_updates, pipeline, recommend
 from engine.search.batcher import EncoderGate, MicroBatcher
+from engine.search.engagement import EngagementFeed
 from engine.search.errors import FailedPrecondition, NotFound
 from engine.search.events import Event, EventLog, UserState
 from engine.search.explore import Explorer
@@ -68,8 +69,13 @@ class SearchService:
         impressions: ImpressionWriter | None = None,
         popularity_dp: DPConfig | None = None,
         explorer: Explorer | None = None,
+        engagement: EngagementFeed | None = None,
     ) -> None:
         self._index_path = Path(index_path)
+        # The ranking stage's engagement feature (engine.search.engagement); None: missing.
+        self._engagement = engagement
+        if engagement is not None and snapshot.ranking is not None:
+            engagement.start()  # reads the log now; else the first ranked search starts it
         # Swaps adjacent hits of a share of Search responses (engine.search.explore); None: off.
         self._explorer = explorer
         # What each response showed, for attribution (engine.search.impressions); None: off.
@@ -149,12 +155,18 @@ class SearchService:
 
     def close(self) -> None:
         self._batcher.close()
+        if self._engagement is not None:
+            self._engagement.stop()
         if self._impressions is not None:
             self._impressions.close()  # writes what is queued
 
     @property
     def impressions(self) -> ImpressionWriter | None:
         return self._impressions
+
+    @property
+    def engagement(self) -> EngagementFeed | None:
+        return self._engagement
 
     def _shown(
         self,
@@ -233,7 +245,9 @@ class SearchService:
     ) -> list[SearchResult]:
         """Answer several searches with one encoder call, on one snapshot."""
         snap, batcher = self._snapshot, self._batcher
-        results = pipeline.search_batch(snap, batcher, self.users, queries, timeout_s)
+        results = pipeline.search_batch(
+            snap, batcher, self.users, queries, timeout_s, self._engagement
+        )
         shown = []
         for q, r in zip(queries, results, strict=True):
             request_id, swapped = new_request_id(), ()

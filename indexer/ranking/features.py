@@ -74,6 +74,8 @@ class FeatureSource:
         lexical: the BM25 index over the item text; ``lexical_state`` the state to read.
         fields: the per-field BM25 index (``FieldIndex``).
         sketch_dim: trailing dims of the vectors that are the trigram sketch (0: none).
+        engagement: (rows,) float32 ``ItemEngagement.by_row`` of every global row, or None
+            (no event log: the feature is NaN); rows past its end (added since) read NaN.
     """
 
     columns: ItemColumns
@@ -82,6 +84,7 @@ class FeatureSource:
     fields: FieldIndex
     sketch_dim: int = 0
     lexical_state: LexicalState | None = None
+    engagement: np.ndarray | None = None
 
 
 def compute_features(
@@ -149,6 +152,11 @@ def compute_features(
             "popularity",
             np.log1p(np.clip(columns.attrs[rows, attrs.index("rating_count")], 0, None)),
         )
+    if source.engagement is not None:
+        known = rows < len(source.engagement)
+        engagement = np.full(n, np.nan, dtype=np.float32)
+        engagement[known] = source.engagement[rows[known]]
+        put("engagement", engagement)
     if "rating" in attrs:
         put("rating", columns.attrs[rows, attrs.index("rating")])
     put("log_price", np.log1p(np.clip(columns.price[rows], 0, None)))

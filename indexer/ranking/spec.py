@@ -17,7 +17,7 @@ __all__ = [
     "TOP_CATEGORY_DEPTH",
 ]
 
-FEATURE_SPEC_VERSION = "aisle-rank-2"
+FEATURE_SPEC_VERSION = "aisle-rank-3"
 
 # The catalog fields with a BM25 index of their own (indexer.ranking.fields): a query term in
 # the title or brand says more than the same term deep in a description.
@@ -64,6 +64,9 @@ _SPEC = (
     ("number_matches", "share of the query's number-bearing tokens found verbatim in title or "
      "brand (model numbers, sizes); NaN when the query has none"),
     ("popularity", "log1p(rating_count); NaN when missing"),
+    ("engagement", "log1p of the item's engaged events in the event log's last days, weighted "
+     "by action (click 1, add to cart 2, purchase 4; trainer.feedback.engagement); NaN "
+     "without an event log"),
     ("rating", "mean stars 1-5; NaN when missing"),
     ("log_price", "log1p(price in USD); NaN when missing"),
     ("in_stock", "1 in stock, 0 out, NaN unknown"),

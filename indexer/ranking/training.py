@@ -34,6 +34,7 @@ from indexer.version import IndexVersion
 from trainer.data.labels import Labels
 from trainer.encoder.load import Encoder
 from trainer.evaluation.metrics import ndcg_at_k, recall_at_k, resolve_gains, summarize
+from trainer.feedback.engagement import ItemEngagement
 from trainer.text import query_text
 
 __all__ = [
@@ -102,8 +103,13 @@ class RankerConfig:
             raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
 
 
-def version_source(index: IndexVersion, encoder: Encoder | None = None) -> FeatureSource:
-    """The ``FeatureSource`` of an opened version (its BM25 index loaded, fields indexed).
+def version_source(
+    index: IndexVersion,
+    encoder: Encoder | None = None,
+    engagement: ItemEngagement | None = None,
+) -> FeatureSource:
+    """The ``FeatureSource`` of an opened version (its BM25 index loaded, fields indexed), with
+    ``engagement`` read from an event log (``aisle-rank train --events``) or none.
 
     Raises:
         ValueError: the version has no lexical index (built with --no-lexical).
@@ -120,6 +126,7 @@ def version_source(index: IndexVersion, encoder: Encoder | None = None) -> Featu
         lexical=LexicalIndex.load(index.path),
         fields=FieldIndex.build(index.items),
         sketch_dim=sketch.dim if sketch is not None else 0,
+        engagement=engagement.by_row(index.item_ids) if engagement is not None else None,
     )
 
 

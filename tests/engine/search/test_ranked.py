@@ -21,12 +21,14 @@ from indexer.storage.layout import resolve_version_dir
 from indexer.version import IndexVersion
 from tests.helpers import ranking_labels
 from trainer.encoder.load import load_encoder
+from trainer.feedback.engagement import read_engagement
 
 RANKED, HYBRID, DENSE = (
     retrieval_pb2.SEARCH_MODE_RANKED,
     retrieval_pb2.SEARCH_MODE_HYBRID,
     retrieval_pb2.SEARCH_MODE_DENSE,
 )
+ENGAGEMENT = list(FEATURES).index("engagement")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,12 @@ def test_ranked_is_the_default_and_explains_with_training_features(ranked_server
                 assert e.feature_spec_version == FEATURE_SPEC_VERSION
                 assert [f.name for f in e.features] == list(FEATURES)
                 values = np.array([f.value for f in e.features])
-                np.testing.assert_allclose(values, trained[hit.item_id], rtol=1e-5, atol=1e-6)
+                expected = trained[hit.item_id].copy()
+                # trained without an event log (NaN, never split on); served from the root's
+                # empty one: 0 (test_engagement_from_the_servers_event_log_matches_training)
+                assert np.isnan(expected[ENGAGEMENT]) and values[ENGAGEMENT] == 0
+                expected[ENGAGEMENT] = 0
+                np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
                 total = e.bias + math.fsum(f.contribution for f in e.features)
                 assert total == pytest.approx(e.ranker_score, abs=1e-6)
                 assert hit.score == pytest.approx(e.ranker_score, abs=1e-5)  # no boost
@@ -139,3 +146,49 @@ def test_bench_rank_baselines_are_what_the_server_serves(ranked_server, ranked_r
             ranked = [ids[p] for p in model.order(X, c.rows)[0]][:10]
             served = client.search(labels.queries[qid], 10, mode=RANKED)
             assert [h.item_id for h in served.hits] == ranked
+
+
+def test_engagement_from_the_servers_event_log_matches_training(
+    tmp_path, ranked_root, tiny_model_dir
+):
+    """Events recorded through the API reach the ranked search's engagement feature at the next
+    refresh, with the values the training path (aisle-rank train --events) computes from the
+    same log; before any event the feature is 0 for every hit."""
+    root = tmp_path / "index"
+    shutil.copytree(ranked_root[0], root)
+    _, labels, qs = ranked_root
+    query = labels.queries[qs.query_ids[0]]
+    config = ServerConfig(index=root, port=0, workers=4, engagement_refresh_s=3600)
+    server = create_server(config)
+    try:
+        with AisleClient(f"127.0.0.1:{server.port}") as client:
+            before = client.search(query, 10, explain=True)
+            assert [h.explanation.features[ENGAGEMENT].value for h in before.hits] == [0.0] * 10
+            clicked, bought = before.hits[3].item_id, before.hits[6].item_id
+            client.record(
+                [
+                    {"user_id": "u1", "item_id": clicked, "type": "click"},
+                    {"user_id": "u2", "item_id": clicked, "type": "click"},
+                    {"user_id": "u1", "item_id": bought, "type": "purchase"},
+                    {"user_id": "u1", "item_id": bought, "type": "view"},
+                ]
+            )
+            assert server.service.engagement is not None
+            server.service.engagement.refresh()
+            after = client.search(query, 10, explain=True)
+        served = {h.item_id: [f.value for f in h.explanation.features] for h in after.hits}
+        assert served[clicked][ENGAGEMENT] == pytest.approx(math.log1p(2), rel=1e-6)
+        assert served[bought][ENGAGEMENT] == pytest.approx(math.log1p(4), rel=1e-6)
+    finally:
+        server.stop(0)
+    # the training path, from the same events dir
+    version = IndexVersion.open(resolve_version_dir(root))
+    encoder = load_encoder(tiny_model_dir)
+    source = version_source(version, encoder, read_engagement(root / "events"))
+    trained_qs = prepare_queries(version, source, encoder, labels)
+    trained = {
+        str(trained_qs.item_ids[r]): x
+        for r, x in zip(trained_qs.candidates[0].rows, trained_qs.features[0], strict=True)
+    }
+    for item_id, values in served.items():
+        np.testing.assert_allclose(values, trained[item_id], rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ and loads exactly, explains additively, and refuses an index it does not fit."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -236,3 +237,37 @@ def test_aisle_rank_train_and_evaluate(tmp_path, index_root, title_catalog, caps
     # the index root has no ranker of its own
     assert rank_main(["evaluate", "--index", str(index_root), "--labels", str(path)]) == 2
     assert "not a readable ranker file" in capsys.readouterr().err
+
+
+def test_aisle_rank_train_reads_engagement_from_an_events_dir(
+    tmp_path, index_root, title_catalog, capsys
+):
+    labels = ranking_labels(title_catalog[1])
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"query_id": q, "query": labels.queries[q], "item_id": i, "grade": g}) + "\n"
+            for q, grades in labels.judgments.items()
+            for i, g in grades.items()
+        )
+    )
+    events = tmp_path / "events"
+    events.mkdir()
+    now = datetime.now(UTC).isoformat()
+    bought = sorted({i for grades in labels.judgments.values() for i, g in grades.items() if g})
+    (events / "events.jsonl").write_text(
+        "".join(
+            json.dumps({"user_id": "u1", "item_id": i, "type": "purchase", "time": now}) + "\n"
+            for i in bought
+        )
+    )
+    out = tmp_path / "ranker.json"
+    args = ["train", "--index", str(index_root), "--labels", str(path), "--out", str(out),
+            "--max-rounds", "20"]  # fmt: skip
+    assert rank_main([*args, "--events", str(events)]) == 0
+    used = json.loads(capsys.readouterr().out)["engagement"]
+    assert used["events"] == used["items"] == len(bought) and used["days"] == 30
+    assert Ranker.load(out).training["engagement"] == used  # the file says what it read
+    assert rank_main([*args, "--events", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "--events" in err and "not a directory" in err
