@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 
 from indexer.live.records import conform_fields, conform_records
 from indexer.storage.layout import IndexRoot
+from indexer.storage.log_record import LogRecord
 from indexer.storage.manifest import MANIFEST_NAME, IndexFormatError, load_manifest
-from indexer.storage.update_log import UPDATES_DIR, LogRecord, UpdateLog, applied_seqs
+from indexer.storage.update_log import UPDATES_DIR, UpdateLog, applied_seqs
 from trainer.data.catalog import Catalog
 
 __all__ = ["BuildUpdates", "KeptVectors", "updates_for_build"]

@@ -48,8 +48,9 @@ from indexer.live.records import (
     validate_records,
 )
 from indexer.live.view import GrowableRows, LiveState, LiveView, RescoringStore, UnknownItemError
+from indexer.storage.log_record import LogRecord, UpdateLogError
 from indexer.storage.manifest import IndexFormatError, ModelMismatchError
-from indexer.storage.update_log import UPDATES_DIR, LogRecord, UpdateLog, UpdateLogError
+from indexer.storage.update_log import UPDATES_DIR, UpdateLog
 from indexer.version import IndexVersion
 from trainer.encoder.load import load_encoder
 from trainer.text import item_text

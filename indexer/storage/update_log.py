@@ -37,7 +37,6 @@ version can still replay what came after it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import fcntl
@@ -47,9 +46,7 @@ import os
 import re
 import shutil
 import threading
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,16 +54,20 @@ from typing import Any
 import numpy as np
 
 from indexer.storage.faults import fault_point
+from indexer.storage.log_record import (
+    LogRecord,
+    UpdateLogError,
+    decode_line,
+    encode_line,
+    scan_segment,
+)
 from indexer.storage.manifest import MANIFEST_NAME, IndexFormatError, load_manifest
 from trainer.io import fsync_dir, write_atomic
 
 __all__ = [
-    "OPS",
     "QUARANTINE_DIR",
     "UPDATES_DIR",
-    "LogRecord",
     "UpdateLog",
-    "UpdateLogError",
     "applied_seqs",
     "truncate_applied",
 ]
@@ -74,159 +75,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 UPDATES_DIR = "updates"
-OPS = ("upsert", "delete", "attributes")
 _LOCK_NAME = ".lock"
 _TRUNCATED_NAME = "truncated.json"  # seq and time of the newest record deleted by truncate
 QUARANTINE_DIR = "quarantine"  # repair moves damaged tails here, one dir per repair
 _SEGMENT = re.compile(r"^log\.(\d{12})\.jsonl$")
-_VECTOR_DTYPE = np.dtype("<f4")  # little-endian float32 on every machine
-
-
-class UpdateLogError(IndexFormatError):
-    """The update log is corrupt (not a torn last record): the message names file and line."""
-
-
-@dataclass(frozen=True, eq=False)
-class LogRecord:
-    """One update. Which fields are set depends on ``op``.
-
-    Attributes:
-        seq: position in the log, >= 1, strictly rising.
-        op: "upsert", "delete" or "attributes".
-        time: ISO 8601 UTC time of the append.
-        items: upsert: the catalog records, each with ``item_id`` and ``title``.
-        vectors: upsert: (len(items), dim) float32, row i is ``items[i]``'s vector.
-        fingerprint: upsert: fingerprint of the model that made ``vectors``.
-        item_ids: delete: the ids deleted.
-        attributes: attributes: item_id -> {column: new value, None = clear}.
-    """
-
-    seq: int
-    op: str
-    time: str = ""
-    items: tuple[dict[str, Any], ...] = ()
-    vectors: np.ndarray | None = None
-    fingerprint: str = ""
-    item_ids: tuple[str, ...] = ()
-    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def payload(self) -> dict[str, Any]:
-        """The record as JSON-able data, without the crc."""
-        data: dict[str, Any] = {"seq": self.seq, "op": self.op, "time": self.time}
-        if self.op == "upsert":
-            if self.vectors is None:
-                raise ValueError(f"upsert record {self.seq} has no vectors")
-            data["items"] = list(self.items)
-            data["dim"] = int(self.vectors.shape[1])
-            data["fingerprint"] = self.fingerprint
-            raw = np.ascontiguousarray(self.vectors, dtype=_VECTOR_DTYPE).tobytes()
-            data["vectors"] = base64.b64encode(raw).decode("ascii")
-        elif self.op == "delete":
-            data["item_ids"] = list(self.item_ids)
-        else:
-            data["attributes"] = self.attributes
-        return data
-
-
-def _canonical(data: Mapping[str, Any]) -> bytes:
-    # Sorted keys, no spaces, ASCII only: the same bytes for the same data on every machine,
-    # which is what the crc is computed over (and recomputed from the parsed line on replay).
-    return json.dumps(
-        data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
-def _encode_line(record: LogRecord) -> bytes:
-    body = _canonical(record.payload())
-    crc = zlib.crc32(body)
-    return body[:-1] + b',"crc":' + str(crc).encode("ascii") + b"}\n"
-
-
-def _decode_line(line: bytes, where: str) -> LogRecord:
-    """Parse and check one log line; raises ValueError (the caller decides: torn or corrupt)."""
-    try:
-        data = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("crc"), int):
-        raise ValueError(f"{where}: not a log record (no crc)")
-    crc = data.pop("crc")
-    if zlib.crc32(_canonical(data)) != crc:
-        raise ValueError(f"{where}: checksum mismatch")
-    seq, op = data.get("seq"), data.get("op")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1 or op not in OPS:
-        raise ValueError(f"{where}: bad seq {seq!r} or op {op!r}")
-    time = str(data.get("time", ""))
-    if op == "delete":
-        ids = data.get("item_ids")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ValueError(f"{where}: delete record without a list of item ids")
-        return LogRecord(seq, op, time, item_ids=tuple(ids))
-    if op == "attributes":
-        attributes = data.get("attributes")
-        if not isinstance(attributes, dict) or not all(
-            isinstance(v, dict) for v in attributes.values()
-        ):
-            raise ValueError(f"{where}: attributes record without an object of objects")
-        return LogRecord(seq, op, time, attributes=attributes)
-    items, dim = data.get("items"), data.get("dim")
-    if not isinstance(items, list) or not all(isinstance(r, dict) for r in items):
-        raise ValueError(f"{where}: upsert record without a list of items")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"{where}: upsert record with bad dim {dim!r}")
-    try:
-        raw = base64.b64decode(data.get("vectors", ""), validate=True)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: upsert vectors are not base64 ({e})") from None
-    if len(raw) != len(items) * dim * _VECTOR_DTYPE.itemsize:
-        raise ValueError(f"{where}: upsert holds {len(raw)} vector bytes for {len(items)} items")
-    vectors = np.frombuffer(raw, dtype=_VECTOR_DTYPE).reshape(len(items), dim)
-    vectors = vectors.astype(np.float32)  # native order, writable copy
-    return LogRecord(
-        seq,
-        op,
-        time,
-        items=tuple(items),
-        vectors=vectors,
-        fingerprint=str(data.get("fingerprint", "")),
-    )
-
-
-@dataclass
-class _Scan:
-    records: list[LogRecord]
-    good_end: int  # byte offset just past the last good line
-    lines: int  # lines consumed up to good_end
-    torn: bool  # bytes after good_end that are not a whole good record
-    damage: str = ""  # why the line at good_end is bad, when more data follows it (not torn)
-
-
-def _scan_segment(path: Path, start: int = 0, first_line: int = 1) -> _Scan:
-    """Read the records of one segment from byte ``start`` (line ``first_line``).
-
-    A bad or unterminated final line is reported as ``torn``; a bad line followed by more data
-    as ``damage`` (the records before it are returned; the caller refuses).
-    """
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read()
-    records: list[LogRecord] = []
-    pos, lineno = 0, first_line
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        if end < 0:  # no newline: the write of the last record never finished
-            return _Scan(records, start + pos, lineno - first_line, torn=True)
-        line = data[pos:end]
-        if line.strip():
-            try:
-                records.append(_decode_line(line, f"{path}:{lineno}"))
-            except ValueError as e:
-                if data[end + 1 :].strip():
-                    return _Scan(records, start + pos, lineno - first_line, False, str(e))
-                # A crash may persist a later page (with the newline) before an earlier one.
-                return _Scan(records, start + pos, lineno - first_line, torn=True)
-        pos, lineno = end + 1, lineno + 1
-    return _Scan(records, start + pos, lineno - first_line, torn=False)
 
 
 class UpdateLog:
@@ -311,7 +163,7 @@ class UpdateLog:
             self._sync_tail()
             assert self._fd is not None
             seq = self._last_seq + 1
-            line = _encode_line(make(seq))
+            line = encode_line(make(seq))
             try:
                 view = memoryview(line)
                 while view:  # os.write may write less than asked (signals, full disks)
@@ -338,7 +190,7 @@ class UpdateLog:
             segments = self.segments()
             last = 0
             for start, path in reversed(segments):
-                scan = _scan_segment(path)
+                scan = scan_segment(path)
                 if scan.records:
                     return scan.records[-1].seq
                 last = max(last, start - 1)
@@ -373,7 +225,7 @@ class UpdateLog:
                         f"at seq {start}, so seq {_span(previous + 1, start - 1)} is missing",
                         min(start, previous + 1),
                     )
-                scan = _scan_segment(path)
+                scan = scan_segment(path)
                 expected = start
                 for line, record in enumerate(scan.records, 1):
                     if record.seq != expected:
@@ -467,7 +319,7 @@ class UpdateLog:
             ]
             newest = self._truncated_unlocked()
             for path in doomed:
-                records = _scan_segment(path).records
+                records = scan_segment(path).records
                 if records and (newest is None or records[-1].seq > newest[0]):
                     newest = (records[-1].seq, records[-1].time)
             if newest is not None and doomed:
@@ -525,7 +377,7 @@ class UpdateLog:
                     if end < 0:
                         break
                     try:
-                        record = _decode_line(data[keep:end], str(path))
+                        record = decode_line(data[keep:end], str(path))
                     except ValueError:
                         break
                     if record.seq != expected:
@@ -651,7 +503,7 @@ class UpdateLog:
         assert self._fd is not None
         if os.fstat(self._fd).st_size == self._offset:
             return
-        scan = _scan_segment(path, self._offset, self._lines + 1)
+        scan = scan_segment(path, self._offset, self._lines + 1)
         for i, record in enumerate(scan.records):
             if record.seq != self._last_seq + 1:  # no new seq after a gap: it would hide it
                 raise self._gap(

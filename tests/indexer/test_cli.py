@@ -8,7 +8,7 @@ import pytest
 
 from indexer.cli import main
 from indexer.live.index import LiveIndex
-from indexer.storage.update_log import UpdateLogError
+from indexer.storage.log_record import UpdateLogError
 
 
 def test_build_then_info(tmp_path, catalog, tiny_model_dir, capsys):

@@ -16,7 +16,8 @@ from indexer.cli import main
 from indexer.lexical.index import LexicalIndex
 from indexer.live.index import LiveIndex
 from indexer.storage.layout import IndexRoot
-from indexer.storage.update_log import UpdateLog, UpdateLogError
+from indexer.storage.log_record import UpdateLogError
+from indexer.storage.update_log import UpdateLog
 from indexer.storage.users import USERS_FILE, read_users
 from indexer.version import IndexVersion
 from tests.helpers import live_state, some_updates, unit, version_state, write_catalog

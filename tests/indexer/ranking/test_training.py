@@ -195,9 +195,8 @@ def test_compaction_carries_the_ranker(tmp_path, title_catalog, tiny_model_dir, 
     assert IndexVersion.open(version_dir, verify=True).manifest.build["ranker"]
 
 
-def test_aisle_rank_train_and_evaluate(tmp_path, index_root, title_catalog, capsys):
-    labels = ranking_labels(title_catalog[1])
-    path = tmp_path / "labels.jsonl"
+def write_labels(path, labels: Labels):
+    """``labels`` as a labels file (query_id, query, item_id, grade per line)."""
     path.write_text(
         "".join(
             json.dumps({"query_id": q, "query": labels.queries[q], "item_id": i, "grade": g}) + "\n"
@@ -205,6 +204,12 @@ def test_aisle_rank_train_and_evaluate(tmp_path, index_root, title_catalog, caps
             for i, g in grades.items()
         )
     )
+    return path
+
+
+def test_aisle_rank_train_and_evaluate(tmp_path, index_root, title_catalog, capsys):
+    labels = ranking_labels(title_catalog[1])
+    path = write_labels(tmp_path / "labels.jsonl", labels)
     out = tmp_path / "ranker.json"
     assert (
         rank_main(
@@ -243,14 +248,7 @@ def test_aisle_rank_train_reads_engagement_from_an_events_dir(
     tmp_path, index_root, title_catalog, capsys
 ):
     labels = ranking_labels(title_catalog[1])
-    path = tmp_path / "labels.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"query_id": q, "query": labels.queries[q], "item_id": i, "grade": g}) + "\n"
-            for q, grades in labels.judgments.items()
-            for i, g in grades.items()
-        )
-    )
+    path = write_labels(tmp_path / "labels.jsonl", labels)
     events = tmp_path / "events"
     events.mkdir()
     now = datetime.now(UTC).isoformat()

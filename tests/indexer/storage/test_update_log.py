@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.storage.log_record import UpdateLogError
 from indexer.storage.manifest import SCHEMA_VERSION, Manifest, ShardInfo, save_manifest
-from indexer.storage.update_log import UpdateLog, UpdateLogError, truncate_applied
+from indexer.storage.update_log import UpdateLog, truncate_applied
 
 DIM = 4
 
