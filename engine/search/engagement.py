@@ -8,9 +8,9 @@ in training and serving) when started (before the server says SERVING), then eve
 stay. The server starts it when the version it serves has a ranker; when a Reload brings the
 first ranker, the first ranked search starts it in the background and the feature is missing
 (NaN) until that read completes, as for a server with no event log.
-A ranked search takes the counts of the moment as one float per row of the snapshot it
-searches (``rows``), computed once per snapshot and refresh (a Reload, an Upsert's new rows or
-a refresh makes a new array), never per request.
+A ranked search takes the counts of the moment (``counts``) and looks up its candidates' item
+ids in them: a dict lookup per candidate, nothing per snapshot, so Upserts and Reloads cost
+nothing here.
 An erased shopper's events stop counting at the next refresh.
 """
 
@@ -20,9 +20,6 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from trainer.feedback.engagement import ENGAGEMENT_DAYS, ItemEngagement, read_engagement
 
@@ -49,9 +46,6 @@ class EngagementFeed:
         self.refresh_s = refresh_s
         self._default_use = default_use_for_training
         self._current: ItemEngagement | None = None
-        self._generation = 0
-        # (the item ids array, generation, per-row values) of the snapshot last asked about
-        self._rows: tuple[Any, int, np.ndarray] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -67,10 +61,7 @@ class EngagementFeed:
             log.error("engagement: reading %s failed, keeping the last counts: %s",
                       self.events_dir, error)  # fmt: skip
             return
-        with self._lock:
-            self._current = current
-            self._generation += 1
-            self._rows = None
+        self._current = current  # one reference swap: readers see the old or the new counts
         log.info(
             "engagement: %d engaged events on %d items in the last %g days (%.0f ms)",
             current.events, len(current.counts), self.days, (time.perf_counter() - t) * 1e3,
@@ -110,20 +101,9 @@ class EngagementFeed:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def rows(self, item_ids: Any) -> np.ndarray | None:
-        """(len(item_ids),) float32 ``log1p(engagement)`` of each row (``item_ids``: the
-        snapshot's row → item id array), or None before the first read (which this starts in
-        the background: a Reload that brings a ranker does not stall a search on it)."""
+    def counts(self) -> ItemEngagement | None:
+        """The counts of the moment, or None before the first read (which this starts in the
+        background: a Reload that brings a first ranker does not stall a search on it)."""
         if self._thread is None:
             self.start(read_now=False)
-        with self._lock:
-            current, generation, cached = self._current, self._generation, self._rows
-        if current is None:
-            return None
-        if cached is not None and cached[0] is item_ids and cached[1] == generation:
-            return cached[2]
-        values = current.by_row(item_ids)
-        with self._lock:
-            if self._generation == generation:
-                self._rows = (item_ids, generation, values)
-        return values
+        return self._current

@@ -278,7 +278,8 @@ def _hybrid(
             xq=xq,
             dense_rows=dense.I[dense.I >= 0],
             lexical_rows=lex_I,
-            engagement=engagement.rows(snap.index.item_ids) if engagement is not None else None,
+            item_ids=snap.index.item_ids,
+            engagement=engagement.counts() if engagement is not None else None,
         )
         scores, rows = ranked.scores, ranked.rows
     else:

@@ -34,6 +34,7 @@ from indexer.rerank.columns import ItemColumns
 from indexer.rerank.vectors import VectorStore
 from indexer.version import IndexVersion
 from trainer.encoder.load import Encoder
+from trainer.feedback.engagement import ItemEngagement
 
 __all__ = ["RankedCandidates", "RankingStage", "open_ranking"]
 
@@ -64,10 +65,12 @@ class RankingStage:
         xq: np.ndarray,
         dense_rows: np.ndarray,
         lexical_rows: np.ndarray,
-        engagement: np.ndarray | None = None,
+        item_ids: np.ndarray | None = None,
+        engagement: ItemEngagement | None = None,
     ) -> RankedCandidates:
         """Score the union of the two channels' candidate lists (rows best first);
-        ``engagement``: ``EngagementFeed.rows`` of the searched snapshot, or None."""
+        ``engagement``: the event log's counts of the moment (``EngagementFeed.current``), or
+        None; ``item_ids``: the searched snapshot's row → item id, to look them up."""
         t0 = time.perf_counter()
         candidates = union_candidates(dense_rows, lexical_rows, self.depth)
         source = FeatureSource(
@@ -77,6 +80,7 @@ class RankingStage:
             fields=self.fields,
             sketch_dim=self.sketch_dim,
             lexical_state=lexical_state,
+            item_ids=item_ids,
             engagement=engagement,
         )
         X = compute_features(source, text, xq, candidates)

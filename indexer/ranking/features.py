@@ -18,6 +18,7 @@ from indexer.ranking.fields import FieldIndex, number_tokens
 from indexer.ranking.spec import FEATURES, FIELDS, FUSION_ALPHA, TOP_CATEGORY_DEPTH
 from indexer.rerank.columns import ItemColumns
 from indexer.rerank.vectors import VectorStore
+from trainer.feedback.engagement import ItemEngagement
 
 __all__ = ["Candidates", "FeatureSource", "compute_features", "union_candidates"]
 
@@ -74,8 +75,9 @@ class FeatureSource:
         lexical: the BM25 index over the item text; ``lexical_state`` the state to read.
         fields: the per-field BM25 index (``FieldIndex``).
         sketch_dim: trailing dims of the vectors that are the trigram sketch (0: none).
-        engagement: (rows,) float32 ``ItemEngagement.by_row`` of every global row, or None
-            (no event log: the feature is NaN); rows past its end (added since) read NaN.
+        item_ids: (rows,) the item id of every global row (needed with ``engagement``).
+        engagement: recent engagement per item id from the event log, or None (no event
+            log: the feature is NaN); looked up for the candidates only.
     """
 
     columns: ItemColumns
@@ -84,7 +86,8 @@ class FeatureSource:
     fields: FieldIndex
     sketch_dim: int = 0
     lexical_state: LexicalState | None = None
-    engagement: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
+    engagement: ItemEngagement | None = None
 
 
 def compute_features(
@@ -152,11 +155,8 @@ def compute_features(
             "popularity",
             np.log1p(np.clip(columns.attrs[rows, attrs.index("rating_count")], 0, None)),
         )
-    if source.engagement is not None:
-        known = rows < len(source.engagement)
-        engagement = np.full(n, np.nan, dtype=np.float32)
-        engagement[known] = source.engagement[rows[known]]
-        put("engagement", engagement)
+    if source.engagement is not None and source.item_ids is not None:
+        put("engagement", source.engagement.of(source.item_ids[rows]))
     if "rating" in attrs:
         put("rating", columns.attrs[rows, attrs.index("rating")])
     put("log_price", np.log1p(np.clip(columns.price[rows], 0, None)))

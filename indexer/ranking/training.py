@@ -126,7 +126,8 @@ def version_source(
         lexical=LexicalIndex.load(index.path),
         fields=FieldIndex.build(index.items),
         sketch_dim=sketch.dim if sketch is not None else 0,
-        engagement=engagement.by_row(index.item_ids) if engagement is not None else None,
+        item_ids=index.item_ids,
+        engagement=engagement,
     )
 
 

@@ -47,7 +47,7 @@ class ItemEngagement:
     since: datetime
     until: datetime
 
-    def by_row(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    def of(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """(n,) float32 ``log1p(engagement)`` of each item id, 0 for an item with none."""
         counts = self.counts
         return np.log1p(

@@ -1,4 +1,4 @@
-"""The served engagement feed: background refreshes, per-snapshot row values, failed reads."""
+"""The served engagement feed: background refreshes, failed reads, settings."""
 
 from __future__ import annotations
 
@@ -32,23 +32,21 @@ def wait_for(condition, timeout_s: float = 20.0):
     raise AssertionError("timed out")
 
 
-def test_the_feed_refreshes_in_the_background_and_caches_each_snapshots_rows(tmp_path):
+def test_the_feed_refreshes_in_the_background(tmp_path):
     directory = tmp_path / "events"
     append(directory, "i1", "click")
     feed = EngagementFeed(directory, refresh_s=0.05)
-    ids = np.array(["i0", "i1"], dtype=object)
     try:
-        first = wait_for(lambda: feed.rows(ids))  # the first call starts it, off this thread
-        np.testing.assert_allclose(first, [0, math.log1p(1)], rtol=1e-6)
+        first = wait_for(feed.counts)  # the first call starts it, off this thread
+        assert first.counts == {"i1": 1.0}
         append(directory, "i1", "purchase")
-        second = wait_for(lambda: v if (v := feed.rows(ids))[1] > first[1] else None)
-        np.testing.assert_allclose(second, [0, math.log1p(5)], rtol=1e-6)
-        other = np.array(["i1"], dtype=object)  # another snapshot's rows: its own array
-        np.testing.assert_allclose(feed.rows(other), [math.log1p(5)], rtol=1e-6)
+        second = wait_for(lambda: c if (c := feed.counts()).counts != first.counts else None)
+        assert second.counts == {"i1": 5.0}
+        ids = np.array(["i0", "i1"], dtype=object)
+        np.testing.assert_allclose(second.of(ids), [0, math.log1p(5)], rtol=1e-6)
     finally:
         feed.stop()
     assert not feed.running
-    assert feed.rows(ids) is feed.rows(ids)  # no refresh since: computed once for this snapshot
 
 
 def test_a_failed_read_keeps_the_last_counts(tmp_path):

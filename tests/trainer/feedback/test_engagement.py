@@ -38,7 +38,7 @@ def test_weights_by_action_and_views_do_not_count(tmp_path: Path) -> None:
     e = read_engagement(directory, now=NOW)
     assert e.counts == {"i0": 6.0, "i1": 2.0}  # 1 + 1 + 4; 2; a view is not engagement
     assert e.events == 4 and e.skipped == 0
-    values = e.by_row(["i1", "i9", "i0", "i2"])
+    values = e.of(["i1", "i9", "i0", "i2"])
     assert values.dtype == np.float32
     np.testing.assert_allclose(values, [math.log1p(2), 0, math.log1p(6), 0], rtol=1e-6)
 
@@ -98,4 +98,4 @@ def test_torn_and_malformed_lines_are_skipped_and_counted(tmp_path: Path) -> Non
 def test_no_log_is_no_engagement(tmp_path: Path) -> None:
     e = read_engagement(tmp_path, now=NOW)
     assert e.counts == {} and e.events == 0
-    assert e.by_row(np.array(["i0", "i1"], dtype=object)).tolist() == [0.0, 0.0]
+    assert e.of(np.array(["i0", "i1"], dtype=object)).tolist() == [0.0, 0.0]
