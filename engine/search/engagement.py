@@ -11,7 +11,8 @@ first ranker, the first ranked search starts it in the background and the featur
 A ranked search takes the counts of the moment (``counts``) and looks up its candidates' item
 ids in them: a dict lookup per candidate, nothing per snapshot, so Upserts and Reloads cost
 nothing here.
-An erased shopper's events stop counting at the next refresh.
+An erasure re-reads the log at once (``SearchService.forget_users``); a consent change counts
+from the next refresh.
 """
 
 from __future__ import annotations

@@ -324,6 +324,8 @@ class SearchService:
             rows = 0
             for version_dir in self._version_dirs():
                 rows += forget_users(version_dir, set(user_ids))
+        if self._engagement is not None and self._engagement.current is not None:
+            self._engagement.refresh()  # their events stop counting now, not at the next refresh
         return removed, held or rows > 0, rows
 
     def _version_dirs(self) -> list[Path]:

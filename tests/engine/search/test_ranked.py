@@ -153,7 +153,7 @@ def test_engagement_from_the_servers_event_log_matches_training(
 ):
     """Events recorded through the API reach the ranked search's engagement feature at the next
     refresh, with the values the training path (aisle-rank train --events) computes from the
-    same log; before any event the feature is 0 for every hit."""
+    same log; before any event the feature is 0 for every hit; an erasure counts at once."""
     root = tmp_path / "index"
     shutil.copytree(ranked_root[0], root)
     _, labels, qs = ranked_root
@@ -176,15 +176,24 @@ def test_engagement_from_the_servers_event_log_matches_training(
             assert server.service.engagement is not None
             server.service.engagement.refresh()
             after = client.search(query, 10, explain=True)
+            shutil.copytree(root / "events", tmp_path / "events-then")  # for the training path
+            # an erasure takes u1's events out of the feature at once
+            client.forget_user("u1")
+            erased = client.search(query, 10, explain=True)
         served = {h.item_id: [f.value for f in h.explanation.features] for h in after.hits}
         assert served[clicked][ENGAGEMENT] == pytest.approx(math.log1p(2), rel=1e-6)
         assert served[bought][ENGAGEMENT] == pytest.approx(math.log1p(4), rel=1e-6)
+        # the ranker was trained without events (NaN, never split on): the order stays
+        now = {h.item_id: h.explanation.features[ENGAGEMENT].value for h in erased.hits}
+        assert list(now) == list(served)
+        assert now[clicked] == pytest.approx(math.log1p(1), rel=1e-6)  # u2's click
+        assert now[bought] == 0.0
     finally:
         server.stop(0)
-    # the training path, from the same events dir
+    # the training path, from the same events dir (as it was before the erasure)
     version = IndexVersion.open(resolve_version_dir(root))
     encoder = load_encoder(tiny_model_dir)
-    source = version_source(version, encoder, read_engagement(root / "events"))
+    source = version_source(version, encoder, read_engagement(tmp_path / "events-then"))
     trained_qs = prepare_queries(version, source, encoder, labels)
     trained = {
         str(trained_qs.item_ids[r]): x
