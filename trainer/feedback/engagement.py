@@ -50,9 +50,8 @@ class ItemEngagement:
     def of(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """(n,) float32 ``log1p(engagement)`` of each item id, 0 for an item with none."""
         counts = self.counts
-        return np.log1p(
-            np.fromiter((counts.get(i, 0.0) for i in item_ids), np.float64, len(item_ids))
-        ).astype(np.float32)
+        ids = item_ids.tolist() if isinstance(item_ids, np.ndarray) else item_ids
+        return np.log1p(np.array([counts.get(i, 0.0) for i in ids], np.float64)).astype(np.float32)
 
 
 def read_engagement(
