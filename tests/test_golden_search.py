@@ -1,4 +1,5 @@
-"""The served results and index files of an ESCI build match the golden file, to the bit."""
+"""The served results and index files of an ESCI build match the golden file: to the bit on a
+CPU like the recording one, vector-derived scores to 1e-5 on another (tests/golden/esci_search)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,4 @@ pytestmark = [
 def test_esci_search_matches_golden() -> None:
     golden = json.loads(esci_search.GOLDEN.read_text())
     results = json.loads(json.dumps(esci_search.run()))
-    assert results["files"] == golden["files"]
-    for mode in esci_search.MODES:
-        assert results["search"][mode] == golden["search"][mode], mode
-    assert results["similar"] == golden["similar"]
+    assert esci_search.compare(results, golden) == []
