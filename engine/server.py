@@ -174,11 +174,8 @@ class ServerConfig:
         if self.grace_s < 0 or self.drain_s < 0:
             raise ValueError("grace_s and drain_s must be >= 0")
         Explorer(self.explore_share)  # validates: 0 <= share <= MAX_SHARE
-        if not self.engagement_days > 0 or not self.engagement_refresh_s > 0:
-            raise ValueError(
-                "engagement_days and engagement_refresh_s must be > 0, got "
-                f"{self.engagement_days} and {self.engagement_refresh_s}"
-            )
+        # validates: days > 0 and refresh_s > 0 (nothing is read before start)
+        EngagementFeed(index, days=self.engagement_days, refresh_s=self.engagement_refresh_s)
         if self.shard is not None and self.router is not None:
             raise ValueError(
                 "a server is a shard server (--shard) or a router (--router), not both"
