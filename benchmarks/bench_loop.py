@@ -8,7 +8,10 @@ publishes and reloads. After each round the served model is scored on Home Depot
 (never in the traffic) with NDCG@10 over the benchmark's catalog. Two loops run from the same
 start with the same traffic seed: with inverse-propensity weighting of the feedback and
 without it; the zero-shot model is the reference line (``--label-trained DIR`` adds a model
-trained on the labels as a second one).
+trained on the labels as a second one). A third reference, the loop's ceiling, fine-tunes the
+zero-shot model with the loop's own recipe (rounds x steps, batch, learning rate) on the traffic
+queries' judgments themselves: what the loop would learn if every shopper's click were the truth,
+from the same queries (``--no-ceiling`` skips it).
 
 The catalog of a preset is a subset of the 54,667 Home Depot items, so it embeds in minutes on
 a CPU: every item judged for the preset's dev, traffic and gate queries, plus random
@@ -17,7 +20,8 @@ distractors. The gate's judged set is a slice of train queries outside the traff
 Appends one JSON line to ``OUT/loop.jsonl`` and draws ``OUT/loop.png``.
 
 ``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--out DIR]
-[--explore-share P] [--gate judged|ips|both] [--min-ips-gain X]``
+[--explore-share P] [--gate judged|ips|both] [--min-ips-gain X] [--click-noise P]
+[--no-ceiling]``
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import append_jsonl, machine, require_shared_data
+from engine.learning.simulator import ShopperModel
 
 log = logging.getLogger("bench_loop")
 
@@ -52,6 +57,17 @@ class Preset:
     batch_size: int
     lr: float
     threads: int | None
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """What a run varies besides its sizes (all in its JSON line's config)."""
+
+    min_ips_gain: float = 0.0  # the gate's threshold on held-back IPS-DCG@10
+    explore_share: float = 0.0  # the server's --explore-share
+    gate: str = "judged"  # the round's gate policy
+    click_noise: float = ShopperModel().noise  # the shoppers' click rate on irrelevant hits
+    ceiling: bool = True  # train the ceiling reference (the traffic queries' judgments)
 
 
 PRESETS = {
@@ -121,10 +137,12 @@ def make_subset(data: Path, work: Path, preset: Preset, seed: int) -> dict[str, 
             f.write(json.dumps(products[i]) + "\n")
     _write_labels(folder / "dev.jsonl", dev_q, dev_j, dev_ids)
     _write_labels(folder / "gate.jsonl", train_q, train_j, gate)
+    _write_labels(folder / "traffic.jsonl", train_q, train_j, traffic)
     return {
         "catalog": folder / "products.jsonl",
         "dev": folder / "dev.jsonl",
         "gate": folder / "gate.jsonl",
+        "traffic_labels": folder / "traffic.jsonl",
         "traffic_queries": {q: train_q[q] for q in traffic},
         "traffic_judgments": {q: train_j[q] for q in traffic},
         "sizes": {
@@ -137,13 +155,14 @@ def make_subset(data: Path, work: Path, preset: Preset, seed: int) -> dict[str, 
 
 
 def dev_ndcg(model: Path, catalog, dev_labels, cache: Path) -> tuple[float, float, dict]:
-    """(NDCG@10 mean, stderr, per-query values) of ``model`` on the dev labels."""
+    """(NDCG@10 mean, stderr, per-query values) of ``model`` on the dev labels, with its full
+    query tower (a reference model dir may also hold a fast one; bench_quality rows those)."""
     from trainer.encoder.load import load_encoder
     from trainer.evaluation.search import evaluate_search
 
     report = evaluate_search(
-        load_encoder(model), catalog, dev_labels, gains="grade", recall_grade=2, ks=(10,),
-        cache_dir=cache,
+        load_encoder(model, query_tower="full"), catalog, dev_labels, gains="grade",
+        recall_grade=2, ks=(10,), cache_dir=cache,
     )  # fmt: skip
     m = report.metrics["ndcg@10"]
     per_query = {q: v["ndcg@10"] for q, v in report.per_query.items() if "ndcg@10" in v}
@@ -159,14 +178,12 @@ def run_loop(
     work: Path,
     cache: Path,
     seed: int,
-    min_ips_gain: float = 0.0,
-    explore_share: float = 0.0,
-    gate: str = "judged",
+    options: LoopOptions,
 ) -> dict[str, Any]:
     """One loop: serve the zero-shot model, then ``preset.rounds`` rounds of traffic + learning."""
     from engine.learning.gate import GateThresholds
     from engine.learning.round import RoundConfig, TrainSettings, champion_after, run_round
-    from engine.learning.simulator import ShopperModel, TrafficConfig, simulate
+    from engine.learning.simulator import TrafficConfig, simulate
     from engine.server import ServerConfig, create_server
     from indexer.build.config import BuildConfig
     from indexer.build.local import build_index
@@ -190,7 +207,9 @@ def run_loop(
             lexical=False, item_vectors=vectors,
         )
     )  # fmt: skip
-    server = create_server(ServerConfig(index=root, port=0, workers=4, explore_share=explore_share))
+    server = create_server(
+        ServerConfig(index=root, port=0, workers=4, explore_share=options.explore_share)
+    )
     address = f"127.0.0.1:{server.port}"
     config = RoundConfig(
         index=root,
@@ -200,7 +219,7 @@ def run_loop(
         judged_dataset="homedepot",
         server=address,
         settle_s=0.0,  # each round starts after server.service.impressions.flush()
-        thresholds=GateThresholds(min_ips_gain=min_ips_gain, gate=gate),
+        thresholds=GateThresholds(min_ips_gain=options.min_ips_gain, gate=options.gate),
         propensity_weighting=weighting,
         train=TrainSettings(
             max_steps=preset.max_steps, batch_size=preset.batch_size, lr=preset.lr,
@@ -222,7 +241,7 @@ def run_loop(
                     shoppers=200,
                     seed=seed,
                     first_session=(r - 1) * preset.sessions,
-                    model=ShopperModel(),
+                    model=ShopperModel(noise=options.click_noise),
                 ),
             )
             server.service.impressions.flush()
@@ -275,6 +294,30 @@ def run_loop(
     return {"propensity_weighting": weighting, "rounds": rounds}
 
 
+def train_ceiling(
+    subset: dict[str, Any], zero_shot: Path, preset: Preset, work: Path, seed: int
+) -> Path:
+    """The loop's recipe (all rounds' steps in one run) on the traffic queries' judgments."""
+    from trainer.training.config import DatasetSpec, TrainConfig
+    from trainer.training.run import train
+
+    out = work / "ceiling"
+    shutil.rmtree(out, ignore_errors=True)
+    labels = DatasetSpec(catalog=subset["catalog"], train=subset["traffic_labels"], name="labels")
+    train(
+        TrainConfig(
+            datasets=(labels,),
+            out=out, base_model=zero_shot, batch_size=preset.batch_size,
+            max_steps=preset.rounds * preset.max_steps, lr=preset.lr, warmup_steps=0,
+            max_query_length=16, max_item_length=48, checkpoint_every=0,
+            checkpoint_dir=work / "ceiling-checkpoints", seed=seed, num_threads=preset.threads,
+            export_onnx=False, progress=False, fast_query_tower="none",
+        )
+    )  # fmt: skip
+    shutil.rmtree(work / "ceiling-checkpoints", ignore_errors=True)
+    return out
+
+
 def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     """Mean and standard error of a - b over the queries both have."""
     common = sorted(set(a) & set(b))
@@ -294,9 +337,7 @@ def run(
     overrides: dict[str, int],
     seed: int,
     label_trained: Path | None,
-    min_ips_gain: float = 0.0,
-    explore_share: float = 0.0,
-    gate: str = "judged",
+    options: LoopOptions,
 ):
     from trainer.data.catalog import read_catalog
     from trainer.data.labels import read_labels
@@ -314,9 +355,7 @@ def run(
         **asdict(preset),
         "overridden": sorted(overrides),  # the preset's sizes changed on the command line
         "seed": seed,
-        "min_ips_gain": min_ips_gain,
-        "explore_share": explore_share,
-        "gate": gate,
+        **asdict(options),
         **subset["sizes"],
     }
     print(json.dumps({"config": config, "machine": machine()}), flush=True)
@@ -330,11 +369,14 @@ def run(
         mean, se, _ = dev_ndcg(label_trained, catalog, dev, cache)
         results["label_trained"] = {"model": str(label_trained), "dev_ndcg@10": mean,
                                     "dev_ndcg@10_stderr": se}  # fmt: skip
+    if options.ceiling:
+        model = train_ceiling(subset, zero_shot, preset, work, seed)
+        mean, se, ceiling_pq = dev_ndcg(model, catalog, dev, cache)
+        results["ceiling"] = {"model": str(model), "dev_ndcg@10": mean, "dev_ndcg@10_stderr": se}
     for name, weighting in (("ips", True), ("no_ips", False)):
         results[name] = run_loop(
-            name, weighting, subset, zero_shot, preset, work, cache, seed, min_ips_gain,
-            explore_share, gate,
-        )  # fmt: skip
+            name, weighting, subset, zero_shot, preset, work, cache, seed, options
+        )
     last = {n: results[n]["rounds"][-1].pop("_per_query") for n in ("ips", "no_ips")}
     for n in ("ips", "no_ips"):
         for row in results[n]["rounds"]:
@@ -344,6 +386,12 @@ def run(
     for n in ("ips", "no_ips"):
         final = results[n]["rounds"][-1]["dev_ndcg@10"]
         results[n]["gain_over_zero_shot"] = final - zero_mean
+        for ref in ("ceiling", "label_trained"):  # the share of the zero-shot -> ref gap closed
+            if ref in results and results[ref]["dev_ndcg@10"] > zero_mean:
+                gap = results[ref]["dev_ndcg@10"] - zero_mean
+                results[n][f"gap_closed_vs_{ref}"] = (final - zero_mean) / gap
+    if options.ceiling:
+        results["ips_minus_ceiling_last_round"] = paired_difference(last["ips"], ceiling_pq)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     record = {
         "bench": "loop",
@@ -373,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         help="override the preset's Home Depot train queries "
         "the shoppers search (each brings its judged items into the catalog)",
     )
+    parser.add_argument(
+        "--threads", type=int, help="override the preset's CPU threads for fine-tuning"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="results folder")
     parser.add_argument(
@@ -397,6 +448,19 @@ def main(argv: list[str] | None = None) -> int:
         default="judged",
         help="the round's gate policy, as aisle-learn round --gate (default judged)",
     )
+    parser.add_argument(
+        "--click-noise",
+        type=float,
+        default=ShopperModel().noise,
+        help="the simulated shoppers' click probability on an examined irrelevant hit "
+        f"(default {ShopperModel().noise}; 0 = they click relevant hits only)",
+    )
+    parser.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the ceiling reference (the loop's recipe trained on the traffic "
+        "queries' judgments)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -408,13 +472,18 @@ def main(argv: list[str] | None = None) -> int:
             ("sessions", args.sessions),
             ("max_steps", args.steps),
             ("traffic_queries", args.traffic_queries),
+            ("threads", args.threads),
         )
         if value is not None
     }
-    record = run(
-        args.preset, args.out, overrides, args.seed, args.label_trained, args.min_ips_gain,
-        args.explore_share, args.gate,
-    )  # fmt: skip
+    options = LoopOptions(
+        min_ips_gain=args.min_ips_gain,
+        explore_share=args.explore_share,
+        gate=args.gate,
+        click_noise=args.click_noise,
+        ceiling=not args.no_ceiling,
+    )
+    record = run(args.preset, args.out, overrides, args.seed, args.label_trained, options)
     from benchmarks.report.loop import draw_loop
 
     record["plot"] = str(args.out / "loop.png")

@@ -30,6 +30,12 @@ def draw_loop(record: Record, path: Path) -> None:
     trained = r.get("label_trained")
     if isinstance(trained, Mapping):
         ax.axhline(trained["dev_ndcg@10"], color="green", linestyle=":", label="label-trained")
+    ceiling = r.get("ceiling")
+    if isinstance(ceiling, Mapping):
+        ax.axhline(
+            ceiling["dev_ndcg@10"], color="purple", linestyle="-.",
+            label="ceiling: the loop's recipe on the traffic queries' labels",
+        )  # fmt: skip
     ax.set_xlabel("round (0 = zero-shot start)")
     ax.set_ylabel("Home Depot dev NDCG@10")
     config = record.get("config") or {}
@@ -50,6 +56,14 @@ def loop_section(ctx: Context) -> tuple[list[str], list[Figure]]:
         f"{fmt(_last(r, 'ips'))}, unweighted {fmt(_last(r, 'no_ips'))}; IPS - unweighted "
         f"{fmt(diff.get('mean'))} ± {fmt(diff.get('stderr'))} (paired over dev queries).**",
     ]
+    ceiling = r.get("ceiling") or {}
+    if ceiling:
+        closed = (r.get("ips") or {}).get("gap_closed_vs_ceiling")
+        blocks.append(
+            f"Ceiling (the loop's recipe trained on the traffic queries' own judgments): "
+            f"{fmt(ceiling.get('dev_ndcg@10'))} ± {fmt(ceiling.get('dev_ndcg@10_stderr'))}; "
+            f"the IPS-weighted loop closed {fmt(closed)} of the zero-shot → ceiling gap."
+        )
     rows: list[list[Any]] = []
     n = max((len((r.get(name) or {}).get("rounds") or []) for name, _ in LOOPS), default=0)
     for i in range(n):
@@ -92,6 +106,8 @@ def loop_metrics(record: Record) -> Metrics:
     )
     put_metric(out, "loop/ips_dev_ndcg@10", _last(r, "ips"), "higher")
     put_metric(out, "loop/no_ips_dev_ndcg@10", _last(r, "no_ips"), "higher")
+    ceiling = (r.get("ceiling") or {}).get("dev_ndcg@10")
+    put_metric(out, "loop/ceiling_dev_ndcg@10", ceiling, "higher")
     put_metric(
         out,
         "loop/ips_minus_no_ips",

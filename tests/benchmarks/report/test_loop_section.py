@@ -1,0 +1,49 @@
+"""The report's bench_loop part: rounds, the paired IPS difference, and the ceiling reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.report.figures import Context
+from benchmarks.report.loop import loop_metrics, loop_section
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def loop_record(with_ceiling: bool) -> dict:
+    def rounds(values: list[float]) -> dict:
+        rows = [
+            {"round": i + 1, "dev_ndcg@10": v, "dev_ndcg@10_stderr": 0.02, "outcome": "win"}
+            for i, v in enumerate(values)
+        ]
+        return {"propensity_weighting": True, "rounds": rows}
+
+    results = {
+        "zero_shot": {"dev_ndcg@10": 0.5, "dev_ndcg@10_stderr": 0.02},
+        "ips": {**rounds([0.52, 0.54]), "gap_closed_vs_ceiling": 0.4},
+        "no_ips": rounds([0.53, 0.55]),
+        "ips_minus_no_ips_last_round": {"mean": -0.01, "stderr": 0.005, "n": 200},
+    }
+    if with_ceiling:
+        results["ceiling"] = {"dev_ndcg@10": 0.6, "dev_ndcg@10_stderr": 0.02}
+    return {"bench": "loop", "config": {"preset": "S", "explore_share": 0.2}, "results": results}
+
+
+def test_the_ceiling_is_reported_drawn_and_a_metric(tmp_path: Path) -> None:
+    record = loop_record(with_ceiling=True)
+    blocks, figures = loop_section(Context(record, tmp_path / "fig", tmp_path))
+    text = "\n".join(blocks)
+    assert "Ceiling (the loop's recipe trained on the traffic queries' own judgments): 0.6" in text
+    assert "closed 0.4 of the zero-shot → ceiling gap" in text
+    assert "| 2 | 0.54 ± 0.02 | win | 0.55 ± 0.02 | win |" in text
+    assert figures[0].path.read_bytes().startswith(PNG_MAGIC)
+    metrics = loop_metrics(record)
+    assert metrics["loop/ceiling_dev_ndcg@10"] == {"value": 0.6, "better": "higher"}
+    assert metrics["loop/ips_minus_no_ips"] == {"value": -0.01, "better": "higher"}
+
+
+def test_a_run_without_the_ceiling_says_nothing_of_it(tmp_path: Path) -> None:
+    record = loop_record(with_ceiling=False)
+    blocks, _ = loop_section(Context(record, tmp_path / "fig", tmp_path))
+    assert "Ceiling" not in "\n".join(blocks)
+    assert "loop/ceiling_dev_ndcg@10" not in loop_metrics(record)
