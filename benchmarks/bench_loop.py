@@ -19,7 +19,8 @@ distractors. The gate's judged set is a slice of train queries outside the traff
 
 Appends one JSON line to ``OUT/loop.jsonl`` and draws ``OUT/loop.png``.
 
-``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--out DIR]
+``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--sessions N] [--steps N]
+[--traffic-queries N] [--threads N] [--out DIR]
 [--explore-share P] [--gate judged|ips|both] [--min-ips-gain X] [--click-noise P]
 [--no-ceiling]``
 """
