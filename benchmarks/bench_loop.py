@@ -43,6 +43,10 @@ from engine.learning.simulator import ShopperModel
 
 log = logging.getLogger("bench_loop")
 
+# The loop's fine-tuning lengths (tokens), shared by its rounds and the ceiling reference.
+QUERY_TOKENS = 16
+ITEM_TOKENS = 48
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -224,7 +228,8 @@ def run_loop(
         propensity_weighting=weighting,
         train=TrainSettings(
             max_steps=preset.max_steps, batch_size=preset.batch_size, lr=preset.lr,
-            max_query_length=16, max_item_length=48, num_threads=preset.threads,
+            max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS,
+            num_threads=preset.threads,
             export_onnx=False, seed=seed,
         ),
         vector_cache=cache,
@@ -310,7 +315,7 @@ def train_ceiling(
             datasets=(labels,),
             out=out, base_model=zero_shot, batch_size=preset.batch_size,
             max_steps=preset.rounds * preset.max_steps, lr=preset.lr, warmup_steps=0,
-            max_query_length=16, max_item_length=48, checkpoint_every=0,
+            max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS, checkpoint_every=0,
             checkpoint_dir=work / "ceiling-checkpoints", seed=seed, num_threads=preset.threads,
             export_onnx=False, progress=False, fast_query_tower="none",
         )
