@@ -74,6 +74,9 @@ class LoopOptions:
     click_noise: float = ShopperModel().noise  # the shoppers' click rate on irrelevant hits
     ceiling: bool = True  # train the ceiling reference (the traffic queries' judgments)
 
+    def __post_init__(self) -> None:
+        ShopperModel(noise=self.click_noise)  # validates 0 <= noise < 1 before any work
+
 
 PRESETS = {
     # S: what fits a 2-core machine shared with other work in about 20 minutes
