@@ -17,6 +17,13 @@ A replayed update was acknowledged long ago, so it is applied as far as it still
 version (misfit columns and values dropped with a warning), and upserts whose vectors came from
 another model (the index was rebuilt since) are re-embedded with the version's model.
 
+Other processes may write the same root's log (the worker processes of ``aisle-serve
+--processes``, engine.search.siblings): a write first applies what they appended since this index
+last read the log, and when its own seq is not the next one, the records in between before its own,
+so every live index of the root applies the same records in seq order; ``catch_up`` takes in the
+rest. A stamp of the log's files (``UpdateLog.stamp``) skips the reading when nothing changed, so a
+lone writer never re-reads its own records.
+
 Concurrency: multi-version snapshots, no reader locks. Writers are serialised by one lock. Every
 change is stamped with its log seq: tombstones store the seq that killed a row, attribute overrides
 and id -> row entries are append-only lists of (seq, value), delta rows are appended into buffers
@@ -108,6 +115,8 @@ class LiveIndex:
         self._n_dead_base = 0
         self._seq = version.manifest.applied_seq
         self._pending = 0
+        # The update log's stamp when this index last had every record in it; () = unknown.
+        self._log_stamp: tuple = log.stamp()
         self._replay()
         self._view = self._make_view()
 
@@ -286,6 +295,7 @@ class LiveIndex:
         typed = validate_records(records, self._schema, "upsert")
         with self._write_lock:
             seq = self.log.append_upsert(typed, vectors, expected)
+            self._apply_between(seq)
             self._apply_upsert(seq, typed, vectors)
             self._publish(seq)
         logger.debug("upsert seq %d: %d items", seq, len(typed))
@@ -306,11 +316,13 @@ class LiveIndex:
         if bad:
             raise ValueError(f"item ids must be non-empty strings, got {bad[:3]!r}")
         with self._write_lock:
+            self._follow_log()
             found = [i for i in ids if self._live_row(i) is not None]
             not_found = [i for i in ids if self._live_row(i) is None]
             if not found:
                 return self._view.seq, not_found
             seq = self.log.append_delete(found)
+            self._apply_between(seq)
             self._apply_delete(seq, found)
             self._publish(seq)
         logger.debug("delete seq %d: %d items (%d not found)", seq, len(found), len(not_found))
@@ -339,6 +351,7 @@ class LiveIndex:
             for name in fields:
                 check_attribute_column(name, self._schema)
         with self._write_lock:
+            self._follow_log()
             merged = []
             for item_id in updates:
                 row = self._live_row(item_id)
@@ -358,6 +371,7 @@ class LiveIndex:
                 r["item_id"]: {name: r.get(name) for name in updates[r["item_id"]]} for r in typed
             }
             seq = self.log.append_attributes(changes)
+            self._apply_between(seq)
             self._apply_attributes(seq, changes)
             self._publish(seq)
         logger.debug("attributes seq %d: %d items", seq, len(changes))
@@ -431,6 +445,33 @@ class LiveIndex:
         self._seq = seq
         self._pending += 1
         self._view = self._make_view()  # one reference assignment: readers switch atomically
+        stamp = self.log.stamp()
+        self._log_stamp = stamp if self.log.written_through(stamp) else ()
+
+    def _apply_between(self, seq: int) -> None:
+        """Before this process's own record ``seq``: apply the records other processes
+        appended since this index's seq, in order (none when ``seq`` is the next one)."""
+        if seq == self._seq + 1:
+            return
+        for record in self.log.records(after=self._seq):
+            if record.seq >= seq:
+                break
+            self._apply_record(record)
+
+    def _follow_log(self) -> int:
+        """Apply and publish what other processes appended to the log since this index last
+        read it; the number of records. Holding _write_lock. Reads nothing when the log's files
+        are as they were then."""
+        stamp = self.log.stamp()  # before reading: an append after this changes it again
+        if stamp and stamp == self._log_stamp:
+            return 0
+        records = self.log.records(after=self._seq)
+        for record in records:
+            self._apply_record(record)
+        if records:
+            self._view = self._make_view()
+        self._log_stamp = stamp
+        return len(records)
 
     def _make_view(self) -> LiveView:
         return LiveView(
@@ -495,19 +536,17 @@ class LiveIndex:
         acknowledged write is left behind in the old index.
         """
         with self._write_lock:
-            records = self.log.records(after=self._seq)
-            for record in records:
-                self._apply_record(record)
-            if records:
-                self._view = self._make_view()
+            before = self._seq
+            applied = self._follow_log()
+            if applied:
                 logger.info(
                     "caught up %d update(s) (seq %d..%d) onto index version %d",
-                    len(records),
-                    records[0].seq,
-                    records[-1].seq,
+                    applied,
+                    before + 1,
+                    self._seq,
                     self.base.version,
                 )
-        return len(records)
+        return applied
 
     def _apply_record(self, record: LogRecord) -> None:
         """Apply one logged update, as far as it still fits this version (replay, catch-up)."""

@@ -291,6 +291,29 @@ class UpdateLog:
                 found.append((int(match.group(1)), path))
         return sorted(found)
 
+    def stamp(self) -> tuple[tuple[str, int, int], ...]:
+        """(name, size, mtime ns) of each segment, without reading any: it changes whenever a
+        record is appended (by any process) or a segment is rotated or truncated. A follower
+        compares it to decide whether to read the log at all."""
+        stamps = []
+        for _, path in self.segments():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue  # truncated between the listing and the stat
+            stamps.append((path.name, st.st_size, st.st_mtime_ns))
+        return tuple(stamps)
+
+    def written_through(self, stamp: tuple[tuple[str, int, int], ...]) -> bool:
+        """Whether ``stamp`` (taken after this process's last append) ends exactly where that
+        append did: nobody appended since, so a reader that applied it is up to date."""
+        return (
+            bool(stamp)
+            and self._segment is not None
+            and stamp[-1][0] == self._segment.name
+            and stamp[-1][1] == self._offset
+        )
+
     # ------------------------------------------------------------------ maintenance
 
     def rotate(self) -> Path | None:
