@@ -47,6 +47,7 @@ from engine.search.engagement import EngagementFeed
 from engine.search.explore import Explorer
 from engine.search.impressions import ImpressionWriter
 from engine.search.service import SearchService
+from engine.search.siblings import FOLLOW_S, Follower, SiblingBoard, WorkerSpec
 from engine.search.snapshot import load_snapshot
 from engine.search.types import EncodingConfig
 from trainer.feedback.engagement import ENGAGEMENT_DAYS
@@ -87,6 +88,16 @@ class TlsConfig:
         return grpc.ssl_server_credentials(
             pair, root_certificates=Path(self.client_ca).read_bytes(), require_client_auth=True
         )
+
+
+WHY = {
+    "--shard": " (run more shard servers as replicas instead)",
+    "--router": " (a router's work is fanning out; run several routers instead)",
+    "--popularity-epsilon": (
+        " (each worker's start would be another release of the noisy counts, spending the "
+        "privacy budget once per process)"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,12 @@ class ServerConfig:
     http_host: str | None = None  # None: `host`
     # Pseudonymous user ids, query scrubbing, consent defaults, retention (docs/privacy.md).
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    # One of the worker processes of `aisle-serve --processes N` (engine.cluster.workers): it
+    # binds the port with SO_REUSEPORT beside its siblings and follows them through the files
+    # in `siblings_dir` and the shared logs every `follow_s` (engine.search.siblings).
+    worker: WorkerSpec | None = None
+    siblings_dir: Path | None = None
+    follow_s: float = FOLLOW_S
 
     def __post_init__(self) -> None:
         index = Path(self.index)
@@ -180,6 +197,18 @@ class ServerConfig:
             raise ValueError(
                 "a server is a shard server (--shard) or a router (--router), not both"
             )
+        if (self.worker is None) != (self.siblings_dir is None):
+            raise ValueError("a worker process needs its siblings dir, and only a worker one")
+        if self.worker is not None:
+            for flag, used in (
+                ("--shard", self.shard is not None),
+                ("--router", self.router is not None),
+                ("--popularity-epsilon", self.privacy.popularity_dp is not None),
+            ):
+                if used:
+                    raise ValueError(f"--processes above 1 does not combine with {flag}{WHY[flag]}")
+            if self.follow_s <= 0:
+                raise ValueError(f"follow_s must be > 0, got {self.follow_s}")
 
 
 class AisleServer:
@@ -232,8 +261,10 @@ class AisleServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 # grpc's default SO_REUSEPORT lets a second server bind the same port and
-                # silently take half the traffic (with another index): make that bind fail.
-                ("grpc.so_reuseport", 0),
+                # silently take half the traffic (with another index): make that bind fail,
+                # except between the worker processes of one server, which share it on purpose
+                # (the supervisor holds a lock on the port against a second server of workers).
+                ("grpc.so_reuseport", 1 if config.worker is not None else 0),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -290,6 +321,7 @@ class AisleServer:
         self.metrics_port: int | None = None
         self._clients: ShardClients | None = None  # a router's, to its shard servers
         self._retention: RetentionSchedule | None = None  # --retention-every
+        self._follower: Follower | None = None  # a worker's, following its siblings
 
     def _forget_datasets(self, user_ids: tuple[str, ...]) -> int:
         """Erasure in the training datasets under ROOT/datasets/ (docs/privacy.md)."""
@@ -330,6 +362,12 @@ class AisleServer:
             scrub=self.config.privacy.scrubber,
         )
 
+    def _siblings(self) -> SiblingBoard | None:
+        config = self.config
+        if config.worker is None or config.siblings_dir is None:
+            return None
+        return SiblingBoard(config.siblings_dir, config.worker)
+
     def _explorer(self) -> Explorer | None:
         if not self.config.explore_share:
             return None
@@ -355,6 +393,8 @@ class AisleServer:
 
         events_dir = self._events_dir() if self.config.shard is None else None
         retention = self.config.privacy.retention_days
+        if self.config.worker is not None and self.config.worker.index > 0:
+            retention = None  # worker 0 compacts for all (the files are shared)
         if events_dir is not None and retention is not None and os.access(events_dir, os.W_OK):
             compact(events_dir, retention)  # retention at start, before the log is replayed
         every = self.config.privacy.retention_every_hours
@@ -387,8 +427,12 @@ class AisleServer:
                 popularity_dp=self.config.privacy.popularity_dp,
                 explorer=self._explorer(),
                 engagement=self._engagement(),
+                siblings=self._siblings(),
             )
             service.warm_up()
+            if self.config.worker is not None:
+                service.follow()  # a restarted worker serves what its siblings serve, first
+                self._follower = Follower(service.follow, self.config.follow_s)
         m = self.metrics
         if isinstance(service, SearchService):  # a shard server encodes nothing
             m.queue_depth.set_function(lambda: service.batcher.queue_depth)
@@ -399,6 +443,8 @@ class AisleServer:
         self._slot.service = service
         if self._retention is not None:
             self._retention.start()
+        if self._follower is not None:
+            self._follower.start()
         for name in ("", *self._service_names):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         summary = service.snapshot.summary
@@ -410,12 +456,14 @@ class AisleServer:
             summary.factory,
             summary.model_fingerprint[:12],
         )
+        worker = self.config.worker
         log.info(
-            "serving on %s:%d%s (pid %d)%s",
+            "serving on %s:%d%s (pid %d%s)%s",
             self.config.host,
             self.port,
             " with TLS" if self.config.tls else "",
             os.getpid(),
+            f", worker {worker.index} of {worker.count}" if worker is not None else "",
             f"; HTTP gateway and playground on port {self.http_port}" if self._gateway else "",
         )
 
@@ -453,6 +501,8 @@ class AisleServer:
             log.info("health NOT_SERVING; draining for %.1f s before closing the listener", drain_s)
             time.sleep(drain_s)
         self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        if self._follower is not None:
+            self._follower.stop()
         if self._retention is not None:
             self._retention.stop()
         if self._gateway is not None:
@@ -470,9 +520,15 @@ class AisleServer:
 def create_server(config: ServerConfig) -> AisleServer:
     """Bind, start and load a server; with `port=0` read the bound port from `.port`."""
     server = AisleServer(config)
-    server.start()
+    # A lone server listens first, so health checks see it loading. A worker listens only once
+    # loaded: beside its siblings on the port, the kernel would hand it new connections while
+    # it loads, and their calls would get UNAVAILABLE that a sibling could have answered.
+    steps = (
+        (server.load, server.start) if config.worker is not None else (server.start, server.load)
+    )
     try:
-        server.load()
+        for step in steps:
+            step()
     except BaseException:
         server.stop(0)
         raise

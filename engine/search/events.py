@@ -81,18 +81,21 @@ class EventLog:
 
     def _drop_torn_tail(self) -> None:
         """A crash mid-append can leave a partial last line; cut it so the next append does
-        not glue a new record onto it. Only the unacknowledged record is lost."""
-        if not self.path.exists():
-            return
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                keep = data.rfind(b"\n") + 1
-                log.warning(
-                    "%s: dropping a torn last record (%d bytes)", self.path, len(data) - keep
-                )
-                f.truncate(keep)
-                os.fsync(f.fileno())
+        not glue a new record onto it. Only the unacknowledged record is lost. Under the events
+        dir's file lock: a sibling worker process (aisle-serve --processes) appending at this
+        moment is not cut short."""
+        with log_lock(self.directory):
+            if not self.path.exists():
+                return
+            with open(self.path, "rb+") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    keep = data.rfind(b"\n") + 1
+                    log.warning(
+                        "%s: dropping a torn last record (%d bytes)", self.path, len(data) - keep
+                    )
+                    f.truncate(keep)
+                    os.fsync(f.fileno())
 
     def append(self, events: Iterable[Event]) -> int:
         """Append ``events``, durable when this returns; their count.
@@ -119,16 +122,27 @@ class EventLog:
 
     def read(self) -> Iterator[Event]:
         """Every complete event in the log, in append order."""
+        for event, _ in self.entries():
+            yield event
+
+    def entries(self, start: int = 0) -> Iterator[tuple[Event, int]]:
+        """Each complete event from byte offset `start` (the end of an earlier entry, or 0)
+        with the offset just past it, in append order; a torn or still-growing last line is
+        left for a later read (a follower resumes from the last offset it got)."""
         if not self.path.exists():
             return
-        with open(self.path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.endswith("\n"):
-                    log.warning("%s:%d: skipping a torn last line", self.path, number)
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            offset = start
+            for number, raw_line in enumerate(f, 1):
+                if not raw_line.endswith(b"\n"):
+                    if start == 0:
+                        log.warning("%s:%d: skipping a torn last line", self.path, number)
                     return
+                offset += len(raw_line)
                 try:
-                    raw = json.loads(line)
-                    yield Event(
+                    raw = json.loads(raw_line)
+                    event = Event(
                         raw["user_id"],
                         raw["item_id"],
                         raw["type"],
@@ -139,7 +153,18 @@ class EventLog:
                         position=int(raw.get("position", 0)),
                     )
                 except (ValueError, KeyError, TypeError) as error:
-                    raise ValueError(f"{self.path}:{number}: bad event record ({error})") from error
+                    where = f"{self.path}:{number}" if start == 0 else f"{self.path}@{offset}"
+                    raise ValueError(f"{where}: bad event record ({error})") from error
+                yield event, offset
+
+    def identity(self) -> tuple[int, int]:
+        """(inode, size) of the log file, (0, 0) while there is none: an erasure or
+        compaction replaces the file (a new inode), an append grows it."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return 0, 0
+        return st.st_ino, st.st_size
 
 
 class UserState:

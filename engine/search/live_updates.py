@@ -101,6 +101,15 @@ def caught_up(snap: Snapshot) -> Snapshot:
     return refreshed(snap)
 
 
+def followed(snap: Snapshot) -> Snapshot | None:
+    """`snap` with the updates that other processes serving the same root (sibling workers,
+    engine.search.siblings) appended to the update log since its live index last read it;
+    None when there were none (or it has no live index). Call it under the write lock."""
+    if snap.live is None or not snap.live.catch_up():
+        return None
+    return refreshed(snap)
+
+
 def retire(old: Snapshot, new: Snapshot) -> None:
     """Close the live index (its update log's files) of a snapshot a Reload replaced.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +21,12 @@ from engine.privacy.logs import Rewrite, forget
 from engine.search import live_updates, pipeline, recommend
 from engine.search.batcher import EncoderGate, MicroBatcher
 from engine.search.engagement import EngagementFeed
-from engine.search.errors import FailedPrecondition, NotFound
+from engine.search.errors import FailedPrecondition, NotFound, Unavailable
 from engine.search.events import Event, EventLog, UserState
 from engine.search.explore import Explorer
 from engine.search.impressions import Impression, ImpressionWriter, new_request_id
 from engine.search.retriever import with_excluded
+from engine.search.siblings import SiblingBoard
 from engine.search.snapshot import Snapshot, is_known, load_snapshot, load_version
 from engine.search.types import (
     MODE_DENSE,
@@ -35,7 +37,7 @@ from engine.search.types import (
 )
 from indexer.rerank.specs import BoostSpec, DiversitySpec, FilterSpec
 from indexer.storage.users import forget_users, read_users
-from trainer.privacy.exclusions import erased, read_tombstones
+from trainer.privacy.exclusions import TOMBSTONES_FILE, erased, read_tombstones
 from trainer.privacy.noise import DPConfig, private_counts
 from trainer.text import query_text
 
@@ -70,8 +72,17 @@ class SearchService:
         popularity_dp: DPConfig | None = None,
         explorer: Explorer | None = None,
         engagement: EngagementFeed | None = None,
+        siblings: SiblingBoard | None = None,
     ) -> None:
         self._index_path = Path(index_path)
+        # The other worker processes of this server (aisle-serve --processes; engine.search.
+        # siblings): Reloads are announced to them, and `follow` takes in their changes.
+        self._siblings = siblings
+        self._confirmed = 0  # the last Reload generation this worker confirmed to them
+        # How far the users' recent items have read the event log: (inode, byte offset), and
+        # the tombstones file then; set by _load_users, advanced by `follow`.
+        self._events_at = (0, 0)
+        self._tombstones_at: tuple = ()
         # The ranking stage's engagement feature (engine.search.engagement); None: missing.
         self._engagement = engagement
         if engagement is not None and snapshot.ranking is not None:
@@ -121,11 +132,14 @@ class SearchService:
             if built.tzinfo is None:
                 built = built.replace(tzinfo=UTC)
             replayed = 0
-            for event in self._event_log.read():
+            self._tombstones_at = _file_stamp(self._event_log.directory / TOMBSTONES_FILE)
+            inode, offset = self._event_log.identity()[0], 0
+            for event, offset in self._event_log.entries():  # noqa: B007 (offset: how far)
                 when = event.recorded or event.time
                 if when >= built and not erased(tombstones, event.user_id, when):
                     users.record(event.user_id, event.item_id)
                     replayed += 1
+            self._events_at = (inode, offset)
             log.info("user state: %d users, %d events replayed from the log", len(users), replayed)
         return users
 
@@ -307,8 +321,11 @@ class SearchService:
                 raise NotFound(f"events[{i}].item_id: unknown item id {event.item_id!r}")
         with self._events_lock:  # a reload rebuilding user state waits for this append
             recorded = self._event_log.append(events)
-            for event in events:
-                self.users.record(event.user_id, event.item_id)
+            if self._siblings is not None:
+                self._read_new_events()  # these and the siblings' since, in log order
+            else:
+                for event in events:
+                    self.users.record(event.user_id, event.item_id)
         return recorded
 
     def forget_users(self, user_ids: tuple[str, ...]) -> tuple[Rewrite, bool, int]:
@@ -406,8 +423,27 @@ class SearchService:
     # -- versions -------------------------------------------------------------------------------
 
     def reload(self, version: int = 0) -> tuple[int, IndexSummary]:
-        """Switch to `version` of the index root (0: what CURRENT names). In-flight requests
-        finish on the snapshot they started with; the next ones see the new one.
+        """Switch to `version` of the index root (0: what CURRENT names); with sibling
+        workers, have every one of them switch too and return when they have (UNAVAILABLE,
+        naming them, when some did not within RELOAD_WAIT_S; engine.search.siblings)."""
+        previous, summary = self._reload_here(version)
+        board = self._siblings
+        if board is None:
+            return previous, summary
+        generation = board.announce(summary.version)
+        board.confirm(generation, summary.version)
+        self._confirmed = max(self._confirmed, generation)
+        problems = board.wait(generation)
+        if problems:
+            raise Unavailable(
+                f"this worker now serves index version {summary.version}, but not every "
+                f"worker does: {'; '.join(problems)}"
+            )
+        return previous, summary
+
+    def _reload_here(self, version: int = 0) -> tuple[int, IndexSummary]:
+        """Switch this process to `version` (0: CURRENT). In-flight requests finish on the
+        snapshot they started with; the next ones see the new one.
 
         The new version loads while writes still go to the serving live index; then, with
         writes stopped (the write lock), the new live index replays the log up to the old one's
@@ -436,3 +472,64 @@ class SearchService:
             previous = old.summary.version
             log.info("now serving index version %d (was %d)", snapshot.summary.version, previous)
             return previous, snapshot.summary
+
+    # -- sibling workers ------------------------------------------------------------------------
+
+    def follow(self) -> None:
+        """One step of keeping this worker process in step with its siblings (their Reloads,
+        live updates and events; engine.search.siblings). Without siblings, nothing."""
+        board = self._siblings
+        if board is None:
+            return
+        generation, version = board.latest()
+        if generation > self._confirmed:
+            error = ""
+            if version != self._snapshot.summary.version:
+                try:
+                    self._reload_here(version)
+                except Exception as failure:  # reported to the worker that took the Reload
+                    log.exception("could not load version %d announced by a sibling", version)
+                    error = f"{type(failure).__name__}: {failure}"
+            board.confirm(generation, version, error)
+            self._confirmed = generation
+        self._follow_updates()
+        if self._event_log is not None:
+            with self._events_lock:
+                self._read_new_events()
+
+    def _follow_updates(self) -> None:
+        """Replay what sibling workers appended to the update log (the live index reads
+        nothing when its files are unchanged)."""
+        if self._snapshot.live is None:
+            return
+        with self._write_lock:
+            followed = live_updates.followed(self._snapshot)
+            if followed is not None:
+                self._snapshot = followed
+
+    def _read_new_events(self) -> None:
+        """Add the events appended to the log since the last read to the users' recent items;
+        a replaced log or a new tombstone (an erasure, a compaction) rebuilds them from the
+        log. Call under _events_lock."""
+        assert self._event_log is not None
+        inode, size = self._event_log.identity()
+        at_inode, at = self._events_at
+        tombstones = _file_stamp(self._event_log.directory / TOMBSTONES_FILE)
+        if inode != at_inode or size < at or tombstones != self._tombstones_at:
+            self.users = self._load_users(self._snapshot)
+            return
+        if size == at:
+            return
+        offset = at
+        for event, offset in self._event_log.entries(at):  # noqa: B007 (offset: how far)
+            self.users.record(event.user_id, event.item_id)
+        self._events_at = (inode, offset)
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime ns) of `path`; zeros while it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 0, 0, 0
+    return st.st_ino, st.st_size, st.st_mtime_ns
