@@ -151,15 +151,18 @@ class AisleClient:
         self.timeout_s = timeout_s
         self._tls = tls_ca is not None
         self._token = admin_token
+        # Each client its own connection: by default grpc shares one connection among every
+        # channel of a process to the same address, so a process's clients would all reach one
+        # worker of a server running several (aisle-serve --processes).
+        options: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
         if tls_ca is not None:
             key, cert = tls_client_cert or (None, None)
             credentials = grpc.ssl_channel_credentials(tls_ca, key, cert)
-            options = (
-                [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
-            )
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
             self._channel = grpc.secure_channel(address, credentials, options=options)
         else:
-            self._channel = grpc.insecure_channel(address)
+            self._channel = grpc.insecure_channel(address, options=options)
         # The one place metadata is made: every call below goes through _call.
         self._metadata: tuple[tuple[str, str], ...] = (
             (("x-aisle-client", client_id),) if client_id else ()

@@ -19,6 +19,7 @@ EPILOG = """examples:
   aisle-serve --index ./index --port 0 --port-file /tmp/port   # any free port, written to a file
   AISLE_ADMIN_TOKEN=... aisle-serve --index ./index --host 0.0.0.0
   aisle-serve --index ./index --http-port 8080   # + HTTP/JSON on :8080, playground at /ui
+  aisle-serve --index ./index --processes 2      # two worker processes on one port (one per core)
 
 scale-out: one server per shard (replicas are just more servers of the same shard), and a router
   aisle-serve --index ./index --shard 0/2 --port 7001      # and 7011 (a replica), 7002 (shard 1)
@@ -54,7 +55,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
-    parser.add_argument("--workers", type=int, default=16, help="request threads (default 16)")
+    parser.add_argument(
+        "--workers", type=int, default=16, help="request threads per process (default 16)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT; the kernel spreads client "
+        "connections across them), under a supervisor that restarts one that dies: one process "
+        "is bound by Python's GIL, so give about one per core. Live updates, events and Reload "
+        "reach every process (another one serves a write within ~0.1 s); --metrics-port P gives "
+        "process I port P+I, --http-port goes to process 0; not with --router, --shard or "
+        "--popularity-epsilon (docs/serving.md, 'Several processes'). Default 1",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # I/N: set by the supervisor
+    parser.add_argument("--siblings-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--max-in-flight",
         type=int,
@@ -323,6 +340,21 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format, args.verbose)
     if args.no_access_log:
         logging.getLogger("aisle.access").setLevel(logging.WARNING)
+    if args.processes < 1:
+        print("aisle-serve: --processes must be >= 1", file=sys.stderr)
+        return 2
+    if args.processes > 1 and args.worker is None:
+        from engine.cluster.workers import supervise
+
+        return supervise(
+            list(sys.argv[1:] if argv is None else argv),
+            args.processes,
+            args.host,
+            args.port,
+            port_file=args.port_file,
+            http_port_file=args.http_port_file,
+            stop_timeout_s=args.drain_grace_s + args.drain_timeout_s + 15.0,
+        )
     # Measured on the router: two OpenMP threads spun at 100 % between requests (~30 ms CPU
     # per query against ~5 ms passive, same latency), starving other processes on the host; and
     # a single server spinning between requests slows its own request threads the same way.
@@ -340,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.cluster.shard import ShardSpec
     from engine.privacy.consent import Preferences
     from engine.privacy.scrub import scrubber_of
+    from engine.search.siblings import WorkerSpec
     from engine.search.types import EncodingConfig
     from engine.server import ServerConfig, TlsConfig, create_server
     from trainer.privacy.noise import DPConfig
@@ -352,7 +385,20 @@ def main(argv: list[str] | None = None) -> int:
         print("aisle-serve: --threads must be >= 1", file=sys.stderr)
         return 2
     _set_threads(args.threads)
+    worker = None
     try:
+        if args.worker is not None:  # one of --processes N, started by the supervisor
+            worker = WorkerSpec.parse(args.worker)
+            if args.siblings_dir is None:
+                raise ValueError("--worker needs --siblings-dir")
+            args.port_file = args.siblings_dir / f"port-{worker.index}"
+            if worker.index > 0:
+                args.http_port = None  # the HTTP gateway runs in worker 0 only
+            args.http_port_file = (
+                args.siblings_dir / "http-port" if args.http_port is not None else None
+            )
+            if args.metrics_port:
+                args.metrics_port += worker.index
         if (args.tls_cert is None) != (args.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         tls = (
@@ -421,13 +467,15 @@ def main(argv: list[str] | None = None) -> int:
                 encoder_threads=args.encoder_threads,
                 query_tower=args.query_tower,
             ),
+            worker=worker,
+            siblings_dir=args.siblings_dir if worker is not None else None,
         )
         server = create_server(config)
     except (IndexFormatError, ValueError, OSError) as error:
         print(f"aisle-serve: {error}", file=sys.stderr)
         return 2
     for path, port in ((args.port_file, server.port), (args.http_port_file, server.http_port)):
-        if path is not None:
+        if path is not None and port is not None:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(f"{port}\n")
             os.replace(tmp, path)
@@ -439,7 +487,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
+    if worker is None:
+        stop.wait()
+    else:
+        parent = os.getppid()
+        while not stop.wait(1.0):
+            if os.getppid() != parent:  # the supervisor is gone (kill -9): do not linger
+                logging.getLogger(__name__).warning("supervisor gone: worker stopping")
+                break
     server.stop()
     return 0
 
