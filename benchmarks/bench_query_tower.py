@@ -14,7 +14,9 @@ from ``aisle-train distill-query``; all dirs must share the model fingerprint):
 * **served** (``--serve``): ``aisle-serve --model DIR --query-tower fast|full`` on an index built
   with the model, p50 / p99 ms, QPS, errors and the server's encode p50 / p99 at each
   ``--concurrency`` level, dense mode, every tower's server up at once and given the same
-  queries per level (``benchmarks.tower_load``), each relative to the full tower.
+  queries per level (``benchmarks.tower_load``), each relative to the full tower (one process).
+  With ``--serve-processes N`` every tower is also served by ``aisle-serve --processes N``
+  (rows ``<tower> xN``, kept on each tower's line as ``served_processes``).
 
 Appends one JSON line to ``OUT/query_tower.jsonl`` and draws ``OUT/query_tower.png`` (NDCG@10 vs
 encode µs). ``python -m benchmarks.bench_query_tower --model DIR [--model DIR ...]``
@@ -107,17 +109,32 @@ def encode_times(encoders: dict[str, Encoder], queries: list[str], n: int) -> di
 
 
 def serve_towers(
-    index: Path, towers: dict[str, Path], queries: list[str], levels: list[int], requests: int
+    index: Path,
+    towers: dict[str, Path],
+    queries: list[str],
+    levels: list[int],
+    requests: int,
+    processes: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per tower, its served levels: ``aisle-serve --model DIR --query-tower fast|full`` over
     ``index``, every tower up at once and given the same queries per level
-    (``benchmarks.tower_load``)."""
+    (``benchmarks.tower_load``); with ``processes`` > 1 also each tower served by that many
+    processes, under the key ``processes_label(name, processes)``."""
     specs = [
         Tower(name, "full" if name == "full" else "fast", model) for name, model in towers.items()
     ]
+    if processes > 1:
+        specs += [
+            Tower(processes_label(t.label, processes), t.query_tower, t.model, processes)
+            for t in list(specs)
+        ]
     with tempfile.TemporaryDirectory() as work:
         rows = tower_levels(index, Path(work), specs, QueryPool(queries), levels, requests, 10)
     return {row["tower"]: row["levels"] for row in rows}
+
+
+def processes_label(tower: str, processes: int) -> str:
+    return f"{tower} x{processes}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve", type=Path, metavar="INDEX", help="also serve this index")
     p.add_argument("--concurrency", default="1,8,32", help="served levels (1,8,32)")
     p.add_argument("--requests", type=int, default=400, help="per served level (400)")
+    p.add_argument("--serve-processes", type=int, default=1, metavar="N",
+                   help="also serve each tower by aisle-serve --processes N (1: no)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -191,9 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s", row)
     if args.serve is not None:
         levels = [int(c) for c in args.concurrency.split(",")]
-        served = serve_towers(args.serve, towers, list(queries.values()), levels, args.requests)
+        served = serve_towers(
+            args.serve, towers, list(queries.values()), levels, args.requests,
+            args.serve_processes,
+        )  # fmt: skip
         for row in results:
             row["served"] = served[row["tower"]]
+            if args.serve_processes > 1:
+                row["served_processes"] = {
+                    "processes": args.serve_processes,
+                    "levels": served[processes_label(row["tower"], args.serve_processes)],
+                }
     record = {
         "bench": "query_tower",
         "time": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -51,9 +51,11 @@ class Server:
         impressions: str = "on",
         query_tower: str | None = None,
         model: Path | None = None,
+        processes: int = 1,
     ) -> None:
         """``query_tower``: aisle-serve --query-tower (None: its default, the fast tower when
-        the model dir has one); ``model``: --model (None: the index's own model)."""
+        the model dir has one); ``model``: --model (None: the index's own model);
+        ``processes``: --processes (the pid is then the supervisor's)."""
         tag = f"{os.getpid()}-{next(_SERVER_IDS)}-{cache_size}-{impressions}"
         self.port_file = port_file = work / f"port-{tag}"
         port_file.unlink(missing_ok=True)
@@ -66,7 +68,8 @@ class Server:
              "--max-in-flight", "256", "--events-dir", str(self.events_dir),
              "--impressions", impressions,
              *(["--query-tower", query_tower] if query_tower else []),
-             *(["--model", str(model)] if model is not None else [])],
+             *(["--model", str(model)] if model is not None else []),
+             *(["--processes", str(processes)] if processes > 1 else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 600  # a 1M-item index takes a while to verify and load

@@ -28,11 +28,12 @@ WARMUP_REQUESTS = 30
 @dataclass(frozen=True)
 class Tower:
     """``label``: the row's name; ``query_tower``: aisle-serve --query-tower; ``model``: its
-    --model (None: the model the index was built with)."""
+    --model (None: the model the index was built with); ``processes``: its --processes."""
 
     label: str
     query_tower: str
     model: Path | None = None
+    processes: int = 1
 
 
 def parse_towers(text: str) -> tuple[str, ...]:
@@ -97,7 +98,12 @@ def tower_levels(
     try:
         for t in towers:
             servers[t.label] = Server(
-                root, work, cache_size=0, query_tower=t.query_tower, model=t.model
+                root,
+                work,
+                cache_size=0,
+                query_tower=t.query_tower,
+                model=t.model,
+                processes=t.processes,
             )
         warm, _ = pool.take(WARMUP_REQUESTS)
         for t in towers:
@@ -124,7 +130,13 @@ def tower_levels(
         for server in servers.values():
             server.stop()
     rows = [
-        {"tower": t.label, "query_tower": t.query_tower, "mode": mode, "levels": per[t.label]}
+        {
+            "tower": t.label,
+            "query_tower": t.query_tower,
+            "processes": t.processes,
+            "mode": mode,
+            "levels": per[t.label],
+        }
         for t in towers
     ]
     relative_to_first(rows)
