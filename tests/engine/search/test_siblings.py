@@ -237,3 +237,48 @@ def test_a_worker_refuses_what_it_cannot_share(own_root, tmp_path, extra, flag) 
             siblings_dir=tmp_path,
             **{name: values[name] for name in extra},
         )
+
+
+def test_concurrent_writes_on_both_workers_through_a_reload_lose_nothing(
+    own_root, tmp_path
+) -> None:
+    import threading
+
+    a, b = start_workers(own_root, tmp_path, follow_s=0.02)
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def writer(server, prefix: str) -> None:
+        try:
+            for i in range(15):
+                item_id = f"{prefix}{i}"
+                server.service.upsert([{"item_id": item_id, "title": f"thing {prefix} {i}"}])
+                with lock:
+                    acknowledged.append(item_id)
+                if i % 5 == 4:
+                    server.service.delete([f"SKU00{i:02d}"])
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(s, p)) for s, p in ((a, "A"), (b, "B"))]
+    try:
+        for t in threads:
+            t.start()
+        a.service.reload()  # while both write; returns once b serves it too
+        for t in threads:
+            t.join(60)
+        assert not errors
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (
+            a.service.snapshot.live.seq != b.service.snapshot.live.seq
+        ):
+            time.sleep(0.02)
+        for server in (a, b):
+            index = server.service.snapshot.index
+            assert all(server.service.snapshot.live.is_live(index.row_of(i)) for i in acknowledged)
+            assert index.n_items == 60 + 30 - 3  # three deletes (each worker deleted the same)
+        assert a.service.snapshot.live.seq == b.service.snapshot.live.seq
+    finally:
+        for server in (a, b):
+            server.stop(0)
