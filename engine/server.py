@@ -90,16 +90,6 @@ class TlsConfig:
         )
 
 
-WHY = {
-    "--shard": " (run more shard servers as replicas instead)",
-    "--router": " (a router's work is fanning out; run several routers instead)",
-    "--popularity-epsilon": (
-        " (each worker's start would be another release of the noisy counts, spending the "
-        "privacy budget once per process)"
-    ),
-}
-
-
 @dataclass(frozen=True)
 class ServerConfig:
     """How to serve. `index` is an index root (follows CURRENT) or one version dir."""
@@ -200,13 +190,18 @@ class ServerConfig:
         if (self.worker is None) != (self.siblings_dir is None):
             raise ValueError("a worker process needs its siblings dir, and only a worker one")
         if self.worker is not None:
-            for flag, used in (
-                ("--shard", self.shard is not None),
-                ("--router", self.router is not None),
-                ("--popularity-epsilon", self.privacy.popularity_dp is not None),
+            for used, flag, why in (
+                (self.shard, "--shard", "run more shard servers as replicas instead"),
+                (self.router, "--router", "a router fans out; run several routers instead"),
+                (
+                    self.privacy.popularity_dp,
+                    "--popularity-epsilon",
+                    "each worker's start would be another release of the noisy counts, "
+                    "spending the privacy budget once per process",
+                ),
             ):
-                if used:
-                    raise ValueError(f"--processes above 1 does not combine with {flag}{WHY[flag]}")
+                if used is not None:
+                    raise ValueError(f"--processes above 1 does not combine with {flag} ({why})")
             if self.follow_s <= 0:
                 raise ValueError(f"follow_s must be > 0, got {self.follow_s}")
 
@@ -364,7 +359,7 @@ class AisleServer:
 
     def _siblings(self) -> SiblingBoard | None:
         config = self.config
-        if config.worker is None or config.siblings_dir is None:
+        if config.worker is None or config.siblings_dir is None:  # (both or neither)
             return None
         return SiblingBoard(config.siblings_dir, config.worker)
 

@@ -79,10 +79,9 @@ class SearchService:
         # siblings): Reloads are announced to them, and `follow` takes in their changes.
         self._siblings = siblings
         self._confirmed = 0  # the last Reload generation this worker confirmed to them
-        # How far the users' recent items have read the event log: (inode, byte offset), and
-        # the tombstones file then; set by _load_users, advanced by `follow`.
-        self._events_at = (0, 0)
-        self._tombstones_at: tuple = ()
+        # How far the users' recent items have read the event log (set with them, advanced by
+        # `follow`).
+        self._events_at = EventsCursor()
         # The ranking stage's engagement feature (engine.search.engagement); None: missing.
         self._engagement = engagement
         if engagement is not None and snapshot.ranking is not None:
@@ -109,13 +108,13 @@ class SearchService:
         self.started_at = time.time()
         self._snapshot = snapshot
         self._batcher = self._new_batcher(snapshot)
-        self.users = self._load_users(snapshot)
+        self.users, self._events_at = self._load_users(snapshot)
         # With a DP budget, the popularity fallback ranks by shoppers' engagement counts with
         # calibrated noise (docs/privacy.md), recomputed at each load (each is one release).
         self._popularity_dp = popularity_dp
         self._popularity = self._private_popularity(snapshot)
 
-    def _load_users(self, snapshot: Snapshot) -> UserState:
+    def _load_users(self, snapshot: Snapshot) -> tuple[UserState, EventsCursor]:
         """The version's users' recent items, plus the events logged since those were made.
 
         The cut is when the events were recorded (not the time the caller gave them, which may
@@ -132,16 +131,16 @@ class SearchService:
             if built.tzinfo is None:
                 built = built.replace(tzinfo=UTC)
             replayed = 0
-            self._tombstones_at = _file_stamp(self._event_log.directory / TOMBSTONES_FILE)
+            tombstones_stamp = _file_stamp(self._event_log.directory / TOMBSTONES_FILE)
             inode, offset = self._event_log.identity()[0], 0
             for event, offset in self._event_log.entries():  # noqa: B007 (offset: how far)
                 when = event.recorded or event.time
                 if when >= built and not erased(tombstones, event.user_id, when):
                     users.record(event.user_id, event.item_id)
                     replayed += 1
-            self._events_at = (inode, offset)
             log.info("user state: %d users, %d events replayed from the log", len(users), replayed)
-        return users
+            return users, EventsCursor(inode, offset, tombstones_stamp)
+        return users, EventsCursor()
 
     def _private_popularity(self, snapshot: Snapshot) -> np.ndarray | None:
         """(n_items,) popularity in [0, 1] from DP-noised engagement counts; None: off."""
@@ -457,10 +456,11 @@ class SearchService:
                     snapshot = live_updates.caught_up(snapshot)
                     old_batcher = self._batcher
                     with self._events_lock:  # no event can slip between the replay and the swap
-                        users = self._load_users(snapshot)
+                        users, events_at = self._load_users(snapshot)
                         popularity = self._private_popularity(snapshot)
                         self._batcher = self._new_batcher(snapshot)
                         self._snapshot, self.users = snapshot, users
+                        self._events_at = events_at
                         self._popularity = popularity
             except BaseException:
                 live_updates.retire(snapshot, old)  # never served: close its log
@@ -513,17 +513,28 @@ class SearchService:
         log. Call under _events_lock."""
         assert self._event_log is not None
         inode, size = self._event_log.identity()
-        at_inode, at = self._events_at
+        at = self._events_at
         tombstones = _file_stamp(self._event_log.directory / TOMBSTONES_FILE)
-        if inode != at_inode or size < at or tombstones != self._tombstones_at:
-            self.users = self._load_users(self._snapshot)
+        if inode != at.inode or size < at.offset or tombstones != at.tombstones:
+            self.users, self._events_at = self._load_users(self._snapshot)
             return
-        if size == at:
+        if size == at.offset:
             return
-        offset = at
-        for event, offset in self._event_log.entries(at):  # noqa: B007 (offset: how far)
+        offset = at.offset
+        for event, offset in self._event_log.entries(at.offset):  # noqa: B007 (how far)
             self.users.record(event.user_id, event.item_id)
-        self._events_at = (inode, offset)
+        self._events_at = dataclasses.replace(at, offset=offset)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsCursor:
+    """How far users' recent items have read the event log: the file (``inode``), the byte
+    ``offset`` past the last event read, and the tombstones file's stamp then (an erasure
+    changes it); all 0 before any read."""
+
+    inode: int = 0
+    offset: int = 0
+    tombstones: tuple[int, int, int] = (0, 0, 0)
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int]:
