@@ -141,3 +141,24 @@ def test_a_worker_setting_error_stops_the_start(index_root, tmp_path) -> None:
     assert proc.returncode == 2
     assert "does not combine with --popularity-epsilon" in output
     assert "worker 0 exited with status 2" in output
+
+
+def test_workers_stop_when_the_supervisor_is_killed(index_root, tmp_path) -> None:
+    port_file = tmp_path / "port"
+    proc = serve(index_root, port_file, "--port", "0")
+    try:
+        wait_for(port_file, proc)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        alive = set(workers)
+        while alive and time.monotonic() < deadline:
+            alive = {p for p in alive if Path(f"/proc/{p}").exists()}
+            time.sleep(0.1)
+        assert not alive, "workers outlived their supervisor"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
