@@ -66,9 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="server processes sharing the port (SO_REUSEPORT; the kernel spreads client "
         "connections across them), under a supervisor that restarts one that dies: one process "
         "is bound by Python's GIL, so give about one per core. Live updates, events and Reload "
-        "reach every process (another one serves a write within ~0.1 s); --metrics-port P gives "
-        "process I port P+I, --http-port goes to process 0; not with --router, --shard or "
-        "--popularity-epsilon (docs/serving.md, 'Several processes'). Default 1",
+        "reach every process (another one serves a write within ~0.1 s); --metrics-port serves "
+        "every process's metrics, labelled worker=I; --http-port goes to process 0; not with "
+        "--router, --shard or --popularity-epsilon (docs/serving.md, 'Several processes'). "
+        "Default 1",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # I/N: set by the supervisor
     parser.add_argument("--siblings-dir", type=Path, help=argparse.SUPPRESS)
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             port_file=args.port_file,
             http_port_file=args.http_port_file,
             stop_timeout_s=args.drain_grace_s + args.drain_timeout_s + 15.0,
+            metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
         )
     # Measured on the router: two OpenMP threads spun at 100 % between requests (~30 ms CPU
     # per query against ~5 ms passive, same latency), starving other processes on the host; and
@@ -397,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             args.http_port_file = (
                 args.siblings_dir / "http-port" if args.http_port is not None else None
             )
-            if args.metrics_port:
-                args.metrics_port += worker.index
+            if args.metrics_port is not None:
+                args.metrics_port = 0  # the supervisor serves them all on the port asked for
         if (args.tls_cert is None) != (args.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         tls = (
@@ -474,7 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     except (IndexFormatError, ValueError, OSError) as error:
         print(f"aisle-serve: {error}", file=sys.stderr)
         return 2
-    for path, port in ((args.port_file, server.port), (args.http_port_file, server.http_port)):
+    ports = [(args.port_file, server.port), (args.http_port_file, server.http_port)]
+    if worker is not None:
+        ports.append((args.siblings_dir / f"metrics-port-{worker.index}", server.metrics_port))
+    for path, port in ports:
         if path is not None and port is not None:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(f"{port}\n")

@@ -16,6 +16,11 @@ every worker (each drains as a lone server does) and exits when they have. A wor
 supervisor is gone (kill -9) stops by itself within a second. A lock on the address keeps a second
 supervisor from joining the port (SO_REUSEPORT would otherwise let it take a share of the
 connections); a plain ``aisle-serve`` cannot bind it either, as it does not set SO_REUSEPORT.
+
+Metrics: with ``--metrics-port``, each worker serves its own on a free port, and the supervisor
+serves all of them on the port asked for (``WorkersCollector``): every series of every worker,
+labelled ``worker="I"`` (``sum without (worker) (...)`` is the server's), plus its own
+``aisle_workers_up`` and ``aisle_worker_restarts_total``. One scrape target, as with one process.
 """
 
 from __future__ import annotations
@@ -30,8 +35,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +50,7 @@ RESTART_LIMIT = 5
 RESTART_WINDOW_S = 60.0
 START_TIMEOUT_S = 900.0  # a 1M-item index takes a while to verify and load
 STOP_EXTRA_S = 15.0  # past the drain and grace periods, before SIGKILL
+SCRAPE_TIMEOUT_S = 2.0  # per worker, when the supervisor's /metrics is scraped
 
 
 class WorkerStartError(RuntimeError):
@@ -214,6 +226,55 @@ class Supervisor:
             self._lock_file = None
 
 
+class WorkersCollector:
+    """A Prometheus collector of the workers' own metrics: each worker's /metrics (its port in
+    the siblings dir, ``metrics-port-I``) read at every scrape, its series labelled with the
+    worker; a worker that does not answer (restarting) is left out of that scrape and counted in
+    ``aisle_workers_up``."""
+
+    def __init__(self, supervisor: Supervisor, host: str) -> None:
+        self._supervisor = supervisor
+        self._host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+    def _worker_text(self, index: int) -> str | None:
+        try:
+            port = int((self._supervisor.dir / f"metrics-port-{index}").read_text())
+            url = f"http://{self._host}:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:  # noqa: S310
+                return response.read().decode("utf-8")
+        except (OSError, ValueError):
+            return None
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        up = 0
+        for index in range(self._supervisor.processes):
+            text = self._worker_text(index)
+            if text is None:
+                continue
+            up += 1
+            for family in text_string_to_metric_families(text):
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "worker": str(index)},
+                                      sample.value, sample.timestamp)  # fmt: skip
+        yield from families.values()
+        workers = GaugeMetricFamily(
+            "aisle_workers_up", "Worker processes whose metrics answered this scrape"
+        )
+        workers.add_metric([], up)
+        yield workers
+        restarts = CounterMetricFamily(
+            "aisle_worker_restarts", "Worker processes the supervisor restarted"
+        )
+        restarts.add_metric([], self._supervisor.restarted)
+        yield restarts
+
+
 def supervise(
     argv: list[str],
     processes: int,
@@ -223,8 +284,10 @@ def supervise(
     port_file: Path | None,
     http_port_file: Path | None,
     stop_timeout_s: float,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
-    """``aisle-serve --processes N``: run the workers until SIGTERM/SIGINT; the exit status."""
+    """``aisle-serve --processes N``: run the workers until SIGTERM/SIGINT; the exit status.
+    ``metrics``: (host, port) to serve every worker's metrics on (``WorkersCollector``)."""
     supervisor = Supervisor(argv, processes, host, port, stop_timeout_s=stop_timeout_s)
     stop = threading.Event()
 
@@ -239,6 +302,19 @@ def supervise(
     except (WorkerStartError, OSError) as error:
         print(f"aisle-serve: {error}", file=sys.stderr)
         return 2
+    http = None
+    if metrics is not None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(WorkersCollector(supervisor, metrics[0]))
+        try:
+            http, _ = start_http_server(metrics[1], addr=metrics[0], registry=registry)
+        except OSError as error:
+            supervisor.stop()
+            print(f"aisle-serve: could not serve metrics on {metrics[0]}:{metrics[1]}: {error}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        log.info("metrics of every worker on http://%s:%d/metrics", metrics[0],
+                 http.server_address[1])  # fmt: skip
     for path, value in ((port_file, supervisor.port), (http_port_file, supervisor.http_port)):
         if path is not None and value is not None:
             tmp = path.with_name(path.name + ".tmp")
@@ -248,4 +324,7 @@ def supervise(
         status = supervisor.run(stop)
     finally:
         supervisor.stop()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
     return status

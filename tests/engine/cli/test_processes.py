@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,30 @@ def connections_by_pid(pids: set[int], port: int) -> dict[int, int]:
     return counts
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    """(sample name, labels) -> value of the supervisor's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def searches_ok(metrics: dict, worker: str) -> float:
+    key = frozenset({"method": "Search", "code": "OK", "worker": worker}.items())
+    return metrics.get(("aisle_requests_total", key), 0.0)
+
+
 def serve(root: Path, port_file: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "engine.cli.serve", "--index", str(root), "--port-file",
@@ -69,7 +95,8 @@ def test_two_processes_share_the_port_and_the_writes(index_root, tmp_path) -> No
     root = tmp_path / "index"
     shutil.copytree(index_root, root)
     port_file = tmp_path / "port"
-    proc = serve(root, port_file, "--port", "0")
+    metrics_port = free_port()
+    proc = serve(root, port_file, "--port", "0", "--metrics-port", str(metrics_port))
     clients: list[AisleClient] = []
     try:
         port = wait_for(port_file, proc)
@@ -81,6 +108,11 @@ def test_two_processes_share_the_port_and_the_writes(index_root, tmp_path) -> No
             assert len(client.search("sofa", 3).hits) == 3
         counts = connections_by_pid(workers, port)
         assert sum(counts.values()) == 16 and min(counts.values()) > 0, counts
+        # One scrape target: every worker's series, labelled by worker.
+        metrics = scrape(metrics_port)
+        assert metrics[("aisle_workers_up", frozenset())] == 2
+        assert searches_ok(metrics, "0") > 0 and searches_ok(metrics, "1") > 0
+        assert searches_ok(metrics, "0") + searches_ok(metrics, "1") == 16
 
         # A write through one connection is served on every connection within moments.
         title = "violet hammock deluxe"
@@ -120,6 +152,7 @@ def test_two_processes_share_the_port_and_the_writes(index_root, tmp_path) -> No
         for client in fresh:
             assert client.search(title, 1).hits[0].item_id == "NEW1"
             client.close()
+        assert scrape(metrics_port)[("aisle_worker_restarts_total", frozenset())] == 1
     finally:
         for client in clients:
             client.close()
