@@ -476,9 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     except (IndexFormatError, ValueError, OSError) as error:
         print(f"aisle-serve: {error}", file=sys.stderr)
         return 2
-    ports = [(args.port_file, server.port), (args.http_port_file, server.http_port)]
-    if worker is not None:
-        ports.append((args.siblings_dir / f"metrics-port-{worker.index}", server.metrics_port))
+    ports = [(args.http_port_file, server.http_port), (args.port_file, server.port)]
+    if worker is not None:  # the port file last: to the supervisor it means "all written"
+        ports.insert(0, (args.siblings_dir / f"metrics-port-{worker.index}", server.metrics_port))
     for path, port in ports:
         if path is not None and port is not None:
             tmp = path.with_name(path.name + ".tmp")
