@@ -17,6 +17,7 @@ docs/client.md has more examples.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -134,6 +135,14 @@ class AisleClient:
     `tls_ca` (PEM bytes) turns TLS on; `tls_client_cert` is (key, cert) PEM for mutual TLS;
     `client_id` is sent as x-aisle-client (the server rate-limits per client); `timeout_s`
     is every call's deadline unless the call gives its own `timeout_s`.
+
+    `connections` opens that many connections and sends the Retrieval calls (Search,
+    BatchSearch, Recommend, SimilarItems, Embed) over them in turn: a server running several
+    worker processes (aisle-serve --processes) gets each connection's calls in one worker, so
+    one client with a single connection would use one worker. Writes, events, privacy calls
+    and health go over the first connection; another worker serves a write within ~0.1 s
+    (docs/serving.md, "Several processes"), so with more than one connection a search right
+    after an Upsert may not see it yet.
     """
 
     def __init__(
@@ -146,7 +155,10 @@ class AisleClient:
         tls_ca: bytes | None = None,
         tls_client_cert: tuple[bytes, bytes] | None = None,
         tls_server_name: str | None = None,
+        connections: int = 1,
     ):
+        if connections < 1:
+            raise ValueError(f"connections must be >= 1, got {connections}")
         self.address = address
         self.timeout_s = timeout_s
         self._tls = tls_ca is not None
@@ -160,14 +172,21 @@ class AisleClient:
             credentials = grpc.ssl_channel_credentials(tls_ca, key, cert)
             if tls_server_name:
                 options.append(("grpc.ssl_target_name_override", tls_server_name))
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+            self._channels = [
+                grpc.secure_channel(address, credentials, options=options)
+                for _ in range(connections)
+            ]
         else:
-            self._channel = grpc.insecure_channel(address, options=options)
+            self._channels = [
+                grpc.insecure_channel(address, options=options) for _ in range(connections)
+            ]
+        self._channel = self._channels[0]
         # The one place metadata is made: every call below goes through _call.
         self._metadata: tuple[tuple[str, str], ...] = (
             (("x-aisle-client", client_id),) if client_id else ()
         ) + ((("authorization", f"Bearer {admin_token}"),) if admin_token else ())
-        self._retrieval = retrieval_pb2_grpc.RetrievalStub(self._channel)
+        self._retrievals = [retrieval_pb2_grpc.RetrievalStub(c) for c in self._channels]
+        self._turn = itertools.count()  # next() is atomic under the GIL: safe across threads
         self._admin = index_admin_pb2_grpc.IndexAdminStub(self._channel)
         self._events = events_pb2_grpc.EventsStub(self._channel)
         self._privacy = privacy_pb2_grpc.PrivacyStub(self._channel)
@@ -180,7 +199,13 @@ class AisleClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
+
+    @property
+    def _retrieval(self) -> retrieval_pb2_grpc.RetrievalStub:
+        """The Retrieval stub of the next connection in turn (see `connections`)."""
+        return self._retrievals[next(self._turn) % len(self._retrievals)]
 
     def _call(self, method: Callable[..., R], request: Message, timeout_s: float | None) -> R:
         try:

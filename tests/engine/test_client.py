@@ -169,3 +169,42 @@ def test_token_errors_say_how_to_send_one(protected):
     assert "SimilarItems needs the server's token" in str(missing.value)
     assert "--token" in str(missing.value) and "<path>" not in str(missing.value)
     assert "not the server's" in str(bad.value)
+
+
+def _connections_to(port: int) -> int:
+    """ESTABLISHED TCP connections of this process whose remote end is ``port``."""
+    import os
+    from pathlib import Path
+
+    mine = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[3] == "01" and fields[9] in mine:
+                count += 1
+    return count
+
+
+def test_connections_spread_searches_over_that_many_connections(server) -> None:
+    before = _connections_to(server.port)
+    with AisleClient(f"127.0.0.1:{server.port}", connections=3) as client:
+        for _ in range(6):
+            assert len(client.search("sofa", 2).hits) == 2
+        assert client.status().index.item_count == 60  # admin calls: the first connection
+        assert _connections_to(server.port) == before + 3
+    address = f"127.0.0.1:{server.port}"
+    with AisleClient(address) as first, AisleClient(address) as second:
+        first.search("sofa", 2)
+        second.search("lamp", 2)
+        assert _connections_to(server.port) == before + 2  # one each, not one shared
+    with pytest.raises(ValueError, match="connections"):
+        AisleClient("127.0.0.1:1", connections=0)
