@@ -9,7 +9,7 @@ one connection, so one client's calls all reach one worker). The workers keep ea
 through the shared update log, event log and a small board for Reloads
 (engine.search.siblings).
 
-The supervisor starts them (worker 0 first when the port is 0, to learn the port), writes the
+The supervisor starts them (all at once; worker 0 first when the port is 0, to learn it), writes the
 port file once every worker is SERVING, restarts a worker that dies (at most ``RESTART_LIMIT``
 times in ``RESTART_WINDOW_S``, then it stops them all and exits 1), passes SIGTERM/SIGINT on to
 every worker (each drains as a lone server does) and exits when they have. A worker whose
@@ -95,13 +95,16 @@ class Supervisor:
             OSError: another supervisor holds the address.
         """
         try:
+            # A given port: every worker loads at once. Port 0: worker 0 picks one first.
+            first = range(self.processes) if self.port else range(1)
             if self.port:
                 self._lock_address(self.port)
-            self._spawn(0)
+            for index in first:
+                self._spawn(index)
             self.port = self._wait_port(0)
             if self._lock_file is None:
                 self._lock_address(self.port)
-            for index in range(1, self.processes):
+            for index in range(len(first), self.processes):
                 self._spawn(index)
             for index in range(1, self.processes):
                 self._wait_port(index)

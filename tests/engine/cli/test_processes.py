@@ -178,11 +178,15 @@ def test_a_worker_setting_error_stops_the_start(index_root, tmp_path) -> None:
 
 def test_workers_stop_when_the_supervisor_is_killed(index_root, tmp_path) -> None:
     port_file = tmp_path / "port"
-    proc = serve(index_root, port_file, "--port", "0")
+    port = free_port()  # a given port: both workers start at once
+    proc = serve(index_root, port_file, "--port", str(port))
     try:
-        wait_for(port_file, proc)
+        assert wait_for(port_file, proc) == port
         workers = children(proc.pid)
         assert len(workers) == 2
+        with AisleClient(f"127.0.0.1:{port}", connections=4) as client:
+            for _ in range(8):
+                assert len(client.search("sofa", 2).hits) == 2
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         deadline = time.monotonic() + 15
