@@ -5,6 +5,7 @@ updates with the item state they leave."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import string
 from pathlib import Path
@@ -358,3 +359,28 @@ def make_static_fast_tower(model_dir: Path, *, seed: int = 0) -> Path:
     )
     write_fast_tower_info(tower, fast)
     return tower
+
+
+def socket_inodes(pid: int | str = "self") -> set[str]:
+    """Inodes of the sockets process ``pid`` holds open (its /proc fd links)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed since the listing
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def established_inodes(port: int, *, remote: bool = False) -> set[str]:
+    """Inodes of the ESTABLISHED TCP sockets whose local (``remote``: remote) port is ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            end = fields[2] if remote else fields[1]
+            if int(end.rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                found.add(fields[9])
+    return found

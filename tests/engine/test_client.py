@@ -14,6 +14,7 @@ from aisle.v1 import privacy_pb2, privacy_pb2_grpc
 from engine.client import AisleClient, AisleRpcError
 from engine.server import ServerConfig, TlsConfig, create_server
 from tests.engine.api.test_robustness import make_certificates
+from tests.helpers import established_inodes, socket_inodes
 
 TOKEN = "k" * 20
 
@@ -173,25 +174,7 @@ def test_token_errors_say_how_to_send_one(protected):
 
 def _connections_to(port: int) -> int:
     """ESTABLISHED TCP connections of this process whose remote end is ``port``."""
-    import os
-    from pathlib import Path
-
-    mine = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            mine.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if remote_port == port and fields[3] == "01" and fields[9] in mine:
-                count += 1
-    return count
+    return len(socket_inodes() & established_inodes(port, remote=True))
 
 
 def test_connections_spread_searches_over_that_many_connections(server) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine.client import AisleClient
-from tests.helpers import Admin, item
+from tests.helpers import Admin, established_inodes, item, socket_inodes
 
 pytestmark = pytest.mark.slow
 
@@ -29,25 +29,8 @@ def children(pid: int) -> set[int]:
 
 def connections_by_pid(pids: set[int], port: int) -> dict[int, int]:
     """ESTABLISHED TCP connections on local ``port`` held by each of ``pids``."""
-    established = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01":
-                established.add(fields[9])  # the socket's inode
-    counts = {}
-    for pid in pids:
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-        counts[pid] = len(inodes & established)
-    return counts
+    established = established_inodes(port)
+    return {pid: len(socket_inodes(pid) & established) for pid in pids}
 
 
 def free_port() -> int:
