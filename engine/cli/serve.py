@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             port_file=args.port_file,
             http_port_file=args.http_port_file,
-            stop_timeout_s=args.drain_grace_s + args.drain_timeout_s + 15.0,
+            drain_s=args.drain_grace_s + args.drain_timeout_s,
             metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
         )
     # Measured on the router: two OpenMP threads spun at 100 % between requests (~30 ms CPU

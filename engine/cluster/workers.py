@@ -118,7 +118,7 @@ class Supervisor:
             self.host,
             self.port,
             self.processes,
-            ", ".join(str(p.pid) for p in self._procs if p is not None),
+            ", ".join(str(pid) for pid in self.pids),
         )
 
     def _lock_address(self, port: int) -> None:
@@ -286,12 +286,14 @@ def supervise(
     *,
     port_file: Path | None,
     http_port_file: Path | None,
-    stop_timeout_s: float,
+    drain_s: float,
     metrics: tuple[str, int] | None = None,
 ) -> int:
     """``aisle-serve --processes N``: run the workers until SIGTERM/SIGINT; the exit status.
-    ``metrics``: (host, port) to serve every worker's metrics on (``WorkersCollector``)."""
-    supervisor = Supervisor(argv, processes, host, port, stop_timeout_s=stop_timeout_s)
+    ``drain_s``: a worker's drain and grace periods together (it is killed STOP_EXTRA_S
+    later); ``metrics``: (host, port) to serve every worker's metrics on
+    (``WorkersCollector``)."""
+    supervisor = Supervisor(argv, processes, host, port, stop_timeout_s=drain_s + STOP_EXTRA_S)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
