@@ -85,6 +85,8 @@ class BenchConfig:
     # Gradient caching on both sides: Aisle's mini_batch_size, sentence-transformers'
     # CachedMultipleNegativesRankingLoss(mini_batch_size=...); None = plain in-batch softmax.
     mini_batch_size: int | None = None
+    # Aisle only: its padding-free forward (trainer.training.padfree; auto = on for fp32 on CPU).
+    padding_free: str = "auto"
 
     def __post_init__(self) -> None:
         if self.steps < 2:
@@ -144,7 +146,9 @@ class _EncoderShapes:
     """Records (batch, padded length) of every encoder forward in this process.
 
     A global forward hook on the word-embedding lookup (the ``nn.Embedding`` with
-    ``vocab_size`` rows, which sees the padded input ids once per encoder call): global,
+    ``vocab_size`` rows, which sees the padded input ids once per encoder call; Aisle's
+    padding-free forward looks up the real tokens only, as a 1-D tensor, recorded as
+    (tokens, 0): their count is known, not how many texts they came from): global,
     because Aisle builds its model inside ``train()``, and on the lookup rather than the Hugging
     Face model because sentence-transformers calls ``model.forward`` directly, which skips
     module hooks. The per-call cost is microseconds against steps of ~a second.
@@ -161,9 +165,10 @@ class _EncoderShapes:
                 isinstance(module, nn.Embedding)
                 and module.num_embeddings == vocab_size
                 and args
-                and args[0].dim() == 2
+                and args[0].dim() in (1, 2)
             ):
-                self.calls.append((int(args[0].shape[0]), int(args[0].shape[1])))
+                ids = args[0]  # 1-D: Aisle's padding-free forward, the real tokens only
+                self.calls.append((int(ids.shape[0]), int(ids.shape[1]) if ids.dim() == 2 else 0))
 
         self._handle = register_module_forward_hook(hook)
 
@@ -237,6 +242,7 @@ def _aisle_config(spec: RunSpec, tmp: Path) -> Any:
         labeled_negatives=False,
         batch_size=c.batch_size,
         mini_batch_size=c.mini_batch_size,
+        padding_free=c.padding_free,
         lr=c.lr,
         weight_decay=c.weight_decay,
         warmup_steps=c.lr_warmup_steps,
@@ -381,17 +387,19 @@ def _summary(steps: list[_Step], warmup: int, setup_s: float) -> dict[str, Any]:
 
     ``pairs_per_s`` = mean pairs per step / mean wall seconds between step ends;
     ``compute_pairs_per_s`` the same over compute-only seconds. Padded lengths: token-weighted
-    means of the encoder calls' padded lengths (queries = each step's first call).
+    means of the encoder calls' padded lengths (queries = each step's first call; none for a
+    padding-free side, whose calls give token counts only: its tokens per pair are the real ones).
     """
     if len(steps) <= warmup:
         raise RuntimeError(f"only {len(steps)} steps ran, need more than {warmup} to time one")
     timed = steps[warmup:]
     intervals = [s.end - p.end for p, s in zip(steps[warmup - 1 :], timed, strict=False)]
     pairs = [s.pairs for s in timed]
-    q_seqs = sum(s.calls[0][0] for s in timed if s.calls)
-    q_tokens = sum(s.calls[0][0] * s.calls[0][1] for s in timed if s.calls)
-    i_seqs = sum(b for s in timed for b, _ in s.calls[1:])
-    i_tokens = sum(b * n for s in timed for b, n in s.calls[1:])
+    packed = any(n == 0 for s in timed for _, n in s.calls)  # (tokens, 0): padding-free
+    q_seqs = 0 if packed else sum(s.calls[0][0] for s in timed if s.calls)
+    q_tokens = sum(s.calls[0][0] * max(s.calls[0][1], 1) for s in timed if s.calls)
+    i_seqs = 0 if packed else sum(b for s in timed for b, _ in s.calls[1:])
+    i_tokens = sum(b * max(n, 1) for s in timed for b, n in s.calls[1:])
     mean_pairs = statistics.fmean(pairs)
     mean_step = statistics.fmean(intervals)
     mean_compute = statistics.fmean(s.compute_s for s in timed)
@@ -601,9 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="S")
-    parser.add_argument(
-        "--out", type=Path, default=Path("bench-out"), help="writes DIR/train.jsonl"
-    )
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="DIR/train.jsonl")
     parser.add_argument(
         "--amp",
         choices=("fp32", "bf16", "both"),
@@ -621,14 +627,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="the device's peak TFLOP/s at the row's precision: adds the fraction reached",
     )
-    parser.add_argument("--steps", type=int, help="override: optimizer steps per side")
-    parser.add_argument(
-        "--warmup-steps", type=int, help="override: first steps left out of the timing"
-    )
+    over = parser.add_argument_group("overrides of the preset")
+    over.add_argument("--padding-free", choices=("auto", "on", "off"), help="Aisle's (auto)")
+    over.add_argument("--steps", type=int, help="optimizer steps per side")
+    over.add_argument("--warmup-steps", type=int, help="first steps left out of the timing")
     args = parser.parse_args(argv)
 
     config = PRESETS[args.preset]
-    overrides = {"steps": args.steps, "warmup_steps": args.warmup_steps}
+    overrides = {k: getattr(args, k) for k in ("steps", "warmup_steps", "padding_free")}
     try:
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
@@ -645,12 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("products.jsonl.gz", "labels_train.jsonl.gz"):
         if not (data / name).is_file():
             parser.error(f"{data / name} is not there (--data must be the Home Depot data dir)")
-    if args.model is None:
-        from trainer.encoder.model_dir import default_model_dir
+    from trainer.encoder.model_dir import default_model_dir
 
-        model = default_model_dir()
-    else:
-        model = args.model
+    model = args.model or default_model_dir()
     device = resolve_device(args.device)
     precisions = ["fp32", "bf16"] if args.amp == "both" else [args.amp]
     if args.amp == "both" and not bf16_supported(device):

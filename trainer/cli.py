@@ -181,6 +181,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     opt.add_argument("--prefetch", type=int, metavar="N", help="batches built ahead (2; 0 = off)")
     opt.add_argument("--compile", type=_bool, metavar="BOOL", help="torch.compile (false)")
+    opt.add_argument(
+        "--padding-free",
+        choices=("auto", "on", "off"),
+        help="train BERT on the real tokens only (auto: on for fp32 on CPU)",
+    )
     opt.add_argument("--seed", type=int, metavar="S", help="random seed (0)")
 
     dp = p.add_argument_group("differential privacy (docs/privacy.md)")

@@ -18,6 +18,7 @@ from trainer.evaluation.presets import dataset_preset
 
 TASKS = ("search", "recommend")
 AMP_MODES = ("auto", "bf16", "off")
+PADDING_FREE_MODES = ("auto", "on", "off")
 EARLY_STOP_METRIC = "ndcg@10"
 SEARCH_EVAL_KS = (10, 100)
 RECOMMEND_EVAL_KS = (10, 50)
@@ -125,6 +126,9 @@ class TrainConfig:
     gradient caching (``trainer.training.gradcache``): the full batch's gradient in the memory of
     one mini-batch. ``prefetch`` batches are built ahead by a thread (0 = in the step);
     ``compile`` runs the encoders through ``torch.compile`` (falls back with a warning).
+    ``padding_free`` ("auto": on for fp32 training on CPU without ``compile``; "on"; "off") runs
+    training forwards of BERT encoders on the real tokens only, with 16-bit dropout draws
+    (``trainer.training.padfree``).
     Length: ``max_steps`` and/or ``epochs`` (both: the smaller; neither: 1 epoch).
 
     Evaluation: every ``eval_every`` steps (0 = only at the end) on each dataset's dev file,
@@ -190,6 +194,7 @@ class TrainConfig:
     length_buckets: int | None = None
     prefetch: int = 2
     compile: bool = False
+    padding_free: str = "auto"
     eval_every: int = 0
     patience: int = 3
     holdout_fraction: float = 0.0
@@ -316,6 +321,10 @@ class TrainConfig:
                 f"lexical_dim must be an int >= 8 to add the trigram sketch (0 = none), got "
                 f"{self.lexical_dim!r}; lexical_weight needs it"
             )
+        if self.padding_free not in PADDING_FREE_MODES:
+            raise ValueError(
+                f"padding_free must be one of {PADDING_FREE_MODES}, got {self.padding_free!r}"
+            )
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.fast_query_tower not in ("none", *FAST_TOWER_VARIANTS):
@@ -367,6 +376,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in (None, False, 0):
                 raise ValueError(f"dp_epsilon cannot be combined with {name}: {reason}")
+        if self.padding_free == "on":
+            raise ValueError(
+                "dp_epsilon cannot be combined with padding_free = on: Opacus' per-example "
+                "gradient hooks need the encoder's own modules to run"
+            )
         if self.grad_accum != 1:
             raise ValueError(
                 "dp_epsilon cannot be combined with grad_accum > 1: the batch size sets the "

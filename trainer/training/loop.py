@@ -46,6 +46,7 @@ from trainer.training.setup import (
     plan_steps,
     resolve_device,
     tokenize_datasets,
+    use_padding_free,
 )
 
 logger = logging.getLogger(__name__)
@@ -144,14 +145,20 @@ class Trainer:
         if config.mini_batch_size is not None:
             self.model.length_buckets = 1  # the feed already cut the batch by length
         self.model.to(self.device)
-        if config.compile:
-            compile_towers(self.model, self.device)
+        compiled = config.compile and compile_towers(self.model, self.device)
         if config.amp == "auto" and self.amp_dtype is not None:
             # bf16 only where it is faster: timed at this run's (mini-)batch size
             size = config.mini_batch_size or config.batch_size
             fast, _ = faster_amp(self.model, self.device, size, config.max_item_length)
             if ctx.broadcast(fast is None):  # every rank takes rank 0's choice
                 self.amp_dtype = None
+        # DP-SGD's per-example gradients come from hooks on the encoder's own modules.
+        padding_free = "off" if config.dp_epsilon is not None else config.padding_free
+        free = use_padding_free(
+            self.model, padding_free, self.device, self.amp_dtype, compiled=compiled
+        )
+        if free and not config.length_buckets:
+            self.model.length_buckets = 1  # no padding left to cut by length
         self.ddp = self.model
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel

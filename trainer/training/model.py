@@ -43,6 +43,7 @@ from trainer.encoder.torch_tower import (
 )
 from trainer.encoder.trigram import LexicalSketch
 from trainer.encoder.user import DEFAULT_HISTORY_DECAY
+from trainer.training.padfree import PaddingFreeBert
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class Tower(nn.Module):
         pooling: "mean" or "cls".
         projection: ``nn.Linear(hidden, dim)`` or None (then dim = hidden size).
         tokenizer: the tower's tokenizer (not a module; saved with the tower).
+        padding_free: a ``PaddingFreeBert`` over ``encoder`` that training-mode forwards use
+            instead of the Hugging Face forward (set by ``trainer.training.setup``), or None.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class Tower(nn.Module):
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.projection = projection
+        self.padding_free: PaddingFreeBert | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -94,9 +98,12 @@ class Tower(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(batch, seq) int64 ids and mask → (batch, dim) float32 unit vectors."""
-        hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).last_hidden_state  # (batch, seq, hidden)
+        if self.padding_free is not None and self.training:
+            hidden = self.padding_free(input_ids, attention_mask)  # (batch, seq, hidden)
+        else:
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state  # (batch, seq, hidden)
         pooled = pool_embeddings(hidden, attention_mask, self.pooling)  # (batch, hidden)
         if self.projection is not None:
             pooled = self.projection(pooled)  # (batch, dim)

@@ -18,6 +18,7 @@ from trainer.training.batches import SearchData, item_texts, tokenize
 from trainer.training.config import TrainConfig
 from trainer.training.distributed import DistContext
 from trainer.training.model import TwoTowerModel
+from trainer.training.padfree import PaddingFreeBert
 from trainer.training.prepare import PreparedDataset
 
 logger = logging.getLogger(__name__)
@@ -239,4 +240,34 @@ def compile_towers(model: TwoTowerModel, device: torch.device) -> bool:
             tower.encoder._compiled_call_impl = None  # nn.Module.compile's own switch
         return False
     logger.info("encoders compiled with torch.compile (dynamic shapes)")
+    return True
+
+
+def use_padding_free(
+    model: TwoTowerModel,
+    mode: str,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    *,
+    compiled: bool,
+) -> bool:
+    """Give the towers a padding-free training forward (``trainer.training.padfree``) per
+    ``mode``: "auto" = on CPU, fp32 and not compiled, where the encoder supports it (else the
+    Hugging Face forward, silently); "on" = wherever the encoder supports it (else ValueError);
+    "off" = never.
+
+    Returns:
+        True if the towers train padding-free.
+    """
+    if mode == "off" or (mode == "auto" and (device.type != "cpu" or amp_dtype or compiled)):
+        return False
+    towers = [model.query_tower] if model.shared_towers else [model.query_tower, model.item_tower]
+    reasons = [PaddingFreeBert.unsupported(tower.encoder) for tower in towers]
+    if any(reasons):
+        if mode == "on":
+            raise ValueError(f"padding_free = on: {'; '.join(r for r in reasons if r)}")
+        return False
+    for tower in towers:
+        tower.padding_free = PaddingFreeBert(tower.encoder)
+    logger.info("training forwards run padding-free (real tokens only, 16-bit dropout draws)")
     return True
