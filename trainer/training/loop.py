@@ -31,6 +31,7 @@ from trainer.training.feed import BatchFeed
 from trainer.training.gradcache import GradCache, to_device
 from trainer.training.losses import in_batch_accuracy, sampled_softmax_loss
 from trainer.training.model import TwoTowerModel, build_two_tower, save_model_dir
+from trainer.training.padfree import dense_gradients
 from trainer.training.prefetch import Prefetcher
 from trainer.training.prepare import PreparedDataset
 from trainer.training.private import dp_sgd, noise_logq
@@ -155,7 +156,12 @@ class Trainer:
         # DP-SGD's per-example gradients come from hooks on the encoder's own modules.
         padding_free = "off" if config.dp_epsilon is not None else config.padding_free
         free = use_padding_free(
-            self.model, padding_free, self.device, self.amp_dtype, compiled=compiled
+            self.model,
+            padding_free,
+            self.device,
+            self.amp_dtype,
+            compiled=compiled,
+            sparse_embedding_grad=not ctx.enabled,  # DDP reduces dense gradients
         )
         if free and not config.length_buckets:
             self.model.length_buckets = 1  # no padding left to cut by length
@@ -245,6 +251,7 @@ class Trainer:
             acc_sum = acc if acc_sum is None else acc_sum + acc
             pairs += batch.size * self.ctx.world_size
             tasks.append(name)
+        dense_gradients(self.model.parameters())  # the padding-free lookup's sparse ones
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         self.optimizer.step()

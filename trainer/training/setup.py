@@ -169,7 +169,9 @@ def build_optimizer(
         # At a fine-tuning lr (2e-5) a learnable temperature would hardly move in a few
         # thousand steps; its log gets 100x the rate and the same schedule.
         groups.append({"params": scale, "weight_decay": 0.0, "lr": 100 * config.lr})
-    return torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda")
+    # The fused kernel: one pass per parameter instead of a dozen foreach ops (on two CPU
+    # cores 15 ms a step instead of 100 ms for MiniLM's 22.7M parameters).
+    return torch.optim.AdamW(groups, lr=config.lr, fused=device.type in ("cuda", "cpu"))
 
 
 def lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -250,11 +252,13 @@ def use_padding_free(
     amp_dtype: torch.dtype | None,
     *,
     compiled: bool,
+    sparse_embedding_grad: bool = False,
 ) -> bool:
     """Give the towers a padding-free training forward (``trainer.training.padfree``) per
     ``mode``: "auto" = on CPU, fp32 and not compiled, where the encoder supports it (else the
     Hugging Face forward, silently); "on" = wherever the encoder supports it (else ValueError);
-    "off" = never.
+    "off" = never. ``sparse_embedding_grad``: sparse word-embedding gradients (the caller turns
+    them dense before the optimizer; not under DDP).
 
     Returns:
         True if the towers train padding-free.
@@ -268,6 +272,8 @@ def use_padding_free(
             raise ValueError(f"padding_free = on: {'; '.join(r for r in reasons if r)}")
         return False
     for tower in towers:
-        tower.padding_free = PaddingFreeBert(tower.encoder)
+        tower.padding_free = PaddingFreeBert(
+            tower.encoder, sparse_embedding_grad=sparse_embedding_grad
+        )
     logger.info("training forwards run padding-free (real tokens only, 16-bit dropout draws)")
     return True

@@ -17,7 +17,12 @@ from trainer.data.synthetic import write_synthetic_dataset
 from trainer.training.batches import Batch
 from trainer.training.gradcache import GradCache, length_chunks
 from trainer.training.model import build_two_tower
-from trainer.training.padfree import PaddingFreeBert, fast_dropout
+from trainer.training.padfree import (
+    PaddingFreeBert,
+    dense_gradients,
+    dropout_add,
+    fast_dropout,
+)
 from trainer.training.run import train
 from trainer.training.setup import use_padding_free
 
@@ -62,6 +67,31 @@ def test_vectors_and_gradients_equal_the_hugging_face_forward(
         torch.testing.assert_close(tower(ids, mask), expected.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_sparse_embedding_gradients_accumulate_to_the_dense_ones(tiny_model_dir: Path) -> None:
+    model = build_two_tower(tiny_model_dir, dropout=False)
+    model.train()
+    tower = model.query_tower
+    batches = [_batch([5, 2, 7], 7, seed=1), _batch([3, 8, 8, 1], 8, seed=2)]
+    tower.padding_free = PaddingFreeBert(tower.encoder)
+    for ids, mask in batches:  # two backward calls, as gradient caching makes
+        tower(ids, mask).pow(3).sum().backward()
+    expected = {n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None}
+    tower.zero_grad(set_to_none=True)
+
+    tower.padding_free = PaddingFreeBert(tower.encoder, sparse_embedding_grad=True)
+    for ids, mask in batches:
+        tower(ids, mask).pow(3).sum().backward()
+    words = tower.encoder.embeddings.word_embeddings.weight
+    assert words.grad.is_sparse
+    dense_gradients(tower.parameters())
+    assert not words.grad.is_sparse
+    for name, param in tower.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-7)
+    touched = (expected["encoder.embeddings.word_embeddings.weight"] != 0).any(dim=1)
+    assert 0 < int(touched.sum()) < words.shape[0]  # only the batches' tokens have a gradient
+
+
 def test_cls_pooling_runs_padding_free(tmp_path: Path) -> None:
     model_dir = make_tiny_model(tmp_path / "m", hidden_size=16)
     model = build_two_tower(model_dir, dropout=False, pooling="cls")
@@ -98,10 +128,17 @@ def test_fast_dropout_is_identity_off_training_and_refuses_bad_p() -> None:
     assert fast_dropout(x, 0.1, training=False) is x
     assert fast_dropout(x, 0.0) is x
     for p in (1.0, 1.5, -0.1):
-        if p > 0:
-            with pytest.raises(ValueError, match="dropout p"):
-                fast_dropout(x, p)
-    assert fast_dropout(x, -0.1) is x  # <= 0: nothing dropped
+        with pytest.raises(ValueError, match="dropout p"):
+            fast_dropout(x, p)
+
+
+def test_dropout_add_is_dropout_then_the_residual() -> None:
+    x, residual = torch.randn(300, 8), torch.randn(300, 8)
+    torch.manual_seed(2)
+    expected = fast_dropout(x, 0.2) + residual
+    torch.manual_seed(2)
+    torch.testing.assert_close(dropout_add(x, residual, 0.2), expected)
+    torch.testing.assert_close(dropout_add(x, residual, 0.2, training=False), x + residual)
 
 
 def test_a_cached_step_with_dropout_is_repeatable_padding_free(tiny_model_dir: Path) -> None:
