@@ -1,5 +1,6 @@
 """The trainer's setup: device, precision, token ids, the step plan, the optimizer and its
-schedule, ``torch.compile``, parameter digests and the ONNX export at the end."""
+schedule, ``torch.compile``, the padding-free forward, parameter digests and the ONNX export at
+the end."""
 
 from __future__ import annotations
 
