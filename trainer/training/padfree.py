@@ -12,10 +12,11 @@ Hugging Face masks them.
 
 Dropout is the other CPU cost: ``torch.bernoulli_`` draws one Mersenne Twister number per
 element, ~16 % of a MiniLM training step on two cores (19 dropout calls per forward, two
-forwards per step with gradient caching). ``fast_dropout`` draws the same keep/drop decisions
-from 16 random bits per element (four per 64-bit draw of the same generator, so the RNG state
-still replays them: gradient caching's second pass gets the same masks), keeping an element with
-probability 1 - round(p x 65536) / 65536 (p = 0.1: 0.0000061 off) and scaling by its inverse.
+forwards per step with gradient caching). ``fast_dropout`` draws its keep/drop decisions (the
+same distribution, not the same masks) from 16 random bits per element (four per 64-bit draw of
+the same generator, so the RNG state still replays them: gradient caching's second pass gets the
+same masks), keeping an element with probability 1 - round(p x 65536) / 65536 (p = 0.1:
+0.0000061 off) and scaling by its inverse.
 
 On GPUs neither pays: padding is cheap there, and the packing index would be a host-device
 sync. The trainer uses this only for training-mode forwards on CPU (``padding_free = "auto"``);
