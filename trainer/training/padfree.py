@@ -36,9 +36,10 @@ from torch import nn
 _BITS = 65536  # 16-bit draws
 
 
-def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout's multiplier for ``x``: 1 / (1 - q) where kept, 0 where dropped, in
-    ``x``'s shape and dtype (q = round(p x 65536) / 65536; see the module docstring)."""
+def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """Inverted dropout's keep decisions for ``x``: a bool mask in ``x``'s shape (True = kept)
+    and the scale 1 / (1 - q) for the kept elements (q = round(p x 65536) / 65536; see the
+    module docstring)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout p must be in [0, 1), got {p!r}")
     threshold = round(p * _BITS)  # drop when the draw < threshold
@@ -47,8 +48,7 @@ def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     words.random_(-(2**63), None)  # full 64-bit range: four independent 16-bit fields
     draws = words.view(torch.int16)[:n].view(x.shape)
     # int16 reads the 16 bits as [-32768, 32767]: a draw u in [0, 65536) is u - 32768.
-    scale = torch.tensor(_BITS / (_BITS - threshold), dtype=x.dtype, device=x.device)
-    return torch.where(draws >= threshold - _BITS // 2, scale, torch.zeros_like(scale))
+    return draws >= threshold - _BITS // 2, _BITS / (_BITS - threshold)
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -61,7 +61,8 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     """
     if not training or p == 0.0:
         return x
-    return x * keep_mask(x, p)
+    keep, scale = keep_mask(x, p)
+    return torch.mul(x, keep).mul_(scale)
 
 
 def dropout_add(
@@ -70,7 +71,8 @@ def dropout_add(
     """``fast_dropout(x, p) + residual`` in one pass (``torch.addcmul``)."""
     if not training or p == 0.0:
         return x + residual
-    return torch.addcmul(residual, x, keep_mask(x, p))
+    keep, scale = keep_mask(x, p)
+    return torch.addcmul(residual, x, keep, value=scale)
 
 
 class PaddingFreeBert:
@@ -83,8 +85,11 @@ class PaddingFreeBert:
     With ``sparse_embedding_grad`` the word-embedding lookup gives a sparse gradient (the rows
     of the batch's tokens): a dense one is a zero-filled vocabulary x hidden matrix per backward
     call (30,522 x 384 for MiniLM, 32 calls a step with gradient caching), ~5 % of a CPU step.
-    Sparse gradients accumulate by concatenation; ``dense_gradients`` must turn them dense
-    before clipping and the optimizer (AdamW takes no sparse gradient). Not under DDP.
+    The first forward with a graph after the gradient was cleared sets it to one dense zero
+    matrix, into which autograd adds each backward call's sparse rows in place (an index_add;
+    sparse + sparse would concatenate, copying every earlier row again), so the optimizer and
+    clipping see a dense gradient. ``dense_gradients`` turns dense any sparse one left (a
+    gradient cleared between forward and backward). Not under DDP, which reduces dense ones.
     """
 
     def __init__(self, model: nn.Module, *, sparse_embedding_grad: bool = False) -> None:
@@ -127,6 +132,9 @@ class PaddingFreeBert:
         emb = model.embeddings
         positions = real % seq
         words = emb.word_embeddings
+        if self.sparse_embedding_grad and words.weight.grad is None and torch.is_grad_enabled():
+            # the step's sparse gradients accumulate into this in place (class docstring)
+            words.weight.grad = torch.zeros_like(words.weight)
         dense = words.sparse
         words.sparse = self.sparse_embedding_grad  # the module's own call: its hooks still run
         try:
@@ -140,7 +148,7 @@ class PaddingFreeBert:
         bias.masked_fill_(~keys[:, None, None, :], torch.finfo(h.dtype).min)
         for layer in model.encoder.layer:
             h = self._layer(layer, h, real, bias, batch, seq, training)
-        hidden = h.new_zeros((batch * seq, h.shape[-1])).index_copy(0, real, h)
+        hidden = h.new_zeros((batch * seq, h.shape[-1])).index_copy_(0, real, h)
         return hidden.view(batch, seq, -1)
 
     def _layer(
@@ -158,7 +166,7 @@ class PaddingFreeBert:
         weight = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
         qkv_bias = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
         qkv = F.linear(h, weight, qkv_bias)  # (tokens, 3 * hidden)
-        padded = qkv.new_zeros((batch * seq, qkv.shape[-1])).index_copy(0, real, qkv)
+        padded = qkv.new_zeros((batch * seq, qkv.shape[-1])).index_copy_(0, real, qkv)
         q, k, v = padded.view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim)) + bias
         probs = fast_dropout(torch.softmax(scores, dim=-1), sa.dropout.p, training)

@@ -67,7 +67,7 @@ def test_vectors_and_gradients_equal_the_hugging_face_forward(
         torch.testing.assert_close(tower(ids, mask), expected.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_sparse_embedding_gradients_accumulate_to_the_dense_ones(tiny_model_dir: Path) -> None:
+def test_sparse_embedding_gradients_accumulate_into_a_dense_one(tiny_model_dir: Path) -> None:
     model = build_two_tower(tiny_model_dir, dropout=False)
     model.train()
     tower = model.query_tower
@@ -79,12 +79,20 @@ def test_sparse_embedding_gradients_accumulate_to_the_dense_ones(tiny_model_dir:
     tower.zero_grad(set_to_none=True)
 
     tower.padding_free = PaddingFreeBert(tower.encoder, sparse_embedding_grad=True)
+    words = tower.encoder.embeddings.word_embeddings.weight
+    arriving: list[bool] = []
+    words.register_hook(lambda grad: arriving.append(grad.is_sparse))
     for ids, mask in batches:
         tower(ids, mask).pow(3).sum().backward()
-    words = tower.encoder.embeddings.word_embeddings.weight
-    assert words.grad.is_sparse
+    assert arriving == [True, True]  # each backward call hands over a sparse gradient
+    assert not words.grad.is_sparse  # accumulated into the dense one the forward set up
+    grad = words.grad.clone()
+    dense_gradients(tower.parameters())  # a no-op then
+    assert torch.equal(words.grad, grad)
+    words.grad = grad.to_sparse()  # a sparse one, had nothing been set up
     dense_gradients(tower.parameters())
     assert not words.grad.is_sparse
+    assert torch.equal(words.grad, grad)
     for name, param in tower.named_parameters():
         if name in expected:
             torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-7)
