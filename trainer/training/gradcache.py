@@ -12,9 +12,15 @@ rows; the encoders can. A step runs in three passes (sentence-transformers'
 3. Embed each mini-batch again, with a graph and the same RNG state (the same dropout masks),
    and backpropagate its cached gradient through the encoder.
 
-The parameters' gradient is then the full batch's, up to float rounding. Under DDP every call
-but the last runs in ``no_sync``; the last call encodes a query and an item mini-batch together
-and carries the temperature's gradient, so every parameter takes part in the one reduction.
+The parameters' gradient is then the full batch's, up to float rounding. In one process, pass 1
+makes its last call (the longest items) with a graph and keeps it: pass 3 starts by pushing that
+call's cached gradient through it instead of encoding it a second time. Its graph lives from
+the end of pass 1 to the start of pass 3, where the other graphs are built one at a time, so the
+memory stays that of one mini-batch and one encoder call in eight (at eight mini-batches a
+side) is saved. Under DDP every call but the last runs in ``no_sync``; the last call encodes a
+query and an item mini-batch together and carries the temperature's gradient, so every
+parameter takes part in the one reduction (and nothing is kept: a DDP forward outside the
+reducer's order would break it).
 """
 
 from __future__ import annotations
@@ -122,14 +128,15 @@ class GradCache:
         return to_device(x, self.device)
 
     def _calls(self, batch: Batch) -> list[tuple[Chunk | None, Chunk]]:
-        """The encoder calls of a step: query chunk j (if any) with item chunk j, in an order
-        whose last call holds both a query and an item chunk (the DDP-synchronising one)."""
+        """The encoder calls of a step: query chunk j (if any) with item chunk j. Under DDP in
+        an order whose last call holds both a query and an item chunk (the synchronising one);
+        otherwise shortest first, so the call pass 1 keeps is the longest."""
         queries = batch.query_chunks or []
         items = batch.item_chunks or []
         if not items:
             raise ValueError("a cached step needs the batch's item_chunks")
         calls = [(queries[j] if j < len(queries) else None, items[j]) for j in range(len(items))]
-        return calls[::-1]  # call 0 (queries and items) last
+        return calls[::-1] if self.ddp_enabled else calls  # under DDP call 0 last
 
     def step(
         self,
@@ -151,15 +158,20 @@ class GradCache:
         search = batch.task == "search"
         n_items = len(batch.items)
         dim = self.model.dim
-        # Pass 1: embeddings without a graph, the RNG state before each call.
+        # Pass 1: embeddings without a graph, the RNG state before each call; in one process
+        # the last call with its graph, kept for pass 3.
         states: list[RandState] = []
+        kept: tuple[Any, Any, Any] | None = None
         xq = None if not search else torch.empty(batch.size, dim, device=self.device)
         xb = torch.empty(n_items, dim, device=self.device)
-        with torch.no_grad():
-            for q, i in calls:
-                states.append(RandState(self.device))
-                with self.autocast():
-                    oq, ob, _ = self.model(*self._inputs(q, i))
+        for c, (q, i) in enumerate(calls):
+            keep = not self.ddp_enabled and c == len(calls) - 1
+            states.append(RandState(self.device))
+            with torch.set_grad_enabled(keep), self.autocast():
+                out = self.model(*self._inputs(q, i))
+            kept = out if keep else None
+            oq, ob, _ = out
+            with torch.no_grad():
                 if q is not None and oq is not None:
                     xq[self._tensor(q[0])] = oq.float()
                 xb[self._tensor(i[0])] = ob.float()
@@ -175,22 +187,42 @@ class GradCache:
         (loss * grad_scale).backward()
         gq = xq.grad if search else None
         gb, gs = xb.grad, scale.grad
-        # Pass 3: each call again with a graph, its cached gradient pushed through the encoder.
-        for c, ((q, i), state) in enumerate(zip(calls, states, strict=True)):
-            last = c == len(calls) - 1
+        # Pass 3: each call again with a graph (but the kept one, first), its cached gradient
+        # pushed through the encoder; the temperature's gradient rides on one call.
+        order = list(zip(calls, states, strict=True))
+        if kept is not None:
+            (q, i), _ = order.pop()
+            self._push(kept, q, i, gq, gb, gs)
+            gs = None
+        for c, ((q, i), state) in enumerate(order):
+            last = c == len(order) - 1
             no_sync = self.ddp_enabled and not (last and sync)
             ctx = self.ddp.no_sync() if no_sync else contextlib.nullcontext()
             with ctx, state.restored():
                 with self.autocast():
-                    oq, ob, s = self.ddp(*self._inputs(q, i))
-                surrogate = (ob.float() * gb[self._tensor(i[0])]).sum()
-                if q is not None and oq is not None and gq is not None:
-                    surrogate = surrogate + (oq.float() * gq[self._tensor(q[0])]).sum()
-                if last and gs is not None and s.requires_grad:
-                    surrogate = surrogate + s * gs  # the temperature's gradient, once
-                surrogate.backward()
+                    out = self.ddp(*self._inputs(q, i))
+                self._push(out, q, i, gq, gb, gs if last else None)
         after.apply()  # the RNG moves on as after pass 1, whatever pass 3 drew
         return CachedResult(loss=loss.detach(), xq=xq.detach(), xb=xb.detach())
+
+    def _push(
+        self,
+        out: tuple[Any, Any, Any],
+        q: Chunk | None,
+        i: Chunk,
+        gq: torch.Tensor | None,
+        gb: torch.Tensor,
+        gs: torch.Tensor | None,
+    ) -> None:
+        """Backpropagate the cached gradients of one call's outputs (and of the temperature,
+        when ``gs`` is given) through the graph that made them."""
+        oq, ob, s = out
+        surrogate = (ob.float() * gb[self._tensor(i[0])]).sum()
+        if q is not None and oq is not None and gq is not None:
+            surrogate = surrogate + (oq.float() * gq[self._tensor(q[0])]).sum()
+        if gs is not None and s.requires_grad:
+            surrogate = surrogate + s * gs
+        surrogate.backward()
 
     def _inputs(
         self, q: Chunk | None, i: Chunk

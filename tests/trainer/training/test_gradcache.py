@@ -117,8 +117,14 @@ def test_cached_gradient_equals_the_full_batch_gradient(
 
     cached = _batch(model, data, 16, 3)  # mini-batches of 3: uneven chunks, C/3 item calls
     cache = GradCache(model, model, torch.device("cpu"), contextlib.nullcontext, ddp_enabled=False)
+    forwards: list[bool] = []
+    hook = model.register_forward_hook(lambda *_: forwards.append(torch.is_grad_enabled()))
     out = cache.step(cached, _loss_fn(cached, symmetric))
+    hook.remove()
     got = _grads(model)
+    calls = len(cached.item_chunks or [])
+    # pass 1's last call keeps its graph: pass 3 encodes only the others again
+    assert forwards == [False] * (calls - 1) + [True] * calls
     assert out.loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
     assert got.keys() == expected.keys() and "logit_scale" in got
     for name, grad in expected.items():
