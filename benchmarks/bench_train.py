@@ -22,13 +22,12 @@ its collator). Reported per side: pairs/s = pairs per step / mean step seconds, 
 own rate (sentence-transformers: on_step_begin to on_step_end, after its batch is fetched and
 tokenised; Aisle: the trainer's step time, which includes padding its pre-tokenised batch),
 the set-up time before the first step (model load, data, Aisle's up-front tokenisation), and
-the mean padded token lengths each side fed the encoder (a forward hook on the word-embedding
-lookup), which makes the padding each side pays for visible. The ratio is Aisle / sentence-
+the tokens per pair each side fed the encoder (a forward hook on the word-embedding lookup):
+one pass with a graph, padded or real, and all passes (gradient caching encodes twice), which
+makes the padding each side pays for visible. The ratio is Aisle / sentence-
 transformers (>1 = Aisle faster). The fp32 row is the headline; a bf16 autocast row follows
 where the CPU has native bf16 (or the GPU supports it). Other work on the machine skews both
 sides: the load average is recorded before each run.
-
-``python -m benchmarks.bench_train [--preset S|M|L] [--amp fp32|bf16|both] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -143,22 +142,24 @@ class RunSpec:
 
 
 class _EncoderShapes:
-    """Records (batch, padded length) of every encoder forward in this process.
+    """Records (batch, padded length, graph) of every encoder forward in this process.
 
     A global forward hook on the word-embedding lookup (the ``nn.Embedding`` with
     ``vocab_size`` rows, which sees the padded input ids once per encoder call; Aisle's
     padding-free forward looks up the real tokens only, as a 1-D tensor, recorded as
-    (tokens, 0): their count is known, not how many texts they came from): global,
+    (tokens, 0): their count is known, not how many texts they came from), and whether autograd
+    was recording (gradient caching's first pass runs without a graph): global,
     because Aisle builds its model inside ``train()``, and on the lookup rather than the Hugging
     Face model because sentence-transformers calls ``model.forward`` directly, which skips
     module hooks. The per-call cost is microseconds against steps of ~a second.
     """
 
     def __init__(self, vocab_size: int) -> None:
+        import torch
         from torch import nn
         from torch.nn.modules.module import register_module_forward_hook
 
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[tuple[int, int, bool]] = []
 
         def hook(module: Any, args: Any, output: Any) -> None:
             if (
@@ -168,12 +169,13 @@ class _EncoderShapes:
                 and args[0].dim() in (1, 2)
             ):
                 ids = args[0]  # 1-D: Aisle's padding-free forward, the real tokens only
-                self.calls.append((int(ids.shape[0]), int(ids.shape[1]) if ids.dim() == 2 else 0))
+                width = int(ids.shape[1]) if ids.dim() == 2 else 0
+                self.calls.append((int(ids.shape[0]), width, torch.is_grad_enabled()))
 
         self._handle = register_module_forward_hook(hook)
 
-    def take(self) -> list[tuple[int, int]]:
-        """The calls since the last ``take`` (first = queries, the rest = items, per step)."""
+    def take(self) -> list[tuple[int, int, bool]]:
+        """The calls since the last ``take`` (one step's, in order)."""
         calls, self.calls = self.calls, []
         return calls
 
@@ -188,7 +190,7 @@ class _Step:
     # sentence-transformers: on_step_begin -> on_step_end (after the collator tokenised it).
     compute_s: float
     pairs: int  # training pairs in the step
-    calls: list[tuple[int, int]]  # encoder (batch, padded length) calls of the step
+    calls: list[tuple[int, int, bool]]  # encoder (batch, padded length, graph) calls of the step
 
 
 def training_pairs(spec: RunSpec) -> tuple[list[str], list[str]]:
@@ -386,20 +388,28 @@ def _summary(steps: list[_Step], warmup: int, setup_s: float) -> dict[str, Any]:
     """Steady-state rates from the steps after ``warmup``.
 
     ``pairs_per_s`` = mean pairs per step / mean wall seconds between step ends;
-    ``compute_pairs_per_s`` the same over compute-only seconds. Padded lengths: token-weighted
-    means of the encoder calls' padded lengths (queries = each step's first call; none for a
-    padding-free side, whose calls give token counts only: its tokens per pair are the real ones).
+    ``compute_pairs_per_s`` the same over compute-only seconds. ``tokens_per_pair``: the tokens
+    the encoder calls with a graph saw (one forward and backward of every pair: padded, or the
+    real ones on a padding-free side, whose calls give token counts only);
+    ``tokens_fed_per_pair``: every call's, gradient caching's first pass included. Query and
+    item padded lengths only where a step is one query call and one item call (no caching, not
+    padding-free).
     """
     if len(steps) <= warmup:
         raise RuntimeError(f"only {len(steps)} steps ran, need more than {warmup} to time one")
     timed = steps[warmup:]
     intervals = [s.end - p.end for p, s in zip(steps[warmup - 1 :], timed, strict=False)]
     pairs = [s.pairs for s in timed]
-    packed = any(n == 0 for s in timed for _, n in s.calls)  # (tokens, 0): padding-free
-    q_seqs = 0 if packed else sum(s.calls[0][0] for s in timed if s.calls)
-    q_tokens = sum(s.calls[0][0] * max(s.calls[0][1], 1) for s in timed if s.calls)
-    i_seqs = 0 if packed else sum(b for s in timed for b, _ in s.calls[1:])
-    i_tokens = sum(b * max(n, 1) for s in timed for b, n in s.calls[1:])
+    packed = any(n == 0 for s in timed for _, n, _ in s.calls)  # (tokens, 0): padding-free
+    pair_calls = not packed and all(len(s.calls) == 2 for s in timed)
+    q_len, i_len = (  # token-weighted mean padded lengths of the query and the item calls
+        sum(s.calls[k][0] * s.calls[k][1] for s in timed) / sum(s.calls[k][0] for s in timed)
+        if pair_calls
+        else None
+        for k in (0, 1)
+    )
+    fed = sum(b * max(n, 1) for s in timed for b, n, _ in s.calls)
+    graph = sum(b * max(n, 1) for s in timed for b, n, grad in s.calls if grad)
     mean_pairs = statistics.fmean(pairs)
     mean_step = statistics.fmean(intervals)
     mean_compute = statistics.fmean(s.compute_s for s in timed)
@@ -415,11 +425,10 @@ def _summary(steps: list[_Step], warmup: int, setup_s: float) -> dict[str, Any]:
         "compute_s_mean": round(mean_compute, 4),
         "setup_s": round(setup_s, 2),
         "encoder_calls_per_step": round(statistics.fmean(len(s.calls) for s in timed), 2),
-        "padded_query_len_mean": round(q_tokens / q_seqs, 2) if q_seqs else None,
-        "padded_item_len_mean": round(i_tokens / i_seqs, 2) if i_seqs else None,
-        "padded_tokens_per_pair": round((q_tokens + i_tokens) / sum(pairs), 2)
-        if sum(pairs)
-        else None,
+        "padded_query_len_mean": None if q_len is None else round(q_len, 2),
+        "padded_item_len_mean": None if i_len is None else round(i_len, 2),
+        "tokens_per_pair": round(graph / sum(pairs), 2) if sum(pairs) else None,
+        "tokens_fed_per_pair": round(fed / sum(pairs), 2) if sum(pairs) else None,
     }
 
 
@@ -548,9 +557,10 @@ def run(
 
 def useful_tflops(model: Path, side: dict[str, Any], config: BenchConfig) -> float | None:
     """The model FLOP/s a side's pairs/s stands for, in TFLOP/s: 6 x (encoder parameters
-    outside the embeddings) x (padded tokens per pair) x pairs/s (forward + backward of every
-    token; attention scores and the loss left out; gradient caching's extra forward pass not
-    counted, it is overhead). Divide by the device's peak for the fraction it reaches."""
+    outside the embeddings) x (tokens per pair: one pass with a graph, padded or real) x pairs/s
+    (forward + backward of every token; attention scores and the loss left out; gradient
+    caching's extra forward pass not counted, it is overhead). Divide by the device's peak for
+    the fraction it reaches."""
     for path in (model / "config.json", model / "query_tower" / "config.json"):
         try:
             cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -562,16 +572,14 @@ def useful_tflops(model: Path, side: dict[str, Any], config: BenchConfig) -> flo
     else:
         return None
     params = layers * (4 * h * h + 2 * h * inner)
-    tokens = side.get("padded_tokens_per_pair") or (
-        config.max_query_length + config.max_item_length
-    )
+    tokens = side.get("tokens_per_pair") or (config.max_query_length + config.max_item_length)
     return round(6 * params * tokens * side["pairs_per_s"] / 1e12, 4)
 
 
 def print_row(row: dict[str, Any]) -> None:
     header = (
         f"{'side':<8}{'prec':<6}{'pairs/s':>9}{'compute':>9}{'step s':>8}{'median':>8}"
-        f"{'setup s':>9}{'q len':>7}{'i len':>7}{'tok/pair':>9}"
+        f"{'setup s':>9}{'q len':>7}{'i len':>7}{'tok/pair':>9}{'fed/pair':>9}"
     )
     print(header)
     for side in ("aisle", "st"):
@@ -580,7 +588,7 @@ def print_row(row: dict[str, Any]) -> None:
             f"{side:<8}{row['precision']:<6}{r['pairs_per_s']:>9.1f}{r['compute_pairs_per_s']:>9.1f}"
             f"{r['step_s_mean']:>8.3f}{r['step_s_median']:>8.3f}{r['setup_s']:>9.1f}"
             f"{r['padded_query_len_mean'] or 0:>7.1f}{r['padded_item_len_mean'] or 0:>7.1f}"
-            f"{r['padded_tokens_per_pair'] or 0:>9.1f}"
+            f"{r['tokens_per_pair'] or 0:>9.1f}{r['tokens_fed_per_pair'] or 0:>9.1f}"
         )
     print(
         f"ratio aisle/st ({row['precision']}): {row['ratio']} "
