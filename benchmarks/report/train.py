@@ -30,7 +30,9 @@ TRAIN_COLUMNS = {  # bench_train's per-side keys, in the order and words the tab
     "setup_s": "set-up s",
     "padded_query_len_mean": "padded query len",
     "padded_item_len_mean": "padded item len",
-    "padded_tokens_per_pair": "tokens fed / pair (padded, or real when padding-free)",
+    "tokens_per_pair": "tokens / pair (the pass with a graph; padded, or real when padding-free)",
+    "tokens_fed_per_pair": "tokens fed / pair (every pass)",
+    "padded_tokens_per_pair": "tokens fed / pair (every pass; records before 2026-12-06)",
 }
 
 
