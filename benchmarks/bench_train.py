@@ -33,6 +33,7 @@ sides: the load average is recorded before each run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -57,8 +58,6 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from benchmarks.common import append_jsonl, require_shared_data  # noqa: E402
 from benchmarks.common import machine as common_machine  # noqa: E402
-
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -148,10 +147,10 @@ class _EncoderShapes:
     ``vocab_size`` rows, which sees the padded input ids once per encoder call; Aisle's
     padding-free forward looks up the real tokens only, as a 1-D tensor, recorded as
     (tokens, 0): their count is known, not how many texts they came from), and whether autograd
-    was recording (gradient caching's first pass runs without a graph): global,
-    because Aisle builds its model inside ``train()``, and on the lookup rather than the Hugging
-    Face model because sentence-transformers calls ``model.forward`` directly, which skips
-    module hooks. The per-call cost is microseconds against steps of ~a second.
+    records (gradient caching's first pass does not): global, because Aisle builds its model
+    inside ``train()``, and on the lookup rather than the Hugging Face model because
+    sentence-transformers calls ``model.forward`` directly, which skips module hooks (cost: a
+    few microseconds a call, against steps of ~a second).
     """
 
     def __init__(self, vocab_size: int) -> None:
@@ -184,7 +183,7 @@ class _EncoderShapes:
 
 
 @dataclass
-class _Step:
+class StepTiming:
     end: float  # perf_counter seconds at the end of the optimizer step
     # Aisle: its step's own seconds (batch from pre-tokenised ids, forward, backward, optimizer);
     # sentence-transformers: on_step_begin -> on_step_end (after the collator tokenised it).
@@ -265,7 +264,7 @@ def _aisle_config(spec: RunSpec, tmp: Path) -> Any:
 
 
 def run_aisle(spec: RunSpec) -> dict[str, Any]:
-    """Train with Aisle's trainer in this process; returns the timings (see ``_summary``)."""
+    """Train with Aisle's trainer in this process; returns the timings (see ``summarize``)."""
     started = time.perf_counter()
     import torch
 
@@ -273,7 +272,7 @@ def run_aisle(spec: RunSpec) -> dict[str, Any]:
     from trainer.training.run import train
 
     torch.set_num_threads(spec.threads)
-    steps: list[_Step] = []
+    steps: list[StepTiming] = []
     with tempfile.TemporaryDirectory(prefix="bench_train_aisle_") as tmp:
         config = _aisle_config(spec, Path(tmp))
         datasets = prepare_datasets(config)
@@ -281,14 +280,14 @@ def run_aisle(spec: RunSpec) -> dict[str, Any]:
 
         def on_step(step: int, logs: dict[str, Any]) -> None:
             now = time.perf_counter()
-            steps.append(_Step(now, float(logs["seconds"]), int(logs["pairs"]), shapes.take()))
+            steps.append(StepTiming(now, float(logs["seconds"]), int(logs["pairs"]), shapes.take()))
 
         try:
             result = train(config, on_step=on_step, datasets=datasets)
         finally:
             shapes.close()
     first_start = steps[0].end - steps[0].compute_s if steps else time.perf_counter()
-    out = _summary(steps, spec.config.warmup_steps, first_start - started)
+    out = summarize(steps, spec.config.warmup_steps, first_start - started)
     out["trainer_pairs_per_s_all_steps"] = round(result.pairs_per_second, 2)
     return out
 
@@ -329,7 +328,7 @@ def run_st(spec: RunSpec) -> dict[str, Any]:
         loss = CachedMultipleNegativesRankingLoss(
             model, scale=1.0 / c.temperature, mini_batch_size=c.mini_batch_size
         )
-    steps: list[_Step] = []
+    steps: list[StepTiming] = []
     shapes = _EncoderShapes(_vocab_size(spec.model))
 
     class Timer(TrainerCallback):
@@ -342,7 +341,7 @@ def run_st(spec: RunSpec) -> dict[str, Any]:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             now = time.perf_counter()
             # Full batches: the run stays inside one epoch (checked above).
-            steps.append(_Step(now, now - self.begin, c.batch_size, shapes.take()))
+            steps.append(StepTiming(now, now - self.begin, c.batch_size, shapes.take()))
 
     with tempfile.TemporaryDirectory(prefix="bench_train_st_") as tmp:
         args = SentenceTransformerTrainingArguments(**_st_arguments(spec, tmp))
@@ -354,7 +353,7 @@ def run_st(spec: RunSpec) -> dict[str, Any]:
         finally:
             shapes.close()
     first_start = steps[0].end - steps[0].compute_s if steps else time.perf_counter()
-    out = _summary(steps, c.warmup_steps, first_start - started)
+    out = summarize(steps, c.warmup_steps, first_start - started)
     out["optim"] = str(getattr(args.optim, "value", args.optim))
     return out
 
@@ -384,7 +383,7 @@ def _st_arguments(spec: RunSpec, output_dir: str) -> dict[str, Any]:
     }
 
 
-def _summary(steps: list[_Step], warmup: int, setup_s: float) -> dict[str, Any]:
+def summarize(steps: list[StepTiming], warmup: int, setup_s: float) -> dict[str, Any]:
     """Steady-state rates from the steps after ``warmup``.
 
     ``pairs_per_s`` = mean pairs per step / mean wall seconds between step ends;
@@ -556,11 +555,10 @@ def run(
 
 
 def useful_tflops(model: Path, side: dict[str, Any], config: BenchConfig) -> float | None:
-    """The model FLOP/s a side's pairs/s stands for, in TFLOP/s: 6 x (encoder parameters
-    outside the embeddings) x (tokens per pair: one pass with a graph, padded or real) x pairs/s
-    (forward + backward of every token; attention scores and the loss left out; gradient
-    caching's extra forward pass not counted, it is overhead). Divide by the device's peak for
-    the fraction it reaches."""
+    """The model FLOP/s a side's pairs/s stands for, in TFLOP/s: 6 x (encoder parameters outside
+    the embeddings) x (tokens per pair of the pass with a graph) x pairs/s (forward + backward of
+    every token; attention scores, the loss and gradient caching's first pass left out: they are
+    overhead). Divide by the device's peak for the fraction it reaches."""
     for path in (model / "config.json", model / "query_tower" / "config.json"):
         try:
             cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -599,11 +597,9 @@ def print_row(row: dict[str, Any]) -> None:
 def machine(device: str) -> dict[str, Any]:
     import torch
 
-    info = common_machine(
-        "transformers", "sentence-transformers", "datasets", "accelerate", "tokenizers"
-    )
+    packages = ("transformers", "sentence-transformers", "datasets", "accelerate", "tokenizers")
     return {
-        **info,
+        **common_machine(*packages),
         "cuda": torch.cuda.is_available(),
         "device": device,
         "bf16_native": bf16_supported(device),
@@ -649,8 +645,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    import importlib.util
-
     missing = [m for m in ("sentence_transformers", "datasets", "accelerate")
                if importlib.util.find_spec(m) is None]  # fmt: skip
     if missing:
