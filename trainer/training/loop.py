@@ -29,6 +29,7 @@ from trainer.training.distributed import DistContext
 from trainer.training.embedder import Embedder, autocast
 from trainer.training.feed import BatchFeed
 from trainer.training.gradcache import GradCache, to_device
+from trainer.training.heap import heap_trimmer
 from trainer.training.losses import in_batch_accuracy, sampled_softmax_loss
 from trainer.training.model import TwoTowerModel, build_two_tower, save_model_dir
 from trainer.training.padfree import dense_gradients
@@ -109,6 +110,8 @@ class Trainer:
         self.ctx = ctx
         self.on_step = on_step
         self.device = resolve_device(config.device, ctx)
+        # CPU steps fragment glibc's heap (trainer/training/heap.py): trim it after each step.
+        self.trim_heap = heap_trimmer() if self.device.type == "cpu" else None
         self.amp_dtype = amp_dtype(config.amp, self.device)
         self.checkpoints = CheckpointDir(config.checkpoint_root)
         # What of the run is differentially private (trainer.training.private); None: nothing.
@@ -257,6 +260,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.trim_heap is not None:
+            self.trim_heap()
         self.step += 1
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
