@@ -132,9 +132,14 @@ class PaddingFreeBert:
         emb = model.embeddings
         positions = real % seq
         words = emb.word_embeddings
-        if self.sparse_embedding_grad and words.weight.grad is None and torch.is_grad_enabled():
-            # the step's sparse gradients accumulate into this in place (class docstring)
-            words.weight.grad = torch.zeros_like(words.weight)
+        weight = words.weight
+        if (
+            self.sparse_embedding_grad
+            and weight.requires_grad
+            and weight.grad is None
+            and torch.is_grad_enabled()
+        ):  # the step's sparse gradients accumulate into this in place (class docstring)
+            weight.grad = torch.zeros_like(weight)
         dense = words.sparse
         words.sparse = self.sparse_embedding_grad  # the module's own call: its hooks still run
         try:
