@@ -73,9 +73,13 @@ class LoopOptions:
     gate: str = "judged"  # the round's gate policy
     click_noise: float = ShopperModel().noise  # the shoppers' click rate on irrelevant hits
     ceiling: bool = True  # train the ceiling reference (the traffic queries' judgments)
+    skip_negatives: int = 0  # per pair, skip-above items as extra negatives (ceiling: grade 0)
 
     def __post_init__(self) -> None:
         ShopperModel(noise=self.click_noise)  # validates 0 <= noise < 1 before any work
+        n = self.skip_negatives
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"skip_negatives must be an integer >= 0, got {n!r}")
 
 
 PRESETS = {
@@ -232,7 +236,7 @@ def run_loop(
         train=TrainSettings(
             max_steps=preset.max_steps, batch_size=preset.batch_size, lr=preset.lr,
             max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS,
-            num_threads=preset.threads,
+            num_threads=preset.threads, skip_negatives=options.skip_negatives,
             export_onnx=False, seed=seed,
         ),
         vector_cache=cache,
@@ -304,9 +308,15 @@ def run_loop(
 
 
 def train_ceiling(
-    subset: dict[str, Any], zero_shot: Path, preset: Preset, work: Path, seed: int
+    subset: dict[str, Any],
+    zero_shot: Path,
+    preset: Preset,
+    work: Path,
+    seed: int,
+    skip_negatives: int = 0,
 ) -> Path:
-    """The loop's recipe (all rounds' steps in one run) on the traffic queries' judgments."""
+    """The loop's recipe (all rounds' steps in one run) on the traffic queries' judgments;
+    ``skip_negatives`` per pair from their grade-0 items, as the loop draws its skips."""
     from trainer.training.config import DatasetSpec, TrainConfig
     from trainer.training.run import train
 
@@ -318,6 +328,7 @@ def train_ceiling(
             datasets=(labels,),
             out=out, base_model=zero_shot, batch_size=preset.batch_size,
             max_steps=preset.rounds * preset.max_steps, lr=preset.lr, warmup_steps=0,
+            hard_negatives=skip_negatives, mine=False,
             max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS, checkpoint_every=0,
             checkpoint_dir=work / "ceiling-checkpoints", seed=seed, num_threads=preset.threads,
             export_onnx=False, progress=False, fast_query_tower="none",
@@ -379,7 +390,7 @@ def run(
         results["label_trained"] = {"model": str(label_trained), "dev_ndcg@10": mean,
                                     "dev_ndcg@10_stderr": se}  # fmt: skip
     if options.ceiling:
-        model = train_ceiling(subset, zero_shot, preset, work, seed)
+        model = train_ceiling(subset, zero_shot, preset, work, seed, options.skip_negatives)
         mean, se, ceiling_pq = dev_ndcg(model, catalog, dev, cache)
         results["ceiling"] = {"model": str(model), "dev_ndcg@10": mean, "dev_ndcg@10_stderr": se}
     for name, weighting in (("ips", True), ("no_ips", False)):
@@ -470,6 +481,14 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the ceiling reference (the loop's recipe trained on the traffic "
         "queries' judgments)",
     )
+    parser.add_argument(
+        "--skip-negatives",
+        type=int,
+        default=0,
+        metavar="N",
+        help="as aisle-learn round --skip-negatives: per engaged pair, N skip-above items as "
+        "negatives (the ceiling: N grade-0 items); default 0",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -491,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         gate=args.gate,
         click_noise=args.click_noise,
         ceiling=not args.no_ceiling,
+        skip_negatives=args.skip_negatives,
     )
     record = run(args.preset, args.out, overrides, args.seed, args.label_trained, options)
     from benchmarks.report.loop import draw_loop

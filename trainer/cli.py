@@ -128,10 +128,11 @@ def _parser() -> argparse.ArgumentParser:
         help="weight of partial matches as positives (default: their gain ratio; 0 = none)",
     )
     loss.add_argument(
-        "--hard-negatives", type=int, metavar="N", help="mined negatives per pair (default: 0)"
+        "--hard-negatives", type=int, metavar="N", help="hard negatives per pair (default: 0)"
     )
     loss.add_argument("--mine-every", type=int, metavar="STEPS", help="re-mine (0 = once)")
     loss.add_argument("--mine-window", type=_window, metavar="LO,HI", help="ranks (10,100)")
+    loss.add_argument("--mine", type=_bool, metavar="BOOL", help="false: grade 0 only (true)")
     loss.add_argument("--labeled-negatives", type=_bool, metavar="BOOL", help="use grade 0")
     loss.add_argument("--history-length", type=int, metavar="N", help="recommend: items (50)")
     loss.add_argument(

@@ -264,6 +264,14 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int, default=200, help="fine-tuning steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument(
+        "--skip-negatives",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per engaged pair, N of its query's skip-above items join the softmax as negatives "
+        "(default 0: in-batch negatives only)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument(
@@ -322,6 +330,7 @@ def run_round_command(args: argparse.Namespace) -> int:
             max_steps=args.max_steps,
             batch_size=args.batch_size,
             lr=args.lr,
+            skip_negatives=args.skip_negatives,
             seed=args.seed,
             num_threads=args.threads,
             export_onnx=not args.no_onnx,

@@ -68,7 +68,9 @@ class RoundFault(Exception):  # noqa: N818 (a test signal, not an error)
 class TrainSettings:
     """How the challenger is fine-tuned (a few ``trainer.training.config.TrainConfig`` fields;
     the rest keep their defaults). ``feedback_weight`` is how often feedback batches are drawn
-    relative to the labeled data's."""
+    relative to the labeled data's. ``skip_negatives`` per pair are drawn from its query's
+    skip-above items (and the labeled data's grade-0 items) as extra negatives in the softmax;
+    0 = in-batch negatives only. Nothing is mined from the champion's rankings."""
 
     max_steps: int = 200
     batch_size: int = 32
@@ -76,6 +78,7 @@ class TrainSettings:
     max_query_length: int = 32
     max_item_length: int = 64
     feedback_weight: float = 1.0
+    skip_negatives: int = 0
     seed: int = 0
     num_threads: int | None = None
     export_onnx: bool = True
@@ -92,6 +95,11 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        n = self.skip_negatives
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"skip_negatives must be an integer >= 0, got {n!r}")
+        if self.dp_epsilon is not None and self.skip_negatives:
+            raise ValueError("--dp-epsilon scores every catalog item: no skip negatives")
         if not self.lr > 0 or not self.feedback_weight > 0:
             raise ValueError("lr and feedback_weight must be > 0")
         if self.dp_epsilon is not None and self.feedback_weight != 1.0:
@@ -343,6 +351,8 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
             max_steps=settings.max_steps,
             lr=settings.lr,
             warmup_steps=0,
+            hard_negatives=settings.skip_negatives,
+            mine=False,  # the shoppers' skips (labeled negatives), not the champion's ranks
             max_query_length=settings.max_query_length,
             max_item_length=settings.max_item_length,
             checkpoint_every=0,

@@ -100,7 +100,9 @@ class TrainConfig:
     ``symmetric`` (adds item → query for search), ``partial_weight`` (weight of the grade below
     the top as a positive; None = its NDCG gain relative to the top grade), ``hard_negatives``
     per pair, mined every ``mine_every`` steps (0 = once, at the start) from ranks
-    ``mine_window`` [lo, hi), plus labeled-irrelevant items if ``labeled_negatives``.
+    ``mine_window`` [lo, hi), plus labeled-irrelevant items if ``labeled_negatives``; with
+    ``mine`` false nothing is mined and the negatives are the labeled-irrelevant items alone
+    (feedback's skip-above items: what shoppers looked past).
 
     Recommendation: users are the item-bank vectors of their last ``history_length`` items
     pooled by the user tower (``trainer.encoder.user``: the recency-weighted mean, item ``a``
@@ -174,6 +176,7 @@ class TrainConfig:
     hard_negatives: int = 0
     mine_every: int = 0
     mine_window: tuple[int, int] = (10, 100)
+    mine: bool = True
     labeled_negatives: bool = True
     history_length: int = 50
     history_decay: float = 1.0
@@ -293,6 +296,13 @@ class TrainConfig:
         lo, hi = self.mine_window if len(self.mine_window) == 2 else (-1, -1)
         if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi):
             raise ValueError(f"mine_window must be two ints 0 <= lo < hi, got {self.mine_window}")
+        if not isinstance(self.mine, bool):
+            raise ValueError(f"mine must be true or false, got {self.mine!r}")
+        if self.hard_negatives and not (self.mine or self.labeled_negatives):
+            raise ValueError(
+                "hard_negatives without mining draws from the labeled negatives: "
+                "labeled_negatives must be true"
+            )
         object.__setattr__(self, "history_decay", check_history_decay(self.history_decay))
         if not isinstance(self.fit_history_decay, bool):
             raise ValueError(

@@ -346,8 +346,10 @@ class Trainer:
                 if start or self.step % cfg.refresh_every == 0:
                     data.bank = self.embedder.catalog_vectors(data, self.step)
                     changed = True
-            elif cfg.hard_negatives > 0 and (
-                start or (cfg.mine_every and self.step % cfg.mine_every == 0)
+            elif (
+                cfg.hard_negatives > 0
+                and cfg.mine
+                and (start or (cfg.mine_every and self.step % cfg.mine_every == 0))
             ):
                 xb = self.embedder.catalog_vectors(data, self.step)
                 xq = self.embedder.embed(self.model.query_tower, data.query_tokens)

@@ -218,6 +218,11 @@ def test_bad_input_is_refused_with_the_field(tmp_path, setup):
         config_for(root, judged, server, tmp_path, holdout_fraction=1.5)
     with pytest.raises(ValueError, match="gate 'both' needs a judged set"):
         config_for(root, None, server, tmp_path)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="skip_negatives must be an integer >= 0"):
+            TrainSettings(skip_negatives=bad)
+    with pytest.raises(ValueError, match="no skip negatives"):
+        TrainSettings(skip_negatives=1, dp_epsilon=4.0)
     config_for(root, None, server, tmp_path, thresholds=GateThresholds(gate="ips"))
 
 
@@ -260,11 +265,17 @@ def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
 
 
 @pytest.mark.parametrize(
-    "flags", [["--dp-epsilon", "4", "--dp-trainable-layers", "1"], ["--dp-logq-epsilon", "1"]]
+    "flags",
+    [
+        ["--dp-epsilon", "4", "--dp-trainable-layers", "1"],
+        ["--dp-logq-epsilon", "1"],
+        ["--skip-negatives", "1"],
+    ],
 )
-def test_aisle_learn_round_passes_the_dp_flags_to_training(setup, flags, capsys):
+def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
     """`aisle-learn round --dp-*`: the challenger is trained under the budget (DP-SGD, or the
-    feedback dataset's noisy logQ) and its training_metrics.json says so."""
+    feedback dataset's noisy logQ) and its training_metrics.json says so; `--skip-negatives`:
+    the skip-above items are its negatives, nothing is mined."""
     from engine.cli.learn import main as learn_main
 
     root, judged, server, tmp_path = setup
@@ -277,8 +288,12 @@ def test_aisle_learn_round_passes_the_dp_flags_to_training(setup, flags, capsys)
     ]  # fmt: skip
     assert learn_main(argv) == 0
     (model,) = (tmp_path / "models").glob("round-*")
-    privacy = json.loads((model / "training_metrics.json").read_text())["privacy"]
-    if flags[0] == "--dp-epsilon":
+    metrics = json.loads((model / "training_metrics.json").read_text())
+    privacy = metrics["privacy"]
+    if flags[0] == "--skip-negatives":
+        assert metrics["config"]["hard_negatives"] == 1 and metrics["config"]["mine"] is False
+        assert privacy is None
+    elif flags[0] == "--dp-epsilon":
         assert privacy["model_weights_private"] and 0 < privacy["total_epsilon"] <= 4.04
         assert privacy["dp_sgd"]["noise_multiplier"] > 0
         assert privacy["dp_sgd"]["trainable_layers"] == 1

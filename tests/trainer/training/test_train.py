@@ -5,6 +5,7 @@ DDP."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,32 @@ def test_search_batch_masks_relevant_items_and_adds_hard_negatives(tiny_model_di
     )
     assert batch.mask.tolist() == [[False, True], [False, False]]
     assert batch.weights.tolist() == [1.0, 1.0]
+
+
+def test_labeled_negatives_alone_without_mining(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], caplog
+) -> None:
+    # mine = false: the extra negatives are the grade-0 items alone (feedback's skip-above
+    # items), drawn before any mining has run; training never mines.
+    catalog = _catalog(["a", "b", "c", "d", "e"])
+    sd = search_data("t", catalog, LABELS, partial_weight=0.5)
+    model = build_two_tower(tiny_model_dir)
+    sd.item_tokens = tokenize(model.item_tower.tokenizer, ["a", "b", "c", "d", "e"], 8)
+    sd.query_tokens = tokenize(model.query_tower.tokenizer, ["sofa", "drill"], 8)
+    assert not any(len(m) for m in sd.mined)  # nothing mined
+    rows = np.array([0, len(sd.pair_item) - 1])  # (q1, a) and (q2, e)
+    batch = search_batch(
+        sd, rows, hard_negatives=1, labeled_negatives=True, rng=rng_for(0, 3), pad_id=0
+    )
+    assert batch.items.tolist() == [0, 4, 3]  # d: both queries' only grade-0 item
+    caplog.set_level(logging.INFO, logger="trainer.training.loop")
+    train(train_config(tmp_path / "on", tiny_model_dir, data, hard_negatives=1, max_steps=1))
+    assert "mined" in caplog.text
+    caplog.clear()
+    config = train_config(tmp_path, tiny_model_dir, data, hard_negatives=1, mine=False)
+    train(config)
+    assert "mined" not in caplog.text
+    assert (tmp_path / "model" / "model.safetensors").exists()
 
 
 def test_relevance_mask() -> None:
@@ -433,6 +460,8 @@ def test_bad_data_fails_before_training(
         ({"epochs": 0}, "epochs must be > 0"),
         ({"max_steps": 0}, "max_steps must be an int >= 1"),
         ({"hard_negatives": -1}, "hard_negatives must be an int >= 0"),
+        ({"mine": "no"}, "mine must be true or false"),
+        ({"hard_negatives": 1, "mine": False, "labeled_negatives": False}, "must be true"),
         ({"history_decay": 0}, "history_decay must be in"),
         ({"history_decay": 1.5}, "history_decay must be in"),
         ({"fit_history_decay": "yes"}, "fit_history_decay must be true or false"),
