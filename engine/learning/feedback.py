@@ -16,7 +16,7 @@ one query_id per distinct query text, grade ``FEEDBACK_TOP_GRADE`` (2) for an en
 0 for a skip-above negative, and a ``weight`` on positives: its summed action weight times the
 clipped inverse propensity of its engaged position, or with ``propensity_weighting`` off the
 summed action weight alone. Negatives carry no weight: they join the labeled negatives of
-their query.
+their query, which training draws from with the round's ``skip_negatives`` (else unused).
 """
 
 from __future__ import annotations
