@@ -20,9 +20,9 @@ distractors. The gate's judged set is a slice of train queries outside the traff
 Appends one JSON line to ``OUT/loop.jsonl`` and draws ``OUT/loop.png``.
 
 ``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--sessions N] [--steps N]
-[--traffic-queries N] [--threads N] [--out DIR]
-[--explore-share P] [--gate judged|ips|both] [--min-ips-gain X] [--click-noise P]
-[--no-ceiling]``
+[--traffic-queries N] [--threads N] [--seed S] [--replicates N] [--out DIR]
+[--label-trained DIR] [--explore-share P] [--gate judged|ips|both] [--min-ips-gain X]
+[--click-noise P] [--skip-negatives N] [--no-ceiling]``
 """
 
 from __future__ import annotations
@@ -338,6 +338,33 @@ def train_ceiling(
     return out
 
 
+def replicate_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across runs of different seeds (each its own subset, traffic and training draws): the
+    mean of each run's last-round IPS − unweighted dev NDCG@10 and its standard error over the
+    runs. A run's paired standard error counts its dev queries only; what a second run of the
+    same seedless setting would draw (which lists were explored, the training's randomness,
+    the gate's coin flips) shows only across runs."""
+
+    def across(values: list[float]) -> dict[str, Any]:
+        v = np.array(values, dtype=np.float64)
+        stderr = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+        return {"mean": float(v.mean()), "stderr": stderr, "n": len(v), "per_seed": values}
+
+    def last(record: dict[str, Any], name: str) -> float:
+        return record["results"][name]["rounds"][-1]["dev_ndcg@10"]
+
+    return {
+        "seeds": [r["config"]["seed"] for r in records],
+        "ips_minus_no_ips": across([last(r, "ips") - last(r, "no_ips") for r in records]),
+        **{
+            f"{name}_gain_over_zero_shot": across(
+                [last(r, name) - r["results"]["zero_shot"]["dev_ndcg@10"] for r in records]
+            )
+            for name in ("ips", "no_ips")
+        },
+    }
+
+
 def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     """Mean and standard error of a - b over the queries both have."""
     common = sorted(set(a) & set(b))
@@ -370,6 +397,7 @@ def run(
     cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     subset = make_subset(data, work, preset, seed)
+    (cache / "zero-shot.npy").unlink(missing_ok=True)  # the served vectors of this subset's items
     config = {
         "preset": preset_name,
         **asdict(preset),
@@ -489,7 +517,17 @@ def main(argv: list[str] | None = None) -> int:
         help="as aisle-learn round --skip-negatives: per engaged pair, N skip-above items as "
         "negatives (the ceiling: N grade-0 items); default 0",
     )
+    parser.add_argument(
+        "--replicates",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run seeds SEED..SEED+N-1 one after another; the last record adds the mean IPS - "
+        "unweighted difference and its standard error across the runs (default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.replicates < 1:
+        parser.error(f"--replicates must be >= 1, got {args.replicates}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -512,24 +550,32 @@ def main(argv: list[str] | None = None) -> int:
         ceiling=not args.no_ceiling,
         skip_negatives=args.skip_negatives,
     )
-    record = run(args.preset, args.out, overrides, args.seed, args.label_trained, options)
     from benchmarks.report.loop import draw_loop
 
-    record["plot"] = str(args.out / "loop.png")
-    draw_loop(record, args.out / "loop.png")
-    append_jsonl(args.out / "loop.jsonl", record)
-    r = record["results"]
-    print(
-        json.dumps(
-            {
-                "zero_shot": r["zero_shot"]["dev_ndcg@10"],
-                "ips": [row["dev_ndcg@10"] for row in r["ips"]["rounds"]],
-                "no_ips": [row["dev_ndcg@10"] for row in r["no_ips"]["rounds"]],
-                "ips_minus_no_ips": r["ips_minus_no_ips_last_round"],
-                "wall_s": r["wall_s"],
-            }
+    records: list[dict[str, Any]] = []
+    for seed in range(args.seed, args.seed + args.replicates):
+        record = run(args.preset, args.out, overrides, seed, args.label_trained, options)
+        records.append(record)
+        if args.replicates > 1 and len(records) == args.replicates:
+            record["results"]["replicates"] = replicate_summary(records)
+        plot = args.out / ("loop.png" if args.replicates == 1 else f"loop-seed{seed}.png")
+        record["plot"] = str(plot)
+        draw_loop(record, plot)
+        append_jsonl(args.out / "loop.jsonl", record)  # each run as it ends
+        r = record["results"]
+        print(
+            json.dumps(
+                {
+                    "seed": seed,
+                    "zero_shot": r["zero_shot"]["dev_ndcg@10"],
+                    "ips": [row["dev_ndcg@10"] for row in r["ips"]["rounds"]],
+                    "no_ips": [row["dev_ndcg@10"] for row in r["no_ips"]["rounds"]],
+                    "ips_minus_no_ips": r["ips_minus_no_ips_last_round"],
+                    "replicates": r.get("replicates"),
+                    "wall_s": r["wall_s"],
+                }
+            )
         )
-    )
     return 0
 
 

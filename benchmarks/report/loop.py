@@ -56,6 +56,16 @@ def loop_section(ctx: Context) -> tuple[list[str], list[Figure]]:
         f"{fmt(_last(r, 'ips'))}, unweighted {fmt(_last(r, 'no_ips'))}; IPS - unweighted "
         f"{fmt(diff.get('mean'))} ± {fmt(diff.get('stderr'))} (paired over dev queries).**",
     ]
+    replicates = r.get("replicates") or {}
+    if replicates:
+        diff = replicates["ips_minus_no_ips"]
+        gains = [replicates[f"{name}_gain_over_zero_shot"]["mean"] for name, _ in LOOPS]
+        blocks.append(
+            f"Across {diff['n']} runs (seeds {', '.join(map(str, replicates['seeds']))}, each "
+            f"its own subset and traffic): IPS - unweighted {fmt(diff['mean'])} ± "
+            f"{fmt(diff['stderr'])} (standard error over the runs); mean gain over zero-shot: "
+            f"IPS-weighted {fmt(gains[0])}, unweighted {fmt(gains[1])}."
+        )
     ceiling = r.get("ceiling") or {}
     if ceiling:
         closed = (r.get("ips") or {}).get("gap_closed_vs_ceiling")
@@ -108,6 +118,8 @@ def loop_metrics(record: Record) -> Metrics:
     put_metric(out, "loop/no_ips_dev_ndcg@10", _last(r, "no_ips"), "higher")
     ceiling = (r.get("ceiling") or {}).get("dev_ndcg@10")
     put_metric(out, "loop/ceiling_dev_ndcg@10", ceiling, "higher")
+    across = ((r.get("replicates") or {}).get("ips_minus_no_ips") or {}).get("mean")
+    put_metric(out, "loop/ips_minus_no_ips_across_seeds", across, "higher")
     put_metric(
         out,
         "loop/ips_minus_no_ips",

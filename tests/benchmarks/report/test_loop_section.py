@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from benchmarks.report.figures import Context
 from benchmarks.report.loop import loop_metrics, loop_section
 
@@ -47,3 +50,31 @@ def test_a_run_without_the_ceiling_says_nothing_of_it(tmp_path: Path) -> None:
     blocks, _ = loop_section(Context(record, tmp_path / "fig", tmp_path))
     assert "Ceiling" not in "\n".join(blocks)
     assert "loop/ceiling_dev_ndcg@10" not in loop_metrics(record)
+
+
+def test_replicates_are_summarised_across_runs(tmp_path: Path) -> None:
+    from benchmarks.bench_loop import replicate_summary
+
+    runs = []
+    for seed, (ips, no_ips) in enumerate([(0.54, 0.55), (0.60, 0.57), (0.50, 0.50)]):
+        record = loop_record(with_ceiling=False)
+        record["config"]["seed"] = seed + 3
+        record["results"]["ips"]["rounds"][-1]["dev_ndcg@10"] = ips
+        record["results"]["no_ips"]["rounds"][-1]["dev_ndcg@10"] = no_ips
+        runs.append(record)
+    summary = replicate_summary(runs)
+    diff = summary["ips_minus_no_ips"]
+    assert summary["seeds"] == [3, 4, 5] and diff["n"] == 3
+    assert diff["per_seed"] == pytest.approx([-0.01, 0.03, 0.0])
+    assert diff["mean"] == pytest.approx(0.02 / 3)
+    # sample standard deviation over the runs / sqrt(3)
+    assert diff["stderr"] == pytest.approx(np.std([-0.01, 0.03, 0.0], ddof=1) / np.sqrt(3))
+    assert summary["no_ips_gain_over_zero_shot"]["mean"] == pytest.approx(0.54 - 0.5)
+    assert np.isnan(replicate_summary(runs[:1])["ips_minus_no_ips"]["stderr"])
+    record = runs[-1]
+    record["results"]["replicates"] = summary
+    blocks, _ = loop_section(Context(record, tmp_path / "fig", tmp_path))
+    assert "Across 3 runs (seeds 3, 4, 5, each its own subset and traffic)" in "\n".join(blocks)
+    metric = loop_metrics(record)["loop/ips_minus_no_ips_across_seeds"]
+    assert metric["value"] == pytest.approx(0.02 / 3)
+    assert "loop/ips_minus_no_ips_across_seeds" not in loop_metrics(runs[0])
