@@ -342,8 +342,8 @@ def replicate_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Across runs of different seeds (each its own subset, traffic and training draws): the
     mean of each run's last-round IPS − unweighted dev NDCG@10 and its standard error over the
     runs. A run's paired standard error counts its dev queries only; what a second run of the
-    same seedless setting would draw (which lists were explored, the training's randomness,
-    the gate's coin flips) shows only across runs."""
+    same setting draws differently (which lists are explored, the training's randomness, the
+    gate's decisions) shows only across runs."""
 
     def across(values: list[float]) -> dict[str, Any]:
         v = np.array(values, dtype=np.float64)
