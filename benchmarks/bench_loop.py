@@ -77,9 +77,9 @@ class LoopOptions:
 
     def __post_init__(self) -> None:
         ShopperModel(noise=self.click_noise)  # validates 0 <= noise < 1 before any work
-        n = self.skip_negatives
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"skip_negatives must be an integer >= 0, got {n!r}")
+        from engine.learning.round import TrainSettings
+
+        TrainSettings(skip_negatives=self.skip_negatives)  # validates it the round's way
 
 
 PRESETS = {
