@@ -11,7 +11,11 @@ without it; the zero-shot model is the reference line (``--label-trained DIR`` a
 trained on the labels as a second one). A third reference, the loop's ceiling, fine-tunes the
 zero-shot model with the loop's own recipe (rounds x steps, batch, learning rate) on the traffic
 queries' judgments themselves: what the loop would learn if every shopper's click were the truth,
-from the same queries (``--no-ceiling`` skips it).
+from the same queries (``--no-ceiling`` skips it). With ``--lexical-dim N`` every round's
+challenger (and the ceiling) carries the trigram sketch that the label-trained recipe appends to
+its towers, its weight fitted on held-out queries of the round's own logs; a fourth reference,
+the zero-shot towers with the sketch the IPS loop ended with, then separates what the sketch
+gives from what the fine-tuning on clicks adds.
 
 The catalog of a preset is a subset of the 54,667 Home Depot items, so it embeds in minutes on
 a CPU: every item judged for the preset's dev, traffic and gate queries, plus random
@@ -22,7 +26,7 @@ Appends one JSON line to ``OUT/loop.jsonl`` and draws ``OUT/loop.png``.
 ``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--sessions N] [--steps N]
 [--traffic-queries N] [--threads N] [--seed S] [--replicates N] [--out DIR]
 [--label-trained DIR] [--explore-share P] [--gate judged|ips|both] [--min-ips-gain X]
-[--click-noise P] [--skip-negatives N] [--no-ceiling]``
+[--click-noise P] [--skip-negatives N] [--lexical-dim N] [--no-ceiling]``
 """
 
 from __future__ import annotations
@@ -74,12 +78,14 @@ class LoopOptions:
     click_noise: float = ShopperModel().noise  # the shoppers' click rate on irrelevant hits
     ceiling: bool = True  # train the ceiling reference (the traffic queries' judgments)
     skip_negatives: int = 0  # per pair, skip-above items as extra negatives (ceiling: grade 0)
+    lexical_dim: int = 0  # the challengers' trigram sketch (0 = none), its weight fitted per round
 
     def __post_init__(self) -> None:
         ShopperModel(noise=self.click_noise)  # validates 0 <= noise < 1 before any work
         from engine.learning.round import TrainSettings
 
-        TrainSettings(skip_negatives=self.skip_negatives)  # validates it the round's way
+        # validates both the round's way
+        TrainSettings(skip_negatives=self.skip_negatives, lexical_dim=self.lexical_dim)
 
 
 PRESETS = {
@@ -237,7 +243,7 @@ def run_loop(
             max_steps=preset.max_steps, batch_size=preset.batch_size, lr=preset.lr,
             max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS,
             num_threads=preset.threads, skip_negatives=options.skip_negatives,
-            export_onnx=False, seed=seed,
+            lexical_dim=options.lexical_dim, export_onnx=False, seed=seed,
         ),
         vector_cache=cache,
     )  # fmt: skip
@@ -304,7 +310,7 @@ def run_loop(
             )  # fmt: skip
     finally:
         server.stop(0)
-    return {"propensity_weighting": weighting, "rounds": rounds}
+    return {"propensity_weighting": weighting, "rounds": rounds, "model": str(config.model)}
 
 
 def train_ceiling(
@@ -314,9 +320,13 @@ def train_ceiling(
     work: Path,
     seed: int,
     skip_negatives: int = 0,
+    lexical_dim: int = 0,
 ) -> Path:
     """The loop's recipe (all rounds' steps in one run) on the traffic queries' judgments;
-    ``skip_negatives`` per pair from their grade-0 items, as the loop draws its skips."""
+    ``skip_negatives`` per pair from their grade-0 items, as the loop draws its skips; a
+    ``lexical_dim`` sketch with its weight fitted on held-out traffic queries, as a round fits
+    it on held-out queries of its window."""
+    from engine.learning.round import LEXICAL_HOLDOUT
     from trainer.training.config import DatasetSpec, TrainConfig
     from trainer.training.run import train
 
@@ -332,9 +342,26 @@ def train_ceiling(
             max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS, checkpoint_every=0,
             checkpoint_dir=work / "ceiling-checkpoints", seed=seed, num_threads=preset.threads,
             export_onnx=False, progress=False, fast_query_tower="none",
+            lexical_dim=lexical_dim, holdout_fraction=LEXICAL_HOLDOUT if lexical_dim else 0.0,
         )
     )  # fmt: skip
     shutil.rmtree(work / "ceiling-checkpoints", ignore_errors=True)
+    return out
+
+
+def with_sketch(towers: Path, sketched: Path, out: Path) -> Path | None:
+    """A model dir at ``out``: the towers of ``towers`` with the trigram sketch (settings and
+    IDF table) of ``sketched``; None when ``sketched`` has no sketch."""
+    from trainer.encoder.model_dir import read_model_info, write_model_info
+    from trainer.encoder.trigram import LEXICAL_FILE
+
+    lexical = read_model_info(sketched).lexical
+    if lexical is None:
+        return None
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(towers, out)
+    write_model_info(out, replace(read_model_info(towers), lexical=lexical, fingerprint=""))
+    shutil.copy2(sketched / LEXICAL_FILE, out / LEXICAL_FILE)
     return out
 
 
@@ -418,7 +445,9 @@ def run(
         results["label_trained"] = {"model": str(label_trained), "dev_ndcg@10": mean,
                                     "dev_ndcg@10_stderr": se}  # fmt: skip
     if options.ceiling:
-        model = train_ceiling(subset, zero_shot, preset, work, seed, options.skip_negatives)
+        model = train_ceiling(
+            subset, zero_shot, preset, work, seed, options.skip_negatives, options.lexical_dim
+        )
         mean, se, ceiling_pq = dev_ndcg(model, catalog, dev, cache)
         results["ceiling"] = {"model": str(model), "dev_ndcg@10": mean, "dev_ndcg@10_stderr": se}
     for name, weighting in (("ips", True), ("no_ips", False)):
@@ -426,6 +455,12 @@ def run(
             name, weighting, subset, zero_shot, preset, work, cache, seed, options
         )
     last = {n: results[n]["rounds"][-1].pop("_per_query") for n in ("ips", "no_ips")}
+    sketched = with_sketch(zero_shot, Path(results["ips"]["model"]), work / "zero-shot-sketch")
+    if sketched is not None:  # what the IPS loop's final sketch gives the zero-shot towers alone
+        mean, se, sketch_pq = dev_ndcg(sketched, catalog, dev, cache)
+        results["zero_shot_sketch"] = {"model": str(sketched), "dev_ndcg@10": mean,
+                                       "dev_ndcg@10_stderr": se}  # fmt: skip
+        results["ips_minus_zero_shot_sketch_last_round"] = paired_difference(last["ips"], sketch_pq)
     for n in ("ips", "no_ips"):
         for row in results[n]["rounds"]:
             row.pop("_per_query", None)
@@ -518,6 +553,15 @@ def main(argv: list[str] | None = None) -> int:
         "negatives (the ceiling: N grade-0 items); default 0",
     )
     parser.add_argument(
+        "--lexical-dim",
+        type=int,
+        default=0,
+        metavar="N",
+        help="as aisle-learn round --lexical-dim: every challenger (and the ceiling) appends an "
+        "N-dim trigram sketch, its weight fitted on held-out queries; adds the reference "
+        "'zero-shot towers + the IPS loop's sketch' (default 0: none)",
+    )
+    parser.add_argument(
         "--replicates",
         type=int,
         default=1,
@@ -549,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         click_noise=args.click_noise,
         ceiling=not args.no_ceiling,
         skip_negatives=args.skip_negatives,
+        lexical_dim=args.lexical_dim,
     )
     from benchmarks.report.loop import draw_loop
 

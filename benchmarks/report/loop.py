@@ -30,6 +30,12 @@ def draw_loop(record: Record, path: Path) -> None:
     trained = r.get("label_trained")
     if isinstance(trained, Mapping):
         ax.axhline(trained["dev_ndcg@10"], color="green", linestyle=":", label="label-trained")
+    sketch = r.get("zero_shot_sketch")
+    if isinstance(sketch, Mapping):
+        ax.axhline(
+            sketch["dev_ndcg@10"], color="orange", linestyle=":",
+            label="zero-shot towers + the IPS loop's trigram sketch",
+        )  # fmt: skip
     ceiling = r.get("ceiling")
     if isinstance(ceiling, Mapping):
         ax.axhline(
@@ -73,6 +79,15 @@ def loop_section(ctx: Context) -> tuple[list[str], list[Figure]]:
             f"Ceiling (the loop's recipe trained on the traffic queries' own judgments): "
             f"{fmt(ceiling.get('dev_ndcg@10'))} ± {fmt(ceiling.get('dev_ndcg@10_stderr'))}; "
             f"the IPS-weighted loop closed {fmt(closed)} of the zero-shot → ceiling gap."
+        )
+    sketch = r.get("zero_shot_sketch") or {}
+    if sketch:
+        diff = r.get("ips_minus_zero_shot_sketch_last_round") or {}
+        blocks.append(
+            f"Zero-shot towers with the trigram sketch the IPS-weighted loop ended with: "
+            f"{fmt(sketch.get('dev_ndcg@10'))} ± {fmt(sketch.get('dev_ndcg@10_stderr'))}; "
+            f"what fine-tuning on the clicks adds beyond the sketch (IPS loop − it, paired): "
+            f"{fmt(diff.get('mean'))} ± {fmt(diff.get('stderr'))}."
         )
     rows: list[list[Any]] = []
     n = max((len((r.get(name) or {}).get("rounds") or []) for name, _ in LOOPS), default=0)
@@ -118,6 +133,8 @@ def loop_metrics(record: Record) -> Metrics:
     put_metric(out, "loop/no_ips_dev_ndcg@10", _last(r, "no_ips"), "higher")
     ceiling = (r.get("ceiling") or {}).get("dev_ndcg@10")
     put_metric(out, "loop/ceiling_dev_ndcg@10", ceiling, "higher")
+    sketch = (r.get("zero_shot_sketch") or {}).get("dev_ndcg@10")
+    put_metric(out, "loop/zero_shot_sketch_dev_ndcg@10", sketch, "higher")
     across = ((r.get("replicates") or {}).get("ips_minus_no_ips") or {}).get("mean")
     put_metric(out, "loop/ips_minus_no_ips_across_seeds", across, "higher")
     put_metric(

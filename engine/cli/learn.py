@@ -272,6 +272,20 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
         help="per engaged pair, N of its query's skip-above items join the softmax as negatives "
         "(default 0: in-batch negatives only)",
     )
+    parser.add_argument(
+        "--lexical-dim",
+        type=int,
+        metavar="N",
+        help="the challenger's trigram sketch, as aisle-train's: N dims appended to both towers' "
+        "vectors (0 = none; default: the champion's, none if it has none)",
+    )
+    parser.add_argument(
+        "--lexical-weight",
+        type=float,
+        metavar="W",
+        help="the sketch's weight (default: fitted on 10%% of the window's queries, held out of "
+        "training, their engaged items as judgments)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument(
@@ -331,6 +345,8 @@ def run_round_command(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             skip_negatives=args.skip_negatives,
+            lexical_dim=args.lexical_dim,
+            lexical_weight=args.lexical_weight,
             seed=args.seed,
             num_threads=args.threads,
             export_onnx=not args.no_onnx,

@@ -51,11 +51,15 @@ from engine.search.snapshot import MODELS_DIR
 from indexer.storage.faults import fault_point
 from indexer.storage.layout import IndexRoot, resolve_version_dir
 from indexer.storage.manifest import load_manifest
+from trainer.encoder.trigram import DEFAULT_BUCKETS, DEFAULT_HASHES, check_lexical_settings
 from trainer.io import atomic_path, fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
 STEPS = ("dataset", "train", "gate", "build", "reload", "ledger")
+# Share of the window's queries held out of training to fit the sketch's weight on (when the
+# challenger has a trigram sketch and no fixed weight).
+LEXICAL_HOLDOUT = 0.1
 ROUNDS_DIR = "rounds"
 STATE_NAME = "state.json"
 
@@ -70,7 +74,13 @@ class TrainSettings:
     the rest keep their defaults). ``feedback_weight`` is how often feedback batches are drawn
     relative to the labeled data's. ``skip_negatives`` per pair are drawn from its query's
     skip-above items (and the labeled data's grade-0 items) as extra negatives in the softmax;
-    0 = in-batch negatives only. Nothing is mined from the champion's rankings."""
+    0 = in-batch negatives only. Nothing is mined from the champion's rankings.
+
+    ``lexical_dim``: the challenger's trigram sketch (``trainer.encoder.trigram``, appended to
+    both towers' vectors as the label-trained recipe does): None = the champion's (none if it
+    has none), 0 = none, N >= 8 = N dims. ``lexical_weight``: its weight; None = fitted after
+    training on the ``LEXICAL_HOLDOUT`` share of the window's queries, held out of training
+    (their engaged items as the judgments: learned from the logs, no labels)."""
 
     max_steps: int = 200
     batch_size: int = 32
@@ -79,6 +89,8 @@ class TrainSettings:
     max_item_length: int = 64
     feedback_weight: float = 1.0
     skip_negatives: int = 0
+    lexical_dim: int | None = None
+    lexical_weight: float | None = None
     seed: int = 0
     num_threads: int | None = None
     export_onnx: bool = True
@@ -98,6 +110,20 @@ class TrainSettings:
         n = self.skip_negatives
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"skip_negatives must be an integer >= 0, got {n!r}")
+        d = self.lexical_dim
+        if d != 0 and (d is not None or self.lexical_weight is not None):  # the trainer's check
+            check_lexical_settings({
+                "dim": 8 if d is None else d,
+                "weight": 1.0 if self.lexical_weight is None else self.lexical_weight,
+                "hashes": DEFAULT_HASHES, "buckets": DEFAULT_BUCKETS,
+            }, "lexical")  # fmt: skip
+        if self.lexical_weight is not None and d == 0:
+            raise ValueError("lexical_weight needs a sketch: lexical_dim is 0")
+        if self.dp_epsilon is not None and d and self.lexical_weight is None:
+            raise ValueError(
+                "--dp-epsilon: fitting the sketch's weight on held-out shoppers' queries is not "
+                "private; give --lexical-weight"
+            )
         if self.dp_epsilon is not None and self.skip_negatives:
             raise ValueError("--dp-epsilon scores every catalog item: no skip negatives")
         if not self.lr > 0 or not self.feedback_weight > 0:
@@ -341,6 +367,13 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
     if tmp.exists():
         shutil.rmtree(tmp)
     settings = config.train
+    champion = read_model_info(config.model)
+    lexical_dim, lexical_weight = settings.lexical_dim, settings.lexical_weight
+    if lexical_dim is None:  # the champion's sketch, if it has one
+        lexical_dim = int((champion.lexical or {}).get("dim", 0))
+        if lexical_weight is None and settings.dp_epsilon is not None and lexical_dim:
+            lexical_weight = float(champion.lexical["weight"])  # a fit would not be private
+    fit_weight = bool(lexical_dim) and lexical_weight is None
     shutil.rmtree(work / "checkpoints", ignore_errors=True)  # a crashed run's: start afresh
     train(
         TrainConfig(
@@ -362,7 +395,10 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
             export_onnx=settings.export_onnx,
             progress=False,
             # a champion from a DP-SGD round has separate towers; keep what it has
-            shared_towers=read_model_info(config.model).shared_towers,
+            shared_towers=champion.shared_towers,
+            lexical_dim=lexical_dim,
+            lexical_weight=lexical_weight if lexical_dim else None,
+            holdout_fraction=LEXICAL_HOLDOUT if fit_weight else 0.0,
             dp_epsilon=settings.dp_epsilon,
             dp_delta=settings.dp_delta,
             dp_max_grad_norm=settings.dp_max_grad_norm,

@@ -45,6 +45,23 @@ def test_the_ceiling_is_reported_drawn_and_a_metric(tmp_path: Path) -> None:
     assert metrics["loop/ips_minus_no_ips"] == {"value": -0.01, "better": "higher"}
 
 
+def test_the_sketch_reference_is_reported_drawn_and_a_metric(tmp_path: Path) -> None:
+    record = loop_record(with_ceiling=False)
+    record["results"]["zero_shot_sketch"] = {"dev_ndcg@10": 0.53, "dev_ndcg@10_stderr": 0.02}
+    record["results"]["ips_minus_zero_shot_sketch_last_round"] = {"mean": 0.01, "stderr": 0.004}
+    blocks, figures = loop_section(Context(record, tmp_path / "fig", tmp_path))
+    text = "\n".join(blocks)
+    assert "the trigram sketch the IPS-weighted loop ended with: 0.53 ± 0.02" in text
+    assert "(IPS loop − it, paired): 0.01 ± 0.004" in text
+    assert figures[0].path.read_bytes().startswith(PNG_MAGIC)
+    metrics = loop_metrics(record)
+    assert metrics["loop/zero_shot_sketch_dev_ndcg@10"] == {"value": 0.53, "better": "higher"}
+    plain = loop_record(with_ceiling=False)  # without the sketch: nothing of it
+    blocks, _ = loop_section(Context(plain, tmp_path / "fig2", tmp_path))
+    assert "trigram sketch" not in "\n".join(blocks)
+    assert "loop/zero_shot_sketch_dev_ndcg@10" not in loop_metrics(plain)
+
+
 def test_a_run_without_the_ceiling_says_nothing_of_it(tmp_path: Path) -> None:
     record = loop_record(with_ceiling=False)
     blocks, _ = loop_section(Context(record, tmp_path / "fig", tmp_path))

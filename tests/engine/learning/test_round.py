@@ -21,13 +21,20 @@ from engine.client import AisleClient
 from engine.learning import ledger
 from engine.learning.gate import GateThresholds
 from engine.learning.rollback import rollback
-from engine.learning.round import STEPS, RoundConfig, RoundFault, TrainSettings, run_round
+from engine.learning.round import (
+    LEXICAL_HOLDOUT,
+    STEPS,
+    RoundConfig,
+    RoundFault,
+    TrainSettings,
+    run_round,
+)
 from engine.learning.simulator import ShopperModel, shop
 from engine.server import ServerConfig, create_server
 from indexer.build.config import BuildConfig
 from indexer.build.local import build_index
 from indexer.storage.layout import IndexRoot
-from trainer.encoder.model_dir import model_fingerprint
+from trainer.encoder.model_dir import model_fingerprint, read_model_info
 
 FAULT_POINTS = [p for step in STEPS for p in (step, f"{step}:written")]
 
@@ -223,6 +230,17 @@ def test_bad_input_is_refused_with_the_field(tmp_path, setup):
             TrainSettings(skip_negatives=bad)
     with pytest.raises(ValueError, match="no skip negatives"):
         TrainSettings(skip_negatives=1, dp_epsilon=4.0)
+    for bad in (4, -1, True, 5000):
+        with pytest.raises(ValueError, match=r"lexical\.dim"):
+            TrainSettings(lexical_dim=bad)
+    for bad in (0.0, -1.0, float("nan"), 101.0):
+        with pytest.raises(ValueError, match=r"lexical\.weight"):
+            TrainSettings(lexical_dim=16, lexical_weight=bad)
+    with pytest.raises(ValueError, match="lexical_dim is 0"):
+        TrainSettings(lexical_dim=0, lexical_weight=0.5)
+    with pytest.raises(ValueError, match="not private"):
+        TrainSettings(lexical_dim=16, dp_epsilon=4.0)
+    TrainSettings(lexical_dim=16, lexical_weight=0.5, dp_epsilon=4.0)
     config_for(root, None, server, tmp_path, thresholds=GateThresholds(gate="ips"))
 
 
@@ -270,12 +288,14 @@ def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
         ["--dp-epsilon", "4", "--dp-trainable-layers", "1"],
         ["--dp-logq-epsilon", "1"],
         ["--skip-negatives", "1"],
+        ["--lexical-dim", "16"],
     ],
 )
 def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
     """`aisle-learn round --dp-*`: the challenger is trained under the budget (DP-SGD, or the
     feedback dataset's noisy logQ) and its training_metrics.json says so; `--skip-negatives`:
-    the skip-above items are its negatives, nothing is mined."""
+    the skip-above items are its negatives, nothing is mined; `--lexical-dim`: the challenger
+    carries a trigram sketch whose weight was fitted on the window's held-out queries."""
     from engine.cli.learn import main as learn_main
 
     root, judged, server, tmp_path = setup
@@ -290,7 +310,14 @@ def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
     (model,) = (tmp_path / "models").glob("round-*")
     metrics = json.loads((model / "training_metrics.json").read_text())
     privacy = metrics["privacy"]
-    if flags[0] == "--skip-negatives":
+    if flags[0] == "--lexical-dim":
+        info = read_model_info(model)
+        assert info.lexical["dim"] == 16 and (model / "lexical_tower.safetensors").is_file()
+        assert metrics["config"]["holdout_fraction"] == LEXICAL_HOLDOUT > 0
+        fit = metrics["lexical"]["weight_fit_ndcg@10"]  # NDCG@10 per weight, held-out queries
+        assert set(fit) >= {"0", "1"} and info.lexical["weight"] in {float(w) for w in fit}
+        assert privacy is None
+    elif flags[0] == "--skip-negatives":
         assert metrics["config"]["hard_negatives"] == 1 and metrics["config"]["mine"] is False
         assert privacy is None
     elif flags[0] == "--dp-epsilon":
