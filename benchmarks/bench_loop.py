@@ -11,11 +11,12 @@ without it; the zero-shot model is the reference line (``--label-trained DIR`` a
 trained on the labels as a second one). A third reference, the loop's ceiling, fine-tunes the
 zero-shot model with the loop's own recipe (rounds x steps, batch, learning rate) on the traffic
 queries' judgments themselves: what the loop would learn if every shopper's click were the truth,
-from the same queries (``--no-ceiling`` skips it). With ``--lexical-dim N`` every round's
-challenger (and the ceiling) carries the trigram sketch that the label-trained recipe appends to
-its towers, its weight fitted on held-out queries of the round's own logs; a fourth reference,
-the zero-shot towers with the sketch the IPS loop ended with, then separates what the sketch
-gives from what the fine-tuning on clicks adds.
+from the same queries (``--no-ceiling`` skips it). Every round's challenger (and the ceiling)
+carries the trigram sketch that the label-trained recipe appends to its towers (``--lexical-dim
+N``, 256 by default as in the house's training configs; 0 = none), its weight fitted on
+held-out queries of the round's own logs; a fourth reference, the zero-shot towers with the
+sketch the IPS loop ended with, separates what the sketch gives from what the fine-tuning on
+clicks adds.
 
 The catalog of a preset is a subset of the 54,667 Home Depot items, so it embeds in minutes on
 a CPU: every item judged for the preset's dev, traffic and gate queries, plus random
@@ -78,7 +79,9 @@ class LoopOptions:
     click_noise: float = ShopperModel().noise  # the shoppers' click rate on irrelevant hits
     ceiling: bool = True  # train the ceiling reference (the traffic queries' judgments)
     skip_negatives: int = 0  # per pair, skip-above items as extra negatives (ceiling: grade 0)
-    lexical_dim: int = 0  # the challengers' trigram sketch (0 = none), its weight fitted per round
+    # the challengers' trigram sketch (0 = none), its weight fitted per round; 256 as the house's
+    # training configs (benchmarks/configs/train_*.toml), the label-trained reference among them
+    lexical_dim: int = 256
 
     def __post_init__(self) -> None:
         ShopperModel(noise=self.click_noise)  # validates 0 <= noise < 1 before any work
@@ -555,11 +558,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lexical-dim",
         type=int,
-        default=0,
+        default=LoopOptions.lexical_dim,
         metavar="N",
         help="as aisle-learn round --lexical-dim: every challenger (and the ceiling) appends an "
         "N-dim trigram sketch, its weight fitted on held-out queries; adds the reference "
-        "'zero-shot towers + the IPS loop's sketch' (default 0: none)",
+        f"'zero-shot towers + the IPS loop's sketch' (default {LoopOptions.lexical_dim}, as "
+        "the house's training configs; 0: none)",
     )
     parser.add_argument(
         "--replicates",
