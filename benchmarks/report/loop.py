@@ -10,6 +10,12 @@ from benchmarks.report.figures import Context, Figure, own_or_drawn, pyplot, sav
 from benchmarks.report.format import Metrics, Record, config_line, fmt, md_table, put_metric
 
 LOOPS = (("ips", "loop, IPS-weighted"), ("no_ips", "loop, unweighted"))
+# Reference lines of the plot: results key, colour, line style, legend label.
+REFERENCES = (
+    ("label_trained", "green", ":", "label-trained"),
+    ("zero_shot_sketch", "orange", ":", "zero-shot towers + the IPS loop's trigram sketch"),
+    ("ceiling", "purple", "-.", "ceiling: the loop's recipe on the traffic queries' labels"),
+)
 
 
 def draw_loop(record: Record, path: Path) -> None:
@@ -27,21 +33,10 @@ def draw_loop(record: Record, path: Path) -> None:
         ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
     if zero is not None:
         ax.axhline(zero, color="gray", linestyle="--", label="zero-shot")
-    trained = r.get("label_trained")
-    if isinstance(trained, Mapping):
-        ax.axhline(trained["dev_ndcg@10"], color="green", linestyle=":", label="label-trained")
-    sketch = r.get("zero_shot_sketch")
-    if isinstance(sketch, Mapping):
-        ax.axhline(
-            sketch["dev_ndcg@10"], color="orange", linestyle=":",
-            label="zero-shot towers + the IPS loop's trigram sketch",
-        )  # fmt: skip
-    ceiling = r.get("ceiling")
-    if isinstance(ceiling, Mapping):
-        ax.axhline(
-            ceiling["dev_ndcg@10"], color="purple", linestyle="-.",
-            label="ceiling: the loop's recipe on the traffic queries' labels",
-        )  # fmt: skip
+    for key, color, style, label in REFERENCES:
+        ref = r.get(key)
+        if isinstance(ref, Mapping):
+            ax.axhline(ref["dev_ndcg@10"], color=color, linestyle=style, label=label)
     ax.set_xlabel("round (0 = zero-shot start)")
     ax.set_ylabel("Home Depot dev NDCG@10")
     config = record.get("config") or {}
