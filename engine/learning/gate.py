@@ -43,7 +43,7 @@ import numpy as np
 
 from trainer.data.catalog import Catalog
 from trainer.data.labels import Labels
-from trainer.evaluation.metrics import evaluate_rankings
+from trainer.evaluation.metrics import evaluate_rankings, weighted_dcg
 from trainer.evaluation.search import exact_search
 from trainer.evaluation.vector_cache import catalog_vectors
 from trainer.text import query_text
@@ -140,7 +140,8 @@ def decide(
 
 
 def ips_dcg(ranks: np.ndarray, propensities: np.ndarray, clip: float, k: int = CUTOFF) -> float:
-    """Self-normalised inverse-propensity DCG@k of engaged items.
+    """Self-normalised inverse-propensity DCG@k of engaged items (``weighted_dcg`` with weights
+    ``min(1 / propensity, clip)``).
 
     Args:
         ranks: (n,) int64 1-based rank the model gives each engaged item; 0 or > k = a miss.
@@ -150,16 +151,10 @@ def ips_dcg(ranks: np.ndarray, propensities: np.ndarray, clip: float, k: int = C
     Returns:
         The weighted mean gain in [0, 1]; NaN for n = 0.
     """
-    ranks = np.asarray(ranks, dtype=np.int64)
-    if len(ranks) == 0:
-        return float("nan")
     p = np.asarray(propensities, dtype=np.float64)
-    if p.shape != ranks.shape or np.any(~np.isfinite(p)) or np.any(p <= 0):
+    if p.shape != np.shape(ranks) or np.any(~np.isfinite(p)) or np.any(p <= 0):
         raise ValueError("propensities must be finite, > 0 and one per rank")
-    weights = np.minimum(1.0 / p, clip)  # (n,)
-    hit = (ranks >= 1) & (ranks <= k)
-    gains = np.where(hit, 1.0 / np.log2(1.0 + np.maximum(ranks, 1)), 0.0)  # (n,)
-    return float(np.sum(weights * gains) / np.sum(weights))
+    return weighted_dcg(ranks, np.minimum(1.0 / p, clip), k)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,65 @@ def ndcg_at_k(ranking: Sequence[str], gains: Mapping[str, float], k: int) -> flo
     return dcg(gains.get(item_id, 0.0) for item_id in _top(ranking, k)) / ideal
 
 
+def weighted_dcg(ranks: np.ndarray, weights: np.ndarray, k: int = 10) -> float:
+    """Self-normalised weighted DCG@k of judged items, over any number of queries.
+
+    With clicks weighted by their inverse examination propensity this is the IPS estimate of
+    the DCG@k of clicked items (Joachims et al., "Unbiased Learning-to-Rank with Biased
+    Feedback", WSDM 2017): a click from a position few shoppers examined stands in for the
+    unseen ones, so it counts for more.
+
+    Args:
+        ranks: (n,) 1-based rank a ranker gives each judged item; 0 or > k = a miss.
+        weights: (n,) finite weights > 0, one per item.
+
+    Returns:
+        ``sum_i w_i / log2(1 + r_i)`` over the hits, divided by ``sum_i w_i``: in [0, 1];
+        NaN for n = 0.
+    """
+    _check_k(k)
+    ranks = np.asarray(ranks, dtype=np.int64)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != ranks.shape or ranks.ndim != 1:
+        raise ValueError(f"ranks and weights must be two (n,) arrays, got {ranks.shape}, {w.shape}")
+    if len(ranks) == 0:
+        return float("nan")
+    if np.any(~np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError("weights must be finite and > 0")
+    hit = (ranks >= 1) & (ranks <= k)
+    gains = np.where(hit, 1.0 / np.log2(1.0 + np.maximum(ranks, 1)), 0.0)  # (n,)
+    return float(np.sum(w * gains) / np.sum(w))
+
+
+def weighted_dcg_at_k(
+    rankings: Mapping[str, Sequence[str]], labels: Labels, gains: str | Mapping[int, float], k: int
+) -> float:
+    """``weighted_dcg`` of every judged item with a positive gain, over all queries, each
+    weighted by its ``Labels.weight`` times its gain: for judgments learned from logs (weight =
+    action weight x inverse propensity) the IPS estimate of DCG@k. Unlike NDCG, a query's weights
+    do not cancel out (one click at a deep position still counts for more than one at the top).
+
+    Args:
+        rankings: query_id → item ids, best first; every judged query needs one.
+        labels: the judgments and their weights (1.0 where a row gave none).
+        gains: grade → gain, or a name in ``GAIN_TABLES``.
+
+    Returns:
+        In [0, 1]; NaN when no judged item has a positive gain.
+    """
+    table = resolve_gains(gains)
+    ranks, weights = [], []
+    for query_id, judged in labels.judgments.items():
+        if query_id not in rankings:
+            raise ValueError(f"judged query {query_id!r} has no ranking")
+        top = list(_top(rankings[query_id], k))
+        for item_id, gain in item_gains(judged, table).items():
+            if gain > 0:
+                ranks.append(top.index(item_id) + 1 if item_id in top else 0)
+                weights.append(labels.weight(query_id, item_id) * gain)
+    return weighted_dcg(np.asarray(ranks, dtype=np.int64), np.asarray(weights, np.float64), k)
+
+
 def recall_at_k(ranking: Sequence[str], relevant: Collection[str], k: int) -> float | None:
     """Share of ``relevant`` items in the top k of ``ranking``; ``None`` if none is relevant."""
     _check_k(k)

@@ -15,7 +15,7 @@ import numpy as np
 from trainer.data.catalog import Catalog
 from trainer.encoder.trigram import DEFAULT_WEIGHT, WEIGHT_GRID, LexicalSketch
 from trainer.encoder.user import DECAY_GRID
-from trainer.evaluation.metrics import evaluate_rankings
+from trainer.evaluation.metrics import evaluate_rankings, weighted_dcg_at_k
 from trainer.evaluation.recommend import evaluate_recommendation
 from trainer.evaluation.search import exact_search
 from trainer.training.batches import item_texts
@@ -32,6 +32,8 @@ from trainer.training.model import TwoTowerModel
 from trainer.training.prepare import PreparedDataset
 
 logger = logging.getLogger(__name__)
+
+LEXICAL_FIT_K = 10  # weighted_dcg_at_k's cutoff in the sketch's weight fit, as EARLY_STOP_METRIC
 
 
 class Selection:
@@ -209,9 +211,17 @@ class Selection:
         """The trigram sketch to export, on rank 0 once the best weights are loaded: IDF over
         every dataset's item texts; the weight from the config, or the one of ``WEIGHT_GRID``
         with the best weighted NDCG@10 on the search eval queries (ties: the smaller weight).
+        Eval labels that carry per-judgment ``weight``s (labels learned from logs: action
+        weight x clipped inverse propensity) are scored by ``weighted_dcg_at_k`` instead, over all
+        their judged items with those weights times the gain: the IPS estimate of DCG@10, in
+        which a click from a position few shoppers examined counts for more. Per-query NDCG
+        would cancel the weights of a query's lone click, and the held-out clicks were found in
+        the serving model's own top 10, so unweighted they favour its ranking. The weights are
+        training's: a round without propensity weighting fits on its raw engagement.
 
         Returns:
-            (the sketch, NDCG@10 per weight tried; "0" is the BERT towers alone).
+            (the sketch, NDCG@10, or for weighted labels the weighted DCG@10, per weight tried;
+            "0" is the BERT towers alone).
         """
         cfg = self.config
         texts_of: dict[str, list[str]] = {}  # catalog path → item texts, each catalog once
@@ -258,8 +268,11 @@ class Selection:
                     np.hstack([xq, root * lq]), np.hstack([xb, root * lb]), max(SEARCH_EVAL_KS)
                 )
                 rankings = {q: ids[I[i]].tolist() for i, q in enumerate(labels.queries)}
-                report = evaluate_rankings(rankings, labels, gains, grade, SEARCH_EVAL_KS)
-                score += w * report.metrics[EARLY_STOP_METRIC].mean
+                if labels.weights:
+                    score += w * weighted_dcg_at_k(rankings, labels, gains, LEXICAL_FIT_K)
+                else:
+                    report = evaluate_rankings(rankings, labels, gains, grade, SEARCH_EVAL_KS)
+                    score += w * report.metrics[EARLY_STOP_METRIC].mean
                 total += w
             fit[f"{weight:g}"] = score / total
             if weight > 0 and score / total > best_score:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from trainer.data.labels import Labels
@@ -23,6 +24,8 @@ from trainer.evaluation.metrics import (
     relevant_items,
     resolve_gains,
     summarize,
+    weighted_dcg,
+    weighted_dcg_at_k,
 )
 
 LOG2_3 = math.log2(3)
@@ -179,6 +182,42 @@ def test_evaluate_rankings_errors() -> None:
         evaluate_rankings(RANKINGS, JUDGMENTS, "esci", 3, ())
     with pytest.raises(ValueError, match="task"):
         evaluate_rankings(RANKINGS, JUDGMENTS, "esci", 3, task="ranking")
+
+
+def test_weighted_dcg_by_hand() -> None:
+    # hits at ranks 1 and 3 with weights 1 and 4, a miss (rank 0) and one past k (rank 11)
+    ranks, weights = np.array([1, 3, 0, 11]), np.array([1.0, 4.0, 2.0, 3.0])
+    assert weighted_dcg(ranks, weights, 10) == pytest.approx((1 + 4 / 2) / 10)
+    assert weighted_dcg(ranks, weights, 2) == pytest.approx(1 / 10)  # rank 3 is past k = 2
+    assert math.isnan(weighted_dcg(np.array([], dtype=np.int64), np.array([])))
+    with pytest.raises(ValueError, match="finite and > 0"):
+        weighted_dcg(np.array([1]), np.array([0.0]))
+    with pytest.raises(ValueError, match="two \\(n,\\) arrays"):
+        weighted_dcg(np.array([1, 2]), np.array([1.0]))
+    with pytest.raises(ValueError, match="k must be"):
+        weighted_dcg(ranks, weights, 0)
+
+
+def test_weighted_dcg_at_k_weights_do_not_cancel_within_a_query() -> None:
+    # Each query has one clicked item: NDCG would score both 1 / log2(3) and 1, whatever the
+    # weights; the weighted DCG counts q2's deep click (weight 9) nine times q1's.
+    labels = Labels(
+        queries={"q1": "a", "q2": "b"},
+        judgments={"q1": {"x": 2, "n": 0}, "q2": {"y": 2}},
+        path="feedback.jsonl",
+        weights={"q1": {"x": 1.0}, "q2": {"y": 9.0}},
+    )
+    rankings = {"q1": ["z", "x"], "q2": ["y", "x"]}
+    got = weighted_dcg_at_k(rankings, labels, "grade", 10)
+    # gains: grade 2 → 2 (the "grade" table), so weights 2 and 18; grade 0 is not counted
+    assert got == pytest.approx((2 / LOG2_3 + 18) / 20)
+    assert weighted_dcg_at_k({"q1": ["x"], "q2": ["x"]}, labels, "grade", 10) == pytest.approx(0.1)
+    unweighted = Labels(labels.queries, labels.judgments, "labels.jsonl")  # every weight 1
+    assert weighted_dcg_at_k(rankings, unweighted, "grade", 10) == pytest.approx(
+        (1 / LOG2_3 + 1) / 2
+    )
+    with pytest.raises(ValueError, match="'q2' has no ranking"):
+        weighted_dcg_at_k({"q1": ["x"]}, labels, "grade", 10)
 
 
 def test_report_json_and_table() -> None:

@@ -3,6 +3,7 @@ and the character-trigram sketch's weight (see trainer.encoder.user, trainer.enc
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from trainer.data.catalog import read_catalog
 from trainer.data.synthetic import write_synthetic_dataset
 from trainer.encoder.load import load_encoder
 from trainer.encoder.trigram import DEFAULT_WEIGHT
+from trainer.evaluation.metrics import weighted_dcg_at_k
 from trainer.training.config import DatasetSpec
 from trainer.training.run import train
 
@@ -124,3 +126,50 @@ def test_lexical_weight_falls_back_when_no_query_can_score_it(
     train(config)  # the trained weights are exported, not lost
     assert load_encoder(config.out).info.lexical["weight"] == DEFAULT_WEIGHT
     assert "no eval query could score a weight" in caplog.text
+
+
+def test_lexical_weight_fit_scores_weighted_labels_by_their_weights(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch
+) -> None:
+    """Labels learned from logs carry IPS weights: the sketch's weight is fitted on their
+    weighted DCG@10 (``weighted_dcg_at_k``), with the held-out judgments' own weights."""
+    import trainer.training.selection as selection
+
+    rng = np.random.default_rng(0)
+    with gzip.open(data["labels_train"], "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        row["weight"] = float(rng.uniform(1, 10))
+    weighted = tmp_path / "weighted.jsonl"
+    weighted.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    calls: list[tuple[object, float]] = []
+
+    def spy(rankings, labels, gains, k):
+        value = weighted_dcg_at_k(rankings, labels, gains, k)
+        calls.append((labels, value))
+        return value
+
+    monkeypatch.setattr(selection, "weighted_dcg_at_k", spy)
+    config = train_config(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        datasets=(DatasetSpec(catalog=data["products"], train=weighted),),
+        max_steps=1,
+        holdout_fraction=0.25,
+        lexical_dim=64,
+    )
+    train(config)
+    fit = json.loads((config.out / "training_metrics.json").read_text())["lexical"][
+        "weight_fit_ndcg@10"
+    ]
+    assert len(calls) == len(fit) == 9  # one score per weight tried, all weighted
+    given = {(r["query_id"], r["item_id"]): r["weight"] for r in rows}
+    held_out = calls[0][0]
+    assert 0 < len(held_out.judgments) < len({r["query_id"] for r in rows})
+    for query_id, judged in held_out.judgments.items():
+        for item_id in judged:
+            assert held_out.weight(query_id, item_id) == pytest.approx(given[query_id, item_id])
+    assert [value for _, value in calls] == pytest.approx(list(fit.values()))
+    chosen = load_encoder(config.out).info.lexical["weight"]
+    assert fit[f"{chosen:g}"] == max(v for key, v in fit.items() if key != "0")
