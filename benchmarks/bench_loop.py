@@ -27,7 +27,7 @@ Appends one JSON line to ``OUT/loop.jsonl`` and draws ``OUT/loop.png``.
 ``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--sessions N] [--steps N]
 [--traffic-queries N] [--threads N] [--seed S] [--replicates N] [--out DIR]
 [--label-trained DIR] [--explore-share P] [--gate judged|ips|both] [--min-ips-gain X]
-[--click-noise P] [--skip-negatives N] [--lexical-dim N] [--no-ceiling]``
+[--click-noise P] [--skip-negatives N] [--lexical-dim N] [--lexical-holdout F] [--no-ceiling]``
 """
 
 from __future__ import annotations
@@ -82,13 +82,18 @@ class LoopOptions:
     # the challengers' trigram sketch (0 = none), its weight fitted per round; 256 as the house's
     # training configs (benchmarks/configs/train_*.toml), the label-trained reference among them
     lexical_dim: int = 256
+    lexical_holdout: float = 0.1  # share of the queries held out to fit its weight (and ceiling's)
 
     def __post_init__(self) -> None:
         ShopperModel(noise=self.click_noise)  # validates 0 <= noise < 1 before any work
         from engine.learning.round import TrainSettings
 
         # validates both the round's way
-        TrainSettings(skip_negatives=self.skip_negatives, lexical_dim=self.lexical_dim)
+        TrainSettings(
+            skip_negatives=self.skip_negatives,
+            lexical_dim=self.lexical_dim,
+            lexical_holdout=self.lexical_holdout,
+        )
 
 
 PRESETS = {
@@ -246,7 +251,8 @@ def run_loop(
             max_steps=preset.max_steps, batch_size=preset.batch_size, lr=preset.lr,
             max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS,
             num_threads=preset.threads, skip_negatives=options.skip_negatives,
-            lexical_dim=options.lexical_dim, export_onnx=False, seed=seed,
+            lexical_dim=options.lexical_dim, lexical_holdout=options.lexical_holdout,
+            export_onnx=False, seed=seed,
         ),
         vector_cache=cache,
     )  # fmt: skip
@@ -324,12 +330,12 @@ def train_ceiling(
     seed: int,
     skip_negatives: int = 0,
     lexical_dim: int = 0,
+    lexical_holdout: float = 0.1,
 ) -> Path:
     """The loop's recipe (all rounds' steps in one run) on the traffic queries' judgments;
     ``skip_negatives`` per pair from their grade-0 items, as the loop draws its skips; a
-    ``lexical_dim`` sketch with its weight fitted on held-out traffic queries, as a round fits
-    it on held-out queries of its window."""
-    from engine.learning.round import LEXICAL_HOLDOUT
+    ``lexical_dim`` sketch with its weight fitted on the ``lexical_holdout`` share of the traffic
+    queries held out, as a round fits it on held-out queries of its window."""
     from trainer.training.config import DatasetSpec, TrainConfig
     from trainer.training.run import train
 
@@ -345,7 +351,7 @@ def train_ceiling(
             max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS, checkpoint_every=0,
             checkpoint_dir=work / "ceiling-checkpoints", seed=seed, num_threads=preset.threads,
             export_onnx=False, progress=False, fast_query_tower="none",
-            lexical_dim=lexical_dim, holdout_fraction=LEXICAL_HOLDOUT if lexical_dim else 0.0,
+            lexical_dim=lexical_dim, holdout_fraction=lexical_holdout if lexical_dim else 0.0,
         )
     )  # fmt: skip
     shutil.rmtree(work / "ceiling-checkpoints", ignore_errors=True)
@@ -449,8 +455,9 @@ def run(
                                     "dev_ndcg@10_stderr": se}  # fmt: skip
     if options.ceiling:
         model = train_ceiling(
-            subset, zero_shot, preset, work, seed, options.skip_negatives, options.lexical_dim
-        )
+            subset, zero_shot, preset, work, seed,
+            options.skip_negatives, options.lexical_dim, options.lexical_holdout,
+        )  # fmt: skip
         mean, se, ceiling_pq = dev_ndcg(model, catalog, dev, cache)
         results["ceiling"] = {"model": str(model), "dev_ndcg@10": mean, "dev_ndcg@10_stderr": se}
     for name, weighting in (("ips", True), ("no_ips", False)):
@@ -566,6 +573,15 @@ def main(argv: list[str] | None = None) -> int:
         "the house's training configs; 0: none)",
     )
     parser.add_argument(
+        "--lexical-holdout",
+        type=float,
+        default=LoopOptions.lexical_holdout,
+        metavar="F",
+        help="as aisle-learn round --lexical-holdout: share of each round's queries (and of the "
+        f"ceiling's traffic queries) held out to fit the sketch's weight (default "
+        f"{LoopOptions.lexical_holdout})",
+    )
+    parser.add_argument(
         "--replicates",
         type=int,
         default=1,
@@ -598,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         ceiling=not args.no_ceiling,
         skip_negatives=args.skip_negatives,
         lexical_dim=args.lexical_dim,
+        lexical_holdout=args.lexical_holdout,
     )
     from benchmarks.report.loop import draw_loop
 

@@ -283,8 +283,16 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
         "--lexical-weight",
         type=float,
         metavar="W",
-        help="the sketch's weight (default: fitted on 10%% of the window's queries, held out of "
-        "training, their engaged items as judgments)",
+        help="the sketch's weight (default: fitted on --lexical-holdout of the window's queries, "
+        "held out of training, their engaged items as judgments)",
+    )
+    parser.add_argument(
+        "--lexical-holdout",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of the window's queries held out of training to fit the sketch's weight on, "
+        "in (0, 0.5] (default 0.1; unused with --lexical-weight or no sketch)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -347,6 +355,7 @@ def run_round_command(args: argparse.Namespace) -> int:
             skip_negatives=args.skip_negatives,
             lexical_dim=args.lexical_dim,
             lexical_weight=args.lexical_weight,
+            lexical_holdout=args.lexical_holdout,
             seed=args.seed,
             num_threads=args.threads,
             export_onnx=not args.no_onnx,

@@ -57,8 +57,8 @@ from trainer.io import atomic_path, fsync_dir, write_atomic
 log = logging.getLogger(__name__)
 
 STEPS = ("dataset", "train", "gate", "build", "reload", "ledger")
-# Share of the window's queries held out of training to fit the sketch's weight on (when the
-# challenger has a trigram sketch and no fixed weight).
+# Default share of the window's queries held out of training to fit the sketch's weight on
+# (when the challenger has a trigram sketch and no fixed weight): TrainSettings.lexical_holdout.
 LEXICAL_HOLDOUT = 0.1
 ROUNDS_DIR = "rounds"
 STATE_NAME = "state.json"
@@ -79,7 +79,7 @@ class TrainSettings:
     ``lexical_dim``: the challenger's trigram sketch (``trainer.encoder.trigram``, appended to
     both towers' vectors as the label-trained recipe does): None = the champion's (none if it
     has none), 0 = none, N >= 8 = N dims. ``lexical_weight``: its weight; None = fitted after
-    training on the ``LEXICAL_HOLDOUT`` share of the window's queries, held out of training
+    training on the ``lexical_holdout`` share of the window's queries, held out of training
     (their engaged items as the judgments: learned from the logs, no labels)."""
 
     max_steps: int = 200
@@ -91,6 +91,7 @@ class TrainSettings:
     skip_negatives: int = 0
     lexical_dim: int | None = None
     lexical_weight: float | None = None
+    lexical_holdout: float = LEXICAL_HOLDOUT
     seed: int = 0
     num_threads: int | None = None
     export_onnx: bool = True
@@ -117,6 +118,9 @@ class TrainSettings:
                 "weight": 1.0 if self.lexical_weight is None else self.lexical_weight,
                 "hashes": DEFAULT_HASHES, "buckets": DEFAULT_BUCKETS,
             }, "lexical")  # fmt: skip
+        h = self.lexical_holdout
+        if isinstance(h, bool) or not isinstance(h, int | float) or not 0 < h <= 0.5:
+            raise ValueError(f"lexical_holdout must be in (0, 0.5], got {h!r}")
         if self.lexical_weight is not None and d == 0:
             raise ValueError("lexical_weight needs a sketch: lexical_dim is 0")
         if self.dp_epsilon is not None and d and self.lexical_weight is None:
@@ -398,7 +402,7 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
             shared_towers=champion.shared_towers,
             lexical_dim=lexical_dim,
             lexical_weight=lexical_weight if lexical_dim else None,
-            holdout_fraction=LEXICAL_HOLDOUT if fit_weight else 0.0,
+            holdout_fraction=settings.lexical_holdout if fit_weight else 0.0,
             dp_epsilon=settings.dp_epsilon,
             dp_delta=settings.dp_delta,
             dp_max_grad_norm=settings.dp_max_grad_norm,

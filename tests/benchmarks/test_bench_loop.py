@@ -44,3 +44,9 @@ def test_with_sketch_moves_the_sketch_onto_other_towers(tmp_path, tiny_model_dir
 def test_loop_options_refuse_a_bad_sketch_size(bad):
     with pytest.raises(ValueError, match=r"lexical\.dim"):
         LoopOptions(lexical_dim=bad)
+
+
+@pytest.mark.parametrize("bad", [0.0, 0.7])
+def test_loop_options_refuse_a_bad_sketch_holdout(bad):
+    with pytest.raises(ValueError, match="lexical_holdout must be in"):
+        LoopOptions(lexical_holdout=bad)

@@ -241,6 +241,9 @@ def test_bad_input_is_refused_with_the_field(tmp_path, setup):
     with pytest.raises(ValueError, match="not private"):
         TrainSettings(lexical_dim=16, dp_epsilon=4.0)
     TrainSettings(lexical_dim=16, lexical_weight=0.5, dp_epsilon=4.0)
+    for bad in (0, -0.1, 0.6, True, float("nan"), "0.2"):
+        with pytest.raises(ValueError, match=r"lexical_holdout must be in \(0, 0\.5\]"):
+            TrainSettings(lexical_holdout=bad)
     config_for(root, None, server, tmp_path, thresholds=GateThresholds(gate="ips"))
 
 
@@ -289,13 +292,15 @@ def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
         ["--dp-logq-epsilon", "1"],
         ["--skip-negatives", "1"],
         ["--lexical-dim", "16"],
+        ["--lexical-dim", "16", "--lexical-holdout", "0.3"],
     ],
 )
 def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
     """`aisle-learn round --dp-*`: the challenger is trained under the budget (DP-SGD, or the
     feedback dataset's noisy logQ) and its training_metrics.json says so; `--skip-negatives`:
     the skip-above items are its negatives, nothing is mined; `--lexical-dim`: the challenger
-    carries a trigram sketch whose weight was fitted on the window's held-out queries."""
+    carries a trigram sketch whose weight was fitted on the window's held-out queries (10 %, or
+    `--lexical-holdout`)."""
     from engine.cli.learn import main as learn_main
 
     root, judged, server, tmp_path = setup
@@ -313,8 +318,10 @@ def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
     if flags[0] == "--lexical-dim":
         info = read_model_info(model)
         assert info.lexical["dim"] == 16 and (model / "lexical_tower.safetensors").is_file()
-        assert metrics["config"]["holdout_fraction"] == LEXICAL_HOLDOUT > 0
-        fit = metrics["lexical"]["weight_fit_ndcg@10"]  # NDCG@10 per weight, held-out queries
+        held_out = float(flags[3]) if len(flags) > 2 else LEXICAL_HOLDOUT
+        assert metrics["config"]["holdout_fraction"] == held_out > 0
+        # per weight, the held-out clicks' weighted DCG@10 (feedback labels carry weights)
+        fit = metrics["lexical"]["weight_fit_ndcg@10"]
         assert set(fit) >= {"0", "1"} and info.lexical["weight"] in {float(w) for w in fit}
         assert privacy is None
     elif flags[0] == "--skip-negatives":
