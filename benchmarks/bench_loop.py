@@ -27,7 +27,8 @@ Appends one JSON line to ``OUT/loop.jsonl`` and draws ``OUT/loop.png``.
 ``python -m benchmarks.bench_loop [--preset S|M|L] [--rounds K] [--sessions N] [--steps N]
 [--traffic-queries N] [--threads N] [--seed S] [--replicates N] [--out DIR]
 [--label-trained DIR] [--explore-share P] [--gate judged|ips|both] [--min-ips-gain X]
-[--click-noise P] [--skip-negatives N] [--lexical-dim N] [--lexical-holdout F] [--no-ceiling]``
+[--click-noise P] [--skip-negatives N] [--lexical-dim N] [--lexical-holdout F]
+[--lexical-fit window|all] [--no-ceiling]``
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class LoopOptions:
     # training configs (benchmarks/configs/train_*.toml), the label-trained reference among them
     lexical_dim: int = 256
     lexical_holdout: float = 0.1  # share of the queries held out to fit its weight (and ceiling's)
+    lexical_fit: str = "window"  # the rounds' --lexical-fit: this window's logs or all so far
 
     def __post_init__(self) -> None:
         ShopperModel(noise=self.click_noise)  # validates 0 <= noise < 1 before any work
@@ -93,6 +95,7 @@ class LoopOptions:
             skip_negatives=self.skip_negatives,
             lexical_dim=self.lexical_dim,
             lexical_holdout=self.lexical_holdout,
+            lexical_fit=self.lexical_fit,
         )
 
 
@@ -252,7 +255,7 @@ def run_loop(
             max_query_length=QUERY_TOKENS, max_item_length=ITEM_TOKENS,
             num_threads=preset.threads, skip_negatives=options.skip_negatives,
             lexical_dim=options.lexical_dim, lexical_holdout=options.lexical_holdout,
-            export_onnx=False, seed=seed,
+            lexical_fit=options.lexical_fit, export_onnx=False, seed=seed,
         ),
         vector_cache=cache,
     )  # fmt: skip
@@ -582,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{LoopOptions.lexical_holdout})",
     )
     parser.add_argument(
+        "--lexical-fit",
+        choices=("window", "all"),
+        default=LoopOptions.lexical_fit,
+        help="as aisle-learn round --lexical-fit: fit the sketch's weight on this window's logs "
+        f"or on a fixed set of queries' logs from every round so far (default "
+        f"{LoopOptions.lexical_fit})",
+    )
+    parser.add_argument(
         "--replicates",
         type=int,
         default=1,
@@ -615,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_negatives=args.skip_negatives,
         lexical_dim=args.lexical_dim,
         lexical_holdout=args.lexical_holdout,
+        lexical_fit=args.lexical_fit,
     )
     from benchmarks.report.loop import draw_loop
 

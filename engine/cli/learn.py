@@ -291,8 +291,16 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=0.1,
         metavar="F",
-        help="share of the window's queries held out of training to fit the sketch's weight on, "
+        help="share of the queries held out of training to fit the sketch's weight on, "
         "in (0, 0.5] (default 0.1; unused with --lexical-weight or no sketch)",
+    )
+    parser.add_argument(
+        "--lexical-fit",
+        choices=("window", "all"),
+        default="window",
+        help="whose logs the sketch's weight is fitted on: window = a random --lexical-holdout "
+        "share of this window's queries; all = a fixed share of the query texts, never trained "
+        "on in any round, with their engagement in every round's logs so far (default window)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -356,6 +364,7 @@ def run_round_command(args: argparse.Namespace) -> int:
             lexical_dim=args.lexical_dim,
             lexical_weight=args.lexical_weight,
             lexical_holdout=args.lexical_holdout,
+            lexical_fit=args.lexical_fit,
             seed=args.seed,
             num_threads=args.threads,
             export_onnx=not args.no_onnx,

@@ -17,10 +17,19 @@ one query_id per distinct query text, grade ``FEEDBACK_TOP_GRADE`` (2) for an en
 clipped inverse propensity of its engaged position, or with ``propensity_weighting`` off the
 summed action weight alone. Negatives carry no weight: they join the labeled negatives of
 their query, which training draws from with the round's ``skip_negatives`` (else unused).
+
+With ``fit_share`` > 0 a fixed share of the query texts is set apart to fit the trigram sketch's
+weight on (``fit_queries``: a stable hash of the text and ``fit_salt``, the same queries in
+every round): they leave the training labels, and ``fit.jsonl`` holds their engagement in every
+log before the split, earlier rounds' included (no model of the chain trained on them). Its
+positives keep the builder's per-event weights (each engagement × the clipped inverse
+propensity of the position it happened at; with ``propensity_weighting`` off, the summed action
+weight), exact where one pair was engaged at several positions, as across rounds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -38,6 +47,7 @@ log = logging.getLogger(__name__)
 FEEDBACK_TOP_GRADE = 2
 TRAIN_FILE = "train.jsonl"
 HELD_BACK_FILE = "held_back.jsonl"
+FIT_FILE = "fit.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
@@ -58,13 +68,19 @@ def build_feedback(
     holdout_fraction: float,
     propensity_weighting: bool,
     clip: float,
+    fit_share: float = 0.0,
+    fit_salt: int = 0,
 ) -> dict[str, Any]:
-    """Write ``out/train.jsonl``, ``out/held_back.jsonl`` and ``out/summary.json``.
+    """Write ``out/train.jsonl``, ``out/held_back.jsonl``, ``out/summary.json`` and, with
+    ``fit_share`` > 0, ``out/fit.jsonl`` (the module's doc).
 
     Returns:
         Counts (JSON-ready): impressions, events, train_positives, train_negatives,
-        held_back_clicks, the split time and the builder's skip counts.
+        held_back_clicks, the split time and the builder's skip counts; with ``fit_share``,
+        fit_queries and fit_positives too.
     """
+    if not 0 <= fit_share < 1:
+        raise ValueError(f"fit_share must be in [0, 1), got {fit_share!r}")
     from trainer.data.catalog import read_catalog
     from trainer.feedback.dataset import FeedbackConfig, build_dataset
     from trainer.feedback.logs import read_impressions
@@ -72,6 +88,8 @@ def build_feedback(
     if window.since is not None and window.since >= window.until:  # rounds back to back
         write_atomic(out / TRAIN_FILE, "")
         write_atomic(out / HELD_BACK_FILE, "")
+        if fit_share > 0:
+            write_atomic(out / FIT_FILE, "")
         counts = {"impressions": 0, "events": 0, "train_positives": 0, "held_back_clicks": 0}
         write_atomic(out / SUMMARY_FILE, json.dumps({"counts": counts}) + "\n")
         return counts
@@ -94,8 +112,21 @@ def build_feedback(
         held = build_dataset(
             events_dir, known, FeedbackConfig(clip=clip, since=split, until=window.until)
         )
+    train_pairs, fit_counts = train.pairs, {}
+    if fit_share > 0:
+        keep = fit_queries(train_pairs.column("query").to_pylist(), fit_share, fit_salt)
+        train_pairs = train_pairs.filter(~keep)
+        fit_pairs = history.pairs.filter(
+            fit_queries(history.pairs.column("query").to_pylist(), fit_share, fit_salt)
+        )
+        n_fit, _ = _write_labels(
+            fit_pairs, out / FIT_FILE, propensities if propensity_weighting else None, clip,
+            as_built=True,
+        )  # fmt: skip
+        n_queries = len(set(fit_pairs.column("query").to_pylist()))
+        fit_counts = {"fit_queries": n_queries, "fit_positives": n_fit}
     n_pos, n_neg = _write_labels(
-        train.pairs, out / TRAIN_FILE, propensities if propensity_weighting else None, clip
+        train_pairs, out / TRAIN_FILE, propensities if propensity_weighting else None, clip
     )
     held_pairs = held.pairs if held is not None else train.pairs.slice(0, 0)
     positives = held_pairs.filter(pc.greater(held_pairs.column("label"), 0))
@@ -133,11 +164,24 @@ def build_feedback(
         "propensity_identifiable": history.summary.get("propensity_identifiable"),
         "explored_impressions": train.summary.get("explored_impressions", 0)
         + held_summary.get("explored_impressions", 0),
+        **fit_counts,
         "skipped": train.summary["skipped"],
     }
     summary = {"train": train.summary, "held_back": held_summary, "counts": counts}
     write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1, default=str) + "\n")
     return counts
+
+
+def fit_queries(queries: list[str], share: float, salt: int) -> np.ndarray:
+    """Which of ``queries`` (texts) are set apart to fit the sketch's weight: those whose hash
+    with ``salt`` falls below ``share`` of the hash range, so the same texts in every round and
+    on every machine (boolean array, one per query)."""
+
+    def unit(q: str) -> float:
+        digest = hashlib.blake2b(f"{salt}\0{q}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64
+
+    return np.fromiter((unit(q) < share for q in queries), dtype=bool, count=len(queries))
 
 
 def _split_time(impressions, window: FeedbackWindow, fraction: float) -> datetime:
@@ -153,13 +197,16 @@ def _split_time(impressions, window: FeedbackWindow, fraction: float) -> datetim
     return times[cut]
 
 
-def _write_labels(pairs, path: Path, propensities, clip: float) -> tuple[int, int]:
+def _write_labels(
+    pairs, path: Path, propensities, clip: float, *, as_built: bool = False
+) -> tuple[int, int]:
     """The builder's pairs as a labels file; (positives, negatives) written.
 
     A positive's weight is its summed action weight (the builder's weight / its ipw) times the
     clipped inverse propensity of its best engaged position under ``propensities`` (None: no
     propensity weighting). Exact when its engagements share one position, as they do within a
-    window one model ranked."""
+    window one model ranked. ``as_built``: the pairs were built with ``propensities`` themselves,
+    so a positive keeps the builder's weight (per engagement, at its own position)."""
     from trainer.feedback.propensity import inverse_propensity
 
     queries = pairs.column("query").to_pylist()
@@ -168,11 +215,12 @@ def _write_labels(pairs, path: Path, propensities, clip: float) -> tuple[int, in
     weights = pairs.column("weight").to_numpy()
     ipw = pairs.column("ipw").to_numpy()
     position = pairs.column("position").to_numpy()
-    new_ipw = (
-        inverse_propensity(propensities.at(position), clip)
-        if propensities is not None
-        else np.ones(len(position))
-    )
+    if propensities is None:
+        new_ipw = np.ones(len(position))
+    elif as_built:
+        new_ipw = ipw
+    else:
+        new_ipw = inverse_propensity(propensities.at(position), clip)
     query_ids = {q: f"fq{i}" for i, q in enumerate(sorted(set(queries)))}
     lines = []
     n_pos = n_neg = 0

@@ -45,7 +45,12 @@ from typing import Any
 import numpy as np
 
 from engine.learning import ledger
-from engine.learning.feedback import FEEDBACK_TOP_GRADE, FeedbackWindow, build_feedback
+from engine.learning.feedback import (
+    FEEDBACK_TOP_GRADE,
+    FIT_FILE,
+    FeedbackWindow,
+    build_feedback,
+)
 from engine.learning.gate import GateThresholds, decide, read_held_back, score_model
 from engine.search.snapshot import MODELS_DIR
 from indexer.storage.faults import fault_point
@@ -60,6 +65,7 @@ STEPS = ("dataset", "train", "gate", "build", "reload", "ledger")
 # Default share of the window's queries held out of training to fit the sketch's weight on
 # (when the challenger has a trigram sketch and no fixed weight): TrainSettings.lexical_holdout.
 LEXICAL_HOLDOUT = 0.1
+LEXICAL_FITS = ("window", "all")  # TrainSettings.lexical_fit: whose logs the weight is fitted on
 ROUNDS_DIR = "rounds"
 STATE_NAME = "state.json"
 
@@ -79,8 +85,12 @@ class TrainSettings:
     ``lexical_dim``: the challenger's trigram sketch (``trainer.encoder.trigram``, appended to
     both towers' vectors as the label-trained recipe does): None = the champion's (none if it
     has none), 0 = none, N >= 8 = N dims. ``lexical_weight``: its weight; None = fitted after
-    training on the ``lexical_holdout`` share of the window's queries, held out of training
-    (their engaged items as the judgments: learned from the logs, no labels)."""
+    training on the ``lexical_holdout`` share of the queries, held out of training (their
+    engaged items as the judgments: learned from the logs, no labels). ``lexical_fit``: which
+    queries and logs: "window" = a random share of this window's queries, their engagement in
+    this window; "all" = a fixed share of the query texts (the same in every round, never
+    trained on), their engagement in every round's logs so far
+    (``engine.learning.feedback``)."""
 
     max_steps: int = 200
     batch_size: int = 32
@@ -92,6 +102,7 @@ class TrainSettings:
     lexical_dim: int | None = None
     lexical_weight: float | None = None
     lexical_holdout: float = LEXICAL_HOLDOUT
+    lexical_fit: str = "window"
     seed: int = 0
     num_threads: int | None = None
     export_onnx: bool = True
@@ -121,6 +132,10 @@ class TrainSettings:
         h = self.lexical_holdout
         if isinstance(h, bool) or not isinstance(h, int | float) or not 0 < h <= 0.5:
             raise ValueError(f"lexical_holdout must be in (0, 0.5], got {h!r}")
+        if self.lexical_fit not in LEXICAL_FITS:
+            raise ValueError(
+                f"lexical_fit must be one of {', '.join(LEXICAL_FITS)}, got {self.lexical_fit!r}"
+            )
         if self.lexical_weight is not None and d == 0:
             raise ValueError("lexical_weight needs a sketch: lexical_dim is 0")
         if self.dp_epsilon is not None and d and self.lexical_weight is None:
@@ -324,6 +339,8 @@ def _dataset(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: di
     until = datetime.now(UTC) - timedelta(seconds=config.settle_s)
     window = FeedbackWindow(since=datetime.fromisoformat(since) if since else None, until=until)
     tmp = _fresh_dir(work / "dataset.partial")
+    settings = config.train
+    pooled = _sketch(config)[2] and settings.lexical_fit == "all"
     summary = build_feedback(
         config.events_dir,
         _catalog(config, root),
@@ -332,13 +349,33 @@ def _dataset(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: di
         holdout_fraction=config.holdout_fraction,
         propensity_weighting=config.propensity_weighting,
         clip=config.thresholds.clip,
+        fit_share=settings.lexical_holdout if pooled else 0.0,
+        fit_salt=settings.seed,
     )
     _publish_dir(tmp, work / "dataset")
-    return {
+    out = {
         "dir": str(work / "dataset"),
         "window": {"since": since, "until": window.until.isoformat()},
         "counts": summary,
     }
+    if summary.get("fit_positives", 0) > 0:  # else the window's random share, as "window"
+        out["fit"] = str(work / "dataset" / FIT_FILE)
+    return out
+
+
+def _sketch(config: RoundConfig) -> tuple[int, float | None, bool]:
+    """The challenger's trigram sketch: (dims, 0 = none; its fixed weight or None; whether the
+    weight is fitted after training)."""
+    from trainer.encoder.model_dir import read_model_info
+
+    settings = config.train
+    lexical_dim, lexical_weight = settings.lexical_dim, settings.lexical_weight
+    if lexical_dim is None:  # the champion's sketch, if it has one
+        champion = read_model_info(config.model)
+        lexical_dim = int((champion.lexical or {}).get("dim", 0))
+        if lexical_weight is None and settings.dp_epsilon is not None and lexical_dim:
+            lexical_weight = float(champion.lexical["weight"])  # a fit would not be private
+    return lexical_dim, lexical_weight, bool(lexical_dim) and lexical_weight is None
 
 
 def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict) -> dict:
@@ -350,10 +387,12 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
     if steps["dataset"]["counts"].get("train_positives", 0) == 0:
         return {"skipped": "no engaged item in the window: nothing to learn from"}
     catalog = _catalog(config, root)
+    fit = steps["dataset"].get("fit")
     specs = [
         DatasetSpec(
             catalog=catalog,
             train=dataset / "train.jsonl",
+            dev=Path(fit) if fit else None,  # the sketch's weight is fitted on it
             name="feedback",
             weight=config.train.feedback_weight,
             shoppers=True,  # shoppers' behaviour: --dp-logq-epsilon noises its frequencies
@@ -372,12 +411,7 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
         shutil.rmtree(tmp)
     settings = config.train
     champion = read_model_info(config.model)
-    lexical_dim, lexical_weight = settings.lexical_dim, settings.lexical_weight
-    if lexical_dim is None:  # the champion's sketch, if it has one
-        lexical_dim = int((champion.lexical or {}).get("dim", 0))
-        if lexical_weight is None and settings.dp_epsilon is not None and lexical_dim:
-            lexical_weight = float(champion.lexical["weight"])  # a fit would not be private
-    fit_weight = bool(lexical_dim) and lexical_weight is None
+    lexical_dim, lexical_weight, fit_weight = _sketch(config)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)  # a crashed run's: start afresh
     train(
         TrainConfig(

@@ -50,3 +50,5 @@ def test_loop_options_refuse_a_bad_sketch_size(bad):
 def test_loop_options_refuse_a_bad_sketch_holdout(bad):
     with pytest.raises(ValueError, match="lexical_holdout must be in"):
         LoopOptions(lexical_holdout=bad)
+    with pytest.raises(ValueError, match="lexical_fit must be one of"):
+        LoopOptions(lexical_fit="pooled")

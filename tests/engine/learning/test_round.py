@@ -244,6 +244,8 @@ def test_bad_input_is_refused_with_the_field(tmp_path, setup):
     for bad in (0, -0.1, 0.6, True, float("nan"), "0.2"):
         with pytest.raises(ValueError, match=r"lexical_holdout must be in \(0, 0\.5\]"):
             TrainSettings(lexical_holdout=bad)
+    with pytest.raises(ValueError, match="lexical_fit must be one of window, all"):
+        TrainSettings(lexical_fit="everything")
     config_for(root, None, server, tmp_path, thresholds=GateThresholds(gate="ips"))
 
 
@@ -293,6 +295,7 @@ def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
         ["--skip-negatives", "1"],
         ["--lexical-dim", "16"],
         ["--lexical-dim", "16", "--lexical-holdout", "0.3"],
+        ["--lexical-dim", "16", "--lexical-fit", "all"],
     ],
 )
 def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
@@ -300,7 +303,7 @@ def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
     feedback dataset's noisy logQ) and its training_metrics.json says so; `--skip-negatives`:
     the skip-above items are its negatives, nothing is mined; `--lexical-dim`: the challenger
     carries a trigram sketch whose weight was fitted on the window's held-out queries (10 %, or
-    `--lexical-holdout`)."""
+    `--lexical-holdout`), or with `--lexical-fit all` on the set-apart queries' fit.jsonl."""
     from engine.cli.learn import main as learn_main
 
     root, judged, server, tmp_path = setup
@@ -318,8 +321,19 @@ def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
     if flags[0] == "--lexical-dim":
         info = read_model_info(model)
         assert info.lexical["dim"] == 16 and (model / "lexical_tower.safetensors").is_file()
-        held_out = float(flags[3]) if len(flags) > 2 else LEXICAL_HOLDOUT
+        held_out = float(flags[3]) if "--lexical-holdout" in flags else LEXICAL_HOLDOUT
         assert metrics["config"]["holdout_fraction"] == held_out > 0
+        (feedback,) = metrics["config"]["datasets"]
+        if "--lexical-fit" in flags:  # fitted on fit.jsonl: set-apart queries, every log so far
+            dataset = root / "learning" / "rounds" / "1" / "dataset"
+            assert feedback["dev"] == str(dataset / "fit.jsonl")
+            fit_set, train = (
+                {json.loads(line)["query"] for line in path.read_text().splitlines()}
+                for path in (dataset / "fit.jsonl", dataset / "train.jsonl")
+            )
+            assert fit_set and train and not fit_set & train
+        else:
+            assert feedback["dev"] is None  # a random share of train.jsonl's queries
         # per weight, the held-out clicks' weighted DCG@10 (feedback labels carry weights)
         fit = metrics["lexical"]["weight_fit_ndcg@10"]
         assert set(fit) >= {"0", "1"} and info.lexical["weight"] in {float(w) for w in fit}
