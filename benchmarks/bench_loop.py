@@ -28,7 +28,7 @@ Appends one JSON line to ``OUT/loop.jsonl`` and draws ``OUT/loop.png``.
 [--traffic-queries N] [--threads N] [--seed S] [--replicates N] [--out DIR]
 [--label-trained DIR] [--explore-share P] [--gate judged|ips|both] [--min-ips-gain X]
 [--click-noise P] [--skip-negatives N] [--lexical-dim N] [--lexical-holdout F]
-[--lexical-fit window|all] [--no-ceiling]``
+[--lexical-fit window|all|shown] [--no-ceiling]``
 """
 
 from __future__ import annotations
@@ -586,11 +586,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--lexical-fit",
-        choices=("window", "all"),
+        choices=("window", "all", "shown"),
         default=LoopOptions.lexical_fit,
-        help="as aisle-learn round --lexical-fit: fit the sketch's weight on this window's logs "
-        f"or on a fixed set of queries' logs from every round so far (default "
-        f"{LoopOptions.lexical_fit})",
+        help="as aisle-learn round --lexical-fit: fit the sketch's weight on this window's logs, "
+        "on a fixed set of queries' logs from every round so far, or on those reordering their "
+        f"shown lists (default {LoopOptions.lexical_fit})",
     )
     parser.add_argument(
         "--replicates",

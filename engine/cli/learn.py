@@ -296,11 +296,12 @@ def add_round_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--lexical-fit",
-        choices=("window", "all"),
+        choices=("window", "all", "shown"),
         default="window",
         help="whose logs the sketch's weight is fitted on: window = a random --lexical-holdout "
         "share of this window's queries; all = a fixed share of the query texts, never trained "
-        "on in any round, with their engagement in every round's logs so far (default window)",
+        "on in any round, with their engagement in every round's logs so far; shown = those, "
+        "each weight reordering the result lists shown for them (default window)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainer.io import write_atomic
@@ -70,6 +71,7 @@ def build_feedback(
     clip: float,
     fit_share: float = 0.0,
     fit_salt: int = 0,
+    fit_shown: bool = False,
 ) -> dict[str, Any]:
     """Write ``out/train.jsonl``, ``out/held_back.jsonl``, ``out/summary.json`` and, with
     ``fit_share`` > 0, ``out/fit.jsonl`` (the module's doc).
@@ -77,13 +79,15 @@ def build_feedback(
     Returns:
         Counts (JSON-ready): impressions, events, train_positives, train_negatives,
         held_back_clicks, the split time and the builder's skip counts; with ``fit_share``,
-        fit_queries and fit_positives too.
+        fit_queries and fit_positives too (and with ``fit_shown`` fit_shown_items).
     """
     if not 0 <= fit_share < 1:
         raise ValueError(f"fit_share must be in [0, 1), got {fit_share!r}")
     from trainer.data.catalog import read_catalog
     from trainer.feedback.dataset import FeedbackConfig, build_dataset
     from trainer.feedback.logs import read_impressions
+    from trainer.feedback.privacy import allowed
+    from trainer.privacy.exclusions import training_exclusions
 
     if window.since is not None and window.since >= window.until:  # rounds back to back
         write_atomic(out / TRAIN_FILE, "")
@@ -119,12 +123,19 @@ def build_feedback(
         fit_pairs = history.pairs.filter(
             fit_queries(history.pairs.column("query").to_pylist(), fit_share, fit_salt)
         )
-        n_fit, _ = _write_labels(
+        fit_texts = set(fit_pairs.column("query").to_pylist())
+        shown = {}
+        if fit_shown:  # the lists the builder may read: consented, not erased
+            exclusions = training_exclusions(events_dir, FeedbackConfig().default_use_for_training)
+            consented, _ = allowed(impressions, impressions.column("time"), exclusions)
+            shown = _shown(consented, fit_texts, split, set(known))
+        n_fit, n_other = _write_labels(
             fit_pairs, out / FIT_FILE, propensities if propensity_weighting else None, clip,
-            as_built=True,
+            as_built=True, shown=shown,
         )  # fmt: skip
-        n_queries = len(set(fit_pairs.column("query").to_pylist()))
-        fit_counts = {"fit_queries": n_queries, "fit_positives": n_fit}
+        fit_counts = {"fit_queries": len(fit_texts), "fit_positives": n_fit}
+        if fit_shown:
+            fit_counts["fit_shown_items"] = n_fit + n_other
     n_pos, n_neg = _write_labels(
         train_pairs, out / TRAIN_FILE, propensities if propensity_weighting else None, clip
     )
@@ -197,8 +208,26 @@ def _split_time(impressions, window: FeedbackWindow, fraction: float) -> datetim
     return times[cut]
 
 
+def _shown(impressions, queries: set[str], until: datetime, known: set[str]) -> dict[str, set]:
+    """Per text of ``queries``: the known items of every search result list shown for it
+    before ``until`` (any page)."""
+    surface = pc.fill_null(impressions.column("surface"), "search")
+    mask = pc.and_(
+        pc.equal(surface, "search"),
+        pc.is_in(impressions.column("query"), pa.array(sorted(queries))),
+    )
+    rows = impressions.filter(mask).select(["query", "time", "items"]).to_pylist()
+    shown: dict[str, set] = {}
+    for row in rows:
+        if row["time"] is not None and row["time"] < until:
+            shown.setdefault(row["query"], set()).update(
+                i for i in row["items"] or () if i in known
+            )
+    return shown
+
+
 def _write_labels(
-    pairs, path: Path, propensities, clip: float, *, as_built: bool = False
+    pairs, path: Path, propensities, clip: float, *, as_built: bool = False, shown=None
 ) -> tuple[int, int]:
     """The builder's pairs as a labels file; (positives, negatives) written.
 
@@ -206,7 +235,9 @@ def _write_labels(
     clipped inverse propensity of its best engaged position under ``propensities`` (None: no
     propensity weighting). Exact when its engagements share one position, as they do within a
     window one model ranked. ``as_built``: the pairs were built with ``propensities`` themselves,
-    so a positive keeps the builder's weight (per engagement, at its own position)."""
+    so a positive keeps the builder's weight (per engagement, at its own position). ``shown``:
+    query text → items shown for it; those not among its pairs join it at grade 0 (the whole
+    logged list, for a fit that reranks it)."""
     from trainer.feedback.propensity import inverse_propensity
 
     queries = pairs.column("query").to_pylist()
@@ -236,5 +267,13 @@ def _write_labels(
             row["grade"] = 0
             n_neg += 1
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    judged: dict[str, set] = {}
+    for q, item in zip(queries, items, strict=True):
+        judged.setdefault(q, set()).add(item)
+    for q in sorted(judged):
+        for item in sorted((shown or {}).get(q, set()) - judged[q]):
+            row = {"query_id": query_ids[q], "query": q, "item_id": item, "grade": 0}
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+            n_neg += 1
     write_atomic(path, "".join(lines))
     return n_pos, n_neg

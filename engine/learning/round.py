@@ -65,7 +65,8 @@ STEPS = ("dataset", "train", "gate", "build", "reload", "ledger")
 # Default share of the window's queries held out of training to fit the sketch's weight on
 # (when the challenger has a trigram sketch and no fixed weight): TrainSettings.lexical_holdout.
 LEXICAL_HOLDOUT = 0.1
-LEXICAL_FITS = ("window", "all")  # TrainSettings.lexical_fit: whose logs the weight is fitted on
+# TrainSettings.lexical_fit: which logs the sketch's weight is fitted on, and how
+LEXICAL_FITS = ("window", "all", "shown")
 ROUNDS_DIR = "rounds"
 STATE_NAME = "state.json"
 
@@ -89,8 +90,10 @@ class TrainSettings:
     engaged items as the judgments: learned from the logs, no labels). ``lexical_fit``: which
     queries and logs: "window" = a random share of this window's queries, their engagement in
     this window; "all" = a fixed share of the query texts (the same in every round, never
-    trained on), their engagement in every round's logs so far
-    (``engine.learning.feedback``)."""
+    trained on), their engagement in every round's logs so far (``engine.learning.feedback``),
+    each weight's towers ranking the catalog; "shown" = the same queries and logs, each weight's
+    towers reordering the result lists shown for them (the unbiased IPS estimate of a ranker's
+    clicks, Joachims et al. 2017: every candidate is scored on items that were shown)."""
 
     max_steps: int = 200
     batch_size: int = 32
@@ -340,7 +343,7 @@ def _dataset(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: di
     window = FeedbackWindow(since=datetime.fromisoformat(since) if since else None, until=until)
     tmp = _fresh_dir(work / "dataset.partial")
     settings = config.train
-    pooled = _sketch(config)[2] and settings.lexical_fit == "all"
+    pooled = _sketch(config)[2] and settings.lexical_fit != "window"
     summary = build_feedback(
         config.events_dir,
         _catalog(config, root),
@@ -351,6 +354,7 @@ def _dataset(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: di
         clip=config.thresholds.clip,
         fit_share=settings.lexical_holdout if pooled else 0.0,
         fit_salt=settings.seed,
+        fit_shown=settings.lexical_fit == "shown",
     )
     _publish_dir(tmp, work / "dataset")
     out = {
@@ -436,6 +440,7 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
             shared_towers=champion.shared_towers,
             lexical_dim=lexical_dim,
             lexical_weight=lexical_weight if lexical_dim else None,
+            lexical_rerank=bool(fit) and settings.lexical_fit == "shown",
             holdout_fraction=settings.lexical_holdout if fit_weight else 0.0,
             dp_epsilon=settings.dp_epsilon,
             dp_delta=settings.dp_delta,

@@ -118,6 +118,9 @@ class TrainConfig:
     the item texts of every dataset's catalog), mixed in with weight ``lexical_weight``; None =
     fitted after training on the search eval queries (``WEIGHT_GRID``, best weighted NDCG@10,
     with the best step's weights). Training itself is unchanged: the BERT towers learn alone.
+    ``lexical_rerank``: the fit ranks only each eval query's judged items, not the catalog (eval
+    labels that list a logged result list: its clicks scored as the shown list reordered, the
+    unbiased inverse-propensity estimate of Joachims et al. 2017).
 
     Optimisation: ``batch_size`` pairs per micro-batch per process, ``grad_accum`` micro-batches
     per step, AdamW (``lr``, ``weight_decay``), ``warmup_steps`` (None = 10 % of the steps)
@@ -184,6 +187,7 @@ class TrainConfig:
     refresh_every: int = 200
     lexical_dim: int = 0
     lexical_weight: float | None = None
+    lexical_rerank: bool = False
     batch_size: int = 32
     mini_batch_size: int | None = None
     grad_accum: int = 1
@@ -326,10 +330,14 @@ class TrainConfig:
                     "search dataset has a dev file and holdout_fraction is 0; give a weight or "
                     "an eval split"
                 )
-        elif self.lexical_dim != 0 or self.lexical_weight is not None:
+            if not isinstance(self.lexical_rerank, bool):
+                raise ValueError(
+                    f"lexical_rerank must be true or false, got {self.lexical_rerank!r}"
+                )
+        elif self.lexical_dim != 0 or self.lexical_weight is not None or self.lexical_rerank:
             raise ValueError(
                 f"lexical_dim must be an int >= 8 to add the trigram sketch (0 = none), got "
-                f"{self.lexical_dim!r}; lexical_weight needs it"
+                f"{self.lexical_dim!r}; lexical_weight and lexical_rerank need it"
             )
         if self.padding_free not in PADDING_FREE_MODES:
             raise ValueError(

@@ -217,7 +217,8 @@ class Selection:
         which a click from a position few shoppers examined counts for more. Per-query NDCG
         would cancel the weights of a query's lone click, and the held-out clicks were found in
         the serving model's own top 10, so unweighted they favour its ranking. The weights are
-        training's: a round without propensity weighting fits on its raw engagement.
+        training's: a round without propensity weighting fits on its raw engagement. With
+        ``lexical_rerank`` each query ranks only its judged items (a logged result list).
 
         Returns:
             (the sketch, NDCG@10, or for weighted labels the weighted DCG@10, per weight tried;
@@ -259,15 +260,22 @@ class Selection:
             ))  # fmt: skip
         fit: dict[str, float] = {}
         best, best_score = None, -math.inf
+        judged = [_judged_scores(*part[1:]) for part in parts] if cfg.lexical_rerank else None
         for weight in (0.0, *WEIGHT_GRID):
             total, score = 0.0, 0.0
             root = np.float32(math.sqrt(weight))
-            for w, labels, gains, grade, ids, xq, lq, xb, lb in parts:
-                # [x, sqrt(w) l] . [y, sqrt(w) m] = cos_bert + w * cos_trigrams
-                _, I = exact_search(
-                    np.hstack([xq, root * lq]), np.hstack([xb, root * lb]), max(SEARCH_EVAL_KS)
-                )
-                rankings = {q: ids[I[i]].tolist() for i, q in enumerate(labels.queries)}
+            for n, (w, labels, gains, grade, ids, xq, lq, xb, lb) in enumerate(parts):
+                if judged is not None:  # each query's judged items reordered
+                    rankings = {
+                        q: items[np.argsort(-(dense + weight * lexical), kind="stable")].tolist()
+                        for q, (items, dense, lexical) in judged[n].items()
+                    }
+                else:  # [x, sqrt(w) l] . [y, sqrt(w) m] = cos_bert + w * cos_trigrams
+                    _, I = exact_search(
+                        np.hstack([xq, root * lq]), np.hstack([xb, root * lb]),
+                        max(SEARCH_EVAL_KS),
+                    )  # fmt: skip
+                    rankings = {q: ids[I[i]].tolist() for i, q in enumerate(labels.queries)}
                 if labels.weights:
                     score += w * weighted_dcg_at_k(rankings, labels, gains, LEXICAL_FIT_K)
                 else:
@@ -343,6 +351,20 @@ class Selection:
                 self.bad_evals,
             )
         return record
+
+
+def _judged_scores(
+    labels, gains, grade, ids, xq, lq, xb, lb
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per eval query: (its judged item ids, their BERT cosines, their trigram cosines), the
+    candidates of a fit that reranks them (``TrainConfig.lexical_rerank``)."""
+    column = {item_id: c for c, item_id in enumerate(ids.tolist())}
+    out = {}
+    for i, q in enumerate(labels.queries):
+        items = [item for item in labels.judgments[q] if item in column]
+        cols = np.asarray([column[item] for item in items], dtype=np.int64)
+        out[q] = (np.asarray(items, dtype=object), xb[cols] @ xq[i], lb[cols] @ lq[i])
+    return out
 
 
 def eval_label(prepared: PreparedDataset, holdout_fraction: float) -> dict[str, str]:

@@ -118,3 +118,41 @@ def test_fit_share_sets_queries_apart_with_their_engagement_in_every_log(tmp_pat
             events, title_catalog[0], FeedbackWindow(None, until), tmp_path / "bad",
             holdout_fraction=0.25, propensity_weighting=True, clip=10.0, fit_share=1.0,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_fit_shown_lists_every_item_shown_for_a_fit_query(tmp_path, title_catalog, opt_out):
+    """``fit_shown``: the set-apart queries' labels hold every item of the lists shown for them
+    before the split (grade 0 where not engaged), so a fit can reorder the logged lists; a
+    shopper who opted out of training contributes no list."""
+    events = tmp_path / "events"
+    write_logs(events, title_catalog[1], sessions=300)
+    lines = (events / "impressions.jsonl").read_text().splitlines()
+    rows = [{**json.loads(line), "user_id": f"u{n % 2}"} for n, line in enumerate(lines)]
+    (events / "impressions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if opt_out:
+        (events / "consent.json").write_text(json.dumps({"u1": {"use_for_training": False}}))
+    shown: dict[str, set] = {}
+    for row in rows[:200]:  # before the split (at 225), the opted-out shopper's excepted
+        if not (opt_out and row["user_id"] == "u1"):
+            shown.setdefault(row["query"], set()).update(row["items"])
+    out = tmp_path / "out"
+    out.mkdir()
+    counts = build_feedback(
+        events, title_catalog[0], FeedbackWindow(None, datetime.now(UTC)), out,
+        holdout_fraction=0.25, propensity_weighting=True, clip=10.0, fit_share=0.3, fit_salt=0,
+        fit_shown=True,
+    )  # fmt: skip
+    fit = _rows(out / "fit.jsonl")
+    listed: dict[str, set] = {}
+    for r in fit:
+        listed.setdefault(r["query"], set()).add(r["item_id"])
+        assert (r["grade"] == 2) == ("weight" in r)
+    assert listed and counts["fit_shown_items"] == len(fit)
+    for query, items in listed.items():
+        assert shown[query] <= items
+        if opt_out:  # nothing from the lists u1 was shown, unless u0 was shown it too
+            allowed = set().union(*(r["items"] for r in rows[:225] if r["user_id"] == "u0"
+                                    and r["query"] == query))  # fmt: skip
+            assert items <= allowed
+    assert sum(r["grade"] == 0 for r in fit) > 3 * sum(r["grade"] == 2 for r in fit)

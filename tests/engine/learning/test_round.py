@@ -244,7 +244,7 @@ def test_bad_input_is_refused_with_the_field(tmp_path, setup):
     for bad in (0, -0.1, 0.6, True, float("nan"), "0.2"):
         with pytest.raises(ValueError, match=r"lexical_holdout must be in \(0, 0\.5\]"):
             TrainSettings(lexical_holdout=bad)
-    with pytest.raises(ValueError, match="lexical_fit must be one of window, all"):
+    with pytest.raises(ValueError, match="lexical_fit must be one of window, all, shown"):
         TrainSettings(lexical_fit="everything")
     config_for(root, None, server, tmp_path, thresholds=GateThresholds(gate="ips"))
 
@@ -296,6 +296,7 @@ def test_kill_of_the_command_at_a_step_then_rerun(setup, stage):
         ["--lexical-dim", "16"],
         ["--lexical-dim", "16", "--lexical-holdout", "0.3"],
         ["--lexical-dim", "16", "--lexical-fit", "all"],
+        ["--lexical-dim", "16", "--lexical-fit", "shown"],
     ],
 )
 def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
@@ -303,7 +304,8 @@ def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
     feedback dataset's noisy logQ) and its training_metrics.json says so; `--skip-negatives`:
     the skip-above items are its negatives, nothing is mined; `--lexical-dim`: the challenger
     carries a trigram sketch whose weight was fitted on the window's held-out queries (10 %, or
-    `--lexical-holdout`), or with `--lexical-fit all` on the set-apart queries' fit.jsonl."""
+    `--lexical-holdout`), or with `--lexical-fit all|shown` on the set-apart queries' fit.jsonl
+    (shown: their whole result lists, each reordered)."""
     from engine.cli.learn import main as learn_main
 
     root, judged, server, tmp_path = setup
@@ -332,8 +334,17 @@ def test_aisle_learn_round_passes_the_training_flags(setup, flags, capsys):
                 for path in (dataset / "fit.jsonl", dataset / "train.jsonl")
             )
             assert fit_set and train and not fit_set & train
+            # "shown": each fit query lists every item shown for it (10 a list), reranked
+            per_query: dict[str, set] = {}
+            for line in (dataset / "fit.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                per_query.setdefault(row["query"], set()).add(row["item_id"])
+            shown = flags[-1] == "shown"
+            assert metrics["config"]["lexical_rerank"] is shown
+            assert all(len(items) >= 10 for items in per_query.values()) is shown
         else:
             assert feedback["dev"] is None  # a random share of train.jsonl's queries
+            assert metrics["config"]["lexical_rerank"] is False
         # per weight, the held-out clicks' weighted DCG@10 (feedback labels carry weights)
         fit = metrics["lexical"]["weight_fit_ndcg@10"]
         assert set(fit) >= {"0", "1"} and info.lexical["weight"] in {float(w) for w in fit}

@@ -173,3 +173,59 @@ def test_lexical_weight_fit_scores_weighted_labels_by_their_weights(
     assert [value for _, value in calls] == pytest.approx(list(fit.values()))
     chosen = load_encoder(config.out).info.lexical["weight"]
     assert fit[f"{chosen:g}"] == max(v for key, v in fit.items() if key != "0")
+
+
+def test_lexical_rerank_fits_on_each_query_reordering_its_judged_items(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch
+) -> None:
+    """``lexical_rerank``: every weight's towers reorder each held-out query's judged items (a
+    logged result list), never the rest of the catalog, and the fit records what they scored."""
+    import trainer.training.selection as selection
+
+    with gzip.open(data["labels_train"], "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        row["weight"] = 2.0 if row["grade"] > 0 else 1.0
+    weighted = tmp_path / "weighted.jsonl"
+    weighted.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    calls: list[tuple[dict, object, float]] = []
+
+    def spy(rankings, labels, gains, k):
+        value = weighted_dcg_at_k(rankings, labels, gains, k)
+        calls.append((rankings, labels, value))
+        return value
+
+    monkeypatch.setattr(selection, "weighted_dcg_at_k", spy)
+    config = train_config(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        datasets=(DatasetSpec(catalog=data["products"], train=weighted),),
+        max_steps=1,
+        holdout_fraction=0.25,
+        lexical_dim=64,
+        lexical_rerank=True,
+    )
+    train(config)
+    metrics = json.loads((config.out / "training_metrics.json").read_text())
+    fit = metrics["lexical"]["weight_fit_ndcg@10"]
+    assert len(calls) == len(fit) == 9 and metrics["config"]["lexical_rerank"] is True
+    orders = set()
+    for rankings, labels, _ in calls:
+        assert rankings.keys() == labels.judgments.keys()
+        for query_id, ranking in rankings.items():
+            assert sorted(ranking) == sorted(labels.judgments[query_id])  # a permutation
+        orders.add(tuple(tuple(r) for r in rankings.values()))
+    assert len(orders) > 1  # the weight moved some query's order
+    assert [value for _, _, value in calls] == pytest.approx(list(fit.values()))
+
+
+def test_lexical_rerank_needs_the_sketch(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path]
+) -> None:
+    with pytest.raises(ValueError, match="lexical_weight and lexical_rerank need it"):
+        train_config(tmp_path, tiny_model_dir, data, lexical_rerank=True)
+    with pytest.raises(ValueError, match="lexical_rerank must be true or false"):
+        train_config(
+            tmp_path, tiny_model_dir, data, lexical_dim=64, lexical_weight=0.5, lexical_rerank="y"
+        )
