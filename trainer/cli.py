@@ -160,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="W",
         help="the sketch's mixing weight (default: fitted on the search eval queries)",
     )
+    model.add_argument(
+        "--lexical-rerank",
+        type=_bool,
+        metavar="BOOL",
+        help="fit the weight by reordering each eval query's judged items (a logged result "
+        "list) instead of ranking the catalog (false)",
+    )
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, metavar="N", help="pairs per batch (32)")

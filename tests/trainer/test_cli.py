@@ -129,6 +129,8 @@ def test_config_file_with_two_tasks_and_flag_overrides(
          "batch_size must be >= 2"),
         (["--catalog", "c.jsonl", "--train", "t.jsonl", "--out", "m", "--nproc", "0"],
          "--nproc must be >= 1"),
+        (["--catalog", "c.jsonl", "--train", "t.jsonl", "--out", "m", "--lexical-rerank", "true"],
+         "lexical_weight and lexical_rerank need it"),
     ],
 )  # fmt: skip
 def test_bad_arguments_exit_2(tmp_path: Path, monkeypatch, capsys, args, match) -> None:
