@@ -466,7 +466,7 @@ def test_bad_data_fails_before_training(
         ({"history_decay": 1.5}, "history_decay must be in"),
         ({"fit_history_decay": "yes"}, "fit_history_decay must be true or false"),
         ({"lexical_dim": 4}, "lexical.dim must be an int in"),
-        ({"lexical_weight": 0.5}, "lexical_weight needs it"),
+        ({"lexical_weight": 0.5}, "lexical_weight and lexical_rerank need it"),
         ({"lexical_dim": 64, "lexical_weight": 0}, "lexical.weight must be in"),
         ({"lexical_dim": 64}, "lexical_weight is unset"),
     ],
