@@ -128,64 +128,18 @@ def test_lexical_weight_falls_back_when_no_query_can_score_it(
     assert "no eval query could score a weight" in caplog.text
 
 
-def test_lexical_weight_fit_scores_weighted_labels_by_their_weights(
-    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch
-) -> None:
-    """Labels learned from logs carry IPS weights: the sketch's weight is fitted on their
-    weighted DCG@10 (``weighted_dcg_at_k``), with the held-out judgments' own weights."""
-    import trainer.training.selection as selection
-
-    rng = np.random.default_rng(0)
-    with gzip.open(data["labels_train"], "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    for row in rows:
-        row["weight"] = float(rng.uniform(1, 10))
-    weighted = tmp_path / "weighted.jsonl"
-    weighted.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    calls: list[tuple[object, float]] = []
-
-    def spy(rankings, labels, gains, k):
-        value = weighted_dcg_at_k(rankings, labels, gains, k)
-        calls.append((labels, value))
-        return value
-
-    monkeypatch.setattr(selection, "weighted_dcg_at_k", spy)
-    config = train_config(
-        tmp_path,
-        tiny_model_dir,
-        data,
-        datasets=(DatasetSpec(catalog=data["products"], train=weighted),),
-        max_steps=1,
-        holdout_fraction=0.25,
-        lexical_dim=64,
-    )
-    train(config)
-    fit = json.loads((config.out / "training_metrics.json").read_text())["lexical"][
-        "weight_fit_ndcg@10"
-    ]
-    assert len(calls) == len(fit) == 9  # one score per weight tried, all weighted
-    given = {(r["query_id"], r["item_id"]): r["weight"] for r in rows}
-    held_out = calls[0][0]
-    assert 0 < len(held_out.judgments) < len({r["query_id"] for r in rows})
-    for query_id, judged in held_out.judgments.items():
-        for item_id in judged:
-            assert held_out.weight(query_id, item_id) == pytest.approx(given[query_id, item_id])
-    assert [value for _, value in calls] == pytest.approx(list(fit.values()))
-    chosen = load_encoder(config.out).info.lexical["weight"]
-    assert fit[f"{chosen:g}"] == max(v for key, v in fit.items() if key != "0")
-
-
-def test_lexical_rerank_fits_on_each_query_reordering_its_judged_items(
-    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch
-) -> None:
-    """``lexical_rerank``: every weight's towers reorder each held-out query's judged items (a
-    logged result list), never the rest of the catalog, and the fit records what they scored."""
+def _fit_on_weighted_labels(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch, weight_of, **config
+) -> tuple[list[dict], list[tuple[dict, object, float]], dict[str, float], dict]:
+    """Train one step on the train labels with ``weight_of(row)`` as each row's weight, the
+    sketch's weight fitted on a 25 % hold-out; returns (the rows, each ``weighted_dcg_at_k``
+    call's (rankings, labels, value), the recorded fit, training_metrics.json)."""
     import trainer.training.selection as selection
 
     with gzip.open(data["labels_train"], "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     for row in rows:
-        row["weight"] = 2.0 if row["grade"] > 0 else 1.0
+        row["weight"] = weight_of(row)
     weighted = tmp_path / "weighted.jsonl"
     weighted.write_text("".join(json.dumps(row) + "\n" for row in rows))
     calls: list[tuple[dict, object, float]] = []
@@ -196,7 +150,7 @@ def test_lexical_rerank_fits_on_each_query_reordering_its_judged_items(
         return value
 
     monkeypatch.setattr(selection, "weighted_dcg_at_k", spy)
-    config = train_config(
+    settings = train_config(
         tmp_path,
         tiny_model_dir,
         data,
@@ -204,11 +158,43 @@ def test_lexical_rerank_fits_on_each_query_reordering_its_judged_items(
         max_steps=1,
         holdout_fraction=0.25,
         lexical_dim=64,
-        lexical_rerank=True,
+        **config,
     )
-    train(config)
-    metrics = json.loads((config.out / "training_metrics.json").read_text())
-    fit = metrics["lexical"]["weight_fit_ndcg@10"]
+    train(settings)
+    metrics = json.loads((settings.out / "training_metrics.json").read_text())
+    return rows, calls, metrics["lexical"]["weight_fit_ndcg@10"], metrics
+
+
+def test_lexical_weight_fit_scores_weighted_labels_by_their_weights(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch
+) -> None:
+    """Labels learned from logs carry IPS weights: the sketch's weight is fitted on their
+    weighted DCG@10 (``weighted_dcg_at_k``), with the held-out judgments' own weights."""
+    rng = np.random.default_rng(0)
+    rows, calls, fit, metrics = _fit_on_weighted_labels(
+        tmp_path, tiny_model_dir, data, monkeypatch, lambda row: float(rng.uniform(1, 10))
+    )
+    assert len(calls) == len(fit) == 9  # one score per weight tried, all weighted
+    given = {(r["query_id"], r["item_id"]): r["weight"] for r in rows}
+    held_out = calls[0][1]
+    assert 0 < len(held_out.judgments) < len({r["query_id"] for r in rows})
+    for query_id, judged in held_out.judgments.items():
+        for item_id in judged:
+            assert held_out.weight(query_id, item_id) == pytest.approx(given[query_id, item_id])
+    assert [value for _, _, value in calls] == pytest.approx(list(fit.values()))
+    chosen = load_encoder(Path(metrics["config"]["out"])).info.lexical["weight"]
+    assert fit[f"{chosen:g}"] == max(v for key, v in fit.items() if key != "0")
+
+
+def test_lexical_rerank_fits_on_each_query_reordering_its_judged_items(
+    tmp_path: Path, tiny_model_dir: Path, data: dict[str, Path], monkeypatch
+) -> None:
+    """``lexical_rerank``: every weight's towers reorder each held-out query's judged items (a
+    logged result list), never the rest of the catalog, and the fit records what they scored."""
+    _, calls, fit, metrics = _fit_on_weighted_labels(
+        tmp_path, tiny_model_dir, data, monkeypatch,
+        lambda row: 2.0 if row["grade"] > 0 else 1.0, lexical_rerank=True,
+    )  # fmt: skip
     assert len(calls) == len(fit) == 9 and metrics["config"]["lexical_rerank"] is True
     orders = set()
     for rankings, labels, _ in calls:
