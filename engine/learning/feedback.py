@@ -268,10 +268,10 @@ def _write_labels(
             n_neg += 1
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     judged: dict[str, set] = {}
-    for q, item in zip(queries, items, strict=True):
+    for q, item in zip(queries, items, strict=True) if shown else ():
         judged.setdefault(q, set()).add(item)
     for q in sorted(judged):
-        for item in sorted((shown or {}).get(q, set()) - judged[q]):
+        for item in sorted(shown.get(q, set()) - judged[q]):
             row = {"query_id": query_ids[q], "query": q, "item_id": item, "grade": 0}
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
             n_neg += 1

@@ -260,7 +260,9 @@ class Selection:
             ))  # fmt: skip
         fit: dict[str, float] = {}
         best, best_score = None, -math.inf
-        judged = [_judged_scores(*part[1:]) for part in parts] if cfg.lexical_rerank else None
+        judged = None
+        if cfg.lexical_rerank:
+            judged = [_judged_scores(p[1], p[4], p[5], p[6], p[7], p[8]) for p in parts]
         for weight in (0.0, *WEIGHT_GRID):
             total, score = 0.0, 0.0
             root = np.float32(math.sqrt(weight))
@@ -354,7 +356,7 @@ class Selection:
 
 
 def _judged_scores(
-    labels, gains, grade, ids, xq, lq, xb, lb
+    labels, ids, xq, lq, xb, lb
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per eval query: (its judged item ids, their BERT cosines, their trigram cosines), the
     candidates of a fit that reranks them (``TrainConfig.lexical_rerank``)."""
