@@ -56,6 +56,7 @@ from engine.search.snapshot import MODELS_DIR
 from indexer.storage.faults import fault_point
 from indexer.storage.layout import IndexRoot, resolve_version_dir
 from indexer.storage.manifest import load_manifest
+from trainer.encoder.model_dir import ModelInfo, model_fingerprint, read_model_info
 from trainer.encoder.trigram import DEFAULT_BUCKETS, DEFAULT_HASHES, check_lexical_settings
 from trainer.io import atomic_path, fsync_dir, write_atomic
 
@@ -367,15 +368,16 @@ def _dataset(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: di
     return out
 
 
-def _sketch(config: RoundConfig) -> tuple[int, float | None, bool]:
+def _sketch(
+    config: RoundConfig, champion: ModelInfo | None = None
+) -> tuple[int, float | None, bool]:
     """The challenger's trigram sketch: (dims, 0 = none; its fixed weight or None; whether the
-    weight is fitted after training)."""
-    from trainer.encoder.model_dir import read_model_info
-
+    weight is fitted after training). ``champion``: the serving model's info when the caller
+    has read it already (else read here when needed)."""
     settings = config.train
     lexical_dim, lexical_weight = settings.lexical_dim, settings.lexical_weight
     if lexical_dim is None:  # the champion's sketch, if it has one
-        champion = read_model_info(config.model)
+        champion = champion or read_model_info(config.model)
         lexical_dim = int((champion.lexical or {}).get("dim", 0))
         if lexical_weight is None and settings.dp_epsilon is not None and lexical_dim:
             lexical_weight = float(champion.lexical["weight"])  # a fit would not be private
@@ -383,7 +385,6 @@ def _sketch(config: RoundConfig) -> tuple[int, float | None, bool]:
 
 
 def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict) -> dict:
-    from trainer.encoder.model_dir import model_fingerprint, read_model_info
     from trainer.training.config import DatasetSpec, TrainConfig
     from trainer.training.run import train
 
@@ -415,7 +416,7 @@ def _train(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict
         shutil.rmtree(tmp)
     settings = config.train
     champion = read_model_info(config.model)
-    lexical_dim, lexical_weight, fit_weight = _sketch(config)
+    lexical_dim, lexical_weight, fit_weight = _sketch(config, champion)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)  # a crashed run's: start afresh
     train(
         TrainConfig(
@@ -458,7 +459,6 @@ def _gate(config: RoundConfig, root: IndexRoot, n: int, work: Path, steps: dict)
     from trainer.data.catalog import read_catalog
     from trainer.data.labels import read_labels
     from trainer.encoder.load import load_encoder
-    from trainer.encoder.model_dir import model_fingerprint
     from trainer.evaluation.cli import EvalConfig
 
     champion = {
