@@ -75,7 +75,9 @@ class LoopOptions:
     """What a run varies besides its sizes (all in its JSON line's config)."""
 
     min_ips_gain: float = 0.0  # the gate's threshold on held-back IPS-DCG@10
-    explore_share: float = 0.0  # the server's --explore-share
+    # the server's --explore-share: a fifth of the searches swap adjacent hits, so the rounds'
+    # propensities are identifiable (docs/learning.md §2)
+    explore_share: float = 0.2
     gate: str = "judged"  # the round's gate policy
     click_noise: float = ShopperModel().noise  # the shoppers' click rate on irrelevant hits
     ceiling: bool = True  # train the ceiling reference (the traffic queries' judgments)
@@ -84,7 +86,9 @@ class LoopOptions:
     # training configs (benchmarks/configs/train_*.toml), the label-trained reference among them
     lexical_dim: int = 256
     lexical_holdout: float = 0.1  # share of the queries held out to fit its weight (and ceiling's)
-    lexical_fit: str = "window"  # the rounds' --lexical-fit: this window's logs or all so far
+    # the rounds' --lexical-fit: the sketch's weight fitted by reordering the lists shown for a
+    # fixed tenth of the query texts (the estimator propensities make unbiased; §6)
+    lexical_fit: str = "shown"
 
     def __post_init__(self) -> None:
         ShopperModel(noise=self.click_noise)  # validates 0 <= noise < 1 before any work
@@ -100,8 +104,9 @@ class LoopOptions:
 
 
 PRESETS = {
-    # S: what fits a 2-core machine shared with other work in about 20 minutes
-    "S": Preset(200, 300, 100, 500, 2, 600, 50, 32, 5e-5, 2),
+    # S: what fits a 2-core machine shared with other work in about 20 minutes; 3,000 searches
+    # a round (about 10 per traffic query, for the sketch's fit) take under a minute
+    "S": Preset(200, 300, 100, 500, 2, 3000, 50, 32, 5e-5, 2),
     "M": Preset(1179, 3000, 500, 20000, 5, 6000, 300, 64, 3e-5, None),
     "L": Preset(1179, 8000, 256, 54667, 8, 20000, 1000, 128, 3e-5, None),
 }
@@ -534,9 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--explore-share",
         type=float,
-        default=0.0,
+        default=LoopOptions.explore_share,
         help="the served loop's aisle-serve --explore-share: share of searches with adjacent "
-        "hits swapped, so position bias is identifiable from one ranker (default 0)",
+        "hits swapped, so position bias is identifiable from one ranker (default "
+        f"{LoopOptions.explore_share}; 0: off)",
     )
     parser.add_argument(
         "--gate",
