@@ -14,7 +14,8 @@ queries' judgments themselves: what the loop would learn if every shopper's clic
 from the same queries (``--no-ceiling`` skips it). Every round's challenger (and the ceiling)
 carries the trigram sketch that the label-trained recipe appends to its towers (``--lexical-dim
 N``, 256 by default as in the house's training configs; 0 = none), its weight fitted on
-held-out queries of the round's own logs; a fourth reference, the zero-shot towers with the
+held-out queries of the logs (``--lexical-fit``, by default ``shown``: reordering the lists shown
+for a fixed tenth of the query texts); a fourth reference, the zero-shot towers with the
 sketch the IPS loop ended with, separates what the sketch gives from what the fine-tuning on
 clicks adds.
 
